@@ -1,0 +1,164 @@
+"""The values that flow through timeguard (DESIGN.md "Data flow").
+
+Sign convention everywhere: an offset is *true time − host time*. A positive offset means the host
+clock is behind (as chrony's "System time ... slow", ntplib's ``offset``); ``trusted_now = host_now +
+offset_s``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class SourceKind(enum.StrEnum):
+    NTP = "ntp"
+    HTTP = "http"
+
+
+class SourceState(enum.StrEnum):
+    """What the consensus made of a source (the ``S`` column of ``chronyc sources``)."""
+
+    TRUECHIMER = "truechimer"  # its interval overlaps the majority's: used
+    FALSETICKER = "falseticker"  # it answered validly, but disagrees with the majority
+    UNUSABLE = "unusable"  # it answered, but the answer failed a check (KoD, leap 3, bad Date, ...)
+    UNREACHABLE = "unreachable"  # no valid answer at all (DNS, timeout, refused, TLS)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One source's measurement: an offset interval, or the reason there is none.
+
+    ``offset_lo_s <= offset_s <= offset_hi_s``; the true offset lies in ``[offset_lo_s, offset_hi_s]``
+    if the source is honest (for NTP: ± delay/2 + root distance; for HTTP: the Date-interval bound).
+    ``monotonic_s`` is ``time.monotonic()`` at the middle of the exchange that produced it, so a
+    later consumer can age it and correct it for local clock steps seen since.
+    """
+
+    name: str
+    kind: SourceKind
+    address: str | None = None  # "192.0.2.1:123", "[2001:db8::1]:123", or the URL's host:port
+    offset_s: float | None = None
+    offset_lo_s: float | None = None
+    offset_hi_s: float | None = None
+    delay_s: float | None = None
+    stratum: int | None = None
+    leap: int | None = None  # NTP leap indicator 0..3, when known
+    requests: int = 0  # exchanges made (NTP packets sent, HTTP requests sent)
+    monotonic_s: float | None = None
+    failure: SourceState | None = None  # UNUSABLE or UNREACHABLE when there is no offset
+    reason: str = ""  # why it failed, or a note on a success ("3 of 4 replies", "Age>0 dropped: 1")
+    kiss_code: str | None = None  # an authentic Kiss-o'-Death code (origin matched): DENY, RSTR, RATE, ...
+
+    def __post_init__(self) -> None:
+        if self.failure is None:
+            if self.offset_s is None or self.offset_lo_s is None or self.offset_hi_s is None:
+                raise ValueError(f"sample {self.name!r}: a usable sample needs offset_s and its interval")
+            if not self.offset_lo_s <= self.offset_s <= self.offset_hi_s:
+                raise ValueError(
+                    f"sample {self.name!r}: offset {self.offset_s} outside its interval "
+                    f"[{self.offset_lo_s}, {self.offset_hi_s}]"
+                )
+        elif self.failure not in (SourceState.UNUSABLE, SourceState.UNREACHABLE):
+            raise ValueError(f"sample {self.name!r}: failure must be unusable or unreachable")
+
+    @property
+    def usable(self) -> bool:
+        return self.failure is None
+
+    @property
+    def error_s(self) -> float | None:
+        """Half-width of the interval (the ``±`` a person reads)."""
+        if self.offset_lo_s is None or self.offset_hi_s is None:
+            return None
+        return (self.offset_hi_s - self.offset_lo_s) / 2
+
+    @classmethod
+    def failed(
+        cls,
+        name: str,
+        kind: SourceKind,
+        state: SourceState,
+        reason: str,
+        **extra: object,
+    ) -> Sample:
+        return cls(name=name, kind=kind, failure=state, reason=reason, **extra)  # type: ignore[arg-type]
+
+
+class Status(enum.StrEnum):
+    """The verdict of one cross-check. ``exit_code`` follows the Nagios plugin conventions."""
+
+    OK = "OK"
+    WARNING = "WARNING"
+    CRITICAL = "CRITICAL"
+    SOURCES_INCONSISTENT = "SOURCES_INCONSISTENT"
+    NO_MAJORITY = "NO_MAJORITY"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def exit_code(self) -> int:
+        return _EXIT_CODES[self]
+
+
+_EXIT_CODES = {
+    Status.OK: 0,
+    Status.WARNING: 1,
+    Status.CRITICAL: 2,
+    Status.SOURCES_INCONSISTENT: 2,
+    Status.NO_MAJORITY: 3,
+    Status.UNKNOWN: 3,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceVerdict:
+    """A sample with the state the selection gave it."""
+
+    sample: Sample
+    state: SourceState
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClassAgreement:
+    """The selection run over one class of sources alone (only NTP, only HTTP)."""
+
+    kind: SourceKind
+    usable: int
+    agreeing: int  # the largest number of mutually overlapping intervals
+    offset_lo_s: float | None  # the class's majority interval, None without a majority
+    offset_hi_s: float | None
+
+    @property
+    def has_majority(self) -> bool:
+        return self.offset_lo_s is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    status: Status
+    summary: str  # one line a person reads: "offset +0.0031 s ± 0.0040 s, 6 of 7 sources agree"
+    offset_s: float | None
+    offset_lo_s: float | None
+    offset_hi_s: float | None
+    sources: tuple[SourceVerdict, ...]
+    usable: int
+    agreeing: int
+    ntp: ClassAgreement
+    http: ClassAgreement
+    ntp_http_agree: bool | None  # None when one class has no majority of its own (nothing to compare)
+    warning_s: float
+    critical_s: float
+    monotonic_s: float = field(default=0.0)  # when the verdict was formed
+
+    @property
+    def error_s(self) -> float | None:
+        if self.offset_lo_s is None or self.offset_hi_s is None:
+            return None
+        return (self.offset_hi_s - self.offset_lo_s) / 2
+
+    def trusted_now(self, host_now_s: float) -> float | None:
+        """The true time implied by the verdict, given the host's wall time (seconds since the epoch)."""
+        if self.offset_s is None:
+            return None
+        return host_now_s + self.offset_s
