@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from timeguard.consensus import decide, fmt_offset, select
+from timeguard.model import Sample, SourceKind, SourceState, Status
+
+
+def ntp(name: str, offset: float, err: float = 0.001, kind: SourceKind = SourceKind.NTP) -> Sample:
+    return Sample(name, kind, offset_s=offset, offset_lo_s=offset - err, offset_hi_s=offset + err)
+
+
+def http(name: str, offset: float, err: float = 0.01) -> Sample:
+    return ntp(name, offset, err, SourceKind.HTTP)
+
+
+def dead(name: str, kind: SourceKind = SourceKind.NTP) -> Sample:
+    return Sample.failed(name, kind, SourceState.UNREACHABLE, "no reply within 2.0 s")
+
+
+def states(verdict) -> dict[str, SourceState]:
+    return {v.sample.name: v.state for v in verdict.sources}
+
+
+def run(samples, **kw):
+    kw.setdefault("warning_s", 0.5)
+    kw.setdefault("critical_s", 5.0)
+    return decide(samples, **kw)
+
+
+def test_all_agree_is_ok_with_tight_estimate():
+    v = run([ntp("a", 0.010), ntp("b", 0.0105), ntp("c", 0.0095), http("h1", 0.012), http("h2", 0.008)])
+    assert v.status is Status.OK
+    assert v.offset_lo_s <= 0.010 <= v.offset_hi_s
+    assert abs(v.offset_s - 0.010) < 0.001  # pinned by the narrow NTP intervals
+    assert v.ntp_http_agree is True
+    assert set(states(v).values()) == {SourceState.TRUECHIMER}
+    assert v.agreeing == 5
+    assert v.trusted_now(1000.0) == pytest.approx(1000.0 + v.offset_s)
+    assert "host clock behind" in v.summary and "NTP and HTTPS agree" in v.summary
+
+
+def test_lying_minority_is_marked_falseticker():
+    # T6: 2 of 5 at +5 s
+    v = run([ntp("a", 0), ntp("b", 0), ntp("c", 0), ntp("liar1", 5.0), ntp("liar2", 5.0)])
+    assert v.status is Status.OK
+    s = states(v)
+    assert s["liar1"] is s["liar2"] is SourceState.FALSETICKER
+    assert s["a"] is SourceState.TRUECHIMER
+    reason = next(x.reason for x in v.sources if x.sample.name == "liar1")
+    assert "misses the majority" in reason and "[+4.999 s, +5.001 s]" in reason
+
+
+def test_two_against_two_has_no_majority():
+    v = run([ntp("a", 0), ntp("b", 0), ntp("c", 5), ntp("d", 5)])
+    assert v.status is Status.NO_MAJORITY
+    assert v.offset_s is None and v.status.exit_code == 3
+    assert all(x.state is SourceState.FALSETICKER for x in v.sources)
+    assert "2 of 4" in v.summary and "3 needed" in v.summary
+
+
+def test_scattered_liars_no_majority():
+    # T8: 0, 0, +5, +10, -7
+    v = run([ntp("a", 0), ntp("b", 0), ntp("c", 5), ntp("d", 10), ntp("e", -7)])
+    assert v.status is Status.NO_MAJORITY
+
+
+def test_colluding_ntp_majority_is_caught_by_https():
+    # T7: chrony follows 3 of 5 colluding NTP servers; the HTTPS class disagrees -> no trust, exit 2.
+    v = run(
+        [ntp("a", 0), ntp("b", 0), ntp("c", 5), ntp("d", 5), ntp("e", 5), http("h1", 0), http("h2", 0)]
+    )
+    assert v.status is Status.SOURCES_INCONSISTENT
+    assert v.status.exit_code == 2
+    assert v.ntp_http_agree is False
+    assert v.ntp.has_majority and v.http.has_majority
+    assert v.offset_s is None
+    assert "one class is lying" in v.summary
+
+
+def test_spoofed_ntp_majority_without_overall_majority_still_inconsistent():
+    v = run([ntp("a", 5), ntp("b", 5), ntp("c", 5), http("h1", 0), http("h2", 0), http("h3", 0)])
+    assert v.status is Status.SOURCES_INCONSISTENT
+
+
+def test_one_lying_https_server_does_not_break_cross_check():
+    v = run([ntp("a", 0), ntp("b", 0), ntp("c", 0), http("h1", 0), http("h2", 0), http("h3", 3600)])
+    assert v.status is Status.OK and v.ntp_http_agree is True
+    assert states(v)["h3"] is SourceState.FALSETICKER
+
+
+def test_thresholds():
+    assert run([ntp("a", 0.6), ntp("b", 0.6)]).status is Status.WARNING
+    assert run([ntp("a", -6), ntp("b", -6)]).status is Status.CRITICAL
+    v = run([ntp("a", -6), ntp("b", -6)])
+    assert "host clock ahead by 6.000 s" in v.summary
+    assert run([ntp("a", 0.6), ntp("b", 0.6)], warning_s=1).status is Status.OK
+
+
+def test_unknown_when_too_few_usable():
+    v = run([dead("a"), dead("b")])
+    assert v.status is Status.UNKNOWN and v.status.exit_code == 3
+    assert states(v) == {"a": SourceState.UNREACHABLE, "b": SourceState.UNREACHABLE}
+    assert "0 of 2" in v.summary
+    v = run([ntp("a", 0), dead("b")], min_sources=2)
+    assert v.status is Status.UNKNOWN
+
+
+def test_unusable_and_unreachable_keep_their_reason():
+    bad = Sample.failed("k", SourceKind.NTP, SourceState.UNUSABLE, "kiss-o'-death DENY", kiss_code="DENY")
+    v = run([ntp("a", 0), ntp("b", 0), bad, dead("d")])
+    verdicts = {x.sample.name: x for x in v.sources}
+    assert verdicts["k"].state is SourceState.UNUSABLE and "DENY" in verdicts["k"].reason
+    assert verdicts["d"].state is SourceState.UNREACHABLE
+    assert v.status is Status.OK and v.usable == 2
+
+
+def test_only_one_class_reports_no_cross_check():
+    v = run([ntp("a", 0), ntp("b", 0)])
+    assert v.ntp_http_agree is None
+    assert "only NTP sources, no cross-check" in v.summary
+
+
+def test_sample_contract():
+    with pytest.raises(ValueError, match="outside its interval"):
+        Sample("x", SourceKind.NTP, offset_s=1, offset_lo_s=-1, offset_hi_s=0)
+    with pytest.raises(ValueError, match="needs offset"):
+        Sample("x", SourceKind.NTP)
+
+
+def test_select_touching_intervals_overlap():
+    sel = select([(0, 1), (1, 2)])
+    assert sel.depth == 2 and sel.lo_s == 1 and sel.hi_s == 1
+
+
+def test_minority_can_shift_max_depth_but_not_the_bound():
+    # Honest: two wide, one narrow around the truth 0. Two liars sit inside the wide ones at +0.7.
+    # The point covered by the most intervals is the liars' region — indistinguishable from the mirror
+    # case where the narrow one lies — but the reported interval still contains the truth.
+    honest = [(-1, 1), (-1, 1), (-0.1, 0.1)]
+    liars = [(0.5, 0.9), (0.5, 0.9)]
+    sel = select(honest + liars)
+    assert sel.best_lo_s == 0.5 and sel.best_hi_s == 0.9
+    assert sel.lo_s <= 0 <= sel.hi_s
+
+
+def test_fmt_offset():
+    assert fmt_offset(0.000031) == "+0.000031 s"
+    assert fmt_offset(-2.5) == "-2.500 s"
+    assert fmt_offset(15552000) == "+15552000 s (+180.0 d)"
+
+
+# --- property: any lying minority of ⌊(n−1)/2⌋ never moves the result outside the honest intersection ---
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+width = st.floats(min_value=0, max_value=100, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def honest_and_liars(draw):
+    n = draw(st.integers(min_value=1, max_value=12))
+    liars = draw(st.integers(min_value=0, max_value=(n - 1) // 2))
+    truth = draw(finite)
+    honest = []
+    for _ in range(n - liars):
+        below, above = draw(width), draw(width)
+        honest.append((truth - below, truth + above))
+    lying = []
+    for _ in range(liars):
+        a, b = draw(finite), draw(finite)
+        lying.append((min(a, b), max(a, b)))
+    order = draw(st.permutations(list(range(n))))
+    everything = honest + lying
+    return truth, honest, [everything[i] for i in order]
+
+
+@given(honest_and_liars())
+def test_lying_minority_never_moves_the_bound_off_the_honest_intersection(case):
+    truth, honest, intervals = case
+    sel = select(intervals)
+    assert sel.has_majority  # honest sources alone are a strict majority
+    honest_lo = max(lo for lo, _ in honest)
+    honest_hi = min(hi for _, hi in honest)
+    # the whole honest intersection (hence the truth) stays inside the reported interval ...
+    assert sel.lo_s <= honest_lo <= honest_hi <= sel.hi_s
+    assert sel.lo_s <= truth <= sel.hi_s
+    # ... and the interval and estimate never leave what some honest source allows
+    honest_min = min(lo for lo, _ in honest)
+    honest_max = max(hi for _, hi in honest)
+    assert honest_min <= sel.lo_s and sel.hi_s <= honest_max
+    assert sel.lo_s <= sel.best_lo_s <= sel.best_hi_s <= sel.hi_s
+
+
+@given(honest_and_liars())
+def test_decide_flags_only_sources_that_cannot_be_honest(case):
+    truth, _honest, intervals = case
+    samples = [
+        Sample(f"s{i}", SourceKind.NTP, offset_s=(lo + hi) / 2, offset_lo_s=lo, offset_hi_s=hi)
+        for i, (lo, hi) in enumerate(intervals)
+    ]
+    v = decide(samples, warning_s=1e9, critical_s=2e9)
+    assert v.status is Status.OK
+    for verdict in v.sources:
+        lo, hi = verdict.sample.offset_lo_s, verdict.sample.offset_hi_s
+        if lo <= truth <= hi:  # every interval containing the truth is a truechimer
+            assert verdict.state is SourceState.TRUECHIMER
+
+
+@given(st.lists(st.tuples(finite, width), min_size=1, max_size=10), st.randoms())
+def test_select_is_order_independent(raw, rnd):
+    intervals = [(c - w, c + w) for c, w in raw]
+    shuffled = intervals[:]
+    rnd.shuffle(shuffled)
+    assert select(intervals) == select(shuffled)
+
+
+@given(st.lists(st.tuples(finite, width), min_size=2, max_size=10))
+def test_no_majority_means_no_point_covered_by_a_strict_majority(raw):
+    intervals = [(c - w, c + w) for c, w in raw]
+    sel = select(intervals)
+    assume(not sel.has_majority)
+    for lo, _ in intervals:  # depth is maximal at some start point
+        covered = sum(1 for a, b in intervals if a <= lo <= b)
+        assert covered <= len(intervals) // 2
