@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from timeguard import config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(config.ConfigError) as info:
+        config.loads(text, "t.yaml")
+    return str(info.value).splitlines()
+
+
+def test_embedded_defaults_load_and_match_the_documented_example():
+    cfg = config.load(None)
+    assert len(cfg.sources.ntp) >= 4 and len(cfg.sources.http) >= 3
+    assert len({s.host.split(".")[-2] for s in cfg.sources.ntp}) >= 4  # several operators
+    assert all(s.url.startswith("https://") for s in cfg.sources.http)
+    assert cfg.thresholds.warning_s < cfg.thresholds.critical_s
+    # config generate prints config/timeguard.yaml: one text, two places
+    assert (REPO / "config" / "timeguard.yaml").read_text() == config.default_text()
+
+
+def test_user_file_merges_over_defaults_and_lists_replace(tmp_path):
+    path = tmp_path / "tg.yaml"
+    path.write_text("thresholds:\n  warning_s: 0.1\nsources:\n  ntp:\n    - {host: 127.0.0.1, port: 11123}\n")
+    cfg = config.load(path)
+    assert cfg.thresholds.warning_s == 0.1
+    assert cfg.thresholds.critical_s == config.load(None).thresholds.critical_s
+    assert [(s.host, s.port) for s in cfg.sources.ntp] == [("127.0.0.1", 11123)]
+    assert cfg.sources.http == config.load(None).sources.http
+    assert cfg.origin == str(path)
+
+
+def test_every_error_at_once_with_key_path_and_line():
+    text = """\
+sources:
+  ntp:
+    - host: a
+      port: 99999
+    - hots: b
+  http:
+    - url: http://plain.example/
+    - url: ftp://x/
+thresholds:
+  warning_s: 2
+  critical_s: 1
+tresholds: {}
+timeout_s: abc
+ntp:
+  samples: 1.5
+consensus:
+  min_sources: 0
+"""
+    lines = problems(text)
+    assert lines == [
+        "t.yaml:4: sources.ntp[0].port: must be ≤ 65535, not 99999",
+        "t.yaml:5: sources.ntp[1].host: is required",
+        "t.yaml:5: sources.ntp[1].hots: unknown key (did you mean 'host'?)",
+        "t.yaml:7: sources.http[0].url: plain http:// can be forged by anyone on the path; use https://, "
+        "or set allow_plain_http: true for a network you trust",
+        "t.yaml:8: sources.http[1].url: must be an https:// URL with a host, not 'ftp://x/'",
+        "t.yaml:11: thresholds.critical_s: must be greater than thresholds.warning_s (2)",
+        "t.yaml:12: tresholds: unknown key (did you mean 'thresholds'?)",
+        "t.yaml:13: timeout_s: must be a number of seconds, not text 'abc'",
+        "t.yaml:15: ntp.samples: must be a whole number, not a number 1.5",
+        "t.yaml:17: consensus.min_sources: must be ≥ 1, not 0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("timeout_s: [", "t.yaml:1: (top level): not valid YAML"),
+        ("timeout_s: 1\ntimeout_s: 2\n", "t.yaml:2: timeout_s: duplicate key"),
+        ("- a\n- b\n", "t.yaml:1: (top level): must be a mapping of keys, not a list"),
+        ("timeout_s: .nan\n", "t.yaml:1: timeout_s: must be a finite number"),
+        ("timeout_s: -1\n", "t.yaml:1: timeout_s: must be > 0, not -1"),
+        ("timeout_s: true\n", "t.yaml:1: timeout_s: must be a number of seconds, not true/false True"),
+        ("sources: {ntp: {host: a}}\n", "t.yaml:1: sources.ntp: must be a list, not a mapping"),
+        ("sources: {ntp: [{host: ''}]}\n", "t.yaml:1: sources.ntp[0].host: must be non-empty text"),
+        ("sources: {ntp: [{host: a}, {host: a}]}\n", "same source as sources.ntp[0] (a:123)"),
+        ("sources: {ntp: [], http: []}\n", "consensus.min_sources: is 2 but only 0 sources are configured"),
+        ("sources: {http: [{url: 'https://x/', ca_bundle: /nonexistent.pem}]}\n",
+         "sources.http[0].ca_bundle: cannot read the CA bundle '/nonexistent.pem'"),
+        ("sources: {http: [{url: 'https://x/', allow_plain_http: yes please}]}\n",
+         "sources.http[0].allow_plain_http: must be true or false"),
+        ("? [a, b]\n: 1\n", "keys must be names"),
+    ],
+)
+def test_bad_input_is_named_precisely(text, expected):
+    assert any(expected in line for line in problems(text)), problems(text)
+
+
+def test_plain_http_allowed_explicitly():
+    cfg = config.loads("sources: {http: [{url: 'http://127.0.0.1:8080/', allow_plain_http: true}]}")
+    assert cfg.sources.http[0].allow_plain_http is True
+
+
+def test_unreadable_and_non_utf8_files(tmp_path):
+    with pytest.raises(config.ConfigError, match="cannot read the file: No such file"):
+        config.load(tmp_path / "missing.yaml")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(config.ConfigError, match="not UTF-8 text"):
+        config.load(binary)
+
+
+def test_empty_file_is_the_defaults(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing\n")
+    assert config.load(empty) == config.load(None)
+
+
+def test_discovery_order(tmp_path, monkeypatch):
+    monkeypatch.delenv(config.ENV_VAR, raising=False)
+    monkeypatch.setattr(config, "DEFAULT_PATH", tmp_path / "absent.yaml")
+    assert config.discover(None) is None
+    monkeypatch.setattr(config, "DEFAULT_PATH", tmp_path)
+    assert config.discover(None) == tmp_path
+    monkeypatch.setenv(config.ENV_VAR, "/from/env.yaml")
+    assert config.discover(None) == Path("/from/env.yaml")
+    assert config.discover("/explicit.yaml") == Path("/explicit.yaml")
+
+
+def test_to_dict_round_trips():
+    import yaml
+
+    cfg = config.load(None)
+    assert config.loads(yaml.safe_dump(config.to_dict(cfg))) == cfg

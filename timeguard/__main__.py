@@ -1,0 +1,3 @@
+from timeguard.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,416 @@
+"""YAML → validated, frozen configuration.
+
+One mechanism: the dataclasses below *are* the schema. Each field's type and its ``metadata`` (bounds,
+help) drive validation; the embedded ``default.yaml`` supplies every default, and a user's file is merged
+over it (mappings key by key, lists replaced). Every error is collected — not just the first — with its
+key path and the line it is on, as ``config validate`` shows them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import types
+import typing
+import urllib.parse
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PATH = Path("/etc/timeguard/timeguard.yaml")
+ENV_VAR = "TIMEGUARD_CONFIG"
+
+
+def _f(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None,
+       lo_open: bool = False) -> Any:
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open}
+    if default is dataclasses.MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class NtpServer:
+    host: str
+    port: int = _f(123, lo=1, hi=65535)
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.host if self.port == 123 else f"{self.host}:{self.port}")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpServer:
+    url: str
+    ca_bundle: str | None = None
+    allow_plain_http: bool = False
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.url
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    ntp: tuple[NtpServer, ...]
+    http: tuple[HttpServer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    warning_s: float = _f(lo=0, lo_open=True)
+    critical_s: float = _f(lo=0, lo_open=True)
+
+
+@dataclass(frozen=True, slots=True)
+class NtpOptions:
+    samples: int = _f(lo=1, hi=8)
+    max_root_distance_s: float = _f(lo=0, lo_open=True, hi=16)  # RFC 5905 MAXDISP
+
+
+@dataclass(frozen=True, slots=True)
+class HttpOptions:
+    requests: int = _f(lo=1, hi=16)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusOptions:
+    min_sources: int = _f(lo=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    sources: Sources
+    thresholds: Thresholds
+    timeout_s: float = _f(lo=0, lo_open=True, hi=300)
+    ntp: NtpOptions
+    http: HttpOptions
+    consensus: ConsensusOptions
+    state_dir: str
+    origin: str = field(default="<embedded defaults>", compare=False)  # where it was loaded from
+
+
+# --------------------------------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    path: str  # "sources.ntp[1].port"
+    message: str
+    line: int | None = None
+
+    def format(self, origin: str) -> str:
+        where = f"{origin}:{self.line}" if self.line else origin
+        return f"{where}: {self.path or '(top level)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found in one configuration file, each with its key path and line."""
+
+    def __init__(self, origin: str, problems: list[ConfigProblem]) -> None:
+        self.origin = origin
+        self.problems = problems
+        super().__init__("\n".join(p.format(origin) for p in problems))
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+
+def default_text() -> str:
+    """The documented default configuration (``config generate``; identical to config/timeguard.yaml)."""
+    return resources.files("timeguard").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def discover(explicit: str | None) -> Path | None:
+    """The file to load: ``--config``, else ``$TIMEGUARD_CONFIG``, else /etc/timeguard/timeguard.yaml if it
+    exists, else None (the embedded defaults). A file named explicitly must exist (load reports it)."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get(ENV_VAR):
+        return Path(env)
+    return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
+def load(path: Path | str | None = None) -> Config:
+    """Load and validate ``path`` merged over the defaults (None: the defaults alone)."""
+    if path is None:
+        return loads("", "<embedded defaults>")
+    origin = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = ConfigProblem("", f"cannot read the file: {exc.strerror or exc}")
+        raise ConfigError(origin, [problem]) from exc
+    except UnicodeDecodeError as exc:
+        problem = ConfigProblem("", f"not UTF-8 text: {exc.reason} at byte {exc.start}")
+        raise ConfigError(origin, [problem]) from exc
+    return loads(text, origin)
+
+
+def loads(text: str, origin: str = "<string>") -> Config:
+    """Validate configuration text merged over the defaults."""
+    defaults, _ = _parse(default_text(), "<embedded defaults>")
+    user, lines = _parse(text, origin)
+    if user is None:
+        user = {}
+    if not isinstance(user, dict):
+        raise ConfigError(origin, [ConfigProblem("", f"must be a mapping of keys, not {_kind(user)}", 1)])
+    return _build(_merge(defaults, user), lines, origin)
+
+
+def to_dict(cfg: Any) -> Any:
+    """The effective configuration as plain data (``config show``)."""
+    if dataclasses.is_dataclass(cfg):
+        return {
+            f.name: to_dict(getattr(cfg, f.name))
+            for f in dataclasses.fields(cfg)
+            if f.name != "origin" and not (f.default is None and getattr(cfg, f.name) is None)
+        }
+    if isinstance(cfg, tuple):
+        return [to_dict(x) for x in cfg]
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ internals
+
+Lines = dict[str, int]
+
+
+def _parse(text: str, origin: str) -> tuple[Any, Lines]:
+    """YAML text → plain data, plus the line of every key path; duplicate keys are errors."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(origin, [ConfigProblem("", f"not valid YAML: {problem}", line)]) from exc
+    lines: Lines = {}
+    problems: list[ConfigProblem] = []
+    if node is None:
+        return None, lines
+    data = _to_python(node, "", lines, problems)
+    if problems:
+        raise ConfigError(origin, problems)
+    return data, lines
+
+
+def _to_python(node: yaml.Node, path: str, lines: Lines, problems: list[ConfigProblem]) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str) or key_node.tag != "tag:yaml.org,2002:str":
+                problems.append(ConfigProblem(path, f"keys must be names, not {key_node.value!r}",
+                                              key_node.start_mark.line + 1))
+                continue
+            sub = f"{path}.{key}" if path else key
+            if key in out:
+                problems.append(ConfigProblem(sub, "duplicate key (only one may be given)",
+                                              key_node.start_mark.line + 1))
+                continue
+            out[key] = _to_python(value_node, sub, lines, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, f"{path}[{i}]", lines, problems) for i, v in enumerate(node.value)]
+    try:
+        return yaml.SafeLoader(" ").construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        problems.append(ConfigProblem(path, f"bad value: {getattr(exc, 'problem', exc)}", lines[path]))
+        return None
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            merged[key] = _merge(base.get(key), value) if key in base else value
+        return merged
+    return over
+
+
+def _build(data: Any, lines: Lines, origin: str) -> Config:
+    problems: list[ConfigProblem] = []
+    cfg = _convert(Config, data, "", lines, problems)
+    _logical_checks(data, lines, problems)
+    if problems:
+        problems.sort(key=lambda p: (p.line or 0, p.path))
+        raise ConfigError(origin, problems)
+    return dataclasses.replace(cfg, origin=origin)
+
+
+_LAST_STEP = re.compile(r"(?:\.[^.\[]+|\[\d+\]|^[^.\[]+)$")
+
+
+def _line(lines: Lines, path: str) -> int | None:
+    """The line of ``path``, or of its nearest ancestor the file has (a missing key: its parent)."""
+    while path:
+        if path in lines:
+            return lines[path]
+        path = _LAST_STEP.sub("", path)
+    return None
+
+
+def _kind(value: Any) -> str:
+    return {
+        bool: "true/false", int: "a whole number", float: "a number", str: "text", list: "a list",
+        dict: "a mapping", type(None): "nothing (null)",
+    }.get(type(value), type(value).__name__)
+
+
+def _convert(tp: Any, value: Any, path: str, lines: Lines, problems: list[ConfigProblem]) -> Any:
+    def bad(message: str) -> None:
+        problems.append(ConfigProblem(path, message, _line(lines, path)))
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            bad(f"must be a mapping of keys, not {_kind(value)}")
+            return None
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.name != "origin"}
+        for key in value:
+            if key not in fields:
+                sub = f"{path}.{key}" if path else key
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(fields)}"
+                problems.append(ConfigProblem(sub, f"unknown key{hint}", _line(lines, sub)))
+        kwargs = {}
+        for name, f in fields.items():
+            sub = f"{path}.{name}" if path else name
+            if name not in value:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    problems.append(ConfigProblem(sub, "is required", _line(lines, path)))
+                continue
+            converted = _convert(hints[name], value[name], sub, lines, problems)
+            if converted is not None or value[name] is None:
+                _check_bounds(f, converted, sub, lines, problems)
+                kwargs[name] = converted
+        try:
+            return tp(**kwargs)
+        except TypeError:
+            return None  # a required key was missing or invalid: already reported
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if not isinstance(value, list):
+            bad(f"must be a list, not {_kind(value)}")
+            return None
+        items = [_convert(item_tp, v, f"{path}[{i}]", lines, problems) for i, v in enumerate(value)]
+        return tuple(items)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, path, lines, problems)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        bad(f"must be true or false, not {_kind(value)} {value!r}")
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        bad(f"must be a whole number, not {_kind(value)} {value!r}")
+        return None
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                bad(f"must be a finite number, not {value!r}")
+                return None
+            return float(value)
+        bad(f"must be a number of seconds, not {_kind(value)} {value!r}")
+        return None
+    if tp is str:
+        if isinstance(value, str) and value.strip():
+            return value
+        bad(f"must be non-empty text, not {_kind(value)} {value!r}")
+        return None
+    raise TypeError(f"config schema: unsupported type {tp!r} at {path}")  # a bug in this module
+
+
+def _check_bounds(f: dataclasses.Field[Any], value: Any, path: str, lines: Lines,
+                  problems: list[ConfigProblem]) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
+    lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        problems.append(ConfigProblem(path, f"must be {'>' if lo_open else '≥'} {lo:g}, not {value:g}",
+                                      _line(lines, path)))
+    elif hi is not None and value > hi:
+        problems.append(ConfigProblem(path, f"must be ≤ {hi:g}, not {value:g}", _line(lines, path)))
+
+
+def _logical_checks(data: Any, lines: Lines, problems: list[ConfigProblem]) -> None:
+    """Checks across keys, run on the raw data so they are reported together with the type errors."""
+
+    def bad(path: str, message: str) -> None:
+        problems.append(ConfigProblem(path, message, _line(lines, path)))
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    def section(key: str) -> dict[str, Any]:
+        value = data.get(key) if isinstance(data, dict) else None
+        return value if isinstance(value, dict) else {}
+
+    warning, critical = section("thresholds").get("warning_s"), section("thresholds").get("critical_s")
+    if number(warning) and number(critical) and critical <= warning:
+        bad("thresholds.critical_s", f"must be greater than thresholds.warning_s ({warning:g})")
+
+    sources = section("sources")
+    counted = 0
+    for kind, label in (("ntp", _ntp_label), ("http", _http_label)):
+        entries = sources.get(kind)
+        if not isinstance(entries, list):
+            continue
+        counted += len(entries)
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            path = f"sources.{kind}[{i}]"
+            if kind == "http":
+                _check_http_entry(entry, path, bad)
+            key = label(entry)
+            if key is None:
+                continue
+            if key in seen:
+                bad(path, f"same source as sources.{kind}[{seen[key]}] ({key}); "
+                    "a duplicate would count twice in the majority")
+            seen.setdefault(key, i)
+    min_sources = section("consensus").get("min_sources")
+    if number(min_sources) and counted < min_sources:
+        bad("consensus.min_sources", f"is {min_sources} but only {counted} sources are configured: "
+            "every check would be UNKNOWN")
+
+
+def _ntp_label(entry: dict[str, Any]) -> str | None:
+    host, port = entry.get("host"), entry.get("port", 123)
+    return f"{host}:{port}" if isinstance(host, str) else None
+
+
+def _http_label(entry: dict[str, Any]) -> str | None:
+    url = entry.get("url")
+    return url if isinstance(url, str) else None
+
+
+def _check_http_entry(entry: dict[str, Any], path: str, bad: Any) -> None:
+    url, ca_bundle = entry.get("url"), entry.get("ca_bundle")
+    if isinstance(url, str):
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("https", "http") or not parsed.hostname:
+            bad(f"{path}.url", f"must be an https:// URL with a host, not {url!r}")
+        elif parsed.scheme == "http" and entry.get("allow_plain_http") is not True:
+            bad(f"{path}.url", "plain http:// can be forged by anyone on the path; use https://, "
+                "or set allow_plain_http: true for a network you trust")
+    if isinstance(ca_bundle, str) and not os.access(ca_bundle, os.R_OK):
+        bad(f"{path}.ca_bundle", f"cannot read the CA bundle {ca_bundle!r}")
