@@ -1,0 +1,145 @@
+"""One cross-check: every configured source queried at once, under one deadline, then the consensus.
+
+Each source runs in its own daemon thread. A source that is stuck where no timeout reaches
+(``getaddrinfo`` inside requests, a kernel that never answers connect) is abandoned at the deadline
+and reported as unreachable, so one check never takes longer than ``timeout_s`` plus a few
+milliseconds, however many sources are dead, blackholed or stuck in DNS.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from timeguard import consensus
+from timeguard.config import Config, HttpServer, NtpServer
+from timeguard.localclock import LocalClockState, read_local_clock
+from timeguard.model import Sample, SourceKind, SourceState, Verdict
+
+#: How much earlier than the check's deadline each source is told to finish on its own.
+SOURCE_MARGIN_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    verdict: Verdict
+    local: LocalClockState | None
+    duration_s: float
+    host_time_s: float  # the host's wall time when the check finished (the verdict's offset applies to it)
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One source to query: its label, kind, and the call that measures it within a deadline."""
+
+    name: str
+    kind: SourceKind
+    measure: Callable[[float], Sample]  # timeout_s -> Sample
+
+
+def probes(cfg: Config) -> list[Probe]:
+    """The configured sources as probes (imports kept here: ``timeguard --help`` need not load them)."""
+    from timeguard.sources.http import query_http
+    from timeguard.sources.ntp import query_ntp
+
+    out = []
+    for ntp in cfg.sources.ntp:
+        out.append(Probe(ntp.label, SourceKind.NTP, _ntp_measure(query_ntp, ntp, cfg)))
+    for http in cfg.sources.http:
+        out.append(Probe(http.label, SourceKind.HTTP, _http_measure(query_http, http, cfg)))
+    return out
+
+
+def _ntp_measure(query_ntp: Callable[..., Sample], server: NtpServer, cfg: Config) -> Callable[[float], Sample]:
+    def measure(timeout_s: float) -> Sample:
+        return query_ntp(
+            server.host,
+            server.port,
+            name=server.label,
+            samples=cfg.ntp.samples,
+            timeout_s=timeout_s,
+            max_root_distance_s=cfg.ntp.max_root_distance_s,
+        )
+
+    return measure
+
+
+def _http_measure(
+    query_http: Callable[..., Sample], server: HttpServer, cfg: Config
+) -> Callable[[float], Sample]:
+    def measure(timeout_s: float) -> Sample:
+        return query_http(
+            server.url,
+            name=server.label,
+            requests_count=cfg.http.requests,
+            timeout_s=timeout_s,
+            ca_bundle=server.ca_bundle,
+            allow_plain_http=server.allow_plain_http,
+        )
+
+    return measure
+
+
+def measure_all(probe_list: list[Probe], timeout_s: float) -> list[Sample]:
+    """Run every probe concurrently; whatever has not answered by the deadline is unreachable."""
+    deadline = time.monotonic() + timeout_s
+    results: list[Sample | None] = [None] * len(probe_list)
+
+    def run(index: int, probe: Probe) -> None:
+        try:
+            results[index] = probe.measure(max(timeout_s - SOURCE_MARGIN_S, 0.01))
+        except Exception as exc:  # noqa: BLE001 — a bug in one source must not cost the verdict of the others
+            results[index] = Sample.failed(
+                probe.name, probe.kind, SourceState.UNREACHABLE, f"internal error: {type(exc).__name__}: {exc}"
+            )
+
+    threads = [
+        threading.Thread(target=run, args=(i, p), name=f"source:{p.name}", daemon=True)
+        for i, p in enumerate(probe_list)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0))
+    return [
+        result
+        if result is not None
+        else Sample.failed(
+            probe.name, probe.kind, SourceState.UNREACHABLE, f"no answer within {timeout_s:g} s (abandoned)"
+        )
+        for probe, result in zip(probe_list, list(results), strict=True)
+    ]
+
+
+def run_check(
+    cfg: Config,
+    *,
+    warning_s: float | None = None,
+    critical_s: float | None = None,
+    probe_list: list[Probe] | None = None,
+    with_local: bool = True,
+) -> CheckResult:
+    started = time.monotonic()
+    local_box: list[LocalClockState] = []
+    local_thread = None
+    if with_local:
+        local_thread = threading.Thread(target=lambda: local_box.append(read_local_clock()), daemon=True)
+        local_thread.start()
+    samples = measure_all(probe_list if probe_list is not None else probes(cfg), cfg.timeout_s)
+    if local_thread is not None:
+        local_thread.join(max(started + cfg.timeout_s - time.monotonic(), 0.05))
+    verdict = consensus.decide(
+        samples,
+        warning_s=cfg.thresholds.warning_s if warning_s is None else warning_s,
+        critical_s=cfg.thresholds.critical_s if critical_s is None else critical_s,
+        min_sources=cfg.consensus.min_sources,
+        monotonic_s=time.monotonic(),
+    )
+    return CheckResult(
+        verdict=verdict,
+        local=local_box[0] if local_box else None,
+        duration_s=time.monotonic() - started,
+        host_time_s=time.time(),
+    )

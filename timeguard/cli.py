@@ -1,0 +1,160 @@
+"""The ``timeguard`` command line. Heavy imports live inside the commands, so ``--help`` stays instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from timeguard import __version__
+
+if TYPE_CHECKING:
+    from timeguard.config import Config
+
+#: Nagios UNKNOWN: what `check` exits with when it cannot even start (bad config, bad arguments).
+EXIT_UNKNOWN = 3
+EXIT_CONFIG_INVALID = 1
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="configuration file (default: $TIMEGUARD_CONFIG, else /etc/timeguard/timeguard.yaml if it exists, "
+        "else the embedded defaults)",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; a Nagios plugin must exit 3 (UNKNOWN) instead."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="timeguard",
+        description="Host time-integrity agent: cross-checks the clock against NTP and HTTPS Date sources. "
+        "It never sets the clock.",
+    )
+    parser.add_argument("--version", action="version", version=f"timeguard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    check = sub.add_parser(
+        "check",
+        help="cross-check the clock once (Nagios exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
+        description="Query every configured NTP and HTTPS source concurrently, reject falsetickers, and report "
+        "the host clock's offset with an error bound. Exit codes: 0 OK, 1 WARNING, 2 CRITICAL or "
+        "SOURCES_INCONSISTENT, 3 UNKNOWN or NO_MAJORITY.",
+    )
+    _config_arg(check)
+    output = check.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object")
+    output.add_argument("--nagios", action="store_true", help="print one Nagios/Icinga line with perfdata")
+    check.add_argument("-w", "--warning", type=_positive_float, metavar="SECONDS",
+                       help="|offset| for WARNING (overrides thresholds.warning_s)")
+    check.add_argument("-c", "--critical", type=_positive_float, metavar="SECONDS",
+                       help="|offset| for CRITICAL (overrides thresholds.critical_s)")
+    check.add_argument("-t", "--timeout", type=_positive_float, metavar="SECONDS",
+                       help="deadline for the whole check (overrides timeout_s)")
+
+    cfg = sub.add_parser("config", help="validate, show or generate the configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    validate = cfg_sub.add_parser("validate", help="check a configuration file and list every error with its line")
+    validate.add_argument("file", nargs="?", help="the file (default: the one timeguard would load)")
+    _config_arg(validate)
+    show = cfg_sub.add_parser("show", help="print the effective configuration (file merged over defaults)")
+    _config_arg(show)
+    show.add_argument("--json", action="store_true", help="as JSON instead of YAML")
+    cfg_sub.add_parser("generate", help="print the documented default configuration (config/timeguard.yaml)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return _cmd_check(args)
+    if args.command == "config":
+        return _cmd_config(args)
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse only admits the commands above
+
+
+def _load_config(explicit: str | None) -> Config:
+    from timeguard import config
+
+    return config.load(config.discover(explicit))
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from timeguard import report
+    from timeguard.check import run_check
+    from timeguard.config import ConfigError
+
+    try:
+        cfg = _load_config(args.config)
+    except ConfigError as exc:
+        print(f"TIMEGUARD UNKNOWN - invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    warning = args.warning if args.warning is not None else cfg.thresholds.warning_s
+    critical = args.critical if args.critical is not None else cfg.thresholds.critical_s
+    if critical <= warning:
+        print(f"TIMEGUARD UNKNOWN - critical ({critical:g} s) must be greater than warning ({warning:g} s)",
+              file=sys.stderr)
+        return EXIT_UNKNOWN
+    if args.timeout is not None:
+        cfg = dataclasses.replace(cfg, timeout_s=args.timeout)
+    result = run_check(cfg, warning_s=warning, critical_s=critical)
+    if args.json:
+        sys.stdout.write(report.as_json(result))
+    elif args.nagios:
+        sys.stdout.write(report.nagios(result))
+    else:
+        sys.stdout.write(report.human(result))
+    return result.verdict.status.exit_code
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from timeguard import config
+
+    if args.config_command == "generate":
+        sys.stdout.write(config.default_text())
+        return 0
+    explicit = getattr(args, "file", None) or args.config
+    path = config.discover(explicit)
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as exc:
+        count = len(exc.problems)
+        print(f"{exc.origin}: invalid, {count} error{'s' if count != 1 else ''}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem.format(exc.origin)}", file=sys.stderr)
+        return EXIT_CONFIG_INVALID
+    if args.config_command == "validate":
+        print(f"{cfg.origin}: valid ({len(cfg.sources.ntp)} NTP and {len(cfg.sources.http)} HTTPS sources)")
+        return 0
+    data = config.to_dict(cfg)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        import yaml
+
+        merged = "" if cfg.origin == "<embedded defaults>" else " merged over the embedded defaults"
+        print(f"# effective configuration: {cfg.origin}{merged}")
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+    return 0

@@ -1,0 +1,157 @@
+"""How a check reads: a table like ``chronyc sources``, JSON for programs, one Nagios line for monitors."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from timeguard.check import CheckResult
+from timeguard.consensus import fmt_offset
+from timeguard.model import SourceState, SourceVerdict, Status
+
+_STATE_MARK = {
+    SourceState.TRUECHIMER: "*",
+    SourceState.FALSETICKER: "x",
+    SourceState.UNUSABLE: "?",
+    SourceState.UNREACHABLE: "-",
+}
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.3f} ms"
+
+
+def _bound(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"±{seconds * 1000:.3f} ms" if seconds < 1 else f"±{seconds:.3f} s"
+
+
+def human(result: CheckResult) -> str:
+    v = result.verdict
+    rows = [("", "KIND", "SOURCE", "OFFSET", "BOUND", "DELAY", "ST", "STATE", "WHY")]
+    for sv in v.sources:
+        s = sv.sample
+        rows.append((
+            _STATE_MARK[sv.state],
+            s.kind.value,
+            s.name if s.address is None or s.address in s.name else f"{s.name} ({s.address})",
+            "-" if s.offset_s is None else fmt_offset(s.offset_s),
+            _bound(s.error_s),
+            _ms(s.delay_s),
+            "-" if s.stratum is None else str(s.stratum),
+            sv.state.value,
+            sv.reason,
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    lines = [line.rstrip() for line in lines]
+    lines.append("")
+    lines.append(f"Verdict: {v.status.value}: {v.summary}")
+    if v.offset_s is not None:
+        trusted = v.trusted_now(result.host_time_s)
+        assert trusted is not None
+        lines.append(
+            f"Trusted time: {_iso(trusted)} (host says {_iso(result.host_time_s)}); "
+            f"thresholds warning {v.warning_s:g} s, critical {v.critical_s:g} s"
+        )
+    if v.usable == 0 and v.sources and all(sv.state is SourceState.UNREACHABLE for sv in v.sources):
+        lines.append(
+            "No source answered: is this host offline, or are outbound NTP (UDP 123) and HTTPS blocked? "
+            "Configure reachable sources (e.g. your own NTP servers) in sources.ntp / sources.http."
+        )
+    if result.local is not None:
+        lines.extend(f"Local {line}" for line in result.local.describe())
+    lines.append(f"Checked {len(v.sources)} sources in {result.duration_s:.3f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _source_json(sv: SourceVerdict) -> dict[str, Any]:
+    s = sv.sample
+    return {
+        "name": s.name,
+        "kind": s.kind.value,
+        "address": s.address,
+        "offset_s": s.offset_s,
+        "offset_lo_s": s.offset_lo_s,
+        "offset_hi_s": s.offset_hi_s,
+        "delay_s": s.delay_s,
+        "stratum": s.stratum,
+        "leap": s.leap,
+        "requests": s.requests,
+        "state": sv.state.value,
+        "reason": sv.reason,
+        "kiss_code": s.kiss_code,
+    }
+
+
+def as_dict(result: CheckResult) -> dict[str, Any]:
+    v = result.verdict
+    local = result.local
+    return {
+        "status": v.status.value,
+        "exit_code": v.status.exit_code,
+        "summary": v.summary,
+        "offset_s": v.offset_s,
+        "offset_lo_s": v.offset_lo_s,
+        "offset_hi_s": v.offset_hi_s,
+        "error_s": v.error_s,
+        "ntp_http_agree": v.ntp_http_agree,
+        "usable": v.usable,
+        "agreeing": v.agreeing,
+        "thresholds": {"warning_s": v.warning_s, "critical_s": v.critical_s},
+        "host_time_s": result.host_time_s,
+        "trusted_time_s": v.trusted_now(result.host_time_s),
+        "duration_s": result.duration_s,
+        "classes": {
+            c.kind.value: {
+                "usable": c.usable,
+                "agreeing": c.agreeing,
+                "offset_lo_s": c.offset_lo_s,
+                "offset_hi_s": c.offset_hi_s,
+            }
+            for c in (v.ntp, v.http)
+        },
+        "sources": [_source_json(sv) for sv in v.sources],
+        "local": None
+        if local is None
+        else {
+            "kernel": None
+            if local.kernel is None
+            else {
+                "state": local.kernel.state,
+                "flags": list(local.kernel.flags),
+                "synchronised": local.kernel.synchronised,
+                "maxerror_s": local.kernel.maxerror_s,
+                "esterror_s": local.kernel.esterror_s,
+                "offset_s": local.kernel.offset_s,
+                "freq_ppm": local.kernel.freq_ppm,
+            },
+            "kernel_error": local.kernel_error,
+            "daemons": [{"name": n, "pid": p} for n, p in local.daemons],
+            "daemons_error": local.daemons_error,
+        },
+    }
+
+
+def as_json(result: CheckResult) -> str:
+    return json.dumps(as_dict(result), indent=2) + "\n"
+
+
+def nagios(result: CheckResult) -> str:
+    """``TIMEGUARD STATUS - summary | offset=…s;warn;crit;0 sources=…;;;0;N`` (monitoring-plugins style:
+    the offset's absolute value, like check_ntp_time; ``U`` when it is unknown)."""
+    v = result.verdict
+    offset = "U" if v.offset_s is None else f"{abs(v.offset_s):.6f}s"
+    bound = "U" if v.error_s is None else f"{v.error_s:.6f}s"
+    label = {Status.SOURCES_INCONSISTENT: "CRITICAL", Status.NO_MAJORITY: "UNKNOWN"}.get(v.status, v.status.value)
+    perf = (
+        f"offset={offset};{v.warning_s:g};{v.critical_s:g};0 error_bound={bound};;;0 "
+        f"sources_agreeing={v.agreeing};;;0;{len(v.sources)} sources_usable={v.usable};;;0;{len(v.sources)}"
+    )
+    return f"TIMEGUARD {label} - {v.status.value}: {v.summary} | {perf}\n"
