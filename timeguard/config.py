@@ -28,8 +28,8 @@ ENV_VAR = "TIMEGUARD_CONFIG"
 
 
 def _f(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None,
-       lo_open: bool = False) -> Any:
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open}
+       lo_open: bool = False, choices: tuple[str, ...] | None = None) -> Any:
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices}
     if default is dataclasses.MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
@@ -87,6 +87,28 @@ class ConsensusOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    tick_s: float = _f(lo=0.01, hi=60)
+    step_threshold_s: float = _f(lo=0.05, hi=3600)
+    flap_window_s: float = _f(lo=0, hi=86400)
+    ntp_interval_s: float = _f(lo=15, hi=86400)  # RFC 4330: never below 15 s
+    http_interval_s: float = _f(lo=15, hi=86400)
+    floor_interval_s: float = _f(lo=1, hi=3600)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsOptions:
+    listen: str | None = None
+    textfile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingOptions:
+    level: str = _f(choices=("debug", "info", "warning", "error"))
+    format: str = _f(choices=("auto", "json", "console"))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     sources: Sources
     thresholds: Thresholds
@@ -95,6 +117,9 @@ class Config:
     http: HttpOptions
     consensus: ConsensusOptions
     state_dir: str
+    daemon: DaemonOptions
+    metrics: MetricsOptions
+    logging: LoggingOptions
     origin: str = field(default="<embedded defaults>", compare=False)  # where it was loaded from
 
 
@@ -339,6 +364,10 @@ def _convert(tp: Any, value: Any, path: str, lines: Lines, problems: list[Config
 
 def _check_bounds(f: dataclasses.Field[Any], value: Any, path: str, lines: Lines,
                   problems: list[ConfigProblem]) -> None:
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        problems.append(ConfigProblem(path, f"must be one of {', '.join(choices)}, not {value!r}", _line(lines, path)))
+        return
     if not isinstance(value, int | float) or isinstance(value, bool):
         return
     lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open")
@@ -387,6 +416,7 @@ def _logical_checks(data: Any, lines: Lines, problems: list[ConfigProblem]) -> N
                 bad(path, f"same source as sources.{kind}[{seen[key]}] ({key}); "
                     "a duplicate would count twice in the majority")
             seen.setdefault(key, i)
+    _check_metrics(section("metrics"), bad)
     min_sources = section("consensus").get("min_sources")
     if number(min_sources) and counted < min_sources:
         bad("consensus.min_sources", f"is {min_sources} but only {counted} sources are configured: "
@@ -414,3 +444,13 @@ def _check_http_entry(entry: dict[str, Any], path: str, bad: Any) -> None:
                 "or set allow_plain_http: true for a network you trust")
     if isinstance(ca_bundle, str) and not os.access(ca_bundle, os.R_OK):
         bad(f"{path}.ca_bundle", f"cannot read the CA bundle {ca_bundle!r}")
+
+
+def _check_metrics(metrics: dict[str, Any], bad: Any) -> None:
+    listen, textfile = metrics.get("listen"), metrics.get("textfile")
+    if isinstance(listen, str):
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            bad("metrics.listen", f"must be HOST:PORT, e.g. 127.0.0.1:9958, not {listen!r}")
+    if isinstance(textfile, str) and not textfile.endswith(".prom"):
+        bad("metrics.textfile", f"must end in .prom (node_exporter reads only *.prom), not {textfile!r}")
