@@ -37,7 +37,6 @@ from tests.support.require import need_program
 pytestmark = pytest.mark.real
 
 # Until tests/conftest.py lists it: loading it twice is harmless (pytest registers a plugin once).
-pytest_plugins = ["tests.support.fixtures"]
 
 DAY_S = 86_400
 NTP_TOLERANCE_S = 0.05  # loopback, sub-ms delay; generous for a loaded 2-vCPU CI machine
