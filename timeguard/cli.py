@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from timeguard import __version__
 
@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 #: Nagios UNKNOWN: what `check` exits with when it cannot even start (bad config, bad arguments).
 EXIT_UNKNOWN = 3
 EXIT_CONFIG_INVALID = 1
+#: EX_CONFIG from sysexits.h: the unit's RestartPreventExitStatus keeps systemd from restarting in a loop.
+EXIT_CONFIG = 78
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-t", "--timeout", type=_positive_float, metavar="SECONDS",
                        help="deadline for the whole check (overrides timeout_s)")
 
+    run = sub.add_parser("run", help="run the daemon (systemd Type=notify service)",
+                         description="Detect clock steps, cross-check the sources on a schedule and keep the journal "
+                         "in state_dir. SIGHUP reloads the configuration, SIGTERM stops.")
+    _config_arg(run)
+
+    status = sub.add_parser("status", help="is the daemon alive; last verdict, floor, last events, journal health")
+    _config_arg(status)
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("--events", type=int, default=5, metavar="N", help="how many recent events to show")
+
+    events = sub.add_parser("events", help="list the journal's events (steps, conditions)")
+    _config_arg(events)
+    events.add_argument("--since", metavar="WHEN",
+                        help="only events since WHEN: an ISO 8601 time (UTC if no zone) or an age such as 90s, "
+                        "15m, 2h, 7d; compared with the trusted time where it was known")
+    events.add_argument("--kind", action="append", metavar="KIND",
+                        help="only this kind (repeatable): " + ", ".join(k.value for k in _event_kinds()))
+    events.add_argument("--limit", type=int, metavar="N", help="only the newest N")
+    events.add_argument("--json", action="store_true", help="one JSON array of events (the hook event schema)")
+
     cfg = sub.add_parser("config", help="validate, show or generate the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     validate = cfg_sub.add_parser("validate", help="check a configuration file and list every error with its line")
@@ -90,7 +112,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_check(args)
     if args.command == "config":
         return _cmd_config(args)
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "status":
+        from timeguard.status import cmd_status
+
+        return cmd_status(args)
+    if args.command == "events":
+        from timeguard.status import cmd_events
+
+        return cmd_events(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only admits the commands above
+
+
+def _event_kinds() -> list[Any]:
+    from timeguard.events import EventKind
+
+    return list(EventKind)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from timeguard import config, logs
+    from timeguard.agent import Agent
+
+    path = config.discover(args.config)
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as exc:
+        print(f"timeguard run: invalid configuration, not starting:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    return Agent(cfg, config_path=path).run()
+
+
+def load_config_or_exit(explicit: str | None) -> Config:
+    """For status/events: a bad configuration is reported with every error, exit 1."""
+    from timeguard import config
+
+    try:
+        return _load_config(explicit)
+    except config.ConfigError as exc:
+        print(f"timeguard: invalid configuration:\n{exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG_INVALID) from exc
 
 
 def _load_config(explicit: str | None) -> Config:

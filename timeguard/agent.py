@@ -1,0 +1,573 @@
+"""The daemon, ``timeguard run``: detect steps, cross-check the sources on a schedule, keep the journal.
+
+Threads: the main thread runs the step detector (timerfd + REALTIME−BOOTTIME polling), persists the floor and
+the heartbeat, pings the systemd watchdog and handles signals — it never waits on the network. APScheduler's
+threads run the NTP and HTTP cross-checks. APScheduler computes its sleeps from the wall clock, so a 180-day
+rollback would stall it for 180 days (research/harness.md §1d): after every detected step the agent re-arms
+every job from the new "now", which also runs the checks at once.
+
+Samples are kept per source with the boot epoch (REALTIME − BOOTTIME) at which they were measured. Every
+verdict re-bases them to the current host clock (a step of Δ since the measurement shifts the offset by −Δ)
+and widens their interval by 15 ppm of their age (RFC 5905's PHI), so NTP answers from a minute ago and HTTP
+answers from a quarter of an hour ago can be combined soundly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from timeguard import __version__, consensus, logs
+from timeguard import config as config_mod
+from timeguard.check import Probe, measure_all, probes
+from timeguard.clockwatch import ClockReading, ClockStep, StepDetector, StepKind, read_clocks
+from timeguard.config import Config
+from timeguard.events import Event, EventKind, new_id
+from timeguard.journal import CheckRecord, Journal, JournalCorrupt, JournalError
+from timeguard.localclock import read_kernel_clock
+from timeguard.model import Sample, SourceKind, SourceState, Status, Verdict
+from timeguard.sdnotify import Notifier
+from timeguard.sources.ntp import PollPolicy
+
+PHI = 15e-6  # RFC 5905: how fast an old sample's error grows (s/s)
+HEARTBEAT_S = 10.0  # how often `timeguard status` can see the daemon is alive
+POLL_SLACK_S = 2.0  # a scheduled job waits this long at most for a source's next allowed poll
+SAMPLE_MAX_AGE_INTERVALS = 3  # a sample older than 3 of its class's intervals no longer counts
+
+_CONDITIONS: dict[Status, EventKind | None] = {
+    Status.OK: None,
+    Status.WARNING: EventKind.OFFSET_WARNING,
+    Status.CRITICAL: EventKind.OFFSET_CRITICAL,
+    Status.SOURCES_INCONSISTENT: EventKind.SOURCES_INCONSISTENT,
+    Status.NO_MAJORITY: EventKind.SOURCES_UNAVAILABLE,
+    Status.UNKNOWN: EventKind.SOURCES_UNAVAILABLE,
+}
+_STEP_EVENTS = {StepKind.ROLLBACK: EventKind.ROLLBACK, StepKind.FORWARD_JUMP: EventKind.FORWARD_JUMP,
+                StepKind.LEAP: EventKind.LEAP}
+
+
+def read_boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def open_journal(state_dir: str, log: Any) -> Journal:
+    """Open the journal; a corrupt file is moved aside (kept, never deleted) and a new one started."""
+    try:
+        return Journal.in_state_dir(state_dir)
+    except JournalCorrupt as exc:
+        path = Path(state_dir) / "journal.sqlite"
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{path}{suffix}")
+            if src.exists():
+                src.rename(f"{aside}{suffix}")
+        log.error("journal_corrupt_moved_aside", error=str(exc), moved_to=str(aside))
+        return Journal.in_state_dir(state_dir)
+
+
+@dataclasses.dataclass(slots=True)
+class _Latest:
+    sample: Sample
+    epoch_s: float  # boot epoch when the measurement started: what its offset is relative to
+    monotonic_s: float
+
+
+@dataclasses.dataclass(slots=True)
+class _Incident:
+    id: str
+    last_step_monotonic_s: float
+    transitions: int
+
+
+def rebase(latest: _Latest, now: ClockReading, max_age_s: float) -> Sample:
+    """The sample as it applies to the host clock *now*: shifted by the clock's steps and slews since it was
+    measured, widened by PHI × age, or unreachable once too old."""
+    sample = latest.sample
+    age = now.monotonic_s - latest.monotonic_s
+    if age > max_age_s:
+        return Sample.failed(sample.name, sample.kind, SourceState.UNREACHABLE,
+                             f"last answer {age:.0f} s ago is too old (limit {max_age_s:.0f} s)")
+    if not sample.usable:
+        return sample
+    assert sample.offset_s is not None and sample.offset_lo_s is not None and sample.offset_hi_s is not None
+    shift = now.boot_epoch_s - latest.epoch_s
+    widen = PHI * max(age, 0.0)
+    return dataclasses.replace(
+        sample,
+        offset_s=sample.offset_s - shift,
+        offset_lo_s=sample.offset_lo_s - shift - widen,
+        offset_hi_s=sample.offset_hi_s - shift + widen,
+    )
+
+
+def verdict_summary(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "status": verdict.status.value,
+        "offset_s": verdict.offset_s,
+        "offset_lo_s": verdict.offset_lo_s,
+        "offset_hi_s": verdict.offset_hi_s,
+        "ntp_http_agree": verdict.ntp_http_agree,
+        "summary": verdict.summary,
+    }
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: Path | None = None,
+        reader: Callable[[], ClockReading] = read_clocks,
+        probe_factory: Callable[[Config], list[Probe]] = probes,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self._reader = reader
+        self._probe_factory = probe_factory
+        self._notifier = notifier or Notifier()
+        self.log = logs.get("timeguard.agent")
+        self.boot_id = read_boot_id()
+        self._lock = threading.RLock()  # guards samples, verdict, incidents, condition
+        self._stop = threading.Event()
+        self._reload_requested = False
+        self._latest: dict[str, _Latest] = {}
+        self._policies: dict[str, PollPolicy] = {}
+        self._probes: list[Probe] = []
+        self._rounds_done: set[SourceKind] = set()
+        self._verdict: Verdict | None = None
+        self._incident: _Incident | None = None
+        self._condition: EventKind | None = None
+        self._condition_incident: str | None = None
+        self._unwritten: list[Event] = []  # events the journal refused: retried, never dropped
+        self.journal_errors = 0
+        self.steps_total = {"backward": 0, "forward": 0}
+        self.journal: Journal | None = None
+        self._scheduler: Any = None
+        self._metrics: Any = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        self.journal = open_journal(self.cfg.state_dir, self.log)
+        reading = self._reader()
+        self._check_while_down(reading)
+        self._persist_clock(reading, floor=True, reason="raised at start-up")
+        self.journal.set_meta({"pid": os.getpid(), "version": __version__, "boot_id": self.boot_id,
+                               "started_wall_s": reading.realtime_s, "config": self.cfg.origin})
+        detector = self._make_detector()
+        self._install_signals()
+        self._rebuild_probes()
+        self._start_metrics()
+        self._start_scheduler()
+        self.log.info("started", version=__version__, config=self.cfg.origin, boot_id=self.boot_id,
+                      pid=os.getpid(), timerfd=detector.watcher is not None)
+        self._notifier.ready("local clock checked, waiting for the first cross-check")
+        try:
+            self._loop(detector)
+        finally:
+            self._shutdown(detector)
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _make_detector(self) -> StepDetector:
+        detector = StepDetector.open(threshold_s=self.cfg.daemon.step_threshold_s, leap_pending=self._leap_pending,
+                                     read=self._reader)
+        if detector.watcher is None:
+            self.log.warning("timerfd_unavailable", error=detector.watcher_error,
+                             fallback="polling REALTIME-BOOTTIME every tick")
+        return detector
+
+    def _leap_pending(self) -> str | None:
+        """A leap second announced by the kernel, else by the NTP sources that agree (leap indicator 1/2)."""
+        try:
+            kernel = read_kernel_clock().leap_pending
+        except OSError:
+            kernel = None
+        if kernel is not None:
+            return kernel
+        verdict = self._verdict
+        if verdict is None:
+            return None
+        leaps = [sv.sample.leap for sv in verdict.sources
+                 if sv.state is SourceState.TRUECHIMER and sv.sample.kind is SourceKind.NTP]
+        if leaps and leaps.count(1) * 2 > len(leaps):
+            return "insert"
+        if leaps and leaps.count(2) * 2 > len(leaps):
+            return "delete"
+        return None
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            self.log.info("stopping", signal=signal.Signals(signum).name)
+            self._stop.set()
+
+        def reload(_signum: int, _frame: FrameType | None) -> None:
+            self._reload_requested = True
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, stop)
+            signal.signal(signal.SIGINT, stop)
+            signal.signal(signal.SIGHUP, reload)
+
+    def _loop(self, detector: StepDetector) -> None:
+        ping_every = self._notifier.watchdog_ping_interval_s
+        now = time.monotonic()
+        next_ping = now
+        next_heartbeat = now + HEARTBEAT_S
+        next_floor = now + self.cfg.daemon.floor_interval_s
+        while not self._stop.is_set():
+            steps = detector.wait(self.cfg.daemon.tick_s)
+            for step in steps:
+                self._handle_step(step)
+            now = time.monotonic()
+            if self._unwritten:
+                self._flush_unwritten()
+            if now >= next_heartbeat or now >= next_floor:
+                current = self._reader()
+                self._persist_clock(current, floor=now >= next_floor, reason="raised")
+                next_heartbeat = now + HEARTBEAT_S
+                if now >= next_floor:
+                    next_floor = now + self.cfg.daemon.floor_interval_s
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload(detector)
+            if ping_every is not None and now >= next_ping:
+                # Only the detection loop pings: if it wedges, systemd restarts us (WatchdogSec).
+                self._notifier.watchdog()
+                next_ping = now + ping_every
+
+    def _shutdown(self, detector: StepDetector) -> None:
+        self._notifier.stopping()
+        self._notifier.close()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self._metrics is not None:
+            self._metrics.close()
+        try:
+            self._persist_clock(self._reader(), floor=True, reason="shutdown")
+            self._flush_unwritten()
+        except JournalError as exc:
+            self.log.error("journal_write_failed_at_shutdown", error=str(exc))
+        detector.close()
+        assert self.journal is not None
+        self.journal.close()
+        self.log.info("stopped")
+
+    # ----------------------------------------------------------------------------------- floor, heartbeat
+
+    def _check_while_down(self, reading: ClockReading) -> None:
+        """At start-up: did the clock move while we were not watching?"""
+        assert self.journal is not None
+        threshold = self.cfg.daemon.step_threshold_s
+        last = self.journal.meta().get("last_clock")
+        floor = self.journal.floor()
+        if isinstance(last, dict) and last.get("boot_id") == self.boot_id:
+            # Same boot: the boot epoch then and now gives the exact net step while we were down.
+            step = reading.boot_epoch_s - (float(last["wall_s"]) - float(last["boottime_s"]))
+            if step < -threshold:
+                self._record_while_down(reading, EventKind.ROLLBACK_WHILE_DOWN, step,
+                                        {"same_boot": True, "exact": True, "down_for_s": reading.boottime_s
+                                         - float(last["boottime_s"])})
+            elif step > threshold:
+                self._record_while_down(reading, EventKind.FORWARD_JUMP, step,
+                                        {"same_boot": True, "exact": True, "while_down": True})
+            return
+        if floor is not None and reading.realtime_s < floor.wall_s - threshold:
+            # Another boot: how long the host was down is unknown, so the size is a lower bound.
+            self._record_while_down(reading, EventKind.ROLLBACK_WHILE_DOWN, reading.realtime_s - floor.wall_s,
+                                    {"same_boot": floor.boot_id == self.boot_id, "lower_bound": True,
+                                     "previous_boot_id": floor.boot_id, "floor_wall_s": floor.wall_s})
+
+    def _record_while_down(self, reading: ClockReading, kind: EventKind, step_s: float,
+                           detail: dict[str, Any]) -> None:
+        assert self.journal is not None
+        incident = new_id()
+        event = Event(kind=kind, incident_id=incident, wall_time_s=reading.realtime_s,
+                      monotonic_s=reading.monotonic_s, boot_id=self.boot_id, step_s=step_s,
+                      wall_before_s=reading.realtime_s - step_s, detail=detail)
+        self._record(event)
+        self.log.warning("clock_step", kind=kind.value, step_s=step_s, incident=incident, **detail)
+        if kind is EventKind.ROLLBACK_WHILE_DOWN:
+            self.steps_total["backward"] += 1
+            self.journal.set_floor(reading.realtime_s, self.boot_id, reading.boottime_s,
+                                   f"lowered after {kind.value} {incident}")
+        else:
+            self.steps_total["forward"] += 1
+
+    def _persist_clock(self, reading: ClockReading, *, floor: bool, reason: str) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.set_meta({
+                "last_clock": {"wall_s": reading.realtime_s, "boottime_s": reading.boottime_s,
+                               "boot_id": self.boot_id},
+                "heartbeat": {"boottime_s": reading.boottime_s, "wall_s": reading.realtime_s,
+                              "boot_id": self.boot_id, "pid": os.getpid()},
+            })
+            if floor:
+                self.journal.raise_floor(reading.realtime_s, self.boot_id, reading.boottime_s, reason)
+        except JournalError as exc:
+            self.journal_errors += 1
+            self.log.error("journal_write_failed", error=str(exc), what="floor/heartbeat")
+
+    # ------------------------------------------------------------------------------------------- steps
+
+    def _handle_step(self, step: ClockStep) -> None:
+        if step.kind is StepKind.SUSPEND:
+            self.log.info("resumed_from_suspend", suspended_s=step.suspended_s)
+            return
+        kind = _STEP_EVENTS[step.kind]
+        with self._lock:
+            if self._incident is not None and (
+                step.monotonic_s - self._incident.last_step_monotonic_s <= self.cfg.daemon.flap_window_s
+            ):
+                self._incident.transitions += 1
+                self._incident.last_step_monotonic_s = step.monotonic_s
+            else:
+                self._incident = _Incident(new_id(), step.monotonic_s, 1)
+            incident = self._incident
+            verdict = self._current_verdict() if self._latest else None
+        trusted = None
+        if verdict is not None and verdict.offset_s is not None:
+            trusted = step.realtime_after_s + verdict.offset_s
+        event = Event(
+            kind=kind, incident_id=incident.id, wall_time_s=step.realtime_after_s, monotonic_s=step.monotonic_s,
+            boot_id=self.boot_id, step_s=step.step_s, wall_before_s=step.realtime_before_s,
+            trusted_time_s=trusted, verdict=None if verdict is None else verdict_summary(verdict),
+            detail={"detected_by": step.detected_by, "transition": incident.transitions,
+                    "suspended_s": step.suspended_s},
+        )
+        self._record(event)
+        self.steps_total["backward" if step.step_s < 0 else "forward"] += 1
+        self.log.warning("clock_step", kind=kind.value, step_s=round(step.step_s, 6), incident=incident.id,
+                         transition=incident.transitions, detected_by=step.detected_by,
+                         wall_before=_iso(step.realtime_before_s), wall_after=_iso(step.realtime_after_s),
+                         trusted_time=None if trusted is None else _iso(trusted))
+        if step.step_s < 0:
+            # The rollback is recorded: the new, lower wall time is the floor from now on.
+            try:
+                assert self.journal is not None
+                self.journal.set_floor(step.realtime_after_s, self.boot_id, step.boottime_s,
+                                       f"lowered after {kind.value} {incident.id}")
+            except JournalError as exc:
+                self.journal_errors += 1
+                self.log.error("journal_write_failed", error=str(exc), what="floor")
+        self._rearm_jobs()
+        self._update_metrics()
+
+    def _record(self, event: Event) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.record_event(event)
+        except JournalError as exc:
+            self.journal_errors += 1
+            self._unwritten.append(event)
+            self.log.error("journal_write_failed", error=str(exc), what="event", kept_in_memory=len(self._unwritten))
+
+    def _flush_unwritten(self) -> None:
+        assert self.journal is not None
+        while self._unwritten:
+            try:
+                self.journal.record_event(self._unwritten[0])
+            except JournalError:
+                return
+            self._unwritten.pop(0)
+
+    # ------------------------------------------------------------------------------------------ checks
+
+    def _rebuild_probes(self) -> None:
+        with self._lock:
+            self._probes = self._probe_factory(self.cfg)
+            names = {p.name for p in self._probes}
+            self._latest = {k: v for k, v in self._latest.items() if k in names}
+            old = self._policies
+            self._policies = {}
+            for probe in self._probes:
+                interval = self._interval(probe.kind)
+                policy = old.get(probe.name)
+                if policy is None or policy.interval_s < interval:
+                    policy = PollPolicy(interval_s=interval, max_interval_s=max(1024.0, interval * 16))
+                self._policies[probe.name] = policy
+            self._rounds_done = {k for k in self._rounds_done if any(p.kind == k for p in self._probes)}
+
+    def _interval(self, kind: SourceKind) -> float:
+        d = self.cfg.daemon
+        return d.ntp_interval_s if kind is SourceKind.NTP else d.http_interval_s
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        for kind in (SourceKind.NTP, SourceKind.HTTP):
+            self._scheduler.add_job(self._check_class, self._trigger(kind), args=[kind], id=kind.value,
+                                    next_run_time=datetime.now(UTC))
+        self._scheduler.start()
+
+    def _trigger(self, kind: SourceKind) -> Any:
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        return IntervalTrigger(seconds=self._interval(kind), start_date=datetime.now(UTC), timezone=UTC)
+
+    def _rearm_jobs(self) -> None:
+        """A fresh trigger anchored at the new "now" for every job: they run at once and keep their period."""
+        if self._scheduler is None:
+            return
+        for kind in (SourceKind.NTP, SourceKind.HTTP):
+            self._scheduler.reschedule_job(kind.value, trigger=self._trigger(kind))
+        self.log.info("jobs_rearmed", reason="clock step")
+
+    def _check_class(self, kind: SourceKind) -> None:
+        try:
+            self._run_checks(kind)
+        except Exception:  # a failed round is logged; the next one runs on schedule
+            self.log.exception("check_failed", kind=kind.value)
+
+    def _run_checks(self, kind: SourceKind) -> None:
+        with self._lock:
+            candidates = [(p, self._policies[p.name]) for p in self._probes if p.kind is kind]
+        now = time.monotonic()
+        due = []
+        for probe, policy in candidates:
+            when = policy.next_poll_monotonic()
+            if when is not None and when <= now + POLL_SLACK_S:
+                due.append((probe, policy, when))
+        if due:
+            wait = max(when for _, _, when in due) - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            start = self._reader()
+            samples = measure_all([p for p, _, _ in due], self.cfg.timeout_s)
+            with self._lock:
+                for (probe, policy, _), sample in zip(due, samples, strict=True):
+                    policy.record(sample)
+                    self._latest[probe.name] = _Latest(sample, start.boot_epoch_s, start.monotonic_s)
+        with self._lock:
+            self._rounds_done.add(kind)
+            verdict = self._current_verdict()
+            self._verdict = verdict
+        self._after_verdict(verdict, kind, polled=len(due))
+
+    def _current_verdict(self) -> Verdict:
+        now = self._reader()
+        samples = []
+        for probe in self._probes:
+            latest = self._latest.get(probe.name)
+            if latest is None:
+                continue
+            max_age = SAMPLE_MAX_AGE_INTERVALS * self._policies[probe.name].interval_s + self.cfg.timeout_s
+            samples.append(rebase(latest, now, max_age))
+        return consensus.decide(samples, warning_s=self.cfg.thresholds.warning_s,
+                                critical_s=self.cfg.thresholds.critical_s,
+                                min_sources=self.cfg.consensus.min_sources, monotonic_s=now.monotonic_s)
+
+    def _after_verdict(self, verdict: Verdict, kind: SourceKind, *, polled: int) -> None:
+        now = self._reader()
+        assert self.journal is not None
+        try:
+            self.journal.record_check(CheckRecord(
+                wall_s=now.realtime_s, monotonic_s=now.monotonic_s, boot_id=self.boot_id,
+                status=verdict.status.value, offset_s=verdict.offset_s, offset_lo_s=verdict.offset_lo_s,
+                offset_hi_s=verdict.offset_hi_s, usable=verdict.usable, agreeing=verdict.agreeing,
+                ntp_http_agree=verdict.ntp_http_agree, summary=verdict.summary,
+                sources=[{"name": sv.sample.name, "kind": sv.sample.kind.value, "state": sv.state.value,
+                          "offset_s": sv.sample.offset_s, "reason": sv.reason} for sv in verdict.sources],
+            ))
+        except JournalError as exc:
+            self.journal_errors += 1
+            self.log.error("journal_write_failed", error=str(exc), what="check")
+        self.log.info("checked", kind=kind.value, polled=polled, status=verdict.status.value,
+                      offset_s=verdict.offset_s, error_s=verdict.error_s, usable=verdict.usable,
+                      agreeing=verdict.agreeing)
+        self._transition(verdict, now)
+        self._notifier.status(f"{verdict.status.value}: {verdict.summary}")
+        self._update_metrics()
+
+    def _transition(self, verdict: Verdict, now: ClockReading) -> None:
+        """Record offset/source conditions when they change, not on every check."""
+        configured = {p.kind for p in self._probes}
+        with self._lock:
+            if not configured <= self._rounds_done:
+                return  # until every class has answered once, a missing class is not yet a condition
+            condition = _CONDITIONS[verdict.status]
+            if condition == self._condition:
+                return
+            previous, self._condition = self._condition, condition
+            if condition is None:
+                kind, incident = EventKind.RECOVERED, self._condition_incident or new_id()
+                self._condition_incident = None
+            else:
+                kind = condition
+                self._condition_incident = self._condition_incident or new_id()
+                incident = self._condition_incident
+        trusted = None if verdict.offset_s is None else now.realtime_s + verdict.offset_s
+        self._record(Event(kind=kind, incident_id=incident, wall_time_s=now.realtime_s,
+                           monotonic_s=now.monotonic_s, boot_id=self.boot_id, trusted_time_s=trusted,
+                           verdict=verdict_summary(verdict),
+                           detail={"previous": None if previous is None else previous.value}))
+        log = self.log.info if condition is None else self.log.warning
+        log("condition", kind=kind.value, incident=incident, summary=verdict.summary)
+
+    # ------------------------------------------------------------------------------------------ reload
+
+    def _reload(self, detector: StepDetector) -> None:
+        self._notifier.reloading()
+        try:
+            new = config_mod.load(self.config_path)
+        except config_mod.ConfigError as exc:
+            self.log.error("reload_refused", config=exc.origin, errors=[p.format(exc.origin) for p in exc.problems],
+                           keeping=self.cfg.origin)
+            self._notifier.ready("reload refused: invalid configuration, old one kept")
+            return
+        if new.state_dir != self.cfg.state_dir:
+            self.log.warning("state_dir_change_needs_restart", old=self.cfg.state_dir, new=new.state_dir)
+            new = dataclasses.replace(new, state_dir=self.cfg.state_dir)
+        self.cfg = new
+        logs.configure(new.logging.level, new.logging.format)
+        detector.threshold_s = new.daemon.step_threshold_s
+        self._rebuild_probes()
+        self._rearm_jobs()
+        self.log.info("reloaded", config=new.origin)
+        self._notifier.ready("configuration reloaded")
+
+    # ----------------------------------------------------------------------------------------- metrics
+
+    def _start_metrics(self) -> None:
+        if self.cfg.metrics.listen is None and self.cfg.metrics.textfile is None:
+            return
+        try:
+            from timeguard.metrics import Metrics
+        except ImportError as exc:
+            self.log.error("metrics_unavailable", error=str(exc), hint="pip install 'timeguard[metrics]'")
+            return
+        self._metrics = Metrics(self.cfg.metrics, self.log)
+
+    def _update_metrics(self) -> None:
+        if self._metrics is None:
+            return
+        try:
+            self._metrics.update(self)
+        except Exception:  # metrics must never break detection
+            self.log.exception("metrics_update_failed")
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return self._verdict
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

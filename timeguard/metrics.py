@@ -1,0 +1,156 @@
+"""Prometheus metrics (optional extra ``timeguard[metrics]``): an HTTP endpoint on loopback and/or a
+node_exporter textfile. Names follow research/style_ecosystem.md B8: ``timeguard_`` prefix, base units,
+``_total`` counters, no timestamps on samples. The collector renders a snapshot the agent hands over after
+every check and step, so a scrape never touches the agent's locks or the network.
+
+Sign: every offset is *true time − host time*; positive means the host clock is behind (as ntplib and
+chrony's "System time ... slow" report it; node_exporter's ``node_timex_offset_seconds`` is the kernel's own
+pending correction, a different quantity).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from timeguard import __version__
+from timeguard.model import SourceState, Status
+
+if TYPE_CHECKING:
+    from timeguard.agent import Agent
+    from timeguard.config import MetricsOptions
+
+#: Every metric timeguard exports; tests fail if one is emitted that is not listed (Datadog's catalogue rule).
+CATALOGUE = {
+    "timeguard_build": "info",
+    "timeguard_offset_seconds": "gauge",
+    "timeguard_offset_lower_bound_seconds": "gauge",
+    "timeguard_offset_upper_bound_seconds": "gauge",
+    "timeguard_status": "gauge",
+    "timeguard_ntp_http_agree": "gauge",
+    "timeguard_sources_usable": "gauge",
+    "timeguard_sources_agreeing": "gauge",
+    "timeguard_source_offset_seconds": "gauge",
+    "timeguard_source_state": "gauge",
+    "timeguard_clock_steps": "counter",
+    "timeguard_journal_errors": "counter",
+    "timeguard_last_check_timestamp_seconds": "gauge",
+}
+
+_NAN = float("nan")
+
+
+def _num(value: float | None) -> float:
+    return _NAN if value is None else float(value)
+
+
+class _Snapshot(Collector):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, Any] = {}
+
+    def set(self, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._data = data
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            d = dict(self._data)
+        info = InfoMetricFamily("timeguard_build", "timeguard version", labels=[])
+        info.add_metric([], {"version": __version__})
+        yield info
+        yield GaugeMetricFamily("timeguard_offset_seconds",
+                                "Consensus offset of the host clock: true time minus host time (positive: host "
+                                "behind); NaN without a verdict", value=_num(d.get("offset_s")))
+        yield GaugeMetricFamily("timeguard_offset_lower_bound_seconds",
+                                "Lower end of the interval that contains the true offset",
+                                value=_num(d.get("offset_lo_s")))
+        yield GaugeMetricFamily("timeguard_offset_upper_bound_seconds",
+                                "Upper end of the interval that contains the true offset",
+                                value=_num(d.get("offset_hi_s")))
+        status = GaugeMetricFamily("timeguard_status", "1 for the current verdict status, 0 for the others",
+                                   labels=["status"])
+        for s in Status:
+            status.add_metric([s.value], 1.0 if d.get("status") == s.value else 0.0)
+        yield status
+        agree = d.get("ntp_http_agree")
+        yield GaugeMetricFamily("timeguard_ntp_http_agree",
+                                "1 if the NTP and the HTTPS sources agree, 0 if not, NaN if not comparable",
+                                value=_NAN if agree is None else float(agree))
+        yield GaugeMetricFamily("timeguard_sources_usable", "Sources with a valid answer",
+                                value=float(d.get("usable", 0)))
+        yield GaugeMetricFamily("timeguard_sources_agreeing", "The most sources whose intervals overlap",
+                                value=float(d.get("agreeing", 0)))
+        per_offset = GaugeMetricFamily("timeguard_source_offset_seconds",
+                                       "Offset one source measured (true minus host), NaN without an answer",
+                                       labels=["source", "kind"])
+        per_state = GaugeMetricFamily("timeguard_source_state", "1 for the source's current state",
+                                      labels=["source", "kind", "state"])
+        for src in d.get("sources", []):
+            per_offset.add_metric([src["name"], src["kind"]], _num(src["offset_s"]))
+            for state in SourceState:
+                per_state.add_metric([src["name"], src["kind"], state.value], 1.0 if src["state"] == state else 0.0)
+        yield per_offset
+        yield per_state
+        steps = CounterMetricFamily("timeguard_clock_steps", "Clock steps detected, by direction",
+                                    labels=["direction"])
+        for direction, count in sorted(d.get("steps", {}).items()):
+            steps.add_metric([direction], float(count))
+        yield steps
+        yield CounterMetricFamily("timeguard_journal_errors", "Journal writes that failed (kept and retried)",
+                                  value=float(d.get("journal_errors", 0)))
+        yield GaugeMetricFamily("timeguard_last_check_timestamp_seconds",
+                                "Host wall time of the last cross-check (compare with the trusted time)",
+                                value=_num(d.get("last_check_wall_s")))
+
+
+class Metrics:
+    def __init__(self, options: MetricsOptions, log: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._snapshot = _Snapshot()
+        self.registry.register(self._snapshot)
+        self._textfile = options.textfile
+        self._log = log
+        self._server: Any = None
+        if options.listen:
+            host, _, port = options.listen.rpartition(":")
+            self._server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+            log.info("metrics_listening", address=options.listen)
+        self.write_textfile()
+
+    def update(self, agent: Agent) -> None:
+        import time
+
+        verdict = agent.verdict
+        data: dict[str, Any] = {
+            "steps": dict(agent.steps_total),
+            "journal_errors": agent.journal_errors,
+        }
+        if verdict is not None:
+            data.update(
+                status=verdict.status.value, offset_s=verdict.offset_s, offset_lo_s=verdict.offset_lo_s,
+                offset_hi_s=verdict.offset_hi_s, ntp_http_agree=verdict.ntp_http_agree, usable=verdict.usable,
+                agreeing=verdict.agreeing, last_check_wall_s=time.time(),
+                sources=[{"name": sv.sample.name, "kind": sv.sample.kind.value, "state": sv.state.value,
+                          "offset_s": sv.sample.offset_s} for sv in verdict.sources],
+            )
+        self._snapshot.set(data)
+        self.write_textfile()
+
+    def write_textfile(self) -> None:
+        if self._textfile is None:
+            return
+        try:
+            write_to_textfile(self._textfile, self.registry)  # temp file + rename: never half-written
+        except OSError as exc:
+            self._log.error("metrics_textfile_failed", path=self._textfile, error=str(exc))
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

@@ -1,0 +1,205 @@
+"""``timeguard status`` and ``timeguard events``: read the daemon's journal, never the network.
+
+Liveness is judged on CLOCK_BOOTTIME, not the wall clock: a heartbeat written 5 s ago is 5 s old even if the
+wall clock has since jumped by months.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from timeguard.cli import load_config_or_exit
+from timeguard.consensus import fmt_offset
+from timeguard.events import Event, EventKind
+from timeguard.journal import FILENAME, Journal, JournalError
+
+#: A heartbeat older than this (it is written every 10 s) means the daemon is not running.
+STALE_AFTER_S = 35.0
+EXIT_NOT_RUNNING = 3
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now_s: float) -> float:
+    """An age ("90s", "15m", "2h", "7d") or an ISO 8601 time (UTC if it has no zone) → UNIX seconds."""
+    if match := _AGE.match(text):
+        return now_s - float(match.group(1)) * _UNIT_S[match.group(2)]
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--since {text!r}: not an age like 90s/15m/2h/7d nor an ISO 8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _iso(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _pid_is_timeguard(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"timeguard" in cmdline
+
+
+def daemon_state(meta: dict[str, Any]) -> dict[str, Any]:
+    heartbeat = meta.get("heartbeat")
+    if not isinstance(heartbeat, dict):
+        return {"running": False, "why": "the daemon has never written a heartbeat"}
+    if heartbeat.get("boot_id") != _boot_id():
+        return {"running": False, "why": "its last heartbeat is from a previous boot", "pid": heartbeat.get("pid")}
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - float(heartbeat["boottime_s"])
+    pid = int(heartbeat.get("pid", 0))
+    alive = _pid_is_timeguard(pid)
+    running = alive and age <= STALE_AFTER_S
+    why = None
+    if not alive:
+        why = f"process {pid} is gone"
+    elif not running:
+        why = f"process {pid} exists but its last heartbeat is {age:.0f} s old (stuck?)"
+    return {"running": running, "pid": pid, "heartbeat_age_s": round(age, 3), "why": why}
+
+
+def event_line(event: Event) -> str:
+    parts = [_iso(event.wall_time_s), event.kind.value.ljust(20)]
+    if event.step_s is not None:
+        bound = " (at least)" if event.detail.get("lower_bound") else ""
+        parts.append(f"step {fmt_offset(event.step_s)}{bound}")
+    if event.trusted_time_s is not None:
+        parts.append(f"trusted {_iso(event.trusted_time_s)}")
+    parts.append(f"incident {event.incident_id[:8]}")
+    extras = {k: v for k, v in event.detail.items() if k in ("detected_by", "transition", "previous", "same_boot")}
+    if extras:
+        parts.append(" ".join(f"{k}={v}" for k, v in extras.items()))
+    if event.verdict and event.kind in (EventKind.OFFSET_WARNING, EventKind.OFFSET_CRITICAL,
+                                        EventKind.SOURCES_INCONSISTENT, EventKind.SOURCES_UNAVAILABLE,
+                                        EventKind.RECOVERED):
+        parts.append(f"— {event.verdict.get('summary', '')}")
+    if event.test:
+        parts.append("[test]")
+    return "  ".join(parts)
+
+
+def _open_journal(state_dir: str) -> Journal | None:
+    path = Path(state_dir) / FILENAME
+    if not path.exists():
+        return None
+    return Journal(path)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = load_config_or_exit(args.config)
+    path = Path(cfg.state_dir) / FILENAME
+    try:
+        journal = _open_journal(cfg.state_dir)
+    except JournalError as exc:
+        print(f"timeguard status: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if journal is None:
+        message = f"no journal at {path}: the daemon has not run with state_dir {cfg.state_dir}"
+        if args.json:
+            print(json.dumps({"running": False, "why": message, "journal": None}))
+        else:
+            print(f"timeguard: not running ({message})")
+        return EXIT_NOT_RUNNING
+    with journal:
+        meta = journal.meta()
+        state = daemon_state(meta)
+        check = journal.last_check()
+        floor = journal.floor()
+        recent = journal.events(limit=max(args.events, 0)) if args.events else []
+        health = journal.health()
+    data = {
+        **state,
+        "version": meta.get("version"),
+        "started_wall_s": meta.get("started_wall_s"),
+        "config": meta.get("config"),
+        "last_check": None if check is None else {
+            "status": check.status, "summary": check.summary, "offset_s": check.offset_s,
+            "offset_lo_s": check.offset_lo_s, "offset_hi_s": check.offset_hi_s,
+            "ntp_http_agree": check.ntp_http_agree, "wall_s": check.wall_s, "sources": check.sources,
+        },
+        "floor": None if floor is None else {"wall_s": floor.wall_s, "boot_id": floor.boot_id,
+                                             "reason": floor.reason},
+        "events": [e.to_dict() for e in recent],
+        "journal": health,
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0 if state["running"] else EXIT_NOT_RUNNING
+    if state["running"]:
+        print(f"timeguard: running (pid {state['pid']}, heartbeat {state['heartbeat_age_s']:.0f} s ago), "
+              f"version {meta.get('version')}, config {meta.get('config')}")
+    else:
+        print(f"timeguard: not running ({state['why']})")
+    if check is None:
+        print("Last verdict: none yet")
+    else:
+        print(f"Last verdict (at {_iso(check.wall_s)} host time): {check.status}: {check.summary}")
+    if floor is not None:
+        print(f"Floor: {_iso(floor.wall_s)} ({floor.reason})")
+    ok = "ok" if health["ok"] else "PROBLEMS: " + "; ".join(health["problems"])
+    print(f"Journal: {health['path']}, {ok}, {health['size_bytes'] / 1024:.0f} KiB, "
+          f"{health['events']} events, {health['checks']} checks")
+    if recent:
+        print("Last events:")
+        for event in recent:
+            print(f"  {event_line(event)}")
+    return 0 if state["running"] else EXIT_NOT_RUNNING
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    cfg = load_config_or_exit(args.config)
+    kinds = None
+    if args.kind:
+        try:
+            kinds = [EventKind(k) for k in args.kind]
+        except ValueError as exc:
+            known = ", ".join(k.value for k in EventKind)
+            print(f"timeguard events: {exc}; known kinds: {known}", file=sys.stderr)
+            return 2
+    since = None
+    if args.since:
+        try:
+            since = parse_since(args.since, time.time())
+        except ValueError as exc:
+            print(f"timeguard events: {exc}", file=sys.stderr)
+            return 2
+    try:
+        journal = _open_journal(cfg.state_dir)
+        if journal is None:
+            found: list[Event] = []
+        else:
+            with journal:
+                found = journal.events(since_s=since, kinds=kinds, limit=args.limit)
+    except JournalError as exc:
+        print(f"timeguard events: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([e.to_dict() for e in found], indent=2))
+    elif not found:
+        print("no events" if journal is not None else f"no journal in {cfg.state_dir}: no events")
+    else:
+        for event in found:
+            print(event_line(event))
+    return 0
