@@ -122,6 +122,37 @@ def verdict_summary(verdict: Verdict) -> dict[str, Any]:
     }
 
 
+def steady_interval(seconds: float) -> Any:
+    """An APScheduler trigger with a fixed period that survives wall-clock jumps.
+
+    APScheduler's IntervalTrigger, after a forward jump, makes the scheduler enumerate every missed fire time
+    (180 days at 15 s is ~1 million datetimes, seconds of CPU under the job-store lock); after a backward jump it
+    waits for the wall clock to catch up. This one resumes the period from "now" in both cases, and fires at
+    once when (re)scheduled.
+    """
+    from datetime import timedelta
+
+    from apscheduler.triggers.base import BaseTrigger
+
+    period = timedelta(seconds=seconds)
+
+    class SteadyInterval(BaseTrigger):
+        __slots__ = ()
+
+        def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime:
+            if previous_fire_time is None:
+                return now
+            following = previous_fire_time + period
+            if following <= now or following > now + period:  # jumped forward / backward: restart from now
+                return now + period
+            return following
+
+        def __str__(self) -> str:
+            return f"steady interval[{period}]"
+
+    return SteadyInterval()
+
+
 class Agent:
     def __init__(
         self,
@@ -419,17 +450,20 @@ class Agent:
         self._scheduler.start()
 
     def _trigger(self, kind: SourceKind) -> Any:
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        return IntervalTrigger(seconds=self._interval(kind), start_date=datetime.now(UTC), timezone=UTC)
+        return steady_interval(self._interval(kind))
 
     def _rearm_jobs(self) -> None:
-        """A fresh trigger anchored at the new "now" for every job: they run at once and keep their period."""
+        """A fresh trigger from the new "now" for every job: they run at once and keep their period. Done off the
+        detection loop: APScheduler's job-store lock must never delay the next step's detection."""
         if self._scheduler is None:
             return
-        for kind in (SourceKind.NTP, SourceKind.HTTP):
-            self._scheduler.reschedule_job(kind.value, trigger=self._trigger(kind))
-        self.log.info("jobs_rearmed", reason="clock step")
+
+        def rearm() -> None:
+            for kind in (SourceKind.NTP, SourceKind.HTTP):
+                self._scheduler.reschedule_job(kind.value, trigger=self._trigger(kind))
+            self.log.info("jobs_rearmed", reason="clock step")
+
+        threading.Thread(target=rearm, name="rearm-jobs", daemon=True).start()
 
     def _check_class(self, kind: SourceKind) -> None:
         try:

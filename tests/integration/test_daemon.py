@@ -1,0 +1,242 @@
+"""The daemon as a real process: libfaketime steps, restarts, kill -9, SIGHUP, sd_notify.
+
+The daemon runs under libfaketime (its wall clock jumps; its monotonic clock stays real), the honest NTP and
+HTTP sources run in this test process on loopback with the real clock. Latencies are measured on
+CLOCK_MONOTONIC, which the daemon and the test share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.fake_http import running
+from tests.support.fake_ntp import FakeNTPServer
+from tests.support.realprogs import FakeClock, ManagedProcess, run_under_clock, scratch_dir
+from timeguard.events import Event, EventKind
+from timeguard.journal import Journal
+
+DAYS_180 = 180 * 86400
+
+
+@pytest.fixture
+def sources() -> Iterator[dict[str, Any]]:
+    servers = [FakeNTPServer() for _ in range(3)]
+    with running() as http:
+        yield {"ntp": servers, "http": http}
+    for server in servers:
+        server.close()
+
+
+def write_config(directory: Path, sources: dict[str, Any], **overrides: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "state_dir": str(directory / "state"),
+        "sources": {
+            "ntp": [{"host": "127.0.0.1", "port": s.port} for s in sources["ntp"]],
+            "http": [{"url": sources["http"].url, "allow_plain_http": True}],
+        },
+        "timeout_s": 3,
+        "http": {"requests": 3},
+        "daemon": {"ntp_interval_s": 15, "http_interval_s": 15},
+        "logging": {"format": "json", "level": "debug"},
+    }
+    for key, value in overrides.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = directory / "timeguard.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start(config: Path, clock: FakeClock | None, log: Path, env: dict[str, str] | None = None) -> ManagedProcess:
+    cmd = [sys.executable, "-m", "timeguard", "run", "--config", str(config)]
+    if clock is None:
+        return ManagedProcess.start(cmd, log_path=log, env=env)
+    return run_under_clock(cmd, clock, log_path=log, env=env)
+
+
+def journal_of(config: Path) -> Journal:
+    return Journal(Path(yaml.safe_load(config.read_text())["state_dir"]) / "journal.sqlite")
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout_s: float, proc: ManagedProcess | None = None) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        if proc is not None and not proc.alive():
+            pytest.fail(f"daemon exited ({proc.returncode}) while waiting for {what}:\n{proc.log_tail(40)}")
+        time.sleep(0.05)
+    tail = proc.log_tail(40) if proc is not None else ""
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}\n{tail}")
+
+
+def events(config: Path, kind: EventKind | None = None) -> list[Event]:
+    if not (Path(yaml.safe_load(config.read_text())["state_dir"]) / "journal.sqlite").exists():
+        return []
+    with journal_of(config) as j:
+        return j.events(kinds=None if kind is None else [kind])
+
+
+def checks(config: Path) -> int:
+    path = Path(yaml.safe_load(config.read_text())["state_dir"]) / "journal.sqlite"
+    if not path.exists():
+        return 0
+    with journal_of(config) as j:
+        return j.check_count()
+
+
+def ntp_requests(sources: dict[str, Any]) -> int:
+    return sum(len(s.received) for s in sources["ntp"])
+
+
+def test_forward_jump_then_rollback_under_libfaketime(fake_clock, sources):
+    directory = scratch_dir("daemon")
+    config = write_config(directory, sources)
+    with start(config, fake_clock, directory / "daemon.log") as proc:
+        wait_for("the first checks", lambda: checks(config) >= 2, 15, proc)
+
+        stepped = time.monotonic()
+        fake_clock.set(DAYS_180)
+        forward = wait_for("the forward_jump event", lambda: events(config, EventKind.FORWARD_JUMP), 5, proc)[0]
+        forward_latency = forward.monotonic_s - stepped
+
+        # the cross-check runs at once after the step and sees the host 180 days ahead
+        wait_for("offset_critical", lambda: events(config, EventKind.OFFSET_CRITICAL), 5, proc)
+        stepped = time.monotonic()
+        fake_clock.set(0)
+        rollback = wait_for("the rollback event", lambda: events(config, EventKind.ROLLBACK), 5, proc)[0]
+        rollback_latency = rollback.monotonic_s - stepped
+        polled_at_rollback = ntp_requests(sources)
+
+        # APScheduler would sleep until the wall clock caught up (180 days); re-armed, it polls within seconds.
+        wait_for("NTP polls after the rollback", lambda: ntp_requests(sources) > polled_at_rollback, 20, proc)
+        resumed = time.monotonic() - stepped
+        recovered = wait_for("the recovered event", lambda: events(config, EventKind.RECOVERED), 20, proc)
+    print(f"forward_jump seen after {forward_latency * 1000:.0f} ms, rollback after {rollback_latency * 1000:.0f} ms, "
+          f"NTP polled again {resumed:.1f} s after the rollback")
+
+    assert forward.step_s == pytest.approx(DAYS_180, abs=0.1)
+    assert rollback.step_s == pytest.approx(-DAYS_180, abs=0.1)
+    assert forward_latency <= 1.5 and rollback_latency <= 1.5
+    assert rollback.incident_id == forward.incident_id  # one flapping incident with its transitions
+    assert rollback.detail["transition"] == 2
+    assert rollback.wall_before_s - rollback.wall_time_s == pytest.approx(DAYS_180, abs=0.1)
+    # the trusted time comes from the sources, re-based across both steps: the real time
+    assert rollback.trusted_time_s == pytest.approx(time.time(), abs=60)
+    assert abs(rollback.trusted_time_s - rollback.monotonic_s - (time.time() - time.monotonic())) < 1.0
+    all_events = events(config)
+    kinds = [e.kind for e in all_events]
+    assert kinds.count(EventKind.FORWARD_JUMP) == 1 and kinds.count(EventKind.ROLLBACK) == 1
+    assert EventKind.OFFSET_CRITICAL in kinds  # while the clock was 180 days ahead
+    assert recovered[0].incident_id == next(e for e in all_events if e.kind is EventKind.OFFSET_CRITICAL).incident_id
+    with journal_of(config) as j:
+        floor = j.floor()
+    assert floor.wall_s < time.time() + 60  # lowered from 180 days ahead once the rollback was recorded
+
+
+def test_rollback_while_down_same_boot(fake_clock, sources):
+    directory = scratch_dir("daemon")
+    config = write_config(directory, sources)
+    with start(config, fake_clock, directory / "daemon.log") as proc:
+        wait_for("the first check", lambda: checks(config) >= 1, 15, proc)
+    assert proc.returncode == 0  # SIGTERM stops cleanly
+    fake_clock.set(-3600)
+    with start(config, fake_clock, directory / "daemon2.log") as proc:
+        found = wait_for("rollback_while_down", lambda: events(config, EventKind.ROLLBACK_WHILE_DOWN), 10, proc)
+    event = found[0]
+    assert event.step_s == pytest.approx(-3600, abs=0.5)
+    assert event.detail["same_boot"] is True and event.detail["exact"] is True
+    with journal_of(config) as j:
+        assert "lowered after rollback_while_down" in j.floor().reason or j.floor().reason == "shutdown"
+
+
+def test_kill_minus_9_then_clean_start(sources):
+    directory = scratch_dir("daemon")
+    config = write_config(directory, sources)
+    proc = start(config, None, directory / "daemon.log")
+    try:
+        wait_for("the first check", lambda: checks(config) >= 1, 15, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.popen.wait(5)
+    finally:
+        proc.stop()
+    before = checks(config)
+    with start(config, None, directory / "daemon2.log") as proc:
+        wait_for("a check after the restart", lambda: checks(config) > before, 15, proc)
+    with journal_of(config) as j:
+        assert j.health()["ok"]
+        assert not j.events(kinds=[EventKind.ROLLBACK_WHILE_DOWN, EventKind.ROLLBACK])
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one(sources):
+    directory = scratch_dir("daemon")
+    config = write_config(directory, sources)
+    good = config.read_text()
+    log = directory / "daemon.log"
+    with start(config, None, log) as proc:
+        wait_for("the first check", lambda: checks(config) >= 1, 15, proc)
+        config.write_text(good + "\nthresholds: {warning_s: oops}\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        line = wait_for("reload_refused", lambda: _log_event(log, "reload_refused"), 5, proc)
+        assert "thresholds.warning_s: must be a number of seconds" in json.dumps(line)
+        time.sleep(1.5)
+        assert proc.alive()
+        config.write_text(good.replace("level: debug", "level: info"))
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for("reloaded", lambda: _log_event(log, "reloaded"), 5, proc)
+        assert proc.alive()
+
+
+def test_sd_notify_ready_status_watchdog_stopping(sources):
+    directory = scratch_dir("daemon")
+    config = write_config(directory, sources)
+    sock_path = directory / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.2)
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"}
+    messages: list[tuple[float, str]] = []
+
+    def drain(until: float) -> None:
+        while time.monotonic() < until:
+            with contextlib.suppress(TimeoutError):
+                messages.append((time.monotonic(), sock.recv(4096).decode()))
+
+    try:
+        started = time.monotonic()
+        with start(config, None, directory / "daemon.log", env=env) as proc:
+            drain(started + 4.0)
+            proc.stop()
+            drain(time.monotonic() + 0.5)
+    finally:
+        sock.close()
+    texts = [m for _, m in messages]
+    ready = [t for t, m in messages if "READY=1" in m]
+    assert ready and ready[0] - started < 3.0
+    assert any(m.startswith("STATUS=") and ("OK" in m or "WARNING" in m or "CRITICAL" in m) for m in texts)
+    pings = [t for t, m in messages if m == "WATCHDOG=1"]
+    assert len(pings) >= 4  # every 0.5 s (half of WATCHDOG_USEC)
+    assert any("STOPPING=1" in m for m in texts)
+
+
+def _log_event(log: Path, name: str) -> dict[str, Any] | None:
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == name:
+            return entry
+    return None
