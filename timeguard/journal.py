@@ -102,15 +102,25 @@ class CheckRecord:
 
 
 class Journal:
-    def __init__(self, path: Path | str) -> None:
+    """``readonly=True`` is for the CLI (status, events): it never creates or changes a file, so root reading
+    the journal cannot leave root-owned ``-wal``/``-shm`` files that lock the (DynamicUser) daemon out."""
+
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         self._lock = threading.RLock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
+            if readonly:
+                self._db = self._connect_readonly()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
         try:
+            if readonly:
+                self._check_schema_readable()
+                return
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -122,8 +132,27 @@ class Journal:
             ) from exc
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path | str) -> Journal:
-        return cls(Path(state_dir) / FILENAME)
+    def in_state_dir(cls, state_dir: Path | str, *, readonly: bool = False) -> Journal:
+        return cls(Path(state_dir) / FILENAME, readonly=readonly)
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise JournalError(f"{self.path}: no journal (has the daemon run with this state_dir?)")
+        uri = self.path.resolve().as_uri()
+        # With the daemon running, its -wal/-shm exist and a read-only connection shares them. Without them
+        # (daemon stopped cleanly), mode=ro would create them: read the file as immutable instead.
+        live = Path(f"{self.path}-wal").exists() and Path(f"{self.path}-shm").exists()
+        flags = "mode=ro" if live else "immutable=1"
+        return sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=10, check_same_thread=False, isolation_level=None)
+
+    def _check_schema_readable(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version != len(_MIGRATIONS):
+            newer = version > len(_MIGRATIONS)
+            raise JournalError(
+                f"{self.path}: schema {version}, this timeguard reads {len(_MIGRATIONS)}: "
+                + ("upgrade timeguard" if newer else "start the daemon once to upgrade the journal")
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -122,8 +122,19 @@ def read_kernel_clock() -> KernelClock:
     return decode_timex(rc, tx)
 
 
-def running_time_daemons() -> tuple[tuple[str, int], ...]:
+class ProcessesHidden(Exception):
+    """Other users' processes are invisible: an empty list would be a lie."""
+
+
+def running_time_daemons(proc_root: str = "/proc") -> tuple[tuple[str, int], ...]:
     import psutil
+
+    # Under systemd's ProtectProc=invisible (or mount option hidepid), PID 1 is invisible to us: then
+    # "no chronyd found" would mean nothing.
+    if os.getpid() != 1 and not os.path.exists(os.path.join(proc_root, "1")):
+        raise ProcessesHidden(
+            "other users' processes are hidden (ProtectProc=invisible or hidepid): cannot tell which run"
+        )
 
     found = []
     for proc in psutil.process_iter(["name"]):
@@ -143,6 +154,8 @@ def read_local_clock() -> LocalClockState:
         kernel_error = f"adjtimex: {reason}; under systemd, ProtectClock=yes blocks even this read"
     try:
         daemons = running_time_daemons()
+    except ProcessesHidden as exc:
+        daemons_error = str(exc)
     except Exception as exc:  # noqa: BLE001 — /proc may be restricted; the verdict must not depend on it
         daemons_error = f"{type(exc).__name__}: {exc}"
     return LocalClockState(kernel, kernel_error, daemons, daemons_error)

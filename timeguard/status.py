@@ -104,7 +104,7 @@ def _open_journal(state_dir: str) -> Journal | None:
     path = Path(state_dir) / FILENAME
     if not path.exists():
         return None
-    return Journal(path)
+    return Journal(path, readonly=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

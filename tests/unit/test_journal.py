@@ -124,3 +124,32 @@ def test_event_json_schema():
     with pytest.raises(ValueError, match="schema"):
         Event.from_dict({**data, "schema": 2})
     assert EventKind.ROLLBACK_WHILE_DOWN.is_step and not EventKind.RECOVERED.is_step
+
+
+def test_readonly_never_creates_files(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    with Journal(path) as j:
+        j.record_event(ev())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert before == ["journal.sqlite"]  # a clean close removes -wal/-shm
+    with Journal(path, readonly=True) as ro:
+        assert len(ro.events()) == 1
+        with pytest.raises(JournalError, match="write failed"):
+            ro.record_event(ev(incident="other"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_readonly_sees_a_live_writer(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    with Journal(path) as writer:
+        writer.record_event(ev())
+        with Journal(path, readonly=True) as ro:
+            assert len(ro.events()) == 1
+            writer.record_event(ev(incident="second"))
+            assert len(ro.events()) == 2
+
+
+def test_readonly_missing_file(tmp_path):
+    with pytest.raises(JournalError, match="no journal"):
+        Journal(tmp_path / "absent.sqlite", readonly=True)
+    assert not (tmp_path / "absent.sqlite").exists()

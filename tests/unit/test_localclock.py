@@ -60,3 +60,8 @@ def test_describe_names_daemons():
     state = localclock.LocalClockState(None, "x", (("chronyd", 42),))
     assert state.describe()[1] == "time daemons: chronyd (pid 42)"
     assert "none running" in localclock.LocalClockState(None, "x", ()).describe()[1]
+
+
+def test_hidden_processes_are_not_reported_as_none_running(tmp_path):
+    with pytest.raises(localclock.ProcessesHidden, match="ProtectProc=invisible"):
+        localclock.running_time_daemons(proc_root=str(tmp_path))  # an empty /proc: PID 1 invisible
