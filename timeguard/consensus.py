@@ -252,7 +252,7 @@ def _summary(
         missing = [k.value.upper() for k, c in ((SourceKind.NTP, ntp), (SourceKind.HTTP, http)) if c.usable]
         classes = f"; only {'/'.join(missing) or 'no'} sources, no cross-check"
     return (
-        f"host clock {direction} by {fmt_offset(abs(offset))[1:]} (offset {fmt_offset(offset)}, "
-        f"true offset in [{fmt_offset(lo)}, {fmt_offset(hi)}]), "
+        f"host clock {direction} by {fmt_offset(abs(offset))[1:]} (offset {offset:+.6f} s, "
+        f"true offset in [{lo:+.6f} s, {hi:+.6f} s]), "
         f"{overall.depth} of {overall.usable} usable sources agree{classes}"
     )
