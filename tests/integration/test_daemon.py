@@ -173,8 +173,16 @@ def test_kill_minus_9_then_clean_start(sources):
     finally:
         proc.stop()
     before = checks(config)
+    status = _cli("status", "--json", "--config", str(config))
+    assert status.returncode == 3 and json.loads(status.stdout)["why"].startswith("process ")
     with start(config, None, directory / "daemon2.log") as proc:
         wait_for("a check after the restart", lambda: checks(config) > before, 15, proc)
+        status = _cli("status", "--json", "--config", str(config))
+        data = json.loads(status.stdout)
+        assert status.returncode == 0 and data["running"] is True and data["pid"] == proc.pid
+        assert data["journal"]["ok"] and data["last_check"]["status"] == "OK"
+        human = _cli("status", "--config", str(config)).stdout
+        assert human.startswith(f"timeguard: running (pid {proc.pid}") and "Last verdict" in human
     with journal_of(config) as j:
         assert j.health()["ok"]
         assert not j.events(kinds=[EventKind.ROLLBACK_WHILE_DOWN, EventKind.ROLLBACK])
@@ -240,3 +248,10 @@ def _log_event(log: Path, name: str) -> dict[str, Any] | None:
         if entry.get("event") == name:
             return entry
     return None
+
+
+def _cli(*args: str):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "timeguard", *args], capture_output=True, text=True, timeout=30,
+                          check=False)
