@@ -196,8 +196,8 @@ def _source_verdict(sample: Sample, overall: Selection) -> SourceVerdict:
     return SourceVerdict(
         sample,
         SourceState.FALSETICKER,
-        f"its interval [{fmt_offset(lo)}, {fmt_offset(hi)}] misses the majority's "
-        f"[{fmt_offset(overall.lo_s)}, {fmt_offset(overall.hi_s)}]",
+        f"its interval [{lo:+.6f} s, {hi:+.6f} s] misses the majority's "
+        f"[{overall.lo_s:+.6f} s, {overall.hi_s:+.6f} s]",
     )
 
 

@@ -50,7 +50,7 @@ def test_lying_minority_is_marked_falseticker():
     assert s["liar1"] is s["liar2"] is SourceState.FALSETICKER
     assert s["a"] is SourceState.TRUECHIMER
     reason = next(x.reason for x in v.sources if x.sample.name == "liar1")
-    assert "misses the majority" in reason and "[+4.999 s, +5.001 s]" in reason
+    assert "misses the majority" in reason and "[+4.999000 s, +5.001000 s]" in reason
 
 
 def test_two_against_two_has_no_majority():
