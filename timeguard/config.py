@@ -109,6 +109,73 @@ class LoggingOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class HookSpec:
+    """One item of ``hooks:``; ``options`` are the type's own keys, already validated by its from_config."""
+
+    type: str
+    name: str
+    on: tuple[str, ...] | None  # None: the type's default kinds
+    timeout_s: float
+    dry_run: bool
+    options: dict[str, Any]
+
+    @classmethod
+    def from_raw(cls, value: Any, path: str, lines: Lines, problems: list[ConfigProblem]) -> HookSpec | None:
+        from timeguard.events import EventKind
+        from timeguard.hooks.api import COMMON_OPTIONS, DEFAULT_TIMEOUT_S, HookConfigError
+        from timeguard.hooks.registry import UnknownHookType, find_type
+
+        def bad(key: str, message: str) -> None:
+            sub = f"{path}.{key}" if key else path
+            problems.append(ConfigProblem(sub, message, _line(lines, sub)))
+
+        if not isinstance(value, dict):
+            bad("", f"must be a mapping with type, name and the hook's options, not {_kind(value)}")
+            return None
+        before = len(problems)
+        kind, name = value.get("type"), value.get("name")
+        for key, got in (("type", kind), ("name", name)):
+            if not isinstance(got, str) or not got.strip():
+                bad(key, "is required (text)" if got is None else f"must be non-empty text, not {got!r}")
+        on = value.get("on")
+        kinds: tuple[str, ...] | None = None
+        if on is not None:
+            known = [k.value for k in EventKind]
+            if not isinstance(on, list) or not all(isinstance(k, str) for k in on):
+                bad("on", f"must be a list of event kinds ({', '.join(known)})")
+            else:
+                for i, k in enumerate(on):
+                    if k not in known:
+                        close = difflib.get_close_matches(k, known, n=1)
+                        bad(f"on[{i}]", f"unknown event kind {k!r}" + (f" (did you mean {close[0]!r}?)" if close
+                                                                          else f"; known: {', '.join(known)}"))
+                kinds = tuple(on)
+        timeout = value.get("timeout_s", DEFAULT_TIMEOUT_S)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+            bad("timeout_s", f"must be a number of seconds in (0, 3600], not {timeout!r}")
+        dry_run = value.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            bad("dry_run", f"must be true or false, not {dry_run!r}")
+        options = {k: v for k, v in value.items() if k not in COMMON_OPTIONS}
+        if isinstance(kind, str) and kind.strip():
+            try:
+                hook_type = find_type(kind)
+            except UnknownHookType as exc:
+                bad("type", str(exc))
+            else:
+                try:
+                    hook_type.from_config(name if isinstance(name, str) else "?", options)
+                except HookConfigError as exc:
+                    for key, message in exc.problems:
+                        bad(key, message)
+                except Exception as exc:  # noqa: BLE001 — a plugin's bug is a config error, not a crash
+                    bad("", f"hook type {kind!r} failed to read its options: {type(exc).__name__}: {exc}")
+        if len(problems) > before:
+            return None
+        return cls(kind, name, kinds, float(timeout), dry_run, options)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     sources: Sources
     thresholds: Thresholds
@@ -120,6 +187,7 @@ class Config:
     daemon: DaemonOptions
     metrics: MetricsOptions
     logging: LoggingOptions
+    hooks: tuple[HookSpec, ...]
     origin: str = field(default="<embedded defaults>", compare=False)  # where it was loaded from
 
 
@@ -233,8 +301,9 @@ def _to_python(node: yaml.Node, path: str, lines: Lines, problems: list[ConfigPr
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            # A key is its text: YAML 1.1 would turn `on:` (a hook's event kinds) into the boolean True.
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if not isinstance(key, str) or key_node.tag != "tag:yaml.org,2002:str":
+            if not isinstance(key, str):
                 problems.append(ConfigProblem(path, f"keys must be names, not {key_node.value!r}",
                                               key_node.start_mark.line + 1))
                 continue
@@ -297,6 +366,8 @@ def _convert(tp: Any, value: Any, path: str, lines: Lines, problems: list[Config
         problems.append(ConfigProblem(path, message, _line(lines, path)))
 
     origin = typing.get_origin(tp)
+    if hasattr(tp, "from_raw"):  # types with keys of their own (a hook's options) validate themselves
+        return tp.from_raw(value, path, lines, problems)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             bad(f"must be a mapping of keys, not {_kind(value)}")
@@ -417,6 +488,16 @@ def _logical_checks(data: Any, lines: Lines, problems: list[ConfigProblem]) -> N
                     "a duplicate would count twice in the majority")
             seen.setdefault(key, i)
     _check_metrics(section("metrics"), bad)
+    hooks = data.get("hooks") if isinstance(data, dict) else None
+    if isinstance(hooks, list):
+        names: dict[str, int] = {}
+        for i, hook in enumerate(hooks):
+            name = hook.get("name") if isinstance(hook, dict) else None
+            if isinstance(name, str):
+                if name in names:
+                    bad(f"hooks[{i}].name",
+                        f"{name!r} is already the name of hooks[{names[name]}]; names must be unique")
+                names.setdefault(name, i)
     min_sources = section("consensus").get("min_sources")
     if number(min_sources) and counted < min_sources:
         bad("consensus.min_sources", f"is {min_sources} but only {counted} sources are configured: "

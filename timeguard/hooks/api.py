@@ -1,0 +1,115 @@
+"""The hook contract: what every hook — built-in or third-party — implements and receives.
+
+A hook *type* is a class registered under the entry-point group ``timeguard.hooks`` (the built-ins are
+registered the same way, in timeguard's own pyproject). The daemon builds one instance per configured hook
+with :meth:`HookType.from_config`, then calls :meth:`Hook.handle` for every event whose kind the hook wants,
+in its own thread, under its own timeout. A hook never raises into timeguard: an exception becomes a FAILED
+result, recorded in the journal like every run.
+
+Hook configuration (one item of the ``hooks:`` list)::
+
+    - type: webhook            # the entry-point name
+      name: ops-webhook        # unique; shown in logs, the journal, `timeguard hooks list`
+      on: [rollback, rollback_while_down, sources_inconsistent]
+      timeout_s: 10            # per run (default 10)
+      dry_run: false           # the hook says what it would do, and does nothing
+      ...                      # the type's own options, validated by its from_config()
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from timeguard.events import Event, EventKind
+
+if TYPE_CHECKING:
+    from timeguard.journal import Journal
+
+#: Increment when Hook/HookType/HookContext change incompatibly; a plugin may check it.
+API_VERSION = 1
+
+#: Options every hook has, handled by timeguard itself (a type's from_config never sees them).
+COMMON_OPTIONS = frozenset({"type", "name", "on", "timeout_s", "dry_run"})
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class HookStatus(enum.StrEnum):
+    OK = "ok"  # did its job (an alert was queued or sent)
+    CHANGED = "changed"  # did its job and changed something (a repair wrote rows)
+    SKIPPED = "skipped"  # nothing to do, or refused by policy (e.g. no evidence to repair): says why
+    FAILED = "failed"  # could not do its job: says why; retried where the hook can be
+
+
+@dataclass(frozen=True, slots=True)
+class HookResult:
+    status: HookStatus
+    summary: str  # one line a person reads
+    details: Mapping[str, Any] = field(default_factory=dict)  # JSON-serialisable
+    output: str = ""  # captured output (command hooks), truncated by the dispatcher
+
+    @classmethod
+    def ok(cls, summary: str, **details: Any) -> HookResult:
+        return cls(HookStatus.OK, summary, details)
+
+    @classmethod
+    def skipped(cls, summary: str, **details: Any) -> HookResult:
+        return cls(HookStatus.SKIPPED, summary, details)
+
+    @classmethod
+    def failed(cls, summary: str, **details: Any) -> HookResult:
+        return cls(HookStatus.FAILED, summary, details)
+
+    @classmethod
+    def changed(cls, summary: str, **details: Any) -> HookResult:
+        return cls(HookStatus.CHANGED, summary, details)
+
+
+@dataclass(frozen=True, slots=True)
+class HookContext:
+    """What a run gets besides the event."""
+
+    dry_run: bool
+    #: The trusted time now (host clock + the latest consensus offset), or None without a verdict. Use it,
+    #: not time.time(), for anything a receiver checks against real time (webhook signatures).
+    trusted_now: Callable[[], float | None]
+    #: The latest verdict summary (status, offset_s, offset_lo_s, offset_hi_s, ntp_http_agree, summary).
+    verdict: Mapping[str, Any] | None
+    journal: Journal | None
+    hostname: str
+    #: Set when the run has timed out or the daemon stops: long-running hooks should check it and return.
+    cancelled: Callable[[], bool] = lambda: False
+
+
+class HookConfigError(Exception):
+    """Invalid options for one hook. ``problems`` are (key, message) pairs, the key relative to the hook's
+    mapping (e.g. ``"url"``, ``"headers.Authorization"``), so config validate can give path and line."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{k}: {m}" if k else m for k, m in problems))
+
+
+@runtime_checkable
+class Hook(Protocol):
+    name: str
+
+    def handle(self, event: Event, ctx: HookContext) -> HookResult: ...
+
+
+class HookType(Protocol):
+    """What an entry point in the group ``timeguard.hooks`` must point at (usually a class)."""
+
+    #: Default event kinds when the config gives no ``on:`` (the built-in alerts: every non-test kind).
+    default_on: ClassVar[frozenset[EventKind]]
+
+    @classmethod
+    def from_config(cls, name: str, options: Mapping[str, Any]) -> Hook:
+        """Build a hook from its own options (``COMMON_OPTIONS`` removed); raise HookConfigError listing
+        every problem. Must not do I/O beyond reading files the options name (secrets, CA bundles)."""
+        ...
+
+
+ALL_REAL_KINDS = frozenset(k for k in EventKind if k is not EventKind.TEST)

@@ -1,0 +1,93 @@
+"""Hook types, found through the entry-point group ``timeguard.hooks`` — the built-ins too (certbot's model).
+
+Sorted by name so every run sees the same order; a name two distributions both register is refused,
+naming both; a plugin that fails to import is reported with its error and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+GROUP = "timeguard.hooks"
+
+
+@dataclass(frozen=True, slots=True)
+class TypeEntry:
+    name: str
+    value: str  # "module:attribute"
+    distribution: str  # the package that registered it, e.g. "timeguard 0.1.0"
+    hook_type: Any | None  # the loaded class, or None when it failed
+    error: str | None  # why it is unusable: import error, duplicate, not a hook type
+
+    @property
+    def loaded(self) -> bool:
+        return self.hook_type is not None
+
+
+class UnknownHookType(LookupError):
+    pass
+
+
+_cache: dict[str, dict[str, TypeEntry]] = {}  # "" -> the discovered types, once
+_lock = threading.Lock()
+
+
+def _distribution(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "unknown distribution"
+    return f"{dist.metadata['Name']} {dist.version}"
+
+
+def discover(*, refresh: bool = False) -> dict[str, TypeEntry]:
+    """Every registered hook type by name (loaded or with the reason it is not)."""
+    with _lock:
+        if "" in _cache and not refresh:
+            return _cache[""]
+        by_name: dict[str, list[importlib.metadata.EntryPoint]] = {}
+        for ep in importlib.metadata.entry_points(group=GROUP):
+            by_name.setdefault(ep.name, []).append(ep)
+        found: dict[str, TypeEntry] = {}
+        for name in sorted(by_name):
+            eps = by_name[name]
+            dists = sorted({_distribution(ep) for ep in eps})
+            if len(eps) > 1 and len({ep.value for ep in eps}) > 1:
+                found[name] = TypeEntry(name, eps[0].value, " and ".join(dists), None,
+                                        f"duplicate hook type {name!r} from {' and '.join(dists)}: "
+                                        "uninstall one of them")
+                continue
+            found[name] = _load(eps[0])
+        _cache[""] = found
+        return found
+
+
+def _load(ep: importlib.metadata.EntryPoint) -> TypeEntry:
+    dist = _distribution(ep)
+    try:
+        obj = ep.load()
+    except Exception as exc:  # noqa: BLE001 — a broken plugin is reported, never fatal to the others
+        last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" ({last.filename}:{last.lineno})" if last else ""
+        return TypeEntry(ep.name, ep.value, dist, None,
+                         f"failed to import {ep.value}: {type(exc).__name__}: {exc}{where}; "
+                         f"update or uninstall {dist}")
+    if not callable(getattr(obj, "from_config", None)):
+        return TypeEntry(ep.name, ep.value, dist, None,
+                         f"{ep.value} is not a timeguard hook type (it has no from_config classmethod)")
+    return TypeEntry(ep.name, ep.value, dist, obj, None)
+
+
+def find_type(name: str) -> Any:
+    """The hook type registered as ``name``; UnknownHookType says what is installed, or why it failed."""
+    entries = discover()
+    entry = entries.get(name)
+    if entry is None:
+        known = ", ".join(n for n, e in entries.items() if e.loaded) or "none"
+        raise UnknownHookType(f"unknown hook type {name!r} (installed: {known})")
+    if entry.hook_type is None:
+        raise UnknownHookType(f"hook type {name!r} is unusable: {entry.error}")
+    return entry.hook_type
