@@ -81,6 +81,58 @@ class HookContext:
     hostname: str
     #: Set when the run has timed out or the daemon stops: long-running hooks should check it and return.
     cancelled: Callable[[], bool] = lambda: False
+    #: Queue a message for at-least-once delivery by the outbox: ``enqueue(hook_name, event, payload)`` returns
+    #: the delivery id (stable across retries: the receiver's idempotency key). None where there is no outbox.
+    enqueue: Callable[[str, Event, Mapping[str, Any]], str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HookRun:
+    """One run of one hook for one event, as the journal records it."""
+
+    hook: str
+    hook_type: str
+    event_id: str
+    incident_id: str
+    event_kind: str
+    status: HookStatus
+    summary: str
+    details: Mapping[str, Any]
+    output: str
+    duration_s: float
+    dry_run: bool
+    test: bool
+    wall_s: float
+    monotonic_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One queued outbox message."""
+
+    id: str  # stable across retries and restarts: webhook-id / idempotency key
+    hook: str
+    incident_id: str
+    event_id: str
+    payload: Mapping[str, Any]
+    attempts: int  # delivery attempts made before this one
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    ok: bool
+    error: str = ""
+    retry_after_s: float | None = None  # the receiver asked us to wait (429/503 Retry-After)
+    permanent: bool = False  # retrying cannot help (400, 401, 404, 410): dead-letter at once
+
+
+@runtime_checkable
+class Deliverer(Protocol):
+    """A hook whose messages go through the outbox implements this too (webhook, slack)."""
+
+    name: str
+
+    def deliver(self, delivery: Delivery, *, trusted_now: Callable[[], float | None]) -> DeliveryResult: ...
 
 
 class HookConfigError(Exception):
