@@ -1,0 +1,210 @@
+"""Run hooks in isolation: each hook has its own queue and worker, each run its own thread and timeout.
+
+A hook that raises is a FAILED run; one that hangs is abandoned at its timeout (FAILED, "timed out") and
+its worker moves on — the thread cannot be killed, so while it is still stuck the hook's later runs are
+recorded as FAILED "not run: a previous run is still stuck" rather than piling up threads. Detection and the
+other hooks never wait for any of it. Every run is recorded in the journal (hook, event, incident, result,
+duration, output).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from timeguard.config import HookSpec
+from timeguard.events import Event, EventKind
+from timeguard.hooks.api import ALL_REAL_KINDS, Hook, HookContext, HookResult, HookRun, HookStatus
+from timeguard.hooks.registry import UnknownHookType, find_type
+from timeguard.journal import Journal, JournalError
+
+MAX_OUTPUT = 64 * 1024
+
+
+@dataclass
+class ConfiguredHook:
+    spec: HookSpec
+    hook: Hook | None
+    kinds: frozenset[EventKind]
+    error: str | None = None  # why it cannot run (its type failed to load or rejected its options)
+    stuck_since: float | None = None  # monotonic time a run timed out and is still running
+    stuck_event: str | None = None
+    _queue: queue.Queue[tuple[Event, threading.Event] | None] = field(default_factory=queue.Queue)
+    _worker: threading.Thread | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def wants(self, event: Event) -> bool:
+        return event.kind in self.kinds or (event.test and event.kind is EventKind.TEST)
+
+
+def build(spec: HookSpec) -> ConfiguredHook:
+    """Instantiate one configured hook; failure is recorded on it, never raised (config validation already ran,
+    but a plugin may behave differently at run time)."""
+    # An unusable hook still "wants" its events, so every one it misses is recorded as a failed run.
+    wanted = frozenset(EventKind(k) for k in spec.on) if spec.on is not None else ALL_REAL_KINDS
+    try:
+        hook_type = find_type(spec.type)
+        hook = hook_type.from_config(spec.name, spec.options)
+        default_on = getattr(hook_type, "default_on", frozenset())
+    except UnknownHookType as exc:
+        return ConfiguredHook(spec, None, wanted, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 — a plugin's bug makes that hook unusable, nothing else
+        return ConfiguredHook(spec, None, wanted, error=f"{type(exc).__name__}: {exc}")
+    if hasattr(hook, "timeout_s"):
+        hook.timeout_s = spec.timeout_s  # hooks that run children enforce the timeout on them too
+    kinds = frozenset(EventKind(k) for k in spec.on) if spec.on is not None else frozenset(default_on)
+    return ConfiguredHook(spec, hook, kinds)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        specs: Sequence[HookSpec],
+        *,
+        journal: Journal | None,
+        trusted_now: Callable[[], float | None],
+        verdict: Callable[[], Mapping[str, Any] | None],
+        hostname: str,
+        enqueue: Callable[[str, Event, Mapping[str, Any]], str] | None = None,
+        log: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.hooks = [build(spec) for spec in specs]
+        self._journal = journal
+        self._trusted_now = trusted_now
+        self._verdict = verdict
+        self._hostname = hostname
+        self._enqueue = enqueue
+        self._log = log
+        self._clock = clock
+        self._stopping = threading.Event()
+        for hook in self.hooks:
+            if hook.error and log is not None:
+                log.error("hook_unusable", hook=hook.name, type=hook.spec.type, error=hook.error)
+
+    # ------------------------------------------------------------------------------------------- public
+
+    def dispatch(self, event: Event) -> list[threading.Event]:
+        """Queue ``event`` for every hook that wants it; returns one "done" flag per queued run (for tests)."""
+        done_flags = []
+        for hook in self.hooks:
+            if hook.wants(event):
+                done = threading.Event()
+                self._start_worker(hook)
+                hook._queue.put((event, done))
+                done_flags.append(done)
+        return done_flags
+
+    def run_now(self, name: str, event: Event, *, dry_run: bool | None = None) -> HookRun:
+        """Run one hook for one event and wait for it (``timeguard hooks test``); still isolated and timed."""
+        hook = next((h for h in self.hooks if h.name == name), None)
+        if hook is None:
+            known = ", ".join(h.name for h in self.hooks) or "none configured"
+            raise KeyError(f"no hook named {name!r} (configured: {known})")
+        return self._run(hook, event, dry_run)
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stopping.set()
+        for hook in self.hooks:
+            if hook._worker is not None:
+                hook._queue.put(None)
+        deadline = self._clock() + timeout_s
+        for hook in self.hooks:
+            if hook._worker is not None:
+                hook._worker.join(max(deadline - self._clock(), 0))
+
+    # ---------------------------------------------------------------------------------------- internals
+
+    def _start_worker(self, hook: ConfiguredHook) -> None:
+        if hook._worker is None or not hook._worker.is_alive():
+            hook._worker = threading.Thread(target=self._work, args=(hook,), name=f"hook:{hook.name}", daemon=True)
+            hook._worker.start()
+
+    def _work(self, hook: ConfiguredHook) -> None:
+        while True:
+            item = hook._queue.get()
+            if item is None:
+                return
+            event, done = item
+            try:
+                self._run(hook, event, None)
+            finally:
+                done.set()
+
+    def _run(self, hook: ConfiguredHook, event: Event, dry_run: bool | None) -> HookRun:
+        started_wall, started = time.time(), self._clock()
+        dry = hook.spec.dry_run if dry_run is None else dry_run
+        if hook.hook is None:
+            result = HookResult.failed(f"hook unusable: {hook.error}")
+        elif hook.stuck_since is not None:
+            result = HookResult.failed(
+                f"not run: its run for event {hook.stuck_event} is still stuck after "
+                f"{self._clock() - hook.stuck_since:.0f} s (it ignored its {hook.spec.timeout_s:g} s timeout)")
+        else:
+            result = self._run_isolated(hook, event, dry)
+        run = HookRun(
+            hook=hook.name, hook_type=hook.spec.type, event_id=event.id, incident_id=event.incident_id,
+            event_kind=event.kind.value, status=result.status, summary=result.summary,
+            details=dict(result.details), output=_truncate(result.output), duration_s=self._clock() - started,
+            dry_run=dry, test=event.test, wall_s=started_wall, monotonic_s=started,
+        )
+        self._record(run)
+        return run
+
+    def _run_isolated(self, hook: ConfiguredHook, event: Event, dry_run: bool) -> HookResult:
+        assert hook.hook is not None
+        cancelled = threading.Event()
+        ctx = HookContext(dry_run=dry_run, trusted_now=self._trusted_now, verdict=self._verdict(),
+                          journal=self._journal, hostname=self._hostname,
+                          cancelled=lambda: cancelled.is_set() or self._stopping.is_set(), enqueue=self._enqueue)
+        box: list[HookResult] = []
+
+        def call() -> None:
+            try:
+                result = hook.hook.handle(event, ctx)  # type: ignore[union-attr]
+                if not isinstance(result, HookResult):
+                    result = HookResult.failed(f"hook returned {type(result).__name__}, not a HookResult")
+            except Exception as exc:  # noqa: BLE001 — a hook's exception is its failure, never ours
+                result = HookResult.failed(f"raised {type(exc).__name__}: {exc}")
+            box.append(result)
+            if cancelled.is_set():  # it finished after all: the hook is usable again
+                hook.stuck_since = None
+                hook.stuck_event = None
+
+        runner = threading.Thread(target=call, name=f"hook-run:{hook.name}", daemon=True)
+        runner.start()
+        runner.join(hook.spec.timeout_s)
+        if box:
+            return box[0]
+        cancelled.set()
+        if runner.is_alive():
+            hook.stuck_since = self._clock()
+            hook.stuck_event = event.id
+        return HookResult(HookStatus.FAILED, f"timed out after {hook.spec.timeout_s:g} s (abandoned)")
+
+    def _record(self, run: HookRun) -> None:
+        log = self._log
+        if log is not None:
+            level = log.warning if run.status is HookStatus.FAILED else log.info
+            level("hook_run", hook=run.hook, event=run.event_kind, incident=run.incident_id, status=run.status.value,
+                  summary=run.summary, duration_s=round(run.duration_s, 3), dry_run=run.dry_run, test=run.test)
+        if self._journal is None:
+            return
+        try:
+            self._journal.record_hook_run(run)
+        except JournalError as exc:
+            if log is not None:
+                log.error("journal_write_failed", error=str(exc), what="hook run")
+
+
+def _truncate(output: str) -> str:
+    if len(output) <= MAX_OUTPUT:
+        return output
+    return output[:MAX_OUTPUT] + f"\n[… {len(output) - MAX_OUTPUT} more characters cut]"
