@@ -31,6 +31,7 @@ from timeguard.check import Probe, measure_all, probes
 from timeguard.clockwatch import ClockReading, ClockStep, StepDetector, StepKind, read_clocks
 from timeguard.config import Config
 from timeguard.events import Event, EventKind, new_id
+from timeguard.hooks.dispatch import Dispatcher
 from timeguard.journal import CheckRecord, Journal, JournalCorrupt, JournalError
 from timeguard.localclock import read_kernel_clock
 from timeguard.model import Sample, SourceKind, SourceState, Status, Verdict
@@ -187,11 +188,14 @@ class Agent:
         self.journal: Journal | None = None
         self._scheduler: Any = None
         self._metrics: Any = None
+        self._verdict_epoch_s = 0.0  # boot epoch when self._verdict was formed: its offset is relative to it
+        self._dispatcher: Dispatcher | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
         self.journal = open_journal(self.cfg.state_dir, self.log)
+        self._start_hooks()
         reading = self._reader()
         self._check_while_down(reading)
         self._persist_clock(reading, floor=True, reason="raised at start-up")
@@ -284,6 +288,7 @@ class Agent:
     def _shutdown(self, detector: StepDetector) -> None:
         self._notifier.stopping()
         self._notifier.close()
+        self._stop_hooks()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         if self._metrics is not None:
@@ -400,6 +405,7 @@ class Agent:
         self._update_metrics()
 
     def _record(self, event: Event) -> None:
+        """Journal first, then the hooks (DESIGN.md's flow); an event the disk refuses still reaches them."""
         assert self.journal is not None
         try:
             self.journal.record_event(event)
@@ -407,6 +413,33 @@ class Agent:
             self.journal_errors += 1
             self._unwritten.append(event)
             self.log.error("journal_write_failed", error=str(exc), what="event", kept_in_memory=len(self._unwritten))
+        if self._dispatcher is not None:
+            self._dispatcher.dispatch(event)
+
+    # ------------------------------------------------------------------------------------------- hooks
+
+    def trusted_now(self) -> float | None:
+        """The true time now according to the latest verdict, corrected for every step since it was formed."""
+        with self._lock:
+            verdict, epoch = self._verdict, self._verdict_epoch_s
+        if verdict is None or verdict.offset_s is None:
+            return None
+        now = self._reader()
+        return now.realtime_s + verdict.offset_s - (now.boot_epoch_s - epoch)
+
+    def _verdict_summary(self) -> dict[str, Any] | None:
+        verdict = self._verdict
+        return None if verdict is None else verdict_summary(verdict)
+
+    def _start_hooks(self) -> None:
+        import socket
+
+        self._dispatcher = Dispatcher(self.cfg.hooks, journal=self.journal, trusted_now=self.trusted_now,
+                                      verdict=self._verdict_summary, hostname=socket.gethostname(), log=self.log)
+
+    def _stop_hooks(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
 
     def _flush_unwritten(self) -> None:
         assert self.journal is not None
@@ -494,6 +527,7 @@ class Agent:
             self._rounds_done.add(kind)
             verdict = self._current_verdict()
             self._verdict = verdict
+            self._verdict_epoch_s = self._reader().boot_epoch_s
         self._after_verdict(verdict, kind, polled=len(due))
 
     def _current_verdict(self) -> Verdict:
@@ -573,6 +607,8 @@ class Agent:
         self.cfg = new
         logs.configure(new.logging.level, new.logging.format)
         detector.threshold_s = new.daemon.step_threshold_s
+        self._stop_hooks()
+        self._start_hooks()
         self._rebuild_probes()
         self._rearm_jobs()
         self.log.info("reloaded", config=new.origin)
