@@ -106,3 +106,19 @@ def test_conditions_are_recorded_on_transitions_only(agent):
     events = agent.journal.events()
     assert len({e.incident_id for e in events}) == 1  # one condition incident until recovered
     assert events[0].trusted_time_s == pytest.approx(1000.7)
+
+
+def test_a_corrupt_journal_is_moved_aside_and_kept(tmp_path):
+    from structlog.testing import capture_logs
+
+    from timeguard import logs
+    from timeguard.agent import open_journal
+
+    (tmp_path / "journal.sqlite").write_bytes(b"garbage" * 1000)
+    with capture_logs() as logged:
+        journal = open_journal(str(tmp_path), logs.get())
+    journal.close()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("journal.sqlite.corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == b"garbage" * 1000  # nothing lost
+    assert logged[0]["event"] == "journal_corrupt_moved_aside" and logged[0]["moved_to"] == str(aside[0])
+    assert Journal(tmp_path / "journal.sqlite").health()["ok"]  # a fresh journal in its place
