@@ -174,6 +174,7 @@ class Agent:
         self._lock = threading.RLock()  # guards samples, verdict, incidents, condition
         self._stop = threading.Event()
         self._reload_requested = False
+        self._report_requested = False
         self._latest: dict[str, _Latest] = {}
         self._policies: dict[str, PollPolicy] = {}
         self._probes: list[Probe] = []
@@ -253,10 +254,19 @@ class Agent:
         def reload(_signum: int, _frame: FrameType | None) -> None:
             self._reload_requested = True
 
+        def report(signum: int, _frame: FrameType | None) -> None:
+            # SIGUSR1 logs the state; SIGUSR2 is ignored. Their default action would kill the daemon.
+            if signum == signal.SIGUSR1:
+                self._report_requested = True
+            else:
+                self.log.info("signal_ignored", signal=signal.Signals(signum).name)
+
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, stop)
             signal.signal(signal.SIGINT, stop)
             signal.signal(signal.SIGHUP, reload)
+            signal.signal(signal.SIGUSR1, report)
+            signal.signal(signal.SIGUSR2, report)
 
     def _loop(self, detector: StepDetector) -> None:
         ping_every = self._notifier.watchdog_ping_interval_s
@@ -280,6 +290,13 @@ class Agent:
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload(detector)
+            if self._report_requested:
+                self._report_requested = False
+                verdict = self._verdict
+                self.log.info("state", verdict=None if verdict is None else verdict_summary(verdict),
+                              steps=self.steps_total, journal_errors=self.journal_errors,
+                              unwritten_events=len(self._unwritten), timerfd=detector.watcher is not None,
+                              glitches_dropped=detector.glitches_dropped, read_errors=detector.read_errors)
             if ping_every is not None and now >= next_ping:
                 # Only the detection loop pings: if it wedges, systemd restarts us (WatchdogSec).
                 self._notifier.watchdog()

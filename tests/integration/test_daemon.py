@@ -188,7 +188,7 @@ def test_kill_minus_9_then_clean_start(sources):
         assert not j.events(kinds=[EventKind.ROLLBACK_WHILE_DOWN, EventKind.ROLLBACK])
 
 
-def test_sighup_with_a_broken_config_keeps_the_old_one(sources):
+def test_sighup_with_a_broken_config_keeps_the_old_one_and_usr_signals_do_not_kill(sources):
     directory = scratch_dir("daemon")
     config = write_config(directory, sources)
     good = config.read_text()
@@ -204,6 +204,13 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(sources):
         config.write_text(good.replace("level: debug", "level: info"))
         os.kill(proc.pid, signal.SIGHUP)
         wait_for("reloaded", lambda: _log_event(log, "reloaded"), 5, proc)
+        assert proc.alive()
+        # signals whose default action would kill it: USR1 logs the state, USR2 is ignored (and says so)
+        os.kill(proc.pid, signal.SIGUSR1)
+        state = wait_for("state", lambda: _log_event(log, "state"), 5, proc)
+        assert state["verdict"]["status"] == "OK" and state["timerfd"] is True
+        os.kill(proc.pid, signal.SIGUSR2)
+        wait_for("signal_ignored", lambda: _log_event(log, "signal_ignored"), 5, proc)
         assert proc.alive()
 
 
