@@ -94,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, metavar="N", help="only the newest N")
     events.add_argument("--json", action="store_true", help="one JSON array of events (the hook event schema)")
 
+    hooks = sub.add_parser("hooks", help="list the configured hooks and the installed hook types")
+    hooks_sub = hooks.add_subparsers(dest="hooks_command", required=True, parser_class=_Parser)
+    hooks_list = hooks_sub.add_parser(
+        "list", help="each configured hook with its state, and every installed hook type (exit 1: one is unusable)",
+        description="Show each hook of the configuration (type, event kinds, timeout, dry run; ready, or unusable "
+        "and why) and every hook type registered in the entry-point group timeguard.hooks (its package; loaded, "
+        "failed to import and why, or a duplicate). Works on a configuration that does not validate. Exit 1 when a "
+        "configured hook is unusable.",
+    )
+    _config_arg(hooks_list)
+    hooks_list.add_argument("--json", action="store_true", help="print one JSON object")
+
     cfg = sub.add_parser("config", help="validate, show or generate the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     validate = cfg_sub.add_parser("validate", help="check a configuration file and list every error with its line")
@@ -122,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from timeguard.status import cmd_events
 
         return cmd_events(args)
+    if args.command == "hooks" and args.hooks_command == "list":
+        from timeguard.hooks.listing import cmd_list
+
+        return cmd_list(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only admits the commands above
 
 

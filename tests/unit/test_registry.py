@@ -1,0 +1,297 @@
+"""The hook-type registry with fake entry points (certbot's rules: sorted, duplicates refused naming both
+packages, a plugin that fails to import reported without stopping the others), and `timeguard hooks list`
+built on it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import sys
+import textwrap
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytest
+
+from timeguard import cli
+from timeguard.events import EventKind
+from timeguard.hooks import listing, registry
+from timeguard.hooks.api import HookConfigError, HookResult
+from timeguard.hooks.registry import GROUP, UnknownHookType
+
+
+class GoodHook:
+    default_on: ClassVar[frozenset[EventKind]] = frozenset({EventKind.ROLLBACK})
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @classmethod
+    def from_config(cls, name: str, options: dict[str, Any]) -> GoodHook:
+        if "url" not in options:
+            raise HookConfigError([("url", "is required")])
+        return cls(name)
+
+    def handle(self, event, ctx) -> HookResult:
+        return HookResult.ok("done")
+
+
+class OtherHook(GoodHook):
+    default_on: ClassVar[frozenset[EventKind]] = frozenset({EventKind.FORWARD_JUMP, EventKind.RECOVERED})
+
+
+def not_a_hook_type() -> None:
+    """An entry point that names something without from_config."""
+
+
+@dataclass(frozen=True)
+class FakeDist:
+    name: str
+    version: str = "1.0"
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"Name": self.name}
+
+
+class FakeEntryPoint:
+    """What registry reads of an entry point: name, value, dist and load() (the real loading)."""
+
+    def __init__(self, name: str, value: str, dist: FakeDist | None) -> None:
+        self.name, self.value, self.dist = name, value, dist
+
+    def load(self) -> Any:
+        return importlib.metadata.EntryPoint(self.name, self.value, GROUP).load()
+
+
+def ep(name: str, attr: str, dist: str | None = "acme-hooks", version: str = "1.0") -> FakeEntryPoint:
+    value = attr if ":" in attr else f"{__name__}:{attr}"
+    return FakeEntryPoint(name, value, FakeDist(dist, version) if dist else None)
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """Install a list of fake entry points as the whole group; the registry re-reads them."""
+
+    def install(*eps: FakeEntryPoint) -> dict[str, registry.TypeEntry]:
+        def entry_points(**selection: Any) -> list[FakeEntryPoint]:
+            assert selection == {"group": GROUP}
+            return list(eps)
+
+        monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+        return registry.discover(refresh=True)
+
+    yield install
+    registry._cache.clear()  # the next test discovers the real installation again
+
+
+@pytest.fixture
+def broken_module(tmp_path, monkeypatch):
+    """An importable module that raises ImportError, as a plugin missing its own dependency does."""
+    (tmp_path / "tg_broken_plugin.py").write_text(textwrap.dedent("""\
+        X = 1
+        raise ImportError("tg_broken_plugin needs libfoo >= 2")
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "tg_broken_plugin"
+    sys.modules.pop("tg_broken_plugin", None)
+
+
+# -------------------------------------------------------------------------------------------- discovery
+
+
+def test_types_are_sorted_by_name_whatever_order_they_are_found_in(installed):
+    found = installed(ep("zulu", "GoodHook"), ep("alpha", "OtherHook"), ep("mike", "GoodHook"))
+    assert list(found) == ["alpha", "mike", "zulu"]
+    assert all(entry.loaded and entry.error is None for entry in found.values())
+    assert found["alpha"].hook_type is OtherHook
+    assert found["alpha"].distribution == "acme-hooks 1.0"
+    assert found["alpha"].value == f"{__name__}:OtherHook"
+
+
+def test_a_plugin_that_fails_to_import_is_reported_with_its_error_and_the_others_still_load(installed, broken_module):
+    found = installed(ep("broken", f"{broken_module}:Hook", dist="tg-broken", version="0.3"),
+                      ep("good", "GoodHook"))
+    assert found["good"].loaded
+    broken = found["broken"]
+    assert not broken.loaded and broken.hook_type is None
+    assert broken.distribution == "tg-broken 0.3"
+    assert broken.error.startswith("failed to import tg_broken_plugin:Hook: ImportError: tg_broken_plugin needs "
+                                   "libfoo >= 2 (")
+    assert "tg_broken_plugin.py:2)" in broken.error  # where it failed
+    assert broken.error.endswith("; update or uninstall tg-broken 0.3")
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ("tg_no_such_module:Hook", "failed to import tg_no_such_module:Hook: ModuleNotFoundError: No module named "
+                               "'tg_no_such_module'"),
+    (f"{__name__}:NoSuchClass", f"failed to import {__name__}:NoSuchClass: AttributeError:"),
+    (f"{__name__}:not_a_hook_type", f"{__name__}:not_a_hook_type is not a timeguard hook type (it has no "
+                                    "from_config classmethod)"),
+])
+def test_an_entry_point_that_names_no_hook_type_is_unusable_and_says_why(installed, value, error):
+    found = installed(ep("odd", value), ep("good", "GoodHook"))
+    assert not found["odd"].loaded and error in found["odd"].error
+    assert found["good"].loaded
+    with pytest.raises(UnknownHookType, match="hook type 'odd' is unusable: "):
+        registry.find_type("odd")
+    assert registry.find_type("good") is GoodHook
+
+
+def test_two_packages_registering_the_same_name_are_both_refused_naming_both(installed):
+    found = installed(ep("pager", "GoodHook", dist="pager-one", version="1.2"),
+                      ep("pager", "OtherHook", dist="pager-two", version="0.9"), ep("good", "GoodHook"))
+    pager = found["pager"]
+    assert not pager.loaded
+    assert pager.distribution == "pager-one 1.2 and pager-two 0.9"
+    assert pager.error == ("duplicate hook type 'pager' from pager-one 1.2 and pager-two 0.9: "
+                           "uninstall one of them")
+    with pytest.raises(UnknownHookType, match=re.escape("pager-one 1.2 and pager-two 0.9")):
+        registry.find_type("pager")
+    assert found["good"].loaded
+
+
+def test_the_same_registration_seen_twice_is_not_a_duplicate(installed):
+    # One distribution found on two sys.path entries (an editable install next to its source tree).
+    found = installed(ep("good", "GoodHook", dist="acme"), ep("good", "GoodHook", dist="acme"))
+    assert found["good"].loaded
+
+
+def test_an_entry_point_without_a_distribution_still_loads(installed):
+    assert installed(ep("good", "GoodHook", dist=None))["good"].distribution == "unknown distribution"
+
+
+def test_discovery_is_cached_until_refreshed(installed, monkeypatch):
+    first = installed(ep("good", "GoodHook"))
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [ep("other", "OtherHook")])
+    assert registry.discover() is first
+    assert list(registry.discover(refresh=True)) == ["other"]
+
+
+def test_an_unknown_type_names_the_installed_ones(installed, broken_module):
+    installed(ep("good", "GoodHook"), ep("broken", f"{broken_module}:Hook"), ep("alpha", "OtherHook"))
+    with pytest.raises(UnknownHookType, match=r"unknown hook type 'slak' \(installed: alpha, good\)"):
+        registry.find_type("slak")
+
+
+def test_the_built_in_command_hook_is_registered_by_timeguard_itself():
+    registry._cache.clear()
+    entry = registry.discover(refresh=True)["command"]
+    from timeguard.hooks.command import CommandHook
+
+    assert entry.hook_type is CommandHook
+    assert entry.distribution.startswith("timeguard ")
+    assert entry.value == "timeguard.hooks.command:CommandHook"
+
+
+# ---------------------------------------------------------------------------------------------- listing
+
+CONFIG = """\
+hooks:
+  - type: good
+    name: ops
+    url: https://example.com/hook
+    timeout_s: 3
+  - type: good
+    name: no-url
+    on: [rollback, recovered]
+  - type: broken
+    name: pager
+    dry_run: true
+  - type: dup
+    name: twice
+  - type: slak
+    name: typo
+"""
+
+
+@pytest.fixture
+def zoo(installed, broken_module):
+    return installed(ep("good", "GoodHook"), ep("broken", f"{broken_module}:Hook", dist="tg-broken", version="0.3"),
+                     ep("dup", "GoodHook", dist="dup-a"), ep("dup", "OtherHook", dist="dup-b"))
+
+
+def test_hooks_list_shows_every_configured_hook_with_its_state_even_when_the_config_is_invalid(zoo, tmp_path):
+    path = tmp_path / "timeguard.yaml"
+    path.write_text(CONFIG)
+    result = listing.collect(path)
+    assert result.readable and result.config_problems == []
+    by_name = {h.name: h for h in result.hooks}
+    assert [h.name for h in result.hooks] == ["ops", "no-url", "pager", "twice", "typo"]
+
+    ops = by_name["ops"]
+    assert (ops.state, ops.type, ops.on, ops.on_default, ops.timeout_s, ops.dry_run) == (
+        "ready", "good", ["rollback"], True, 3, False)
+    assert by_name["no-url"].state == "unusable" and by_name["no-url"].on == ["rollback", "recovered"]
+    assert [str(p) for p in by_name["no-url"].problems] == ["line 6: hooks[1].url: is required"]
+    pager = by_name["pager"]
+    assert pager.state == "unusable" and pager.dry_run is True and pager.on == []  # its type's default: unknown
+    assert "failed to import tg_broken_plugin:Hook: ImportError" in pager.problems[0].message
+    assert "duplicate hook type 'dup' from dup-a 1.0 and dup-b 1.0" in by_name["twice"].problems[0].message
+    assert "unknown hook type 'slak' (installed: good)" in by_name["typo"].problems[0].message
+    assert result.exit_code == 1
+
+    types = {t.name: t for t in result.types}
+    assert [t.name for t in result.types] == ["broken", "dup", "good"]
+    assert (types["good"].state, types["good"].used_by, types["good"].default_on) == (
+        "loaded", ["ops", "no-url"], ["rollback"])
+    assert types["broken"].state == "failed" and types["broken"].distribution == "tg-broken 0.3"
+    assert types["dup"].state == "duplicate" and types["dup"].used_by == ["twice"]
+
+
+def test_hooks_list_text_reads_like_certbot_plugins(zoo, tmp_path, capsys):
+    path = tmp_path / "timeguard.yaml"
+    path.write_text(CONFIG)
+    assert cli.main(["hooks", "list", "--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == f"Configured hooks ({path}):"
+    assert lines[1].split() == ["ops", "good", "ready", "on:", "rollback", "(default)", "timeout", "3", "s"]
+    assert lines[2].split()[:3] == ["no-url", "good", "UNUSABLE"]
+    assert lines[3].strip() == "line 6: hooks[1].url: is required"
+    assert "dry run" in next(line for line in lines if line.lstrip().startswith("pager"))
+    assert "Hook types (entry-point group timeguard.hooks):" in lines
+    good = next(line for line in lines if line.lstrip().startswith("good "))
+    assert good.split() == ["good", "acme-hooks", "1.0", "loaded", f"{__name__}:GoodHook"]
+    assert any("FAILED" in line and "tg_broken_plugin needs libfoo" in line for line in lines)
+    assert any("DUPLICATE" in line and "uninstall one of them" in line for line in lines)
+    assert "used by: ops, no-url" in out
+
+
+def test_hooks_list_json(zoo, tmp_path, capsys):
+    path = tmp_path / "timeguard.yaml"
+    path.write_text(CONFIG)
+    assert cli.main(["hooks", "list", "--json", "--config", str(path)]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"] == str(path) and data["readable"] is True
+    assert [(h["name"], h["state"]) for h in data["hooks"]] == [
+        ("ops", "ready"), ("no-url", "unusable"), ("pager", "unusable"), ("twice", "unusable"), ("typo", "unusable")]
+    assert data["hooks"][1]["problems"] == [{"path": "hooks[1].url", "message": "is required", "line": 6}]
+    assert {t["name"]: t["state"] for t in data["types"]} == {"broken": "failed", "dup": "duplicate", "good": "loaded"}
+
+
+def test_hooks_list_exits_0_when_every_hook_is_ready_and_notes_other_config_errors(zoo, tmp_path, capsys):
+    path = tmp_path / "timeguard.yaml"
+    path.write_text("thresholds: {warning_s: -1}\nhooks:\n  - {type: good, name: ops, url: x}\n")
+    assert cli.main(["hooks", "list", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "and the configuration has 1 other error: the daemon will not start with it" in out
+    result = listing.collect(path)
+    assert [p.path for p in result.config_problems] == ["thresholds.warning_s"]
+
+
+def test_hooks_list_without_hooks_or_without_a_readable_config(zoo, tmp_path, capsys):
+    assert listing.collect(None).hooks == [] and listing.collect(None).exit_code == 0
+    missing = tmp_path / "missing.yaml"
+    assert cli.main(["hooks", "list", "--config", str(missing)]) == 1
+    out = capsys.readouterr().out
+    assert "cannot read the configuration:" in out and "cannot read the file" in out
+    assert "Hook types (entry-point group timeguard.hooks):" in out  # the installed types are still listed
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("hooks: [\n")
+    assert listing.collect(bad_yaml).readable is False
+    not_a_list = tmp_path / "mapping.yaml"
+    not_a_list.write_text("hooks: {type: good}\n")
+    result = listing.collect(not_a_list)
+    assert result.hooks == [] and result.exit_code == 1
