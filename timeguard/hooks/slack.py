@@ -1,0 +1,203 @@
+"""``type: slack`` — an incoming-webhook message a person reads at a glance, through the durable outbox.
+
+Configuration::
+
+    - type: slack
+      name: ops-slack
+      webhook_url_file: slack-webhook     # the URL is the secret: a file (relative: $CREDENTIALS_DIRECTORY)…
+      # webhook_url_env: SLACK_WEBHOOK_URL   # …or an environment variable, or webhook_url: (inline, discouraged)
+      request_timeout_s: 15
+
+The message: a ``text`` line (the notification fallback: ``[CRITICAL] Clock rolled back −180.0 days on
+host-a``) and one legacy attachment, for its colour bar by severity (``danger`` / ``warning`` / ``good``),
+that holds Block Kit ``blocks``: what happened, host, step, host time vs trusted time, the verdict, what repair
+hooks did (``detail["repairs"]``), and the incident with its update count. Updates of one incident coalesce in
+the outbox (one message, then at most one update per ``min_interval_s``); Slack's 429 ``Retry-After`` is
+honoured. Default ``on:`` as the webhook hook (see timeguard.hooks.webhook).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from timeguard import __version__
+from timeguard.events import Event, EventKind
+from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext, HookResult
+from timeguard.hooks.outbox import split_payload
+from timeguard.hooks.webhook import (
+    DEFAULT_ON,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    already_alerted,
+    check_common,
+    check_unknown,
+    event_time,
+    headline,
+    human_duration,
+    iso,
+    post_json,
+    previous_kind,
+    read_secret,
+    redacted_url,
+    repairs,
+    severity,
+)
+
+COLORS = {"critical": "danger", "warning": "warning", "info": "good"}
+EMOJI = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":white_check_mark:"}
+MAX_FIELD = 1900  # Slack's limit on a section field is 2000 characters
+
+
+def _clip(text: str, limit: int = MAX_FIELD) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _verdict_line(verdict: Mapping[str, Any] | None) -> str:
+    if not verdict:
+        return "no verdict yet (no source has answered)"
+    parts = [str(verdict.get("status", "?"))]
+    offset = verdict.get("offset_s")
+    if isinstance(offset, int | float):
+        parts.append(f"offset {human_duration(offset)} (trusted − host)")
+    if verdict.get("ntp_http_agree") is False:
+        parts.append("NTP and HTTPS disagree")
+    summary = verdict.get("summary")
+    return " · ".join(parts) + (f"\n{summary}" if summary else "")
+
+
+def _severity_for(event: Event) -> str:
+    if event.kind is EventKind.RECOVERED:
+        return "info"
+    return severity(event)
+
+
+class SlackHook:
+    default_on: ClassVar[frozenset[EventKind]] = DEFAULT_ON
+    OPTIONS: ClassVar[set[str]] = {"webhook_url", "webhook_url_env", "webhook_url_file", "request_timeout_s",
+                                   "ca_bundle", "allow_plain_http"}
+
+    def __init__(self, name: str, webhook_url: str, *, ca_bundle: str | None = None,
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
+        self.name = name
+        self._url = webhook_url
+        self.ca_bundle = ca_bundle
+        self.request_timeout_s = request_timeout_s
+        self.shown_url = redacted_url(webhook_url, keep_path=False)  # the path is the credential
+
+    def __repr__(self) -> str:
+        return f"SlackHook(name={self.name!r}, webhook_url={self.shown_url!r})"
+
+    @classmethod
+    def from_config(cls, name: str, options: Mapping[str, Any]) -> SlackHook:
+        from timeguard.hooks.webhook import check_url
+
+        problems: list[tuple[str, str]] = []
+        check_unknown(options, cls.OPTIONS, problems)
+        allow_http, timeout, ca = check_common(options, problems)
+        url_text = read_secret(options, "webhook_url", problems, inline_ok=True)
+        url = None
+        if url_text is None and not any(k in options for k in ("webhook_url", "webhook_url_env",
+                                                                 "webhook_url_file")):
+            problems.append(("webhook_url", "is required: give webhook_url_file, webhook_url_env or webhook_url "
+                                            "(Slack's incoming-webhook URL)"))
+        elif url_text is not None:
+            key = next(k for k in ("webhook_url", "webhook_url_env", "webhook_url_file") if k in options)
+            url = check_url(url_text, key, allow_http, problems, secret=True)
+        if problems:
+            raise HookConfigError(problems)
+        assert url is not None
+        return cls(name, url, ca_bundle=ca, request_timeout_s=timeout)
+
+    # ------------------------------------------------------------------------------------------ handle
+
+    def handle(self, event: Event, ctx: HookContext) -> HookResult:
+        if event.kind is EventKind.RECOVERED and not event.test and not already_alerted(self.name, event, ctx):
+            return HookResult.skipped("recovered from a condition this hook sent no message for")
+        payload = self.build_payload(event, ctx)
+        if ctx.dry_run:
+            return HookResult.skipped(f"dry run: would post to Slack ({self.shown_url}): {payload['text']}",
+                                      payload=payload)
+        if ctx.enqueue is None:
+            return self._send_now(event, payload, ctx, "no outbox")
+        try:
+            delivery_id = ctx.enqueue(self.name, event, payload)
+        except Exception as exc:  # noqa: BLE001 — the journal refused it: still try to get the word out
+            return self._send_now(event, payload, ctx, f"the outbox refused it ({type(exc).__name__}: {exc})")
+        return HookResult.ok(f"queued Slack message: {payload['text']}", delivery_id=delivery_id)
+
+    def _send_now(self, event: Event, payload: Mapping[str, Any], ctx: HookContext, why: str) -> HookResult:
+        delivery = Delivery(id=f"{event.id}.{self.name}", hook=self.name, incident_id=event.incident_id,
+                            event_id=event.id, payload=payload, attempts=0)
+        result = self.deliver(delivery, trusted_now=ctx.trusted_now)
+        if result.ok:
+            return HookResult.ok(f"posted to Slack directly ({why}; not retried)", delivery_id=delivery.id)
+        return HookResult.failed(f"{why}; a direct post failed too: {result.error}", delivery_id=delivery.id)
+
+    def build_payload(self, event: Event, ctx: HookContext) -> dict[str, Any]:
+        level = _severity_for(event)
+        what = headline(event)
+        prefix = "[TEST] " if event.test else ""
+        text = f"{prefix}[{level.upper()}] {what} on {event.host}"
+        when, source = event_time(event, ctx)
+        fields = [f"*Host*\n`{event.host}`", f"*Severity*\n{level}"]
+        if event.step_s is not None:
+            bound = "at least " if event.detail.get("lower_bound") else ""
+            fields.append(f"*Step*\n{bound}{human_duration(event.step_s)}")
+        host_line = iso(event.wall_time_s)
+        if event.wall_before_s is not None:
+            host_line = f"{iso(event.wall_before_s)} → {iso(event.wall_time_s)}"
+        fields.append(f"*Host clock*\n{host_line}")
+        if source == "trusted":
+            off = when - event.wall_time_s
+            gap = "" if abs(off) < 1 else (f"\nhost is {human_duration(off, signed=False)} "
+                                            f"{'behind' if off > 0 else 'ahead'}")
+            fields.append(f"*Trusted time*\n{iso(when)}{gap}")
+        else:
+            fields.append("*Trusted time*\nunknown (no verdict: no source has answered)")
+        verdict = event.verdict or (dict(ctx.verdict) if ctx.verdict else None)
+        fields.append(f"*Verdict*\n{_verdict_line(verdict)}")
+        blocks: list[dict[str, Any]] = [
+            {"type": "section", "text": {"type": "mrkdwn",
+                                         "text": _clip(f"{EMOJI[level]} *{prefix}{what}* on `{event.host}`")}},
+            {"type": "section", "fields": [{"type": "mrkdwn", "text": _clip(f)} for f in fields[:10]]},
+        ]
+        done = repairs(event)
+        if done:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(
+                "*Repair hooks*\n" + "\n".join(f"• {line}" for line in done))}})
+        context = [f"timeguard {__version__}", f"incident `{event.incident_id[:12]}`", f"event `{event.kind.value}`"]
+        if event.kind is EventKind.RECOVERED and (prev := previous_kind(event)) is not None:
+            context.append(f"ends `{prev.value}`")
+        if event.detail.get("detected_by"):
+            context.append(f"detected by {event.detail['detected_by']}")
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(" · ".join(context))}]})
+        return {
+            "text": text,
+            "attachments": [{"color": COLORS[level], "fallback": text, "blocks": blocks}],
+        }
+
+    # ----------------------------------------------------------------------------------------- deliver
+
+    def render(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The message to post, with the incident's update count when events were coalesced into it."""
+        body, info = split_payload(payload)
+        message, events = int(info.get("message", 1)), int(info.get("events", 1))
+        if message > 1 or events > 1:
+            note = f"update {message - 1}" if message > 1 else "first message"
+            if events > 1:
+                kinds = ", ".join(info.get("kinds") or [])
+                note += f" · {events} events since the last message" + (f" ({kinds})" if kinds else "")
+            body["text"] = f"{body.get('text', '')} ({note})"
+            for attachment in body.get("attachments") or []:
+                attachment["fallback"] = body["text"]
+                blocks = attachment.get("blocks")
+                if isinstance(blocks, list):
+                    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(note)}]})
+        return body
+
+    def deliver(self, delivery: Delivery, *, trusted_now: Callable[[], float | None]) -> DeliveryResult:
+        body = json.dumps(self.render(delivery.payload), separators=(",", ":"), ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": f"timeguard/{__version__}"}
+        return post_json(self._url, body, headers, timeout_s=self.request_timeout_s,
+                         verify=self.ca_bundle or True, trusted_now=trusted_now, redact=(self._url,))
