@@ -191,6 +191,7 @@ class Agent:
         self._metrics: Any = None
         self._verdict_epoch_s = 0.0  # boot epoch when self._verdict was formed: its offset is relative to it
         self._dispatcher: Dispatcher | None = None
+        self._outbox: Any = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -305,7 +306,7 @@ class Agent:
     def _shutdown(self, detector: StepDetector) -> None:
         self._notifier.stopping()
         self._notifier.close()
-        self._stop_hooks()
+        self._stop_hooks(outbox=True)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         if self._metrics is not None:
@@ -449,14 +450,28 @@ class Agent:
         return None if verdict is None else verdict_summary(verdict)
 
     def _start_hooks(self) -> None:
+        """The dispatcher runs the hooks; alert hooks queue their messages in the outbox, which delivers them
+        at least once — including what a previous run left pending."""
         import socket
 
-        self._dispatcher = Dispatcher(self.cfg.hooks, journal=self.journal, trusted_now=self.trusted_now,
-                                      verdict=self._verdict_summary, hostname=socket.gethostname(), log=self.log)
+        from timeguard.hooks.outbox import Outbox, deliverers_from
 
-    def _stop_hooks(self) -> None:
+        assert self.journal is not None
+        if self._outbox is None:
+            self._outbox = Outbox(self.journal, {}, trusted_now=self.trusted_now, epoch=self.boot_id, log=self.log)
+            self._outbox.start()
+        self._dispatcher = Dispatcher(self.cfg.hooks, journal=self.journal, trusted_now=self.trusted_now,
+                                      verdict=self._verdict_summary, hostname=socket.gethostname(), log=self.log,
+                                      enqueue=self._outbox.enqueue)
+        self._outbox.set_deliverers(deliverers_from(h.hook for h in self._dispatcher.hooks))
+
+    def _stop_hooks(self, *, outbox: bool = False) -> None:
         if self._dispatcher is not None:
             self._dispatcher.stop()
+        if outbox and self._outbox is not None:
+            abandoned = self._outbox.stop()
+            if abandoned:
+                self.log.info("outbox_stopped", abandoned_sends=abandoned, note="re-sent with the same id at start")
 
     def _flush_unwritten(self) -> None:
         assert self.journal is not None

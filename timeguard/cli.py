@@ -105,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(hooks_list)
     hooks_list.add_argument("--json", action="store_true", help="print one JSON object")
+    hooks_test = hooks_sub.add_parser(
+        "test", help="fire a synthetic event (marked as a test) at one configured hook, and show what it did",
+        description="Build the hook NAME from the configuration and run it once, now, for a synthetic event marked "
+        "test: true. Alerts are sent directly (no outbox, no retry) and stamped with this host's clock. Exit 0 if the "
+        "hook did its job (ok, changed, or skipped), 1 if it failed.",
+    )
+    hooks_test.add_argument("name", help="the hook's name (see `timeguard hooks list`)")
+    hooks_test.add_argument("--event", default="rollback", metavar="KIND",
+                            help="the event kind to simulate (default rollback): " + ", ".join(
+                                k.value for k in _event_kinds()))
+    hooks_test.add_argument("--dry-run", action="store_true", help="ask the hook what it would do, without doing it")
+    hooks_test.add_argument("--json", action="store_true", help="print the run as one JSON object")
+    _config_arg(hooks_test)
 
     cfg = sub.add_parser("config", help="validate, show or generate the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
@@ -138,7 +151,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         from timeguard.hooks.listing import cmd_list
 
         return cmd_list(args)
+    if args.command == "hooks" and args.hooks_command == "test":
+        return _cmd_hooks_test(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only admits the commands above
+
+
+def _cmd_hooks_test(args: argparse.Namespace) -> int:
+    import socket
+    import time
+
+    from timeguard.events import Event, EventKind
+    from timeguard.hooks.api import HookStatus
+    from timeguard.hooks.dispatch import Dispatcher
+    from timeguard.status import _boot_id
+
+    cfg = load_config_or_exit(args.config)
+    try:
+        kind = EventKind(args.event)
+    except ValueError:
+        print(f"timeguard hooks test: unknown event kind {args.event!r}; known: "
+              + ", ".join(k.value for k in EventKind), file=sys.stderr)
+        return 2
+    now = time.time()
+    step = {EventKind.ROLLBACK: -3600.0, EventKind.ROLLBACK_WHILE_DOWN: -3600.0, EventKind.FORWARD_JUMP: 3600.0,
+            EventKind.LEAP: -1.0}.get(kind)
+    event = Event(kind=kind, incident_id=f"test-{int(now)}", wall_time_s=now, monotonic_s=time.monotonic(),
+                  boot_id=_boot_id(), step_s=step, wall_before_s=None if step is None else now - step,
+                  detail={"synthetic": True, "note": "sent by `timeguard hooks test`"}, test=True)
+    dispatcher = Dispatcher(cfg.hooks, journal=None, trusted_now=lambda: None, verdict=lambda: None,
+                            hostname=socket.gethostname())
+    try:
+        run = dispatcher.run_now(args.name, event, dry_run=True if args.dry_run else None)
+    except KeyError as exc:
+        print(f"timeguard hooks test: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"hook": run.hook, "type": run.hook_type, "event": event.to_dict(),
+                          "status": run.status.value, "summary": run.summary, "details": dict(run.details),
+                          "output": run.output, "duration_s": run.duration_s, "dry_run": run.dry_run}, indent=2,
+                         default=str))
+    else:
+        dry = " (dry run)" if run.dry_run else ""
+        print(f"hook {run.hook} ({run.hook_type}), test event {kind.value}{dry}: {run.status.value.upper()}: "
+              f"{run.summary} [{run.duration_s:.3f} s]")
+        if run.output:
+            print(run.output.rstrip())
+    return 1 if run.status is HookStatus.FAILED else 0
 
 
 def _event_kinds() -> list[Any]:

@@ -129,6 +129,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         floor = journal.floor()
         recent = journal.events(limit=max(args.events, 0)) if args.events else []
         health = journal.health()
+        outbox = journal.outbox_stats(epoch=_boot_id(), now_mono=time.monotonic())
     data = {
         **state,
         "version": meta.get("version"),
@@ -143,6 +144,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                                              "reason": floor.reason},
         "events": [e.to_dict() for e in recent],
         "journal": health,
+        "outbox": outbox,
     }
     if args.json:
         print(json.dumps(data, indent=2))
@@ -161,6 +163,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     ok = "ok" if health["ok"] else "PROBLEMS: " + "; ".join(health["problems"])
     print(f"Journal: {health['path']}, {ok}, {health['size_bytes'] / 1024:.0f} KiB, "
           f"{health['events']} events, {health['checks']} checks")
+    oldest = outbox.get("oldest_pending_age_s")
+    age = f", oldest pending {oldest:.0f} s" if oldest is not None and outbox["pending"] else ""
+    print(f"Alerts: {outbox['pending']} pending{age}, {outbox['delivered']} delivered, {outbox['dead']} dead")
+    if outbox["dead"] and outbox.get("last_dead"):
+        print(f"  last dead: {outbox['last_dead']}")
     if recent:
         print("Last events:")
         for event in recent:

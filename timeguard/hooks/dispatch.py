@@ -195,7 +195,7 @@ class Dispatcher:
         log = self._log
         if log is not None:
             level = log.warning if run.status is HookStatus.FAILED else log.info
-            level("hook_run", hook=run.hook, event=run.event_kind, incident=run.incident_id, status=run.status.value,
+            level("hook_run", hook=run.hook, kind=run.event_kind, incident=run.incident_id, status=run.status.value,
                   summary=run.summary, duration_s=round(run.duration_s, 3), dry_run=run.dry_run, test=run.test)
         if self._journal is None:
             return
