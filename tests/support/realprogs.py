@@ -216,7 +216,12 @@ class FakeClock:
     their CLOCK_MONOTONIC/BOOTTIME stay real (FAKETIME_DONT_FAKE_MONOTONIC + ftshim).
     """
 
-    def __init__(self, tmpdir: Path | str, ftshim: Path | None = None, libfaketime: Path | None = None) -> None:
+    def __init__(self, tmpdir: Path | str, ftshim: Path | None = None, libfaketime: Path | None = None,
+                 cache_duration_s: int | None = None) -> None:
+        # cache_duration_s: libfaketime re-reads the rc file at most once per that many seconds instead of on every
+        # clock call. A step then shows up 1-2 s late, but a busy multi-threaded process is not slowed down: with
+        # NO_CACHE every GIL hand-over (a timed condvar wait) re-reads the file (research/harness.md §1d).
+        self.cache_duration_s = cache_duration_s
         self.dir = Path(tmpdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
@@ -249,11 +254,9 @@ class FakeClock:
         return f"{self.ftshim} {self.libfaketime}"
 
     def _fake_vars(self) -> dict[str, str]:
-        return {
-            "FAKETIME_TIMESTAMP_FILE": str(self.rc),
-            "FAKETIME_NO_CACHE": "1",
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        }
+        caching = ({"FAKETIME_NO_CACHE": "1"} if self.cache_duration_s is None
+                   else {"FAKETIME_CACHE_DURATION": str(int(self.cache_duration_s))})
+        return {"FAKETIME_TIMESTAMP_FILE": str(self.rc), **caching, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
     def env(self, base: Mapping[str, str] | None = None, preload: bool = True) -> dict[str, str]:
         """An environment for a process that follows this clock.
