@@ -6,23 +6,36 @@ waits for the server's second to tick over) run concurrently in threads, once pe
 
 from __future__ import annotations
 
+import _ssl
+import email.utils
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import requests
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from tests.support.fake_http import NO_DATE, FakeDateServer, blackhole, refusing, running
+from tests.support.realprogs import run_under_clock
 from timeguard.model import Sample, SourceKind, SourceState
-from timeguard.sanity import implausible
+from timeguard.sanity import EARLIEST_PLAUSIBLE_S, implausible
+from timeguard.sources import _net
 from timeguard.sources.http import query_http
 from timeguard.sources.httpdate import parse_http_date
+
+#: taken before any test patches it (fake_dns)
+REAL_GETADDRINFO = socket.getaddrinfo
 
 ACCURACY_OFFSETS_S = (-2.37, -0.3, 0.0, 0.25, 0.71, 3.5)
 FEWER_REQUESTS = (1, 2, 4)
@@ -245,39 +258,49 @@ def test_connection_refused():
 
 
 @pytest.fixture
-def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Callable[[], Any]]]:
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Callable[..., Any]]]:
     """Answer lookups of *.invalid locally, so no query leaves loopback (the resolver here is not on 127/8).
 
-    Maps a name to what the lookup does; other names go to the real getaddrinfo (only loopback ones are used).
+    Maps a name to what the lookup does (called with getaddrinfo's other arguments: port, family, type, ...);
+    other names go to the real getaddrinfo (only loopback ones are used). At teardown, waits for lookups that
+    were left pending in timeguard.sources._net, so none is joined by a later test.
     """
-    behaviours: dict[str, Callable[[], Any]] = {}
-    real = socket.getaddrinfo
+    behaviours: dict[str, Callable[..., Any]] = {}
 
     def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
         name = host.decode() if isinstance(host, bytes) else str(host)
         if name.endswith(".invalid"):
-            return behaviours[name]()
-        return real(host, *args, **kwargs)
+            return behaviours[name](*args, **kwargs)
+        return REAL_GETADDRINFO(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     yield behaviours
+    deadline = time.monotonic() + 5
+    while any(key[0].endswith(".invalid") for key in _net._Lookup._pending) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def loopback_v4(*args: Any, **kwargs: Any) -> Any:
+    """A fake_dns behaviour: the name has the address 127.0.0.1."""
+    return REAL_GETADDRINFO("127.0.0.1", *args, **kwargs)
 
 
 def test_dns_failure_for_a_nonexistent_name(fake_dns):
-    def nxdomain() -> None:
+    def nxdomain(*_: Any, **__: Any) -> None:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     fake_dns["no-such-host.invalid"] = nxdomain
     sample = query_http("https://no-such-host.invalid/")
     assert sample.failure is SourceState.UNREACHABLE
-    assert sample.reason == "DNS: cannot resolve 'no-such-host.invalid': Name or service not known"
+    # _net's wording, the same as the NTP source's for the same failure
+    assert sample.reason == "host name 'no-such-host.invalid' not found in DNS (check the spelling and the resolver)"
     assert sample.address == "no-such-host.invalid:443"
 
 
 def test_a_resolver_that_hangs_cannot_hold_the_source_past_its_deadline(fake_dns):
     release = threading.Event()
 
-    def hang() -> None:
+    def hang(*_: Any, **__: Any) -> None:
         release.wait(30)
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
@@ -290,7 +313,78 @@ def test_a_resolver_that_hangs_cannot_hold_the_source_past_its_deadline(fake_dns
         release.set()
     assert elapsed <= 0.5 + LATE_S
     assert sample.failure is SourceState.UNREACHABLE
-    assert sample.reason.startswith("no answer within the 0.5 s timeout (DNS, connect or the server")
+    # _net.resolve's own deadline (what the connect had left) says it was DNS, not the server
+    assert sample.reason.startswith("DNS lookup of 'slow-resolver.invalid' did not answer within 0.")
+    assert "(resolver stalled or unreachable; check /etc/resolv.conf and the DNS server)" in sample.reason
+
+
+def test_a_hanging_resolver_holds_one_thread_per_name_not_one_per_poll(fake_dns):
+    """Five polls of a name whose lookup never ends: one lookup thread, shared; no probe worker left behind."""
+    release = threading.Event()
+    lock = threading.Lock()
+    inside: list[str] = []  # the threads blocked in the resolver right now
+
+    def hang(*_: Any, **__: Any) -> None:
+        with lock:
+            inside.append(threading.current_thread().name)
+        try:
+            release.wait(30)
+        finally:
+            with lock:
+                inside.remove(threading.current_thread().name)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    fake_dns["hung-resolver.invalid"] = hang
+    before = set(threading.enumerate())
+    try:
+        for poll in range(5):
+            start = time.monotonic()
+            sample = query_http("https://hung-resolver.invalid/", timeout_s=0.3)
+            assert time.monotonic() - start <= 0.3 + LATE_S
+            assert sample.failure is SourceState.UNREACHABLE
+            assert sample.reason.startswith("DNS lookup of 'hung-resolver.invalid' did not answer within"), poll
+            assert inside == ["timeguard-dns:hung-resolver.invalid"], poll
+        time.sleep(0.1)
+        new_threads = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+        assert new_threads == ["timeguard-dns:hung-resolver.invalid"]
+        assert [key[0] for key in _net._Lookup._pending] == ["hung-resolver.invalid"]
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("cert_name", ["time.example.invalid", "other.example.invalid"])
+def test_a_name_is_resolved_by_timeguard_and_tls_and_host_keep_the_urls_name(fake_dns, cert_name):
+    """The socket goes to the resolved 127.0.0.1; SNI, the certificate's name check and Host stay the URL's."""
+    fake_dns["time.example.invalid"] = loopback_v4
+    with running(tls=True, offset_s=0.6, cert_names=(cert_name,)) as server:
+        url = f"https://time.example.invalid:{server.port}/"
+        sample = query_http(url, ca_bundle=server.ca_bundle, requests_count=2)
+    assert server.sni[:1] == ["time.example.invalid"]
+    assert sample.address == f"time.example.invalid:{server.port}"
+    if cert_name == "time.example.invalid":
+        assert sample.usable, sample.reason
+        assert contains(sample, 0.6)
+        assert [r.headers["Host"] for r in server.served] == [f"time.example.invalid:{server.port}"] * 2
+    else:
+        assert sample.failure is SourceState.UNREACHABLE
+        assert "certificate is not valid for 'time.example.invalid'" in sample.reason
+        assert server.served == []
+
+
+def test_every_resolved_address_is_tried_in_order(fake_dns):
+    """A name whose first address refuses (nothing listening there) is reached at its second."""
+    with refusing() as dead, running(offset_s=-0.2) as server:
+        dead_port = int(dead.rsplit(":", 1)[1].rstrip("/"))
+
+        def two_addresses(port: Any, *args: Any, **kwargs: Any) -> Any:
+            refused = REAL_GETADDRINFO("127.0.0.1", dead_port, *args, **kwargs)
+            live = REAL_GETADDRINFO("127.0.0.1", port, *args, **kwargs)
+            return refused + live
+
+        fake_dns["two.example.invalid"] = two_addresses
+        sample = query_http(f"http://two.example.invalid:{server.port}/", allow_plain_http=True, requests_count=2)
+    assert sample.usable, sample.reason
+    assert contains(sample, -0.2)
 
 
 # --- TLS --------------------------------------------------------------------------------------------------------
@@ -325,12 +419,257 @@ def test_https_with_a_certificate_for_another_name():
     assert "certificate is not valid for '127.0.0.1'" in sample.reason
 
 
+def test_https_ipv6_literal_keeps_sni_off_and_verifies_the_address():
+    try:
+        server = FakeDateServer(host="::1", tls=True, offset_s=-0.75).start()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        sample = query_http(server.url, ca_bundle=server.ca_bundle, requests_count=2)
+    finally:
+        server.stop()
+    assert sample.usable, sample.reason
+    assert sample.address == f"[::1]:{server.port}"
+    assert contains(sample, -0.75)
+    assert server.sni == [None]  # an IP address is never sent as SNI; the certificate's IP SAN is checked
+
+
+def test_a_ca_bundle_that_cannot_be_loaded_sends_nothing(tmp_path):
+    missing = tmp_path / "missing.pem"
+    with running(tls=True) as server:
+        sample = query_http(server.url, ca_bundle=str(missing))
+    assert sample.failure is SourceState.UNREACHABLE
+    assert sample.reason == f"cannot load the CA bundle {missing}: No such file or directory; nothing was sent"
+    assert server.connections == 0
+
+
 def test_https_url_pointing_at_a_plain_http_port():
     with running() as server:
         sample = query_http(server.url.replace("http://", "https://"))
     assert sample.failure is SourceState.UNREACHABLE
     assert sample.reason.startswith(f"TLS handshake with 127.0.0.1:{server.port} failed")
     assert sample.reason.endswith("(is it really an HTTPS port?)")
+
+
+# --- certificate times judged without the host clock (research/time_anchors.md T15) ----------------------------
+
+DAY_S = 86_400
+
+
+def days_from_now(days: float) -> datetime:
+    return datetime.now(UTC) + timedelta(days=days)
+
+
+def past_days(days: float) -> float:
+    """``days`` into the past, scaled down so that up to 120 of them stay after this release was built.
+
+    A Date or a certificate end before the release would be refused for that (a different test); right after a
+    release (EARLIEST_PLAUSIBLE_S is the start of its year) "60 days ago" is not yet possible, so shrink them all.
+    """
+    since_release_days = (time.time() - EARLIEST_PLAUSIBLE_S) / DAY_S
+    return days * min(1.0, since_release_days / 120)
+
+
+def release() -> datetime:
+    return datetime.fromtimestamp(EARLIEST_PLAUSIBLE_S, UTC)
+
+
+def server_date(served: Any) -> str:
+    """The Date header fake_http sent with this answer."""
+    return email.utils.formatdate(int(served.server_time_s), usegmt=True)
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def issued_at(moment: datetime) -> datetime:
+    """What a certificate stores for ``moment``: whole seconds."""
+    return moment.replace(microsecond=0)
+
+
+@pytest.mark.parametrize("host_days", [180, -180], ids=["host 180 days ahead", "host 180 days behind"])
+def test_a_host_clock_far_off_still_measures_through_https(host_days):
+    """The T15 scenario via the injectable wall clock: a certificate valid ±30 days, the host clock 180 days off."""
+    with running(tls=True, offset_s=0.3, not_before=days_from_now(-30), not_after=days_from_now(30)) as server:
+        sample = query_http(
+            server.url,
+            ca_bundle=server.ca_bundle,
+            requests_count=4,
+            wall_ns=lambda: time.time_ns() + host_days * DAY_S * 1_000_000_000,
+        )
+    assert sample.usable, sample.reason
+    assert contains(sample, 0.3 - host_days * DAY_S), sample
+    assert sample.error_s is not None
+    assert sample.error_s < 0.08
+
+
+def test_a_certificate_expired_by_the_real_clock_is_accepted_at_the_servers_date():
+    """TLS in this process sees the real clock: this is the test that shows OpenSSL's time check is really off.
+
+    The certificate expired two days ago (by the real clock, which OpenSSL would use), but was valid when the
+    server's clock (10 days behind) says it is now, and after this release was built.
+    """
+    server_offset_s = -past_days(10) * DAY_S
+    not_before, not_after = days_from_now(-60), days_from_now(-past_days(2))
+    with running(tls=True, offset_s=server_offset_s, not_before=not_before, not_after=not_after) as server:
+        with pytest.raises(requests.exceptions.SSLError, match="certificate has expired"):
+            requests.head(server.url, verify=server.ca_bundle, timeout=5)  # the control: OpenSSL's own check
+        sample = query_http(server.url, ca_bundle=server.ca_bundle, requests_count=3)
+    assert sample.usable, sample.reason
+    assert contains(sample, server_offset_s), sample
+
+
+@pytest.mark.parametrize(
+    ("server_offset_days", "not_before_days", "not_after_days", "where"),
+    [
+        pytest.param(0, -60, -2, "after", id="expired certificate, honest host clock"),
+        pytest.param(60, -30, 30, "after", id="Date beyond the certificate's end"),
+        pytest.param(0, 10, 100, "before", id="certificate not yet valid"),
+        pytest.param(-45, -30, 30, "before", id="Date before the certificate's start"),
+    ],
+)
+def test_a_date_outside_the_certificates_validity_is_unusable(
+    server_offset_days, not_before_days, not_after_days, where
+):
+    def moment(days: float) -> float:
+        return days if days > 0 else past_days(days)
+
+    not_before, not_after = days_from_now(moment(not_before_days)), days_from_now(moment(not_after_days))
+    offset_s = moment(server_offset_days) * DAY_S
+    with running(tls=True, offset_s=offset_s, not_before=not_before, not_after=not_after) as server:
+        sample = query_http(server.url, ca_bundle=server.ca_bundle, requests_count=3)
+        date = server_date(server.served[0])
+    assert sample.failure is SourceState.UNUSABLE
+    assert sample.requests == 1  # the first answer ends it
+    assert sample.offset_s is None
+    honest = "an honest server never serves a time outside its own certificate's validity"
+    if where == "after":
+        assert sample.reason == (
+            f"the server's Date {date!r} is after the server's certificate expired ({iso(not_after)}): "
+            f"{honest} (an expired certificate, or a Date that lies)"
+        )
+    else:
+        assert sample.reason == (
+            f"the server's Date {date!r} is before the server's certificate became valid ({iso(not_before)}): "
+            f"{honest} (a Date that lies, or a certificate issued with a future start)"
+        )
+
+
+def test_a_certificate_that_expired_before_this_release_was_built_is_refused_before_any_request():
+    not_after = issued_at(release() - timedelta(days=30))
+    with running(tls=True, not_before=release() - timedelta(days=400), not_after=not_after) as server:
+        sample = query_http(server.url, ca_bundle=server.ca_bundle)
+    assert sample.failure is SourceState.UNREACHABLE
+    assert sample.reason == (
+        f"TLS certificate verification failed for 127.0.0.1:{server.port}: the server's certificate expired "
+        f"{iso(not_after)}, before this release was built ({iso(release())}): whoever holds its key now could "
+        f"forge any Date (judged without the host clock) (checked against CA bundle {server.ca_bundle})"
+    )
+    assert server.served == []  # refused right after the handshake
+
+
+def intermediate_ca(root: trustme.CA, not_before: datetime, not_after: datetime) -> trustme.CA:
+    """A child CA of ``root`` valid only from ``not_before`` to ``not_after`` (trustme makes CAs valid 2000–3000)."""
+    child = root.create_child_ca()
+    cert = child._certificate
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(cert.public_key())
+        .serial_number(cert.serial_number)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+    for extension in cert.extensions:
+        builder = builder.add_extension(extension.value, critical=extension.critical)
+    child._certificate = builder.sign(root._private_key, hashes.SHA256())  # the leaf's chain copies it at issue
+    return child
+
+
+def test_the_whole_verified_chain_is_judged_not_only_the_leaf():
+    """An intermediate that expired before the release: its key could sign a fresh-looking leaf for anything."""
+    if not hasattr(_ssl._SSLSocket, "get_verified_chain"):
+        pytest.skip("this Python cannot give the verified chain; only the leaf is judged")
+    intermediate_end = issued_at(release() - timedelta(days=200))
+    child = intermediate_ca(trustme.CA(), release() - timedelta(days=3000), intermediate_end)
+    name = child._certificate.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value
+    with running(tls=True, ca=child, not_before=days_from_now(-10), not_after=days_from_now(80)) as server:
+        sample = query_http(server.url, ca_bundle=server.ca_bundle)
+    assert sample.failure is SourceState.UNREACHABLE
+    assert (
+        f"failed for 127.0.0.1:{server.port}: its CA certificate {name!r} expired {iso(intermediate_end)}, "
+        f"before this release was built ({iso(release())})"
+    ) in sample.reason
+    assert server.served == []
+
+
+def test_an_intermediate_valid_at_the_servers_date_is_accepted():
+    child = intermediate_ca(trustme.CA(), days_from_now(-400), days_from_now(400))
+    with running(tls=True, ca=child, offset_s=1.2) as server:
+        sample = query_http(server.url, ca_bundle=server.ca_bundle, requests_count=2)
+    assert sample.usable, sample.reason
+    assert contains(sample, 1.2)
+
+
+@pytest.mark.parametrize("problem", ["untrusted CA", "wrong name"])
+def test_without_the_time_check_the_chain_and_the_name_are_still_verified(tmp_path, problem):
+    """An expired certificate that is also untrusted or for another name fails on that, as before."""
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    names = ("time.example.test",) if problem == "wrong name" else ("127.0.0.1",)
+    with running(tls=True, cert_names=names, not_before=days_from_now(-60), not_after=days_from_now(-2)) as server:
+        sample = query_http(server.url, ca_bundle=str(other) if problem == "untrusted CA" else server.ca_bundle)
+    assert sample.failure is SourceState.UNREACHABLE
+    expected = "unable to get local issuer certificate" if problem == "untrusted CA" else "is not valid for '127.0.0.1'"
+    assert expected in sample.reason
+    assert "a host clock far off" not in sample.reason
+    assert server.served == []
+
+
+CHILD_UNDER_FAKE_CLOCK = r"""
+import json, sys
+import requests
+from timeguard.sources.http import query_http
+url, bundle = sys.argv[1], sys.argv[2]
+try:
+    requests.head(url, verify=bundle, timeout=5)
+    control = "accepted"
+except requests.exceptions.SSLError as exc:
+    control = str(exc)
+sample = query_http(url, ca_bundle=bundle, requests_count=3, timeout_s=5)
+print(json.dumps({"control": control, "usable": sample.usable, "reason": sample.reason,
+                  "lo": sample.offset_lo_s, "hi": sample.offset_hi_s}))
+"""
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(
+    ("host_days", "openssl_says"),
+    [(180, "certificate has expired"), (-180, "certificate is not yet valid")],
+    ids=["180 days ahead", "180 days behind"],
+)
+def test_a_process_whose_clock_is_far_off_keeps_its_https_source(fake_clock, host_days, openssl_says):
+    """T15 end to end: the whole process (OpenSSL included) runs 180 days off under libfaketime."""
+    fake_clock.set(host_days * DAY_S)
+    server = FakeDateServer(tls=True, not_before=days_from_now(-30), not_after=days_from_now(30)).start()
+    try:
+        with run_under_clock(
+            [sys.executable, "-c", CHILD_UNDER_FAKE_CLOCK, server.url, str(server.ca_bundle)],
+            fake_clock,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as child:
+            out, err = child.popen.communicate(timeout=60)
+    finally:
+        server.stop()
+    assert child.returncode == 0, err
+    result = json.loads(out)
+    assert openssl_says in result["control"]  # what every HTTPS source saw before T15
+    assert result["usable"], result["reason"]
+    assert result["lo"] - 1 <= -host_days * DAY_S <= result["hi"] + 1  # ±1 s: the faked clock, not the method
 
 
 # --- refusals and unusable answers ------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Loopback only. The server is Python's ``http.server`` (HTTP/1.1, keep-alive) in threads of the test process;
 its clock is ``time.time() + offset_s``, truncated to the second as real servers do, so the true offset of
 the host clock against it is exactly ``offset_s``. HTTPS uses a certificate from a ``trustme`` test CA whose
-bundle is written to a temporary file (``ca_bundle``).
+bundle is written to a temporary file (``ca_bundle``); its validity can be chosen (``not_before``/``not_after``),
+and ``ca`` may be an intermediate (its chain is served, its root goes in the bundle).
 
 The ``Date`` is formatted with ``email.utils.formatdate`` — deliberately not timeguard's own code.
 """
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -57,8 +59,11 @@ class FakeDateServer:
     tls: bool = False
     ca: trustme.CA | None = None  # the CA that signs the server certificate (a fresh one if None)
     cert_names: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")  # the certificate's subjectAltNames
+    not_before: datetime | None = None  # the server certificate's validity (trustme's default: 2000–3000)
+    not_after: datetime | None = None
     host: str = "127.0.0.1"
     served: list[Served] = field(default_factory=list)
+    sni: list[str | None] = field(default_factory=list)  # the server name each TLS client sent (None: no SNI)
 
     ca_bundle: str | None = field(default=None, init=False)  # the PEM file of the CA (HTTPS only)
     _httpd: ThreadingHTTPServer | None = field(default=None, init=False, repr=False)
@@ -89,13 +94,17 @@ class FakeDateServer:
         if self.tls:
             self._tmp = Path(tempfile.mkdtemp(prefix="timeguard-fake-http-"))
             ca = self.ca or trustme.CA()
-            cert = ca.issue_cert(*self.cert_names)
+            cert = ca.issue_cert(*self.cert_names, not_before=self.not_before, not_after=self.not_after)
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            cert.configure_cert(ctx)
+            cert.configure_cert(ctx)  # the leaf and any intermediates up to the root
+            ctx.sni_callback = lambda _sock, name, _ctx: self.sni.append(name)
             # The handshake runs in the handler thread, so a client that stalls it cannot block accept().
             self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
+            root = ca
+            while root.parent_cert is not None:
+                root = root.parent_cert
             bundle = self._tmp / "ca.pem"
-            ca.cert_pem.write_to_path(str(bundle))
+            root.cert_pem.write_to_path(str(bundle))
             self.ca_bundle = str(bundle)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-http", daemon=True

@@ -14,30 +14,57 @@ clock, or a load balancer mixing servers) instead of averaging them into a wrong
 Local times are ``wall0 + (monotonic − mono0)`` from one wall-clock reading, so a host clock step during the
 measurement cannot corrupt it; the result is the offset of the host clock as read at the start.
 
+Certificates are judged without the host clock (research/time_anchors.md T15). The host clock is what timeguard
+checks, so it must not decide whether a source may speak: a host 180 days ahead would see every 90-day certificate
+"expired" and lose its HTTPS cross-check exactly when it needs it. OpenSSL still verifies the chain, its signatures
+and the host name against the configured CA bundle (or the system store), but is told not to check validity times
+(``X509_V_FLAG_NO_CHECK_TIME``); instead, with evidence that does not come from the host clock:
+
+* no certificate of the verified chain may have expired before this release was built
+  (:data:`timeguard.sanity.EARLIEST_PLAUSIBLE_S`): whoever holds such a key could forge any Date;
+  refused right after the handshake, before a request is sent;
+* every Date the source measures must lie inside the validity of every certificate of the chain: an honest server
+  never serves a time outside its own certificate's validity (so an expired certificate is still refused, and a
+  stolen old key cannot move the source outside the period the certificate was valid for).
+
+The chain is read with the private ``_sslobj.get_verified_chain()`` (present since Python 3.10; 3.13 made it public
+as ``SSLSocket.get_verified_chain()``), which gives the chain OpenSSL verified, trust anchor included; where it is
+missing only the leaf (``getpeercert()``) can be judged. Verification is never switched off: a source whose
+certificate fails any of these checks gives no time at all.
+
+Names are resolved with :func:`timeguard.sources._net.resolve` (a deadline of its own, one pending lookup per name
+shared by every caller), not inside urllib3, whose ``getaddrinfo`` has no timeout; the connection then goes to the
+resolved address while SNI, the certificate's name check and ``Host`` keep the URL's host name.
+
 Nothing here raises for network, TLS or HTTP trouble: every failure is a :class:`Sample` with a reason.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
 import ssl
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
+import requests.certs
 import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
 
 from timeguard.model import Sample, SourceKind, SourceState
-from timeguard.sanity import implausible
+from timeguard.sanity import EARLIEST_PLAUSIBLE_S, implausible
+from timeguard.sources._net import ResolveError, resolve
 from timeguard.sources.httpdate import HttpDateError, parse_http_date
 
 __all__ = ["query_http"]
@@ -56,6 +83,11 @@ _HEADERS = {
     "User-Agent": "timeguard (clock check; reads only the Date header)",
 }
 _INCONSISTENT = "Date headers inconsistent (server clock stepped, or a load balancer mixes servers)"
+#: OpenSSL's X509_V_FLAG_NO_CHECK_TIME (1.1.0+; the ssl module has no name for it). ``SSLContext.verify_flags``
+#: hands any bits to X509_VERIFY_PARAM_set_flags; tests/unit/test_http_certtime.py proves it takes effect.
+_X509_V_FLAG_NO_CHECK_TIME = 0x200000
+#: DNS budget for a connection made without a numeric timeout (query_http always gives one).
+_DNS_FALLBACK_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +101,17 @@ class _Send:
 
 
 @dataclass(frozen=True, slots=True)
+class _Validity:
+    """When the verified certificate chain is valid: every certificate's [notBefore, notAfter], intersected."""
+
+    not_before_s: float
+    not_after_s: float
+    starts_with: str  # the certificate whose notBefore is the latest ("the server's certificate", "CA ...")
+    ends_with: str  # the certificate whose notAfter is the earliest
+    whole_chain: bool  # False: only the leaf could be read (no verified chain on this Python)
+
+
+@dataclass(frozen=True, slots=True)
 class _Answer:
     t0_mono_ns: int
     t1_mono_ns: int
@@ -77,6 +120,7 @@ class _Answer:
     age: str | None
     late_ns: int  # t0 − the intended send moment
     deferred: int  # seconds skipped because the worker woke too late
+    validity: _Validity | None = None  # of the certificate chain the answer came over (None: plain HTTP/unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +143,13 @@ def query_http(
 
     ``requests_count`` probes at most (a HEAD answered 405/501 and retried as GET is not counted), all within
     ``timeout_s`` seconds in total (DNS, connects and the waits between probes included). HTTPS is verified
-    against ``ca_bundle`` or the system store; ``http://`` is refused unless ``allow_plain_http``.
-    ``wall_ns`` is read exactly once. A ``session`` passed in is used (keep-alive) and left open; if a probe is
-    abandoned at the deadline it may still be using that session for up to ``timeout_s``.
+    against ``ca_bundle`` (a PEM file or an OpenSSL hashed directory, loaded into this query's own SSLContext) or
+    the system store, with certificate validity judged against the server's Date and this release's build date,
+    never the host clock (see the module docstring); ``http://`` is refused unless ``allow_plain_http``.
+    ``wall_ns`` is read exactly once. A ``session`` passed in is used (keep-alive) and left open, with its own TLS
+    settings and DNS (requests' defaults check certificate times against the host clock and resolve without a
+    deadline); the Date is still checked against the certificate. If a probe is abandoned at the deadline it may
+    still be using that session for up to ``timeout_s``.
     """
     start_mono_ns = time.monotonic_ns()
     deadline_ns = start_mono_ns + max(0, int(timeout_s * _NS))
@@ -132,6 +180,17 @@ def query_http(
     if requests_count < 1:
         return failed(SourceState.UNUSABLE, f"requests_count must be at least 1, got {requests_count}")
 
+    if session is None:
+        try:
+            tls = _tls_context(ca_bundle) if scheme == "https" else None
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            detail = getattr(exc, "strerror", None) or str(exc)
+            what = f"the CA bundle {ca_bundle}" if ca_bundle else "the system CA store"
+            return failed(SourceState.UNREACHABLE, f"cannot load {what}: {detail}; nothing was sent", address=address)
+        http = _timed_session(tls)
+    else:
+        http = session
+
     # One wall-clock reading; every later local time is derived from the monotonic clock.
     wall0_ns = wall_ns()
     mono0_ns = time.monotonic_ns()
@@ -140,7 +199,6 @@ def query_http(
         return wall0_ns + (mono_ns - mono0_ns)
 
     own_session = session is None
-    http = session if session is not None else _timed_session()
     verify: str | bool = ca_bundle or True
     prober = _Prober(http, url, verify, own_session)
 
@@ -261,6 +319,19 @@ def query_http(
                     requests=sent,
                     delay_s=min(rtts_ns) / _NS,
                 )
+            if scheme == "https":
+                if outcome.validity is None:
+                    return failed(
+                        SourceState.UNUSABLE,
+                        f"cannot read the validity dates of the certificate of {address}, so its Date cannot be "
+                        "checked against them",
+                        address=address,
+                        requests=sent,
+                        delay_s=min(rtts_ns) / _NS,
+                    )
+                if why := _expired_before_release(outcome.validity):  # (a session passed in: not refused earlier)
+                    state, reason = _describe_failure(_CertTimeError(why), host, address, ca_bundle, timeout_s)
+                    return failed(state, reason, address=address, requests=sent, delay_s=min(rtts_ns) / _NS)
             if why := implausible(date_s):
                 return failed(
                     SourceState.UNUSABLE,
@@ -269,6 +340,8 @@ def query_http(
                     requests=sent,
                     delay_s=min(rtts_ns) / _NS,
                 )
+            if outcome.validity is not None and (why := _date_outside(outcome.validity, date_s, outcome.date)):
+                return failed(SourceState.UNUSABLE, why, address=address, requests=sent, delay_s=min(rtts_ns) / _NS)
             probe_lo = date_s * _NS - local_ns(t1)
             probe_hi = (date_s + 1) * _NS - local_ns(t0)
             lo_ns = probe_lo if lo_ns is None else max(lo_ns, probe_lo)
@@ -400,17 +473,25 @@ class _Prober:
             t0, t1 = sent_ns, answered_ns  # tighter, and provably inside the outer bracket
         headers = response.headers
         answer = _Answer(
-            t0, t1, response.status_code, headers.get("Date"), headers.get("Age"), late_ns=t0 - at, deferred=deferred
+            t0,
+            t1,
+            response.status_code,
+            headers.get("Date"),
+            headers.get("Age"),
+            late_ns=t0 - at,
+            deferred=deferred,
+            validity=_response_validity(response),
         )
         return answer, response
 
 
 class _StampedConnection:
-    """Records when urllib3 starts sending a request and when the answer's headers are in.
+    """Records when urllib3 starts sending a request and when the answer's headers are in; resolves with _net.
 
     ``requests`` spends about half a millisecond of Python before it sends and after it receives (environment
-    proxies, netrc, cookies, hooks); stamping at the connection keeps that, and the TLS handshake of a new
-    connection, out of the interval a probe proves. Mixed into urllib3's connection classes.
+    proxies, netrc, cookies, hooks); stamping at the connection keeps that, the TLS handshake and the DNS lookup
+    and TCP connect of a new connection out of the interval a probe proves. Mixed into urllib3's connection
+    classes.
     """
 
     tg_sent_ns: int | None = None
@@ -418,6 +499,9 @@ class _StampedConnection:
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         self.tg_answered_ns = None
+        if getattr(self, "sock", None) is None:
+            # Plain HTTP connects lazily inside request(); do it before the stamp (HTTPS is connected already).
+            self.connect()  # type: ignore[attr-defined]
         self.tg_sent_ns = time.monotonic_ns()
         return super().request(*args, **kwargs)  # type: ignore[misc]
 
@@ -426,13 +510,80 @@ class _StampedConnection:
         self.tg_answered_ns = time.monotonic_ns()
         return response
 
+    def _new_conn(self) -> socket.socket:
+        """A TCP connection to the host's addresses from :func:`_net.resolve`, tried in the resolver's order.
+
+        Replaces urllib3's, which calls ``getaddrinfo`` without a timeout, in this worker: a resolver that hangs for
+        good would then hold one thread per probe for ever. ``_net.resolve`` waits at most the connect timeout and
+        shares one lookup per name. ``self.host`` stays the URL's host, so SNI, the certificate's name check and
+        the ``Host`` header do not change; only the socket goes to the resolved address.
+        """
+        raw_timeout = getattr(self, "timeout", None)
+        timeout_s = float(raw_timeout) if isinstance(raw_timeout, int | float) else None
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else _DNS_FALLBACK_S)
+        host: str = self.host  # type: ignore[attr-defined]
+        port: int = self.port  # type: ignore[attr-defined]
+        try:
+            addresses = resolve(
+                getattr(self, "_dns_host", host),
+                port,
+                timeout_s=timeout_s if timeout_s is not None else _DNS_FALLBACK_S,
+                socktype=socket.SOCK_STREAM,
+            )
+        except ResolveError as exc:
+            raise urllib3.exceptions.NameResolutionError(host, self, exc) from exc  # type: ignore[arg-type]
+        last_error: OSError | None = None
+        for address in addresses:
+            remaining_s = deadline - time.monotonic() if timeout_s is not None else None
+            if remaining_s is not None and remaining_s <= 0:
+                break
+            try:
+                sock = socket.socket(address.family, socket.SOCK_STREAM)
+            except OSError as exc:  # e.g. IPv6 disabled in this kernel or container: try the next address
+                last_error = exc
+                continue
+            try:
+                for option in getattr(self, "socket_options", None) or ():
+                    sock.setsockopt(*option)
+                sock.settimeout(remaining_s)
+                if source := getattr(self, "source_address", None):
+                    sock.bind(source)
+                sock.connect(address.sockaddr)
+            except TimeoutError as exc:
+                sock.close()
+                raise urllib3.exceptions.ConnectTimeoutError(
+                    self, f"Connection to {host} ({address}) timed out. (connect timeout={raw_timeout})"
+                ) from exc
+            except OSError as exc:  # refused, unreachable: the next address may work
+                sock.close()
+                last_error = exc
+                continue
+            sys.audit("http.client.connect", self, host, port)
+            return sock
+        if last_error is None:
+            raise urllib3.exceptions.ConnectTimeoutError(
+                self, f"Connection to {host} timed out. (connect timeout={raw_timeout})"
+            )
+        raise urllib3.exceptions.NewConnectionError(
+            self, f"Failed to establish a new connection: {last_error}"
+        ) from last_error
+
 
 class _StampedHTTPConnection(_StampedConnection, urllib3.connection.HTTPConnection):
     pass
 
 
 class _StampedHTTPSConnection(_StampedConnection, urllib3.connection.HTTPSConnection):
-    pass
+    """After the (time-check-free) verified handshake, reads the chain's validity and refuses a pre-release one."""
+
+    tg_validity: _Validity | None = None
+
+    def connect(self) -> None:
+        self.tg_validity = None
+        super().connect()
+        self.tg_validity = _validity(self.sock)
+        if self.tg_validity is not None and (why := _expired_before_release(self.tg_validity)):
+            raise _CertTimeError(why)  # urllib3 closes the connection; no request is sent over it
 
 
 class _StampedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
@@ -444,17 +595,168 @@ class _StampedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
 
 
 class _StampedAdapter(requests.adapters.HTTPAdapter):
+    """Our connection classes, and for HTTPS exactly the trust store of ``tls``.
+
+    requests turns ``verify`` into ``ca_certs``/``ca_cert_dir`` (``verify=True``: certifi's bundle), and urllib3
+    would load those into the SSLContext on every connect, adding to the store :func:`_tls_context` built from
+    ``ca_bundle``. With ``tls`` given they are dropped here, so the context's store is the only trust; query_http
+    still passes ``verify=ca_bundle or True`` (what a plain requests session would need) and never ``False``.
+    """
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._tls = tls  # before super().__init__, which calls init_poolmanager
+        super().__init__()
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._tls is not None:
+            kwargs["ssl_context"] = self._tls
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _StampedHTTPPool, "https": _StampedHTTPSPool}
 
+    def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        if self._tls is not None:
+            if verify is False:
+                raise ValueError("timeguard never turns certificate verification off")
+            pool_kwargs.pop("ca_certs", None)
+            pool_kwargs.pop("ca_cert_dir", None)
+            pool_kwargs["cert_reqs"] = "CERT_REQUIRED"
+        return host_params, pool_kwargs
 
-def _timed_session() -> requests.Session:
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        if self._tls is None or not url.lower().startswith("https"):
+            super().cert_verify(conn, url, verify, cert)
+            return
+        conn.cert_reqs = "CERT_REQUIRED"
+        conn.ca_certs = None  # the trust store is in self._tls; see the class docstring
+        conn.ca_cert_dir = None
+
+
+def _timed_session(tls: ssl.SSLContext | None = None) -> requests.Session:
     session = requests.Session()
-    adapter = _StampedAdapter()
+    adapter = _StampedAdapter(tls)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+def _tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """A verifying client context whose only trust is ``ca_bundle`` (or the system store), times left to us.
+
+    ``ca_bundle`` is loaded here with ``load_verify_locations`` (a file, or an OpenSSL hashed directory); without
+    it the system store (``load_default_certs``, which honours SSL_CERT_FILE/SSL_CERT_DIR), or certifi's bundle (the
+    one requests would use) on a host whose system store is empty. Chain, signatures and host name are verified as
+    usual (``CERT_REQUIRED``, ``check_hostname``); only OpenSSL's validity-time check is off
+    (X509_V_FLAG_NO_CHECK_TIME), because it reads the host clock: :func:`_expired_before_release` and
+    :func:`_date_outside` judge the times instead. Raises OSError/ssl.SSLError if the bundle cannot be loaded.
+    """
+    if ca_bundle is None:
+        context = ssl.create_default_context()
+        if context.cert_store_stats().get("x509_ca", 0) == 0 and not ssl.get_default_verify_paths().capath:
+            context.load_verify_locations(cafile=requests.certs.where())
+    elif os.path.isdir(ca_bundle):
+        context = ssl.create_default_context(capath=ca_bundle)
+    else:
+        context = ssl.create_default_context(cafile=ca_bundle)
+    context.verify_flags |= _X509_V_FLAG_NO_CHECK_TIME
+    return context
+
+
+class _CertTimeError(ssl.SSLCertVerificationError):
+    """A verified chain whose validity dates rule it out; reported like OpenSSL's own verification failures."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.verify_message = message
+        self.verify_code = 10  # X509_V_ERR_CERT_HAS_EXPIRED
+        self.reason = "CERTIFICATE_VERIFY_FAILED"
+        self.library = "SSL"
+
+
+def _chain_info(sock: Any) -> tuple[list[dict[str, Any]], bool]:
+    """The decoded certificates of the verified chain, leaf first, and whether that is the whole chain."""
+    getter = getattr(getattr(sock, "_sslobj", None), "get_verified_chain", None)
+    if getter is not None:
+        try:
+            infos = [cert.get_info() for cert in (getter() or [])]
+        except (ssl.SSLError, ValueError, AttributeError, TypeError):
+            infos = []
+        if infos and all("notBefore" in info and "notAfter" in info for info in infos):
+            return infos, True
+    try:
+        leaf = sock.getpeercert()
+    except (ssl.SSLError, ValueError, AttributeError, OSError):
+        leaf = None
+    return ([leaf] if leaf else []), False
+
+
+def _validity(sock: Any) -> _Validity | None:
+    """The validity of the chain a verified TLS socket was accepted with; None if it cannot be read."""
+    infos, whole = _chain_info(sock)
+    spans: list[tuple[float, float, str]] = []
+    for index, info in enumerate(infos):
+        try:
+            not_before = ssl.cert_time_to_seconds(info["notBefore"])
+            not_after = ssl.cert_time_to_seconds(info["notAfter"])
+        except (KeyError, ValueError, TypeError, OverflowError):
+            return None
+        spans.append((not_before, not_after, _cert_label(info, index)))
+    if not spans:
+        return None
+    latest_start = max(spans, key=lambda span: span[0])
+    earliest_end = min(spans, key=lambda span: span[1])
+    return _Validity(latest_start[0], earliest_end[1], latest_start[2], earliest_end[2], whole)
+
+
+def _cert_label(info: dict[str, Any], index: int) -> str:
+    if index == 0:
+        return "the server's certificate"
+    fields = {key: value for rdn in info.get("subject", ()) for key, value in rdn}
+    name = fields.get("commonName") or fields.get("organizationalUnitName") or fields.get("organizationName")
+    return f"its CA certificate {name!r}" if name else f"its CA certificate #{index}"
+
+
+def _expired_before_release(validity: _Validity) -> str | None:
+    if validity.not_after_s >= EARLIEST_PLAUSIBLE_S:
+        return None
+    return (
+        f"{validity.ends_with} expired {_iso(validity.not_after_s)}, before this release was built "
+        f"({_iso(EARLIEST_PLAUSIBLE_S)}): whoever holds its key now could forge any Date "
+        "(judged without the host clock)"
+    )
+
+
+def _date_outside(validity: _Validity, date_s: float, date: str | None) -> str | None:
+    """Why a Date cannot come from an honest server holding this chain, or None (bounds inclusive, RFC 5280)."""
+    honest = "an honest server never serves a time outside its own certificate's validity"
+    if date_s > validity.not_after_s:
+        return (
+            f"the server's Date {date!r} is after {validity.ends_with} expired ({_iso(validity.not_after_s)}): "
+            f"{honest} (an expired certificate, or a Date that lies)"
+        )
+    if date_s < validity.not_before_s:
+        return (
+            f"the server's Date {date!r} is before {validity.starts_with} became valid "
+            f"({_iso(validity.not_before_s)}): {honest} (a Date that lies, or a certificate issued with a future "
+            "start)"
+        )
+    return None
+
+
+def _iso(seconds: float) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds:.0f} s since the epoch"
+
+
+def _response_validity(response: requests.Response) -> _Validity | None:
+    """The certificate validity of the connection ``response`` came over (read before it is released)."""
+    connection = getattr(response.raw, "connection", None)
+    if isinstance(connection, _StampedHTTPSConnection):
+        return connection.tg_validity
+    sock = getattr(connection, "sock", None)
+    return _validity(sock) if sock is not None and hasattr(sock, "getpeercert") else None
 
 
 def _wire_times(response: requests.Response) -> tuple[int | None, int | None]:
@@ -512,13 +814,15 @@ def _describe_failure(
         detail = (verify_error.verify_message or str(verify_error)).rstrip(".")
         where = f"CA bundle {ca_bundle}" if ca_bundle else "the system CA store; pass ca_bundle for a private CA"
         reason = f"TLS certificate verification failed for {address}: {detail} (checked against {where})"
-        if "expired" in detail or "not yet valid" in detail:
-            reason += "; a host clock far off also causes this"
+        if not isinstance(verify_error, _CertTimeError) and ("expired" in detail or "not yet valid" in detail):
+            reason += "; a host clock far off also causes this"  # OpenSSL's own time check (a session passed in)
         return unreachable, reason
     if isinstance(exc, requests.exceptions.SSLError) or find(ssl.SSLError):
         tls_error = find(ssl.SSLError)
         detail = (tls_error.reason or str(tls_error)) if tls_error else str(exc)
         return unreachable, f"TLS handshake with {address} failed: {detail} (is it really an HTTPS port?)"
+    if dns_error := find(ResolveError):
+        return unreachable, str(dns_error)
     if gai := find(socket.gaierror):
         return unreachable, f"DNS: cannot resolve {host!r}: {gai.strerror or gai}"
     if find(urllib3.exceptions.NameResolutionError):
