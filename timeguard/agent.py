@@ -37,6 +37,7 @@ from timeguard.localclock import read_kernel_clock
 from timeguard.model import Sample, SourceKind, SourceState, Status, Verdict
 from timeguard.sdnotify import Notifier
 from timeguard.sources.ntp import PollPolicy
+from timeguard.timefmt import iso as _iso
 
 PHI = 15e-6  # RFC 5905: how fast an old sample's error grows (s/s)
 HEARTBEAT_S = 10.0  # how often `timeguard status` can see the daemon is alive
@@ -670,6 +671,3 @@ class Agent:
     def verdict(self) -> Verdict | None:
         return self._verdict
 
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self
 
+from timeguard.timefmt import iso
+
 __all__ = [
     "DEFAULT_MAX_SLEW_PPM",
     "DEFAULT_THRESHOLD_S",
@@ -177,11 +179,7 @@ class ClockStep:
 
 
 def _iso(t_s: float) -> str:
-    # time.gmtime, not datetime: it must format any value a broken clock can show without raising.
-    try:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t_s)) + f".{int((t_s % 1) * 1e6):06d}Z"
-    except (OverflowError, OSError, ValueError):
-        return f"{t_s:.6f}"
+    return iso(t_s, "microseconds")  # formats any value a broken clock can show without raising
 
 
 def slew_allowance_s(elapsed_s: float, max_slew_ppm: float = DEFAULT_MAX_SLEW_PPM) -> float:

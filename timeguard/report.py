@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from timeguard.check import CheckResult
 from timeguard.consensus import fmt_offset
 from timeguard.model import SourceState, SourceVerdict, Status
+from timeguard.timefmt import iso as _iso
 
 _STATE_MARK = {
     SourceState.TRUECHIMER: "*",
@@ -65,10 +65,6 @@ def human(result: CheckResult) -> str:
         lines.extend(f"Local {line}" for line in result.local.describe())
     lines.append(f"Checked {len(v.sources)} sources in {result.duration_s:.3f} s.")
     return "\n".join(lines) + "\n"
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _source_json(sv: SourceVerdict) -> dict[str, Any]:

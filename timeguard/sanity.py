@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from timeguard.timefmt import iso
+
 #: The start of the year this release was built in; bump at every release.
 EARLIEST_PLAUSIBLE_S = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 #: 20 years after the build year (systemd resets clocks more than 15 years past its build time).
@@ -24,7 +26,4 @@ def implausible(claimed_s: float) -> str | None:
 
 
 def _iso(seconds: float) -> str:
-    try:
-        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, OSError, ValueError):
-        return f"{seconds:.0f} s since the epoch"
+    return iso(seconds, "seconds")

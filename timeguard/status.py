@@ -19,6 +19,7 @@ from timeguard.cli import load_config_or_exit
 from timeguard.consensus import fmt_offset
 from timeguard.events import Event, EventKind
 from timeguard.journal import FILENAME, Journal, JournalError
+from timeguard.timefmt import iso as _iso
 
 #: A heartbeat older than this (it is written every 10 s) means the daemon is not running.
 STALE_AFTER_S = 35.0
@@ -39,12 +40,6 @@ def parse_since(text: str, now_s: float) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
-
-
-def _iso(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _boot_id() -> str:

@@ -220,7 +220,7 @@ def test_recovered_is_sent_only_after_an_alert_for_that_incident(tmp_path):
     recovered = ev(EventKind.RECOVERED, step_s=None, detail={"previous": "offset_warning"})
     with Journal(tmp_path / "j.sqlite") as journal:
         result = hook().handle(recovered, ctx(journal=journal, enqueue=lambda *a: "x"))
-        assert result.status is HookStatus.SKIPPED and "sent no alert" in result.summary
+        assert result.status is HookStatus.SKIPPED and "sent no message" in result.summary
         journal.outbox_enqueue("ops", ev(EventKind.OFFSET_CRITICAL), {}, epoch="e", now_mono=1, now_wall=1,
                                min_interval_s=60)
         assert hook().handle(recovered, ctx(journal=journal, enqueue=lambda *a: "x")).status is HookStatus.OK

@@ -24,12 +24,12 @@ from typing import Any, ClassVar
 
 from timeguard import __version__
 from timeguard.events import Event, EventKind
-from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext, HookResult
+from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext
 from timeguard.hooks.outbox import split_payload
 from timeguard.hooks.webhook import (
     DEFAULT_ON,
     DEFAULT_REQUEST_TIMEOUT_S,
-    already_alerted,
+    QueuedAlert,
     check_common,
     check_unknown,
     event_time,
@@ -72,7 +72,7 @@ def _severity_for(event: Event) -> str:
     return severity(event)
 
 
-class SlackHook:
+class SlackHook(QueuedAlert):
     default_on: ClassVar[frozenset[EventKind]] = DEFAULT_ON
     OPTIONS: ClassVar[set[str]] = {"webhook_url", "webhook_url_env", "webhook_url_file", "request_timeout_s",
                                    "ca_bundle", "allow_plain_http"}
@@ -111,28 +111,8 @@ class SlackHook:
 
     # ------------------------------------------------------------------------------------------ handle
 
-    def handle(self, event: Event, ctx: HookContext) -> HookResult:
-        if event.kind is EventKind.RECOVERED and not event.test and not already_alerted(self.name, event, ctx):
-            return HookResult.skipped("recovered from a condition this hook sent no message for")
-        payload = self.build_payload(event, ctx)
-        if ctx.dry_run:
-            return HookResult.skipped(f"dry run: would post to Slack ({self.shown_url}): {payload['text']}",
-                                      payload=payload)
-        if ctx.enqueue is None:
-            return self._send_now(event, payload, ctx, "no outbox")
-        try:
-            delivery_id = ctx.enqueue(self.name, event, payload)
-        except Exception as exc:  # noqa: BLE001 — the journal refused it: still try to get the word out
-            return self._send_now(event, payload, ctx, f"the outbox refused it ({type(exc).__name__}: {exc})")
-        return HookResult.ok(f"queued Slack message: {payload['text']}", delivery_id=delivery_id)
-
-    def _send_now(self, event: Event, payload: Mapping[str, Any], ctx: HookContext, why: str) -> HookResult:
-        delivery = Delivery(id=f"{event.id}.{self.name}", hook=self.name, incident_id=event.incident_id,
-                            event_id=event.id, payload=payload, attempts=0)
-        result = self.deliver(delivery, trusted_now=ctx.trusted_now)
-        if result.ok:
-            return HookResult.ok(f"posted to Slack directly ({why}; not retried)", delivery_id=delivery.id)
-        return HookResult.failed(f"{why}; a direct post failed too: {result.error}", delivery_id=delivery.id)
+    def describe(self, payload: Mapping[str, Any]) -> str:
+        return f"Slack message: {payload['text']}"
 
     def build_payload(self, event: Event, ctx: HookContext) -> dict[str, Any]:
         level = _severity_for(event)

@@ -39,7 +39,6 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,6 +47,7 @@ from timeguard.events import Event, EventKind
 from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext, HookResult
 from timeguard.hooks.outbox import split_payload
 from timeguard.sources.httpdate import HttpDateError, parse_http_date
+from timeguard.timefmt import iso
 
 DEFAULT_REQUEST_TIMEOUT_S = 15.0
 MAX_REQUEST_TIMEOUT_S = 300.0
@@ -98,10 +98,6 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 # ------------------------------------------------------------------------------------------ presentation
 # Shared with the Slack hook: what an alert says, whatever it is rendered as.
-
-
-def iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def human_duration(seconds: float, *, signed: bool = True) -> str:
@@ -541,7 +537,48 @@ def send_timestamp(trusted_now: Callable[[], float | None]) -> tuple[int, str]:
 # ------------------------------------------------------------------------------------------------- hook
 
 
-class WebhookHook:
+class QueuedAlert:
+    """What webhook and Slack hooks share: build a payload, queue it in the outbox (durable, retried), and when
+    there is no outbox or it refuses the write, still try one direct send rather than stay silent."""
+
+    name: str
+
+    def build_payload(self, event: Event, ctx: HookContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def deliver(self, delivery: Delivery, *, trusted_now: Callable[[], float | None]) -> DeliveryResult:
+        raise NotImplementedError
+
+    def describe(self, payload: Mapping[str, Any]) -> str:
+        """What is sent, in a few words: "json alert for https://…", "Slack message: [CRITICAL] …"."""
+        raise NotImplementedError
+
+    def handle(self, event: Event, ctx: HookContext) -> HookResult:
+        if event.kind is EventKind.RECOVERED and not event.test and not already_alerted(self.name, event, ctx):
+            return HookResult.skipped("recovered from a condition this hook sent no message for")
+        payload = self.build_payload(event, ctx)
+        if ctx.dry_run:
+            return HookResult.skipped(f"dry run: would send {self.describe(payload)}", payload=payload)
+        if ctx.enqueue is None:
+            return self._send_now(event, payload, ctx, "no outbox")
+        try:
+            delivery_id = ctx.enqueue(self.name, event, payload)
+        except Exception as exc:  # noqa: BLE001 — the journal refused it: still try to get the word out
+            return self._send_now(event, payload, ctx, f"the outbox refused it ({type(exc).__name__}: {exc})")
+        return HookResult.ok(f"queued {self.describe(payload)}", delivery_id=delivery_id)
+
+    def _send_now(self, event: Event, payload: Mapping[str, Any], ctx: HookContext, why: str) -> HookResult:
+        """One direct attempt, not durable: for when there is no outbox to hold the message."""
+        delivery = Delivery(id=f"{event.id}.{self.name}", hook=self.name, incident_id=event.incident_id,
+                            event_id=event.id, payload=payload, attempts=0)
+        result = self.deliver(delivery, trusted_now=ctx.trusted_now)
+        if result.ok:
+            return HookResult.ok(f"sent {self.describe(payload)} directly ({why}; not retried)",
+                                 delivery_id=delivery.id)
+        return HookResult.failed(f"{why}; a direct send failed too: {result.error}", delivery_id=delivery.id)
+
+
+class WebhookHook(QueuedAlert):
     """One configured webhook. Also a Deliverer: the outbox calls :meth:`deliver` for its queued messages."""
 
     default_on: ClassVar[frozenset[EventKind]] = DEFAULT_ON
@@ -593,29 +630,8 @@ class WebhookHook:
 
     # ------------------------------------------------------------------------------------------ handle
 
-    def handle(self, event: Event, ctx: HookContext) -> HookResult:
-        if event.kind is EventKind.RECOVERED and not event.test and not already_alerted(self.name, event, ctx):
-            return HookResult.skipped("recovered from a condition this hook sent no alert for")
-        payload = self.build_payload(event, ctx)
-        if ctx.dry_run:
-            return HookResult.skipped(f"dry run: would POST a {self.format} alert to {self.shown_url}",
-                                      payload=payload)
-        if ctx.enqueue is None:
-            return self._send_now(event, payload, ctx, "no outbox")
-        try:
-            delivery_id = ctx.enqueue(self.name, event, payload)
-        except Exception as exc:  # noqa: BLE001 — the journal refused it: still try to get the word out
-            return self._send_now(event, payload, ctx, f"the outbox refused it ({type(exc).__name__}: {exc})")
-        return HookResult.ok(f"queued {self.format} alert for {self.shown_url}", delivery_id=delivery_id)
-
-    def _send_now(self, event: Event, payload: Mapping[str, Any], ctx: HookContext, why: str) -> HookResult:
-        """One direct attempt, not durable: for when there is no outbox to hold the message."""
-        delivery = Delivery(id=f"{event.id}.{self.name}", hook=self.name, incident_id=event.incident_id,
-                            event_id=event.id, payload=payload, attempts=0)
-        result = self.deliver(delivery, trusted_now=ctx.trusted_now)
-        if result.ok:
-            return HookResult.ok(f"sent directly to {self.shown_url} ({why}; not retried)", delivery_id=delivery.id)
-        return HookResult.failed(f"{why}; a direct send failed too: {result.error}", delivery_id=delivery.id)
+    def describe(self, payload: Mapping[str, Any]) -> str:
+        return f"{self.format} alert for {self.shown_url}"
 
     def build_payload(self, event: Event, ctx: HookContext) -> dict[str, Any]:
         if self.format == "alertmanager":

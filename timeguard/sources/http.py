@@ -51,7 +51,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,6 +65,7 @@ from timeguard.model import Sample, SourceKind, SourceState
 from timeguard.sanity import EARLIEST_PLAUSIBLE_S, implausible
 from timeguard.sources._net import ResolveError, resolve
 from timeguard.sources.httpdate import HttpDateError, parse_http_date
+from timeguard.timefmt import iso
 
 __all__ = ["query_http"]
 
@@ -744,10 +744,7 @@ def _date_outside(validity: _Validity, date_s: float, date: str | None) -> str |
 
 
 def _iso(seconds: float) -> str:
-    try:
-        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, OSError, ValueError):
-        return f"{seconds:.0f} s since the epoch"
+    return iso(seconds, "seconds")
 
 
 def _response_validity(response: requests.Response) -> _Validity | None:
