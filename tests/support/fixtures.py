@@ -53,6 +53,20 @@ def fake_clock(ftshim: Path) -> Iterator[FakeClock]:
     # The directory goes with the session's scratch base: a daemon a later fixture stops may still read it.
 
 
+def _servers(cls: type[Any]) -> Iterator[Callable[..., Any]]:
+    """A factory fixture body: ``start(clock=None, **kwargs)`` builds and starts a ``cls``; all stop at teardown."""
+    servers: list[Any] = []
+
+    def start(clock: FakeClock | None = None, **kwargs: Any) -> Any:
+        server = cls(clock=clock, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
+
+
 @pytest.fixture
 def chrony_server() -> Iterator[Callable[..., ChronyServer]]:
     """Factory: ``chrony_server(clock=None, *, port=None, local_stratum=2, bind=..., synchronised=True)``.
@@ -63,16 +77,7 @@ def chrony_server() -> Iterator[Callable[..., ChronyServer]]:
     need_program("setpriv", "util-linux")
     need(os.geteuid() == 0, "chronyd must be started as root (it drops to _chrony itself)")
     need(_user_exists("_chrony"), "user _chrony is missing (apt-get install chrony)")
-    servers: list[ChronyServer] = []
-
-    def start(clock: FakeClock | None = None, **kwargs: Any) -> ChronyServer:
-        server = ChronyServer(clock=clock, **kwargs)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in reversed(servers):
-        server.stop()
+    yield from _servers(ChronyServer)
 
 
 @pytest.fixture
@@ -80,32 +85,14 @@ def nginx_server() -> Iterator[Callable[..., NginxServer]]:
     """Factory: ``nginx_server(clock=None, *, port=None, tls=None)`` → started NginxServer (``.url``)."""
     need_program("nginx", "nginx-light")
     need_program("setpriv", "util-linux")
-    servers: list[NginxServer] = []
-
-    def start(clock: FakeClock | None = None, **kwargs: Any) -> NginxServer:
-        server = NginxServer(clock=clock, **kwargs)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in reversed(servers):
-        server.stop()
+    yield from _servers(NginxServer)
 
 
 @pytest.fixture
 def python_date_server() -> Iterator[Callable[..., PythonDateServer]]:
     """Factory: ``python_date_server(clock=None, *, port=None)`` → started PythonDateServer (``.url``)."""
     need_program("setpriv", "util-linux")
-    servers: list[PythonDateServer] = []
-
-    def start(clock: FakeClock | None = None, **kwargs: Any) -> PythonDateServer:
-        server = PythonDateServer(clock=clock, **kwargs)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in reversed(servers):
-        server.stop()
+    yield from _servers(PythonDateServer)
 
 
 @pytest.fixture(scope="session")
