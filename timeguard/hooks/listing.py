@@ -144,7 +144,7 @@ def _types(hooks: list[ConfiguredHookInfo]) -> list[HookTypeInfo]:
     for name, entry in registry.discover().items():
         if entry.loaded:
             state = LOADED
-        elif (entry.error or "").startswith("duplicate"):
+        elif entry.problem == "duplicate":
             state = DUPLICATE
         else:
             state = FAILED

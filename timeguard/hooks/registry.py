@@ -22,6 +22,7 @@ class TypeEntry:
     distribution: str  # the package that registered it, e.g. "timeguard 0.1.0"
     hook_type: Any | None  # the loaded class, or None when it failed
     error: str | None  # why it is unusable: import error, duplicate, not a hook type
+    problem: str | None = None  # "import", "duplicate" or "not_a_hook_type" when unusable
 
     @property
     def loaded(self) -> bool:
@@ -58,7 +59,7 @@ def discover(*, refresh: bool = False) -> dict[str, TypeEntry]:
             if len(eps) > 1 and len({ep.value for ep in eps}) > 1:
                 found[name] = TypeEntry(name, eps[0].value, " and ".join(dists), None,
                                         f"duplicate hook type {name!r} from {' and '.join(dists)}: "
-                                        "uninstall one of them")
+                                        "uninstall one of them", "duplicate")
                 continue
             found[name] = _load(eps[0])
         _cache[""] = found
@@ -74,10 +75,11 @@ def _load(ep: importlib.metadata.EntryPoint) -> TypeEntry:
         where = f" ({last.filename}:{last.lineno})" if last else ""
         return TypeEntry(ep.name, ep.value, dist, None,
                          f"failed to import {ep.value}: {type(exc).__name__}: {exc}{where}; "
-                         f"update or uninstall {dist}")
+                         f"update or uninstall {dist}", "import")
     if not callable(getattr(obj, "from_config", None)):
         return TypeEntry(ep.name, ep.value, dist, None,
-                         f"{ep.value} is not a timeguard hook type (it has no from_config classmethod)")
+                         f"{ep.value} is not a timeguard hook type (it has no from_config classmethod)",
+                         "not_a_hook_type")
     return TypeEntry(ep.name, ep.value, dist, obj, None)
 
 
