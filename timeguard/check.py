@@ -40,15 +40,17 @@ class Probe:
 
 
 def probes(cfg: Config) -> list[Probe]:
-    """The configured sources as probes (imports kept here: ``timeguard --help`` need not load them)."""
-    from timeguard.sources.http import query_http
-    from timeguard.sources.ntp import query_ntp
-
+    """The configured sources as probes. Each source module is imported only when a source of its kind is
+    configured: ``timeguard --help`` loads neither, and an NTP-only daemon never loads requests (~7 MiB)."""
     out = []
-    for ntp in cfg.sources.ntp:
-        out.append(Probe(ntp.label, SourceKind.NTP, _ntp_measure(query_ntp, ntp, cfg)))
-    for http in cfg.sources.http:
-        out.append(Probe(http.label, SourceKind.HTTP, _http_measure(query_http, http, cfg)))
+    if cfg.sources.ntp:
+        from timeguard.sources.ntp import query_ntp
+
+        out += [Probe(ntp.label, SourceKind.NTP, _ntp_measure(query_ntp, ntp, cfg)) for ntp in cfg.sources.ntp]
+    if cfg.sources.http:
+        from timeguard.sources.http import query_http
+
+        out += [Probe(h.label, SourceKind.HTTP, _http_measure(query_http, h, cfg)) for h in cfg.sources.http]
     return out
 
 
