@@ -1,0 +1,72 @@
+"""Small commands the test harness runs in a subprocess (``python -m beatproject.tools CMD``), printing JSON.
+
+* ``create-tasks``: the seed schedule: ``every-1s``, ``every-2s`` (interval), ``every-minute`` (crontab ``*``)
+  and ``clocked-once`` (a one-off clocked task at ``TG_BEAT_CLOCKED_AT``, ISO, default now + 1 day).
+* ``state``: every periodic task's ``last_run_at``, ``date_changed``, ``enabled``, ``total_run_count`` and
+  ``periodictasks.last_update``, as read through the ORM (aware UTC ISO strings).
+"""
+
+import datetime as dt
+import json
+import os
+import sys
+
+import django
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(dt.UTC).isoformat()
+
+
+def create_tasks() -> dict[str, object]:
+    from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
+
+    every1, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    every2, _ = IntervalSchedule.objects.get_or_create(every=2, period=IntervalSchedule.SECONDS)
+    cron, _ = CrontabSchedule.objects.get_or_create(
+        minute="*", hour="*", day_of_week="*", day_of_month="*", month_of_year="*", timezone="UTC"
+    )
+    clocked_at = os.environ.get("TG_BEAT_CLOCKED_AT")
+    when = (dt.datetime.fromisoformat(clocked_at) if clocked_at
+            else dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    clocked = ClockedSchedule.objects.create(clocked_time=when)
+    specs = [
+        ("every-1s", "beatproject.tasks.tick", {"interval": every1}, '["1s"]', False),
+        ("every-2s", "beatproject.tasks.tick", {"interval": every2}, '["2s"]', False),
+        ("every-minute", "beatproject.tasks.minute", {"crontab": cron}, "[]", False),
+        ("clocked-once", "beatproject.tasks.once", {"clocked": clocked}, "[]", True),
+    ]
+    for name, task, schedule, args, one_off in specs:
+        PeriodicTask.objects.update_or_create(
+            name=name, defaults={"task": task, "args": args, "one_off": one_off, "enabled": True, **schedule}
+        )
+    return {"created": [s[0] for s in specs], "clocked_at": _iso(when)}
+
+
+def state() -> dict[str, object]:
+    from django_celery_beat.models import PeriodicTask, PeriodicTasks
+
+    tasks = {
+        t.name: {
+            "task": t.task,
+            "enabled": t.enabled,
+            "last_run_at": _iso(t.last_run_at),
+            "date_changed": _iso(t.date_changed),
+            "total_run_count": t.total_run_count,
+            "one_off": t.one_off,
+        }
+        for t in PeriodicTask.objects.order_by("name")
+    }
+    row = PeriodicTasks.objects.filter(ident=1).first()
+    return {"tasks": tasks, "last_update": _iso(row.last_update) if row else None}
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "beatproject.settings")
+    django.setup()
+    commands = {"create-tasks": create_tasks, "state": state}
+    print(json.dumps(commands[sys.argv[1]]()))
+
+
+if __name__ == "__main__":
+    main()
