@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(show)
     show.add_argument("--json", action="store_true", help="as JSON instead of YAML")
     cfg_sub.add_parser("generate", help="print the documented default configuration (config/timeguard.yaml)")
+
+    from timeguard.repair.cli import add_parser as add_repair_parser
+
+    add_repair_parser(sub, _config_arg)
     return parser
 
 
@@ -153,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_list(args)
     if args.command == "hooks" and args.hooks_command == "test":
         return _cmd_hooks_test(args)
+    if args.command == "repair":
+        from timeguard.repair.cli import cmd_repair
+
+        return cmd_repair(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only admits the commands above
 
 

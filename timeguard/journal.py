@@ -120,6 +120,28 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_state ON outbox (state, seq);
     CREATE INDEX outbox_incident ON outbox (hook, incident_id, state);
     """,
+    # 3: undo records of application repairs (celery beat). One row per (incident, database, row, column): the
+    # FIRST-seen old value is kept across rounds, the new value is the latest one written. ``fingerprint`` is the
+    # database URL without its password plus the table prefix.
+    """
+    CREATE TABLE repair_undo (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id TEXT NOT NULL,
+        repair_id TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        tbl TEXT NOT NULL,
+        row_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        col TEXT NOT NULL,
+        old_value TEXT,
+        new_value TEXT,
+        applied_wall_s REAL NOT NULL,
+        applied_mono_s REAL NOT NULL,
+        undone INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (incident_id, fingerprint, tbl, row_id, col)
+    );
+    CREATE INDEX repair_undo_incident ON repair_undo (incident_id, fingerprint);
+    """,
 )
 
 
@@ -722,3 +744,36 @@ class Journal:
             raise JournalError(f"{self.path}: outbox row {values['id']!r} is unreadable ({exc})") from exc
         values["test"] = bool(values["test"])
         return OutboxEntry(**values)
+
+    # -------------------------------------------------------------------------------------- repair undo
+
+    def repair_undo_record(self, incident_id: str, repair_id: str, fingerprint: str, records: list[dict[str, Any]],
+                           *, applied_wall_s: float, applied_mono_s: float) -> None:
+        """Record old/new values of one repair round. A (row, column) seen before in this incident keeps its
+        first old value; its new value becomes the latest written (undo compares against it)."""
+        with self._writing() as db:
+            db.executemany(
+                "INSERT INTO repair_undo (incident_id, repair_id, fingerprint, tbl, row_id, name, col, old_value, "
+                "new_value, applied_wall_s, applied_mono_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (incident_id, fingerprint, tbl, row_id, col) DO UPDATE SET "
+                "new_value = excluded.new_value, applied_wall_s = excluded.applied_wall_s, "
+                "applied_mono_s = excluded.applied_mono_s, undone = 0",
+                [(incident_id, repair_id, fingerprint, r["table"], r["row_id"], r["name"], r["column"], r["old"],
+                  r["new"], applied_wall_s, applied_mono_s) for r in records],
+            )
+
+    def repair_undo_records(self, incident_id: str, *, fingerprint: str | None = None,
+                            undone: bool | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM repair_undo WHERE incident_id = ?"
+        params: list[Any] = [incident_id]
+        if fingerprint is not None:
+            sql += " AND fingerprint = ?"
+            params.append(fingerprint)
+        if undone is not None:
+            sql += " AND undone = ?"
+            params.append(int(undone))
+        return [dict(row) for row in self._read(sql + " ORDER BY seq", params)]
+
+    def repair_undo_mark_undone(self, seqs: Iterable[int]) -> None:
+        with self._writing() as db:
+            db.executemany("UPDATE repair_undo SET undone = 1 WHERE seq = ?", [(s,) for s in seqs])

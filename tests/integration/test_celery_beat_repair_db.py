@@ -1,0 +1,330 @@
+# ruff: noqa: S608  (table names from the fixed django-celery-beat prefix, values bound)
+"""The celery_beat repair engine on the real django-celery-beat schema: PostgreSQL, MariaDB, SQLite."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.dcb_schema import PREFIX, BeatDB, beat_database, server_problem
+from tests.support.require import need
+from timeguard.journal import Journal
+from timeguard.repair.celery_beat import CeleryBeatRepair, RepairError
+
+pytestmark = pytest.mark.real
+
+NOW = 1_780_000_000.0  # the trusted now of these tests (2026-05-28)
+DAY = 86400.0
+FUTURE = NOW + 180 * DAY
+PAST = NOW - 3 * DAY
+
+
+@pytest.fixture(params=["postgresql", "mysql", "sqlite"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    problem = server_problem(request.param)
+    need(problem is None, problem or "")
+    with beat_database(request.param, tmp_path) as database:
+        yield database
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Any:
+    with Journal(tmp_path / "state" / "journal.sqlite") as j:
+        yield j
+
+
+def populate(db: BeatDB) -> None:
+    db.add_task("interval-future", last_run_at=FUTURE, date_changed=FUTURE, total_run_count=7)
+    db.add_task("crontab-future", kind="crontab", last_run_at=FUTURE + 60, date_changed=FUTURE + 60)
+    db.add_task("null-lr-future-dc", last_run_at=None, date_changed=FUTURE)
+    db.add_task("clocked-fired-early", kind="clocked", clocked_time=NOW + 30 * DAY, last_run_at=None,
+                date_changed=FUTURE, one_off=True, enabled=False)
+    db.add_task("expired-disabled", last_run_at=None, date_changed=FUTURE, enabled=False, expires=NOW + 10 * DAY)
+    db.add_task("disabled-future", last_run_at=FUTURE, date_changed=PAST, enabled=False)
+    db.add_task("past", kind="crontab", last_run_at=PAST, date_changed=PAST)
+    db.add_task("slightly-ahead", last_run_at=NOW + 60, date_changed=NOW + 60)  # within the tolerance
+    db.set_last_update(FUTURE)
+
+
+def repairer(db: BeatDB, **kw: Any) -> CeleryBeatRepair:
+    kw.setdefault("beat_max_interval_s", 0)
+    kw.setdefault("wait_margin_s", 0)
+    return CeleryBeatRepair(db.url, **kw)
+
+
+def no_future(db: BeatDB, now_s: float, tol: float = 600) -> None:
+    for name, row in db.tasks().items():
+        assert row["date_changed"] is not None, name
+        assert row["date_changed"] <= now_s + tol, name
+        assert row["last_run_at"] is None or row["last_run_at"] <= now_s + tol, name
+    lu = db.last_update()
+    assert lu is not None and lu <= now_s + tol
+
+
+def test_plan_lists_every_future_timestamp_and_the_report(db: BeatDB) -> None:
+    populate(db)
+    before = db.raw_tasks()
+    plan = repairer(db).plan(NOW)
+    got = {(c.name, c.column) for c in plan.changes}
+    assert got == {
+        ("interval-future", "last_run_at"), ("interval-future", "date_changed"),
+        ("crontab-future", "last_run_at"), ("crontab-future", "date_changed"),
+        ("null-lr-future-dc", "date_changed"), ("clocked-fired-early", "date_changed"),
+        ("expired-disabled", "date_changed"), ("disabled-future", "last_run_at"),
+        ("(reload signal)", "last_update"),
+    }
+    assert all(c.new_s == NOW for c in plan.changes)
+    assert {(r.name, r.kind) for r in plan.report} == {("clocked-fired-early", "fired_early"),
+                                                       ("expired-disabled", "expired_disabled")}
+    assert db.raw_tasks() == before  # read-only
+
+
+def test_apply_clamps_exactly_and_is_idempotent_and_undo_restores(db: BeatDB, journal: Journal) -> None:
+    populate(db)
+    before = db.tasks()
+    raw_before = db.raw_tasks()
+    engine = repairer(db)
+    outcome = engine.apply(lambda: NOW, journal=journal, incident_id="inc-1", sleep=lambda s: None)
+    assert outcome.clean
+    assert outcome.rows_changed() == {"last_run_at": 3, "date_changed": 5, "last_update": 1}
+    assert len(outcome.rounds) == 1
+    after = db.tasks()
+    for name in ("interval-future", "crontab-future"):
+        assert after[name]["last_run_at"] == NOW and after[name]["date_changed"] == NOW
+    assert after["null-lr-future-dc"] == {**before["null-lr-future-dc"], "date_changed": NOW}  # still NULL: not ours
+    assert after["disabled-future"]["last_run_at"] == NOW and after["disabled-future"]["date_changed"] == PAST
+    assert after["clocked-fired-early"]["enabled"] is False  # reported, never re-enabled
+    assert after["expired-disabled"]["enabled"] is False
+    assert after["interval-future"]["total_run_count"] == 7
+    assert after["past"] == before["past"] and after["slightly-ahead"] == before["slightly-ahead"]
+    assert db.last_update() == NOW + 1  # phase B: strictly greater than phase A
+    no_future(db, NOW)
+
+    records = journal.repair_undo_records("inc-1")
+    assert len(records) == 9
+    assert len({(r["row_id"], r["col"], r["tbl"]) for r in records}) == 9
+
+    again = engine.apply(lambda: NOW, journal=journal, incident_id="inc-2", sleep=lambda s: None)
+    assert not again.changed and again.clean and again.plan.empty
+    assert db.tasks() == after
+    assert journal.repair_undo_records("inc-2") == []
+
+    dry = engine.undo(journal, "inc-1", lambda: NOW + 5, dry_run=True, sleep=lambda s: None)
+    assert len(dry.restored) == 8 and db.tasks() == after
+    undone = engine.undo(journal, "inc-1", lambda: NOW + 5, sleep=lambda s: None)
+    assert len(undone.restored) == 8 and not undone.skipped
+    assert db.raw_tasks() == raw_before  # the exact original values
+    assert db.last_update() == NOW + 6  # bumped twice so a running beat reloads
+    assert engine.undo(journal, "inc-1", lambda: NOW + 9, sleep=lambda s: None).restored == ()
+
+
+def test_stale_write_back_between_rounds_is_fixed_by_round_two(db: BeatDB, journal: Journal) -> None:
+    populate(db)
+    writes: list[float] = []
+
+    def beat_flushes_dirty(seconds: float) -> None:
+        if not writes:  # once, after round 1's phase A: like beat's sync() of an unsynced entry
+            writes.append(seconds)
+            stamp = db.stamp(FUTURE + 5)
+            db.sql(f"UPDATE {PREFIX}periodictask SET last_run_at = :t, date_changed = :t "
+                   "WHERE name = 'interval-future'", {"t": stamp})
+
+    outcome = repairer(db).apply(lambda: NOW, journal=journal, incident_id="inc", sleep=beat_flushes_dirty)
+    assert outcome.clean and len(outcome.rounds) == 2
+    assert (outcome.rounds[1].last_run_at, outcome.rounds[1].date_changed) == (1, 1)
+    no_future(db, NOW)
+    rows = [r for r in journal.repair_undo_records("inc") if r["name"] == "interval-future"]
+    assert len(rows) == 2  # one per column: the first-seen original kept, no duplicate
+    assert all(abs(db.epoch(r["old_value"]) - FUTURE) < 1 for r in rows)
+
+
+def test_two_concurrent_agents_one_applies(db: BeatDB, tmp_path: Path) -> None:
+    populate(db)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def agent(index: int) -> None:
+        try:
+            with Journal(tmp_path / f"agent{index}" / "journal.sqlite") as j:
+                barrier.wait()
+                results.append((index, j, repairer(db).apply(lambda: NOW, journal=j, incident_id="inc",
+                                                            sleep=lambda s: time.sleep(0.2))))
+                results[-1] = (index, j.repair_undo_records("inc"), results[-1][2])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=agent, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    changed = [r for r in results if r[2].changed]
+    assert len(changed) == 1
+    idle = [r for r in results if not r[2].changed]
+    assert len(idle) == 1 and idle[0][1] == []
+    assert len(changed[0][1]) == 9
+    no_future(db, NOW)
+
+
+def test_tables_missing_names_them(tmp_path: Path) -> None:
+    engine = CeleryBeatRepair(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    with pytest.raises(RepairError, match="django_celery_beat_periodictask, django_celery_beat_periodictasks"):
+        engine.plan(NOW)
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    engine = CeleryBeatRepair("postgresql+psycopg://postgres:secret@127.0.0.1:1/nothing", connect_timeout_s=2)
+    with pytest.raises(RepairError) as info:
+        engine.plan(NOW)
+    assert "cannot connect" in str(info.value) and "secret" not in str(info.value)
+    assert "127.0.0.1:1" in str(info.value)
+
+
+def test_unsupported_url() -> None:
+    with pytest.raises(RepairError, match="unsupported database 'oracle'"):
+        CeleryBeatRepair("oracle://scott@db/x")
+    with pytest.raises(RepairError, match="not a database URL"):
+        CeleryBeatRepair("not a url")
+
+
+def test_locked_tables_are_a_clear_error(db: BeatDB, journal: Journal) -> None:
+    populate(db)
+    import sqlalchemy as sa
+
+    holder = db.engine().connect()
+    tx = holder.begin()
+    try:
+        if db.backend == "sqlite":
+            holder.exec_driver_sql(f"UPDATE {PREFIX}periodictasks SET ident = ident")  # the write lock
+        else:
+            holder.execute(sa.text(f"SELECT * FROM {PREFIX}periodictasks WHERE ident = 1 FOR UPDATE"))
+        with pytest.raises(RepairError, match="locked"):
+            repairer(db, lock_timeout_s=1).apply(lambda: NOW, journal=journal, incident_id="inc",
+                                                 sleep=lambda s: None)
+    finally:
+        tx.rollback()
+        holder.close()
+    assert journal.repair_undo_records("inc") == []
+
+
+# ------------------------------------------------------------------------------------ the hook, the CLI
+
+def test_hook_repairs_with_evidence_and_records_undo(db: BeatDB, journal: Journal) -> None:
+    from timeguard.events import Event, EventKind
+    from timeguard.hooks.api import HookContext, HookStatus
+    from timeguard.hooks.celery_beat import CeleryBeatHook
+
+    populate(db)
+    hook = CeleryBeatHook.from_config("beat", {"database_url": db.url, "beat_max_interval_s": 0,
+                                               "wait_margin_s": 0.1})
+    verdict = {"status": "OK", "offset_s": 0.01, "ntp_http_agree": True}
+    ev = Event(kind=EventKind.ROLLBACK, incident_id="inc-h", wall_time_s=NOW, monotonic_s=1.0, boot_id="b")
+    dry = hook.handle(ev, HookContext(dry_run=True, trusted_now=lambda: NOW, verdict=verdict, journal=journal,
+                                      hostname="h"))
+    assert dry.status is HookStatus.SKIPPED and "would change 9" in dry.summary
+    assert len(dry.details["report"]) == 2
+    result = hook.handle(ev, HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, journal=journal,
+                                         hostname="h"))
+    assert result.status is HookStatus.CHANGED, result.summary
+    assert result.details["rows_changed"] == {"last_run_at": 3, "date_changed": 5, "last_update": 1}
+    assert "2 task(s) the false period left disabled" in result.summary
+    no_future(db, NOW)
+    assert len(journal.repair_undo_records("inc-h")) == 9
+    again = hook.handle(ev, HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, journal=journal,
+                                        hostname="h"))
+    assert again.status is HookStatus.OK and again.summary.startswith("nothing to repair")
+
+
+def _cli(*args: str, config: Path | None = None) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "timeguard", "repair", *args]
+    if config is not None:
+        argv += ["--config", str(config)]
+    env = {k: v for k, v in os.environ.items() if k != "TIMEGUARD_CONFIG"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Any:
+    with beat_database("sqlite", tmp_path) as database:
+        yield database
+
+
+def test_cli_refuses_without_evidence_on_an_offline_host(sqlite_db: BeatDB) -> None:
+    real_now = time.time()
+    sqlite_db.add_task("future", last_run_at=real_now + 90 * DAY, date_changed=real_now + 90 * DAY)
+    before = sqlite_db.raw_tasks()
+    proc = _cli("celery-beat", "--database-url", sqlite_db.url)  # the default config: public sources, offline
+    assert proc.returncode == 1
+    assert "no repair:" in proc.stderr and "--trust-local-clock" in proc.stderr
+    assert sqlite_db.raw_tasks() == before
+
+
+def test_cli_dry_run_json_apply_and_undo(sqlite_db: BeatDB, tmp_path: Path) -> None:
+    import json
+
+    real_now = time.time()
+    sqlite_db.add_task("nightly-report", kind="crontab", last_run_at=real_now + 90 * DAY,
+                       date_changed=real_now + 90 * DAY)
+    sqlite_db.add_task("untouched", last_run_at=real_now - DAY, date_changed=real_now - DAY)
+    sqlite_db.set_last_update(real_now + 90 * DAY)
+    before = sqlite_db.raw_tasks()
+    config = tmp_path / "timeguard.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    url = sqlite_db.url
+
+    table = _cli("celery-beat", "--database-url", url, "--dry-run", "--trust-local-clock", config=config)
+    assert table.returncode == 0, table.stderr
+    assert "assuming this host's clock is right now" in table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:5] == ["TASK", "COLUMN", "OLD", "→", "NEW"]
+    assert sum("nightly-report" in line for line in lines) == 2 and "untouched" not in table.stdout
+    assert "(reload signal)" in table.stdout and "in the future" in table.stdout
+
+    as_json = _cli("celery-beat", "--database-url", url, "--dry-run", "--trust-local-clock", "--json",
+                   config=config)
+    doc = json.loads(as_json.stdout)
+    assert doc["counts"] == {"last_run_at": 1, "date_changed": 1, "last_update": 1}
+    assert sqlite_db.raw_tasks() == before
+
+    applied = _cli("celery-beat", "--database-url", url, "--trust-local-clock", "--json",
+                   "--beat-max-interval-s", "0", config=config)
+    assert applied.returncode == 0, applied.stderr
+    result = json.loads(applied.stdout)
+    assert result["clean"] and result["rows_changed"]["last_run_at"] == 1
+    no_future(sqlite_db, time.time())
+    assert sqlite_db.raw_tasks()["untouched"] == before["untouched"]
+
+    nothing = _cli("celery-beat", "--database-url", url, "--trust-local-clock", config=config)
+    assert nothing.returncode == 0 and "nothing to repair" in nothing.stdout
+
+    dry_undo = _cli("undo", result["incident_id"], "--database-url", url, "--dry-run", config=config)
+    assert dry_undo.returncode == 0 and dry_undo.stdout.count("would restore") == 2
+    undone = _cli("undo", result["incident_id"], "--database-url", url, config=config)
+    assert undone.returncode == 0, undone.stderr
+    assert sqlite_db.raw_tasks() == before
+    unknown = _cli("undo", "no-such-incident", "--database-url", url, config=config)
+    assert unknown.returncode == 1 and "no repair recorded" in unknown.stderr
+    usage = _cli("celery-beat", config=config)
+    assert usage.returncode == 2
+
+
+def test_cli_database_errors_are_one_line_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "timeguard.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    proc = _cli("celery-beat", "--database-url", f"sqlite:///{tmp_path / 'none.sqlite3'}", "--trust-local-clock",
+                config=config)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "django_celery_beat_periodictask" in proc.stderr and "missing" in proc.stderr
+    proc = _cli("celery-beat", "--database-url", "postgresql+psycopg://u:pw@127.0.0.1:1/x", "--trust-local-clock",
+                config=config)
+    assert proc.returncode == 1 and "cannot connect" in proc.stderr and "Traceback" not in proc.stderr

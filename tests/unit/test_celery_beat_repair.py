@@ -1,0 +1,138 @@
+"""The celery_beat repair without a database server: conventions, the evidence gate, hook options, the journal."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from timeguard.events import Event, EventKind
+from timeguard.hooks.api import HookConfigError, HookContext, HookStatus
+from timeguard.hooks.celery_beat import CeleryBeatHook, evidence_problem
+from timeguard.journal import Journal
+from timeguard.repair.celery_beat import CeleryBeatRepair, RepairError
+
+GOOD = {"status": "OK", "offset_s": 0.02, "offset_lo_s": 0.0, "offset_hi_s": 0.04, "ntp_http_agree": True,
+        "summary": "ok"}
+T = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
+
+
+def event() -> Event:
+    return Event(kind=EventKind.ROLLBACK, incident_id="inc-1", wall_time_s=T, monotonic_s=1.0, boot_id="b")
+
+
+def ctx(verdict=GOOD, *, dry_run=False, trusted=T) -> HookContext:
+    return HookContext(dry_run=dry_run, trusted_now=lambda: trusted, verdict=verdict, journal=None, hostname="h")
+
+
+@pytest.mark.parametrize(
+    ("verdict", "reason"),
+    [
+        (None, "no repair: no verdict from the time sources yet"),
+        ({**GOOD, "status": "SOURCES_INCONSISTENT"}, "no usable verdict (SOURCES_INCONSISTENT)"),
+        ({**GOOD, "status": "UNKNOWN", "offset_s": None}, "no usable verdict (UNKNOWN)"),
+        ({**GOOD, "ntp_http_agree": False}, "no repair: NTP and HTTPS do not agree"),
+        ({**GOOD, "ntp_http_agree": None}, "NTP and HTTPS did not both answer"),
+        ({**GOOD, "status": "CRITICAL", "offset_s": 3 * 86400.0},
+         "no repair: the host clock is 3 days behind the sources — it was rolled back into the past"),
+        ({**GOOD, "status": "CRITICAL", "offset_s": -7200.0}, "the host clock is 2 h ahead of the sources"),
+    ],
+)
+def test_no_repair_without_evidence(verdict, reason) -> None:
+    problem = evidence_problem(verdict)
+    assert problem is not None and reason in problem
+    hook = CeleryBeatHook.from_config("beat", {"database_url": "sqlite:////nonexistent/never-opened.sqlite3"})
+    result = hook.handle(event(), ctx(verdict))
+    assert result.status is HookStatus.SKIPPED and result.summary == problem
+
+
+def test_evidence_accepts_warning_and_critical_with_a_small_offset() -> None:
+    assert evidence_problem(GOOD) is None
+    assert evidence_problem({**GOOD, "status": "CRITICAL", "offset_s": -0.9}) is None
+    assert evidence_problem({**GOOD, "offset_s": 1.5}) is not None
+    assert evidence_problem({**GOOD, "offset_s": 1.5}, max_offset_s=2) is None
+
+
+def test_hook_config_lists_every_problem() -> None:
+    with pytest.raises(HookConfigError) as info:
+        CeleryBeatHook.from_config("b", {"database_url": "sqlite:///x", "database_url_env": "X", "use_tz": "yes",
+                                         "tolerance_s": -1, "stop_command": "systemctl stop beat", "bogus": 1})
+    keys = {k for k, _ in info.value.problems}
+    assert {"bogus", "database_url", "use_tz", "tolerance_s", "stop_command"} <= keys
+    with pytest.raises(HookConfigError, match="unsupported database 'oracle'"):
+        CeleryBeatHook.from_config("b", {"database_url": "oracle://db/x"})
+    with pytest.raises(HookConfigError, match="both stop_command and start_command"):
+        CeleryBeatHook.from_config("b", {"database_url": "sqlite:///x", "stop_command": ["true"]})
+    hook = CeleryBeatHook.from_config("b", {"database_url_env": "TG_BEAT_URL_FOR_TESTS", "beat_max_interval_s": 1})
+    assert EventKind.FUTURE_STATE_FOUND in CeleryBeatHook.default_on
+    assert hook.max_run_s > 6
+
+
+def test_hook_with_unset_url_env_fails_with_the_variable_named(monkeypatch) -> None:
+    monkeypatch.delenv("TG_BEAT_URL_FOR_TESTS", raising=False)
+    hook = CeleryBeatHook.from_config("b", {"database_url_env": "TG_BEAT_URL_FOR_TESTS"})
+    result = hook.handle(event(), ctx())
+    assert result.status is HookStatus.FAILED and "$TG_BEAT_URL_FOR_TESTS is not set" in result.summary
+
+
+def test_hook_on_missing_tables_fails_and_names_them(tmp_path: Path) -> None:
+    hook = CeleryBeatHook.from_config("b", {"database_url": f"sqlite:///{tmp_path / 'empty.sqlite3'}"})
+    result = hook.handle(event(), ctx())
+    assert result.status is HookStatus.FAILED
+    assert "django_celery_beat_periodictask" in result.summary and "missing" in result.summary
+
+
+@pytest.mark.parametrize(
+    ("url", "use_tz", "tz_aware", "column", "expected"),
+    [
+        ("postgresql+psycopg://u@h/d", True, True, "last_run_at", dt.datetime(2026, 5, 28, 20, 26, 40, tzinfo=dt.UTC)),
+        ("mysql+pymysql://u@h/d", True, True, "date_changed", dt.datetime(2026, 5, 28, 20, 26, 40)),  # noqa: DTZ001
+        ("sqlite:///x", True, True, "last_run_at", "2026-05-28 20:26:40.000000"),
+        # USE_TZ=False: date_changed naive local TIME_ZONE, last_run_at naive UTC (research §1.8)
+        ("sqlite:///x", False, False, "date_changed", "2026-05-28 22:26:40.000000"),
+        ("sqlite:///x", False, False, "last_run_at", "2026-05-28 20:26:40.000000"),
+        ("mysql+pymysql://u@h/d", False, False, "date_changed", dt.datetime(2026, 5, 28, 22, 26, 40)),  # noqa: DTZ001
+    ],
+)
+def test_storage_conventions(url, use_tz, tz_aware, column, expected) -> None:
+    engine = CeleryBeatRepair(url, use_tz=use_tz, tz_aware=tz_aware, time_zone="Europe/Berlin")
+    value = engine.db_value(T, column)
+    assert value == expected
+    assert engine.epoch(value, column) == T
+
+
+def test_pg_naive_project_writes_utc_wall_numbers_in_time_zone() -> None:
+    engine = CeleryBeatRepair("postgresql+psycopg://u@h/d", use_tz=False, tz_aware=False, time_zone="Europe/Berlin")
+    value = engine.db_value(T, "last_run_at")
+    assert value.replace(tzinfo=None) == dt.datetime(2026, 5, 28, 20, 26, 40)  # noqa: DTZ001
+    assert engine.epoch(value, "last_run_at") == T
+    assert engine.db_value(T, "date_changed") == dt.datetime(2026, 5, 28, 20, 26, 40, tzinfo=dt.UTC)
+
+
+def test_tolerance_defaults_follow_the_research() -> None:
+    assert CeleryBeatRepair("sqlite:///x").tolerance_s == 600
+    assert CeleryBeatRepair("sqlite:///x", use_tz=False).tolerance_s == 26 * 3600
+    assert CeleryBeatRepair("sqlite:///x", use_tz=False, tolerance_s=60).tolerance_s == 60
+
+
+def test_password_never_shown() -> None:
+    engine = CeleryBeatRepair("postgresql+psycopg://beat:hunter2@db.example:5432/app")
+    assert "hunter2" not in engine.where and "hunter2" not in engine.fingerprint
+    assert engine.fingerprint.endswith("#django_celery_beat_")
+    with pytest.raises(RepairError, match="time_zone 'Mars/Base'"):
+        CeleryBeatRepair("sqlite:///x", time_zone="Mars/Base")
+
+
+def test_journal_keeps_the_first_seen_old_value_and_the_latest_new_value(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        rec = {"table": "periodictask", "row_id": 3, "name": "t", "column": "last_run_at"}
+        journal.repair_undo_record("inc", "r1", "db#p_", [{**rec, "old": "A", "new": "N1"}],
+                                   applied_wall_s=1.0, applied_mono_s=1.0)
+        journal.repair_undo_record("inc", "r1", "db#p_", [{**rec, "old": "B", "new": "N2"}],
+                                   applied_wall_s=2.0, applied_mono_s=2.0)
+        rows = journal.repair_undo_records("inc")
+        assert [(r["old_value"], r["new_value"], r["undone"]) for r in rows] == [("A", "N2", 0)]
+        journal.repair_undo_mark_undone([rows[0]["seq"]])
+        assert journal.repair_undo_records("inc", undone=False) == []
+        assert journal.repair_undo_records("other") == []

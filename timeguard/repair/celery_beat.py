@@ -1,0 +1,669 @@
+"""Repair a django-celery-beat database after the clock was wrong in the future (research/celery_beat.md).
+
+A task whose ``last_run_at`` (or, 2.8+, ``date_changed`` when ``last_run_at`` is NULL) lies in the future is
+never due again until that date, and a *running* beat only rebuilds its schedule when
+``periodictasks.last_update`` becomes strictly greater than the value it last read. So one round is:
+
+* Phase A, one transaction: lock the future rows, record their old values in the journal (undo), clamp
+  ``last_run_at`` and ``date_changed`` to the trusted now with set-based compare-and-set UPDATEs
+  (``WHERE col > now + tolerance``), ``last_update := now_A``.
+* wait ≥ beat's ``max_interval`` + margin, so every running beat has read ``now_A``;
+* Phase B: ``last_update := now_B > now_A``, so every running beat reloads;
+* wait again and look for future rows: a beat that still held unsynced future values writes them back when
+  it reloads (research §1.5), so rounds repeat until one finds nothing (bounded by ``max_rounds``).
+
+Never NULL (beat 2.8+ would fall back to ``date_changed``); tasks that fired early or were disabled as expired
+during the false period are reported, never re-enabled. Storage conventions (research §1.8) are options with
+safe defaults: ``use_tz=True``, ``tz_aware=True``, ``time_zone=UTC``.
+
+The trusted now is always passed in (``now_s`` / ``now_fn``): this module never reads the host clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if TYPE_CHECKING:
+    from timeguard.journal import Journal
+
+DEFAULT_TABLE_PREFIX = "django_celery_beat_"
+#: Future means beyond now + tolerance: 10 min when the storage convention is known (USE_TZ=True), 26 h for
+#: USE_TZ=False, where naive local and naive UTC values can differ by any UTC offset (research §0.2, §1.8).
+DEFAULT_TOLERANCE_S = 600.0
+DEFAULT_TOLERANCE_NAIVE_S = 26 * 3600.0
+DEFAULT_BEAT_MAX_INTERVAL_S = 5.0
+DEFAULT_WAIT_MARGIN_S = 2.0
+DEFAULT_MAX_ROUNDS = 3
+DEFAULT_LOCK_TIMEOUT_S = 5.0
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+INSTALL_HINT = "pip install 'timeguard[celery-beat]'"
+
+UTC = dt.UTC
+_SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# Which convention a column follows: "lr" = last_run_at (beat's _default_now), "dc" = Django's now()
+# (date_changed, last_update, expires, clocked_time).
+_COLUMN_KIND = {"last_run_at": "lr", "date_changed": "dc", "last_update": "dc", "expires": "dc", "clocked_time": "dc"}
+
+
+class RepairError(Exception):
+    """The repair could not run: what went wrong and where (the database, without its password)."""
+
+
+class _Race(Exception):
+    """A row became future between the locking read and the UPDATE: roll back and redo the round."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedChange:
+    table: str  # "periodictask" or "periodictasks"
+    row_id: int
+    name: str
+    column: str
+    old_s: float
+    new_s: float
+    why: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportItem:
+    """Something the false period left behind that the repair deliberately does not undo."""
+
+    row_id: int
+    name: str
+    kind: str  # "fired_early" | "expired_disabled"
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairPlan:
+    now_s: float
+    tolerance_s: float
+    changes: tuple[PlannedChange, ...]
+    report: tuple[ReportItem, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for change in self.changes:
+            counts[change.column] = counts.get(change.column, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"now_s": self.now_s, "tolerance_s": self.tolerance_s, "counts": self.counts(),
+                "changes": [c.to_dict() for c in self.changes], "report": [r.to_dict() for r in self.report]}
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    number: int
+    last_run_at: int
+    date_changed: int
+    last_update: int
+    now_a_s: float
+    now_b_s: float | None
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RepairOutcome:
+    incident_id: str
+    repair_id: str
+    plan: RepairPlan  # what was future before round 1 (the report comes from it)
+    rounds: tuple[RoundResult, ...]
+    clean: bool  # the last look found no future timestamp
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.rounds)
+
+    def rows_changed(self) -> dict[str, int]:
+        total = {"last_run_at": 0, "date_changed": 0, "last_update": 0}
+        for r in self.rounds:
+            total["last_run_at"] += r.last_run_at
+            total["date_changed"] += r.date_changed
+            total["last_update"] += r.last_update
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"incident_id": self.incident_id, "repair_id": self.repair_id, "clean": self.clean,
+                "rows_changed": self.rows_changed(), "rounds": [asdict(r) for r in self.rounds],
+                "report": [r.to_dict() for r in self.plan.report], "plan": self.plan.to_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class UndoOutcome:
+    incident_id: str
+    restored: tuple[dict[str, Any], ...]  # row_id, name, column, from_s, to_s
+    skipped: tuple[dict[str, Any], ...] = field(default=())  # rows changed since: left alone, with why
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"incident_id": self.incident_id, "dry_run": self.dry_run, "restored": list(self.restored),
+                "skipped": list(self.skipped)}
+
+
+def _sqlalchemy() -> Any:
+    try:
+        import sqlalchemy
+    except ImportError as exc:
+        raise RepairError(f"the celery_beat repair needs SQLAlchemy and a database driver: {INSTALL_HINT}") from exc
+    return sqlalchemy
+
+
+def fmt_duration(seconds: float) -> str:
+    s = abs(seconds)
+    if s >= 2 * 86400:
+        return f"{s / 86400:.0f} days"
+    if s >= 2 * 3600:
+        return f"{s / 3600:.0f} h"
+    if s >= 120:
+        return f"{s / 60:.0f} min"
+    return f"{s:.1f} s"
+
+
+class CeleryBeatRepair:
+    """One django-celery-beat database. Thread-safe to the extent that each call opens its own connection."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        table_prefix: str = DEFAULT_TABLE_PREFIX,
+        schema: str | None = None,
+        use_tz: bool = True,
+        tz_aware: bool = True,
+        time_zone: str = "UTC",
+        tolerance_s: float | None = None,
+        beat_max_interval_s: float = DEFAULT_BEAT_MAX_INTERVAL_S,
+        wait_margin_s: float = DEFAULT_WAIT_MARGIN_S,
+        max_rounds: int = DEFAULT_MAX_ROUNDS,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ) -> None:
+        sa = _sqlalchemy()
+        try:
+            self.url = sa.engine.make_url(database_url)
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and ValueError variants
+            raise RepairError(f"database_url is not a database URL ({exc})") from None
+        self.backend = self.url.get_backend_name()
+        if self.backend not in ("postgresql", "mysql", "mariadb", "sqlite"):
+            raise RepairError(
+                f"database_url {self.where}: unsupported database {self.backend!r} "
+                "(postgresql+psycopg://, mysql+pymysql://, sqlite:///)"
+            )
+        try:
+            self.zone = ZoneInfo(time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise RepairError(f"time_zone {time_zone!r} is not a known IANA time zone") from None
+        self.table_prefix = table_prefix
+        self.schema = schema
+        self.use_tz = use_tz
+        self.tz_aware = tz_aware
+        self.time_zone = time_zone
+        self.tolerance_s = (
+            float(tolerance_s) if tolerance_s is not None
+            else DEFAULT_TOLERANCE_S if use_tz else DEFAULT_TOLERANCE_NAIVE_S
+        )
+        self.beat_max_interval_s = beat_max_interval_s
+        self.wait_margin_s = wait_margin_s
+        self.max_rounds = max(1, int(max_rounds))
+        self.lock_timeout_s = lock_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self._engine: Any = None
+        self._tables()
+
+    # ------------------------------------------------------------------------------------------ identity
+
+    @property
+    def where(self) -> str:
+        """The database URL without its password: safe for logs, errors and the journal."""
+        return str(self.url.render_as_string(hide_password=True))
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.where}#{self.schema + '.' if self.schema else ''}{self.table_prefix}"
+
+    @property
+    def is_pg(self) -> bool:
+        return self.backend == "postgresql"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend == "sqlite"
+
+    @property
+    def wait_s(self) -> float:
+        return self.beat_max_interval_s + self.wait_margin_s
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    def _tables(self) -> None:
+        sa = _sqlalchemy()
+        # SQLite stores Django's str(datetime) as TEXT: read and write the raw text, so comparisons are the
+        # lexicographic ones Django's layout makes correct and undo restores the exact bytes.
+        stamp = sa.String() if self.is_sqlite else sa.DateTime(timezone=self.is_pg)
+        md = sa.MetaData(schema=self.schema)
+        p = self.table_prefix
+        self.t_task = sa.Table(
+            f"{p}periodictask", md,
+            sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String),
+            sa.Column("last_run_at", stamp), sa.Column("date_changed", stamp), sa.Column("enabled", sa.Boolean),
+            sa.Column("one_off", sa.Boolean), sa.Column("total_run_count", sa.Integer),
+            sa.Column("expires", stamp), sa.Column("clocked_id", sa.Integer),
+        )
+        self.t_tasks = sa.Table(f"{p}periodictasks", md, sa.Column("ident", sa.SmallInteger, primary_key=True),
+                                sa.Column("last_update", stamp))
+        self.t_clocked = sa.Table(f"{p}clockedschedule", md, sa.Column("id", sa.Integer, primary_key=True),
+                                  sa.Column("clocked_time", stamp))
+
+    def _get_engine(self) -> Any:
+        if self._engine is not None:
+            return self._engine
+        sa = _sqlalchemy()
+        connect_args: dict[str, Any] = {}
+        if self.backend in ("postgresql", "mysql", "mariadb"):
+            connect_args["connect_timeout"] = max(1, round(self.connect_timeout_s))
+        else:
+            connect_args["timeout"] = self.lock_timeout_s
+        try:
+            engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+        except ImportError as exc:
+            raise RepairError(f"no driver for {self.where} ({exc}): {INSTALL_HINT}") from None
+        except Exception as exc:  # noqa: BLE001 - argument errors from the dialect
+            raise RepairError(f"database_url {self.where}: {exc}") from None
+        if self.is_sqlite:
+            # pysqlite's own transaction handling defers BEGIN; BEGIN IMMEDIATE takes the write lock up front so
+            # two agents on one file serialise instead of one failing at its first UPDATE.
+            @sa.event.listens_for(engine, "connect")
+            def _autocommit(dbapi_conn: Any, _record: Any) -> None:
+                dbapi_conn.isolation_level = None
+
+            @sa.event.listens_for(engine, "begin")
+            def _begin_immediate(conn: Any) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        self._engine = engine
+        return engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[Any]:
+        sa = _sqlalchemy()
+        engine = self._get_engine()
+        try:
+            with engine.begin() as conn:
+                if self.is_pg:
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(self.lock_timeout_s * 1000)}ms'")
+                elif not self.is_sqlite:
+                    conn.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {max(1, round(self.lock_timeout_s))}")
+                self._check_tables(conn)
+                yield conn
+        except sa.exc.DBAPIError as exc:
+            raise self._db_error(what, exc) from None
+
+    def _db_error(self, what: str, exc: Any) -> RepairError:
+        text = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(getattr(exc, "orig", exc)).strip() else ""
+        low = text.lower()
+        if "lock" in low or "55p03" in low or "1205" in low:
+            return RepairError(
+                f"{self.where}: {what}: the beat tables are locked by another transaction for more than "
+                f"{self.lock_timeout_s:g} s ({text}); retry later"
+            )
+        if getattr(exc, "connection_invalidated", False) or "connect" in low or "unable to open" in low:
+            return RepairError(f"{self.where}: cannot connect ({text})")
+        return RepairError(f"{self.where}: {what} failed: {text}")
+
+    def _check_tables(self, conn: Any) -> None:
+        sa = _sqlalchemy()
+        inspector = sa.inspect(conn)
+        missing = [t.name for t in (self.t_task, self.t_tasks, self.t_clocked)
+                   if not inspector.has_table(t.name, schema=self.schema)]
+        if missing:
+            raise RepairError(
+                f"{self.where}: table(s) {', '.join(missing)} missing"
+                f"{' in schema ' + self.schema if self.schema else ''}: is this the django-celery-beat database, "
+                "migrated (manage.py migrate django_celery_beat), with the right table_prefix?"
+            )
+
+    # ------------------------------------------------------------------------------------ conventions
+
+    def db_value(self, epoch_s: float, column: str) -> Any:
+        """The value beat/Django would store for instant ``epoch_s`` in ``column`` (research §1.8)."""
+        kind = _COLUMN_KIND[column]
+        utc = dt.datetime.fromtimestamp(epoch_s, UTC)
+        if self.is_pg:
+            if kind == "lr" and not self.use_tz and not self.tz_aware:
+                # beat wrote naive UTC wall numbers that PostgreSQL read as TIME_ZONE local time
+                return utc.replace(tzinfo=self.zone)
+            return utc
+        if self.use_tz or kind == "lr":
+            naive = utc.replace(tzinfo=None)
+        else:
+            naive = utc.astimezone(self.zone).replace(tzinfo=None)
+        return naive.strftime(_SQLITE_FORMAT) if self.is_sqlite else naive
+
+    def epoch(self, value: Any, column: str) -> float | None:
+        """Inverse of :meth:`db_value`."""
+        if value is None:
+            return None
+        kind = _COLUMN_KIND[column]
+        stamp = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+        if stamp.tzinfo is None:
+            zone = UTC if self.use_tz or kind == "lr" else self.zone
+            stamp = stamp.replace(tzinfo=zone)
+        elif self.is_pg and kind == "lr" and not self.use_tz and not self.tz_aware:
+            stamp = stamp.astimezone(self.zone).replace(tzinfo=UTC)
+        return float(stamp.timestamp())
+
+    def to_text(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        return value if isinstance(value, str) else value.isoformat(sep=" ")
+
+    def from_text(self, text: str | None) -> Any:
+        if text is None or self.is_sqlite:
+            return text
+        return dt.datetime.fromisoformat(text)
+
+    def _limits(self, now_s: float) -> tuple[Any, Any]:
+        return self.db_value(now_s + self.tolerance_s, "last_run_at"), self.db_value(now_s + self.tolerance_s,
+                                                                                     "date_changed")
+
+    # ----------------------------------------------------------------------------------------- reading
+
+    def _future_rows(self, conn: Any, now_s: float, *, lock: bool) -> list[Any]:
+        sa = _sqlalchemy()
+        t = self.t_task
+        lim_lr, lim_dc = self._limits(now_s)
+        query = (sa.select(t.c.id, t.c.name, t.c.last_run_at, t.c.date_changed)
+                 .where(sa.or_(t.c.last_run_at > lim_lr, t.c.date_changed > lim_dc)).order_by(t.c.id))
+        if lock and not self.is_sqlite:
+            query = query.with_for_update()
+        return list(conn.execute(query).all())
+
+    def _last_update(self, conn: Any, *, lock: bool) -> tuple[bool, Any]:
+        sa = _sqlalchemy()
+        query = sa.select(self.t_tasks.c.last_update).where(self.t_tasks.c.ident == 1)
+        if lock and not self.is_sqlite:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        return (row is not None, None if row is None else row[0])
+
+    def _report(self, conn: Any, now_s: float) -> list[ReportItem]:
+        sa = _sqlalchemy()
+        t, c = self.t_task, self.t_clocked
+        now_dc = self.db_value(now_s, "date_changed")
+        _, lim_dc = self._limits(now_s)
+        query = (
+            sa.select(t.c.id, t.c.name, t.c.one_off, t.c.expires, t.c.date_changed, c.c.clocked_time)
+            .select_from(t.outerjoin(c, c.c.id == t.c.clocked_id))
+            .where(sa.and_(
+                t.c.enabled == sa.false(),
+                sa.or_(
+                    sa.and_(t.c.one_off == sa.true(), sa.or_(c.c.clocked_time > now_dc, t.c.date_changed > lim_dc)),
+                    sa.and_(t.c.expires > now_dc, t.c.date_changed > lim_dc),
+                ),
+            ))
+            .order_by(t.c.id)
+        )
+        items: list[ReportItem] = []
+        for row in conn.execute(query):
+            if row.one_off:
+                clocked = self.epoch(row.clocked_time, "clocked_time")
+                when = f"clocked for {fmt_utc(clocked)}" if clocked is not None else "one-off"
+                items.append(ReportItem(row.id, row.name, "fired_early",
+                                        f"{when}: ran during the false period and was disabled; re-enabling it "
+                                        "would run it a second time — left disabled"))
+            else:
+                items.append(ReportItem(row.id, row.name, "expired_disabled",
+                                        f"expires {fmt_utc(self.epoch(row.expires, 'expires'))}, but beat disabled it "
+                                        "as expired during the false period — left disabled"))
+        return items
+
+    def plan(self, now_s: float) -> RepairPlan:
+        """Read-only: every timestamp the repair would bring back to ``now_s``, and the report."""
+        with self._transaction("reading the beat tables") as conn:
+            return self._plan(conn, now_s)
+
+    def _plan(self, conn: Any, now_s: float) -> RepairPlan:
+        changes: list[PlannedChange] = []
+        limit = now_s + self.tolerance_s
+        for row in self._future_rows(conn, now_s, lock=False):
+            for column in ("last_run_at", "date_changed"):
+                old = self.epoch(getattr(row, column), column)
+                if old is not None and old > limit:
+                    changes.append(PlannedChange("periodictask", row.id, row.name, column, old, now_s,
+                                                 _why(column, old - now_s)))
+        _present, last_update = self._last_update(conn, lock=False)
+        old_lu = self.epoch(last_update, "last_update")
+        if old_lu is not None and old_lu > limit:
+            changes.append(PlannedChange("periodictasks", 1, "(reload signal)", "last_update", old_lu, now_s,
+                                         _why("last_update", old_lu - now_s)))
+        return RepairPlan(now_s, self.tolerance_s, tuple(changes), tuple(self._report(conn, now_s)))
+
+    # ----------------------------------------------------------------------------------------- writing
+
+    def _upsert_last_update(self, conn: Any, value: Any) -> None:
+        table = self.t_tasks
+        if self.is_pg:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(table).values(ident=1, last_update=value)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["ident"], set_={"last_update": value}))
+        elif self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(table).values(ident=1, last_update=value)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["ident"], set_={"last_update": value}))
+        else:
+            from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+            stmt = mysql_insert(table).values(ident=1, last_update=value)
+            conn.execute(stmt.on_duplicate_key_update(last_update=value))
+
+    def _phase_a(self, now_s: float, *, number: int, journal: Journal | None, incident_id: str,
+                 repair_id: str, mono: Callable[[], float]) -> RoundResult | None:
+        sa = _sqlalchemy()
+        started = mono()
+        t = self.t_task
+        lim_lr, lim_dc = self._limits(now_s)
+        limit = now_s + self.tolerance_s
+        new_lr, new_dc = self.db_value(now_s, "last_run_at"), self.db_value(now_s, "date_changed")
+        with self._transaction(f"repair round {number} (phase A)") as conn:
+            # The periodictasks row is every agent's mutex: a second agent waits here, then finds nothing.
+            present, last_update = self._last_update(conn, lock=True)
+            rows = self._future_rows(conn, now_s, lock=True)
+            old_lu = self.epoch(last_update, "last_update")
+            lu_future = old_lu is not None and old_lu > limit
+            if not rows and not lu_future:
+                return None
+            records: list[dict[str, Any]] = []
+            expect = {"last_run_at": 0, "date_changed": 0}
+            for row in rows:
+                for column, new in (("last_run_at", new_lr), ("date_changed", new_dc)):
+                    old = getattr(row, column)
+                    old_s = self.epoch(old, column)
+                    if old_s is not None and old_s > limit:
+                        expect[column] += 1
+                        records.append({"table": "periodictask", "row_id": row.id, "name": row.name,
+                                        "column": column, "old": self.to_text(old), "new": self.to_text(new)})
+            # Set-based compare-and-set: only what is still in the future, never NULL.
+            n_lr = conn.execute(sa.update(t).where(t.c.last_run_at > lim_lr).values(last_run_at=new_lr)).rowcount
+            n_dc = conn.execute(sa.update(t).where(t.c.date_changed > lim_dc).values(date_changed=new_dc)).rowcount
+            if (n_lr, n_dc) != (expect["last_run_at"], expect["date_changed"]):
+                raise _Race(f"expected {expect}, updated last_run_at={n_lr} date_changed={n_dc}")
+            records.append({"table": "periodictasks", "row_id": 1, "name": "(reload signal)", "column": "last_update",
+                            "old": self.to_text(last_update) if present else None, "new": self.to_text(new_dc)})
+            self._upsert_last_update(conn, new_dc)
+            if journal is not None:
+                # Recorded before COMMIT: a failed journal write rolls the round back.
+                journal.repair_undo_record(incident_id, repair_id, self.fingerprint, records,
+                                           applied_wall_s=now_s, applied_mono_s=mono())
+        return RoundResult(number, n_lr, n_dc, 1, now_s, None, mono() - started)
+
+    def _phase_b(self, now_a_s: float, now_fn: Callable[[], float]) -> float:
+        now_b = max(now_fn(), now_a_s + 1.0)  # strictly greater than what beat last read, or no reload
+        with self._transaction("repair phase B (reload signal)") as conn:
+            self._upsert_last_update(conn, self.db_value(now_b, "last_update"))
+        return now_b
+
+    def apply(
+        self,
+        now_fn: Callable[[], float],
+        *,
+        journal: Journal | None,
+        incident_id: str,
+        sleep: Callable[[float], None] = time.sleep,
+        cancelled: Callable[[], bool] = lambda: False,
+        beat_stopped: bool = False,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> RepairOutcome:
+        """Repair in rounds until a round finds nothing. ``now_fn`` gives the *trusted* now (epoch s).
+
+        ``beat_stopped``: no beat runs (the operator stopped it), so one round without the reload dance."""
+        repair_id = uuid.uuid4().hex
+        with self._transaction("reading the beat tables") as conn:
+            plan = self._plan(conn, now_fn())
+        rounds: list[RoundResult] = []
+        clean = False
+        for number in range(1, self.max_rounds + 1):
+            if cancelled():
+                break
+            now_a = now_fn()
+            result = None
+            for _attempt in range(3):
+                try:
+                    result = self._phase_a(now_a, number=number, journal=journal, incident_id=incident_id,
+                                           repair_id=repair_id, mono=mono)
+                    break
+                except _Race:
+                    now_a = now_fn()
+            else:
+                raise RepairError(f"{self.where}: rows kept changing under the repair (round {number}); retry")
+            if result is None:
+                clean = True
+                break
+            if beat_stopped:
+                rounds.append(result)
+                clean = not self._future_count(now_fn())
+                break
+            sleep(self.wait_s)  # every running beat polls and remembers now_A
+            now_b = self._phase_b(now_a, now_fn)
+            rounds.append(RoundResult(result.number, result.last_run_at, result.date_changed, result.last_update,
+                                      result.now_a_s, now_b, result.duration_s))
+            sleep(self.wait_s)  # beat reloads; a stale dirty flush (research §1.5) would land by now
+        else:
+            clean = not self._future_count(now_fn())
+        return RepairOutcome(incident_id, repair_id, plan, tuple(rounds), clean)
+
+    def _future_count(self, now_s: float) -> int:
+        with self._transaction("verifying the repair") as conn:
+            rows = self._future_rows(conn, now_s, lock=False)
+            _, last_update = self._last_update(conn, lock=False)
+        old_lu = self.epoch(last_update, "last_update")
+        return len(rows) + int(old_lu is not None and old_lu > now_s + self.tolerance_s)
+
+    # -------------------------------------------------------------------------------------------- undo
+
+    def undo(self, journal: Journal, incident_id: str, now_fn: Callable[[], float], *, dry_run: bool = False,
+             sleep: Callable[[float], None] = time.sleep) -> UndoOutcome:
+        """Restore the first-seen old values of ``incident_id``'s repair on this database, only where a row
+        still holds the value the repair wrote; then bump last_update twice so a running beat reloads."""
+        sa = _sqlalchemy()
+        records = journal.repair_undo_records(incident_id, fingerprint=self.fingerprint, undone=False)
+        task_records = [r for r in records if r["tbl"] == "periodictask"]
+        if not records:
+            return UndoOutcome(incident_id, (), (), dry_run)
+        restored: list[dict[str, Any]] = []
+        skipped: list[dict[str, Any]] = []
+        t = self.t_task
+        with self._transaction(f"undo of {incident_id}") as conn:
+            ids = sorted({r["row_id"] for r in task_records})
+            current: dict[int, Any] = {}
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start:start + 1000]
+                query = sa.select(t.c.id, t.c.name, t.c.last_run_at, t.c.date_changed).where(t.c.id.in_(chunk))
+                if not self.is_sqlite:
+                    query = query.with_for_update()
+                for row in conn.execute(query):
+                    current[row.id] = row
+            todo: dict[str, list[dict[str, Any]]] = {"last_run_at": [], "date_changed": []}
+            done_seqs: list[int] = []
+            for r in task_records:
+                row = current.get(r["row_id"])
+                column = r["col"]
+                entry = {"row_id": r["row_id"], "name": r["name"], "column": column,
+                         "from_s": None, "to_s": self.epoch(self.from_text(r["old_value"]), column)}
+                if row is None:
+                    skipped.append({**entry, "why": "the row no longer exists"})
+                    continue
+                now_value = getattr(row, column)
+                entry["from_s"] = self.epoch(now_value, column)
+                if self.to_text(now_value) != self.to_text(self.from_text(r["new_value"])):
+                    skipped.append({**entry, "why": "changed since the repair (not the value it wrote)"})
+                    continue
+                restored.append(entry)
+                done_seqs.append(r["seq"])
+                todo[column].append({"b_id": r["row_id"], "b_old": self.from_text(r["old_value"]),
+                                     "b_new": self.from_text(r["new_value"])})
+            if dry_run:
+                return UndoOutcome(incident_id, tuple(restored), tuple(skipped), True)
+            for column, params in todo.items():
+                if params:
+                    col = t.c[column]
+                    stmt = (sa.update(t).where(t.c.id == sa.bindparam("b_id")).where(col == sa.bindparam("b_new"))
+                            .values({column: sa.bindparam("b_old")}))
+                    conn.execute(stmt, params)
+            journal.repair_undo_mark_undone(done_seqs)
+            now_a = now_fn()
+            self._upsert_last_update(conn, self.db_value(now_a, "last_update"))
+        sleep(self.wait_s)
+        self._phase_b(now_a, now_fn)
+        return UndoOutcome(incident_id, tuple(restored), tuple(skipped), False)
+
+
+def fmt_utc(epoch_s: float | None) -> str:
+    if epoch_s is None:
+        return "-"
+    return dt.datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _why(column: str, ahead_s: float) -> str:
+    ahead = fmt_duration(ahead_s)
+    if column == "last_run_at":
+        return f"{ahead} in the future: beat would not run the task before then"
+    if column == "date_changed":
+        return f"{ahead} in the future: beat 2.8+ falls back to it when last_run_at is NULL"
+    return f"{ahead} in the future: a running beat would ignore every reload signal until then"
+
+
+def format_table(changes: Sequence[PlannedChange]) -> str:
+    """The human table of planned changes: task, column, old → new, why."""
+    if not changes:
+        return "nothing to repair: no timestamp in the beat tables lies in the future\n"
+    width = min(max(len(c.name) for c in changes), 40)
+    lines = [f"{'TASK':<{width}}  {'COLUMN':<12}  {'OLD':<20} → {'NEW':<20}  WHY"]
+    for c in changes:
+        old, new = fmt_utc(c.old_s), fmt_utc(c.new_s)
+        lines.append(f"{c.name[:width]:<{width}}  {c.column:<12}  {old:<20} → {new:<20}  {c.why}")
+    return "\n".join(lines) + "\n"
