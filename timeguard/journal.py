@@ -138,9 +138,8 @@ _MIGRATIONS: tuple[str, ...] = (
         applied_wall_s REAL NOT NULL,
         applied_mono_s REAL NOT NULL,
         undone INTEGER NOT NULL DEFAULT 0,
-        UNIQUE (incident_id, fingerprint, tbl, row_id, col)
+        UNIQUE (incident_id, fingerprint, tbl, row_id, col)  -- also the index for lookups by incident
     );
-    CREATE INDEX repair_undo_incident ON repair_undo (incident_id, fingerprint);
     """,
 )
 
@@ -747,10 +746,13 @@ class Journal:
 
     # -------------------------------------------------------------------------------------- repair undo
 
-    def repair_undo_record(self, incident_id: str, repair_id: str, fingerprint: str, records: list[dict[str, Any]],
-                           *, applied_wall_s: float, applied_mono_s: float) -> None:
-        """Record old/new values of one repair round. A (row, column) seen before in this incident keeps its
-        first old value; its new value becomes the latest written (undo compares against it)."""
+    def repair_undo_record(self, incident_id: str, repair_id: str, fingerprint: str,
+                           records: Iterable[tuple[Any, ...]], *, applied_wall_s: float, applied_mono_s: float) -> None:
+        """Record old/new values of one repair round: ``records`` are (table, row_id, name, column, old, new)
+        tuples. A (row, column) seen before in this incident keeps its first old value; its new value becomes the
+        latest written (undo compares against it)."""
+        head = (incident_id, repair_id, fingerprint)
+        tail = (applied_wall_s, applied_mono_s)
         with self._writing() as db:
             db.executemany(
                 "INSERT INTO repair_undo (incident_id, repair_id, fingerprint, tbl, row_id, name, col, old_value, "
@@ -758,8 +760,7 @@ class Journal:
                 "ON CONFLICT (incident_id, fingerprint, tbl, row_id, col) DO UPDATE SET "
                 "new_value = excluded.new_value, applied_wall_s = excluded.applied_wall_s, "
                 "applied_mono_s = excluded.applied_mono_s, undone = 0",
-                [(incident_id, repair_id, fingerprint, r["table"], r["row_id"], r["name"], r["column"], r["old"],
-                  r["new"], applied_wall_s, applied_mono_s) for r in records],
+                (head + tuple(r) + tail for r in records),
             )
 
     def repair_undo_records(self, incident_id: str, *, fingerprint: str | None = None,

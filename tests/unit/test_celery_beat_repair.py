@@ -126,11 +126,9 @@ def test_password_never_shown() -> None:
 
 def test_journal_keeps_the_first_seen_old_value_and_the_latest_new_value(tmp_path: Path) -> None:
     with Journal(tmp_path / "j.sqlite") as journal:
-        rec = {"table": "periodictask", "row_id": 3, "name": "t", "column": "last_run_at"}
-        journal.repair_undo_record("inc", "r1", "db#p_", [{**rec, "old": "A", "new": "N1"}],
-                                   applied_wall_s=1.0, applied_mono_s=1.0)
-        journal.repair_undo_record("inc", "r1", "db#p_", [{**rec, "old": "B", "new": "N2"}],
-                                   applied_wall_s=2.0, applied_mono_s=2.0)
+        rec = ("periodictask", 3, "t", "last_run_at")
+        journal.repair_undo_record("inc", "r1", "db#p_", [(*rec, "A", "N1")], applied_wall_s=1.0, applied_mono_s=1.0)
+        journal.repair_undo_record("inc", "r1", "db#p_", [(*rec, "B", "N2")], applied_wall_s=2.0, applied_mono_s=2.0)
         rows = journal.repair_undo_records("inc")
         assert [(r["old_value"], r["new_value"], r["undone"]) for r in rows] == [("A", "N2", 0)]
         journal.repair_undo_mark_undone([rows[0]["seq"]])

@@ -510,6 +510,6 @@ def test_a_schema_1_journal_is_upgraded_in_place(tmp_path, monkeypatch):
             old.record_event(ev())
             assert old.health()["schema"] == 1
     with Journal(path) as upgraded:
-        assert upgraded.health()["schema"] == 2 and len(upgraded.events()) == 1
+        assert upgraded.health()["schema"] == len(jmod._MIGRATIONS) and len(upgraded.events()) == 1
         make(upgraded, FakeDeliverer("hook")).enqueue("hook", ev(), {})
         assert upgraded.outbox_stats()["pending"] == 1
