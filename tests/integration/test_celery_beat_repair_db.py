@@ -241,7 +241,7 @@ def test_hook_repairs_with_evidence_and_records_undo(db: BeatDB, journal: Journa
     assert again.status is HookStatus.OK and again.summary.startswith("nothing to repair")
 
 
-def _cli(*args: str, config: Path | None = None) -> Any:
+def _cli(*args: str, config: Path | None = None, env: dict[str, str] | None = None) -> Any:
     import os
     import subprocess
     import sys
@@ -249,8 +249,9 @@ def _cli(*args: str, config: Path | None = None) -> Any:
     argv = [sys.executable, "-m", "timeguard", "repair", *args]
     if config is not None:
         argv += ["--config", str(config)]
-    env = {k: v for k, v in os.environ.items() if k != "TIMEGUARD_CONFIG"}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
+    environ = {k: v for k, v in os.environ.items() if k not in ("TIMEGUARD_CONFIG", "TIMEGUARD_BEAT_DATABASE_URL")}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**environ, **(env or {})},
+                          check=False)
 
 
 @pytest.fixture
@@ -307,7 +308,7 @@ def test_cli_dry_run_json_apply_and_undo(sqlite_db: BeatDB, tmp_path: Path) -> N
     nothing = _cli("celery-beat", "--database-url", url, "--trust-local-clock", config=config)
     assert nothing.returncode == 0 and "nothing to repair" in nothing.stdout
 
-    dry_undo = _cli("undo", result["incident_id"], "--database-url", url, "--dry-run", config=config)
+    dry_undo = _cli("undo", result["incident_id"], "--dry-run", config=config, env={"TIMEGUARD_BEAT_DATABASE_URL": url})
     assert dry_undo.returncode == 0 and dry_undo.stdout.count("would restore") == 2
     undone = _cli("undo", result["incident_id"], "--database-url", url, config=config)
     assert undone.returncode == 0, undone.stderr

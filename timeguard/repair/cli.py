@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
+URL_ENV = "TIMEGUARD_BEAT_DATABASE_URL"
 
 TRUST_LOCAL_WARNING = (
     "--trust-local-clock: assuming this host's clock is right now, without asking any time source; "
@@ -59,8 +61,11 @@ def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) 
 
 
 def _database_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database-url", required=True, metavar="URL",
-                        help="SQLAlchemy URL: postgresql+psycopg://…, mysql+pymysql://…, sqlite:///…")
+    from_env = os.environ.get(URL_ENV) or None
+    # A password on the command line is visible in ps: the environment variable is the better place for it.
+    parser.add_argument("--database-url", required=from_env is None, default=from_env, metavar="URL",
+                        help=f"SQLAlchemy URL: postgresql+psycopg://…, mysql+pymysql://…, sqlite:///… "
+                        f"(default: ${URL_ENV})")
     parser.add_argument("--table-prefix", default="django_celery_beat_", metavar="P")
     parser.add_argument("--schema", help="database schema holding the tables (PostgreSQL)")
 
