@@ -447,8 +447,12 @@ class Agent:
         return now.realtime_s + verdict.offset_s - (now.boot_epoch_s - epoch)
 
     def _verdict_summary(self) -> dict[str, Any] | None:
-        verdict = self._verdict
-        return None if verdict is None else verdict_summary(verdict)
+        """What hooks see as ``ctx.verdict``: the samples re-based to the clock *now*, not the last stored verdict.
+        Right after a rollback the stored one still says "180 days ahead"; a repair hook gating on it would refuse."""
+        with self._lock:
+            if not self._latest:
+                return None
+            return verdict_summary(self._current_verdict())
 
     def _start_hooks(self) -> None:
         """The dispatcher runs the hooks; alert hooks queue their messages in the outbox, which delivers them

@@ -122,3 +122,17 @@ def test_a_corrupt_journal_is_moved_aside_and_kept(tmp_path):
     assert len(aside) == 1 and aside[0].read_bytes() == b"garbage" * 1000  # nothing lost
     assert logged[0]["event"] == "journal_corrupt_moved_aside" and logged[0]["moved_to"] == str(aside[0])
     assert Journal(tmp_path / "journal.sqlite").health()["ok"]  # a fresh journal in its place
+
+
+def test_hooks_see_the_verdict_rebased_to_the_clock_now(agent):
+    # measured while the host was 180 days ahead: true - host = -180 d
+    ahead = reading(1000.0 + 15552000, 100.0)
+    agent._probes = [type("P", (), {"kind": SourceKind.NTP, "name": n})() for n in ("a", "b")]
+    agent._policies = {n: type("Pol", (), {"interval_s": 64.0})() for n in ("a", "b")}
+    for name in ("a", "b"):
+        measured = dataclasses.replace(sample(-15552000.0), name=name)
+        agent._latest[name] = _Latest(measured, ahead.boot_epoch_s, ahead.monotonic_s)
+    agent._reader = lambda: reading(1005.0, 105.0)  # 5 s later, after the rollback to the real time
+    summary = agent._verdict_summary()
+    assert summary["offset_s"] == pytest.approx(0.0, abs=0.01)  # the repair gate sees a correct clock now
+    assert agent.trusted_now() is None  # no stored verdict yet: nothing claims a trusted time
