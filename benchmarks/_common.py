@@ -310,17 +310,6 @@ def cleanup() -> Iterator[None]:
         realprogs.stop_all()
 
 
-def host_boot_offset_s() -> float:
-    """CLOCK_REALTIME − CLOCK_MONOTONIC: changes only if this machine's clock is set (it never may be)."""
-    best: tuple[int, int] | None = None
-    for _ in range(5):
-        m1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        r = time.clock_gettime_ns(time.CLOCK_REALTIME)
-        m2 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        if best is None or m2 - m1 < best[0]:
-            best = (m2 - m1, r - (m1 + m2) // 2)
-    assert best is not None
-    return best[1] / 1e9
 
 
 def machine() -> str:

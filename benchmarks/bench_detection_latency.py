@@ -38,7 +38,6 @@ from _common import (
     LoopbackChrony,
     Report,
     cleanup,
-    host_boot_offset_s,
     machine,
     median,
     ms,
@@ -47,7 +46,14 @@ from _common import (
 )
 
 from tests.support.fake_ntp import FakeNTPServer
-from tests.support.realprogs import FakeClock, ntp_query, run_under_clock, scratch_dir, uml_run
+from tests.support.realprogs import (
+    FakeClock,
+    host_realtime_minus_monotonic_s,
+    ntp_query,
+    run_under_clock,
+    scratch_dir,
+    uml_run,
+)
 from timeguard.events import EventKind
 from timeguard.journal import Journal, JournalError
 
@@ -190,12 +196,12 @@ def chrony_peer(report: Report) -> None:
 
 
 def timerfd(report: Report, steps: int) -> None:
-    before = host_boot_offset_s()
+    before = host_realtime_minus_monotonic_s()
     started = time.monotonic()
     proc = uml_run(GUEST.replace("__REPO__", repr(str(REPO))).replace("__STEPS__", str(steps)), 180,
                    python=os.path.realpath(sys.executable))
     took = time.monotonic() - started
-    after = host_boot_offset_s()
+    after = host_realtime_minus_monotonic_s()
     if abs(after - before) > 1e-3:
         raise SystemExit(f"THE HOST CLOCK MOVED ({before} -> {after}): stop and investigate")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

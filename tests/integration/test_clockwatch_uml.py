@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import realprogs
 from tests.support.require import need, need_program
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,17 +152,6 @@ print("RESULT " + json.dumps({
 """
 
 
-def _host_boot_offset_s() -> float:
-    """CLOCK_REALTIME − CLOCK_MONOTONIC on the host: changes if and only if the host clock is set."""
-    best = None
-    for _ in range(5):
-        m1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        r = time.clock_gettime_ns(time.CLOCK_REALTIME)
-        m2 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        if best is None or m2 - m1 < best[0]:
-            best = (m2 - m1, r - (m1 + m2) // 2)
-    assert best is not None
-    return best[1] / 1e9
 
 
 def test_real_steps_in_uml_guest_are_detected_by_timerfd_within_50ms() -> None:
@@ -175,11 +165,11 @@ def test_real_steps_in_uml_guest_are_detected_by_timerfd_within_50ms() -> None:
     python = os.path.realpath(sys.executable)
     need(os.access(python, os.R_OK | os.X_OK), f"{python} must be readable and executable for the UML guest")
 
-    host_before = _host_boot_offset_s()
+    host_before = realprogs.host_realtime_minus_monotonic_s()
     t0 = time.monotonic()
     proc = uml_run(GUEST_SCRIPT.replace("__TIMEGUARD_REPO__", repr(str(REPO))), 180, python=python)
     run_s = time.monotonic() - t0
-    host_after = _host_boot_offset_s()
+    host_after = realprogs.host_realtime_minus_monotonic_s()
 
     # First: the host clock was never touched.
     assert abs(host_after - host_before) < 1e-3, (host_before, host_after)
