@@ -129,9 +129,13 @@ def read_clocks() -> ClockReading:
         real = gettime(_CLOCK_REALTIME)
         boot2 = gettime(_CLOCK_BOOTTIME)
         mono2 = gettime(_CLOCK_MONOTONIC)
-        width = boot2 - boot1
+        # The MONOTONIC pair brackets everything, so its width bounds the skew of both midpoints: a preemption
+        # between mono1 and boot1 (or boot2 and mono2) widens it even when the BOOTTIME pair looks tight.
+        width = mono2 - mono1
         if best is None or width < best[0]:
-            best = (width, real, (boot1 + boot2) // 2, (mono1 + mono2) // 2)
+            boot = (boot1 + boot2) // 2
+            # BOOTTIME = MONOTONIC + time suspended, never less: what remains below that is reading skew.
+            best = (width, real, boot, min((mono1 + mono2) // 2, boot))
         if width <= _MAX_BRACKET_NS:
             break
     assert best is not None
