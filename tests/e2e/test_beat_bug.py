@@ -13,14 +13,13 @@ PostgreSQL and MariaDB:
 4. control: the same beat on the same database kind, without the step, keeps sending for those 8 s
    (``test_beat_keeps_sending_without_step``).
 
-What a repair test must do on top (copy ``test_beat_stops_after_backward_step`` up to the "bug shown" point, with
-the same running beat):
+What a repair test does on top (``beat.drive_into_bug`` brings a running beat to the asserted bug state):
 
 * run the repair (the timeguard daemon under the same FakeClock with honest sources, or
   ``timeguard repair celery-beat --database-url db.url``) while ``beat`` keeps running;
 * then ``t = time.monotonic()``; ``beat.wait_sent("every-1s", count=3, since=t, timeout_s=...)`` and
   ``beat.wait_sent("every-2s", count=2, since=t, ...)``, and assert the rates over a window after the first
-  send again (``beat.rate(name, t0, t1)``: ≈1/s and ≈0.5/s, same bounds as ``_assert_rates``);
+  send again (``beat.rate(name, t0, t1)``: ≈1/s and ≈0.5/s, ``beat.assert_rates``);
   a reload shows up in the log as "DatabaseScheduler: Schedule changed." (``beat.wait_log``);
 * assert ``db.state().future()`` is empty (no ``last_run_at``/``date_changed``/``last_update`` ahead of real
   time) — read it *after* beat has synced again (it writes stale in-memory values back, research §1.5);
@@ -40,17 +39,14 @@ from pathlib import Path
 import pytest
 
 from tests.support import beat as beatlib
-from tests.support.beat import BeatDatabase, BeatProcess, running_beat
+from tests.support.beat import BeatDatabase, running_beat
 from tests.support.realprogs import FakeClock, find_libfaketime, scratch_dir
 from tests.support.require import need, need_program
 
 pytestmark = pytest.mark.real
 
-FUTURE_S = 180 * 86400
-WINDOW_S = 5.0  # how long the rates are measured at +180 d
-QUIET_S = 8.0  # how long beat must send nothing after the backward step
-GRACE_S = 0.5  # a send already in flight when the clock steps may still be logged just after it
-CUSTOM = ("every-1s", "every-2s", "every-minute", "clocked-once")
+FUTURE_S = beatlib.FUTURE_S
+QUIET_S = beatlib.QUIET_S
 
 
 @pytest.fixture(params=beatlib.KINDS)
@@ -76,64 +72,14 @@ def beat_clock(ftshim: Path) -> FakeClock:
     return FakeClock(scratch_dir("beatclock"), ftshim=ftshim)
 
 
-def _run_at_future(beat: BeatProcess) -> tuple[float, dict[str, float]]:
-    """Wait for the first sends at +180 d, measure the rates over WINDOW_S; returns (first send, rates)."""
-    first = beat.wait_sent("every-1s", count=1, timeout_s=30)[0].mono
-    t0 = first + 0.5  # past the start-up burst (every task is due at once)
-    t1 = t0 + WINDOW_S
-    beat.wait_sent("every-1s", count=3, timeout_s=30)
-    while time.monotonic() < t1:
-        beat.check_alive()
-        time.sleep(0.1)
-    rates = {name: beat.rate(name, t0, t1) for name in ("every-1s", "every-2s")}
-    return first, rates
-
-
-def _assert_rates(kind: str, rates: dict[str, float], what: str) -> None:
-    print(f"[{kind}] {what}: every-1s {rates['every-1s']:.2f}/s, every-2s {rates['every-2s']:.2f}/s")
-    assert 0.6 <= rates["every-1s"] <= 1.4, rates
-    assert 0.2 <= rates["every-2s"] <= 0.8, rates
-
-
 def test_beat_stops_after_backward_step(beat_db: BeatDatabase, beat_clock: FakeClock) -> None:
     kind = beat_db.kind
     beat_clock.set(FUTURE_S)
     with running_beat(beat_db, beat_clock, max_interval=1) as beat:
-        first, rates = _run_at_future(beat)
-        print(f"[{kind}] first send {first - (beat.started_mono or first):.2f} s after start")
-        _assert_rates(kind, rates, "+180 d")
-        names = {s.name for s in beat.sent()}
-        assert {"every-minute", "clocked-once"} <= names, names  # due at once: their last run is 180 d "ago"
-
-        # beat_sync_every=1: every send is written back at once. Wait until the last one is in the database.
-        deadline = time.monotonic() + 10
-        while True:
-            state = beat_db.state()
-            ahead = dt.datetime.now(dt.UTC) + dt.timedelta(days=179)
-            persisted = [n for n in ("every-1s", "every-2s", "every-minute")
-                         if (v := state.tasks[n].last_run_at) is not None and v > ahead]
-            if len(persisted) == 3 or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert len(persisted) == 3, state
-        assert state.last_update is not None and state.last_update > ahead, state.last_update
-
-        # The correction: back to real time.
-        beat_clock.set(0)
-        t_step = time.monotonic()
-        while time.monotonic() < t_step + QUIET_S:
-            beat.check_alive()
-            time.sleep(0.1)
-        late = [s for s in beat.sent_since(t_step + GRACE_S) if s.name in CUSTOM]
-        wakeups = beat.wakeups_since(t_step + GRACE_S)
-        print(f"[{kind}] after the step back: {len(late)} custom sends and {wakeups} wake-ups in "
-              f"{QUIET_S - GRACE_S:.1f} s; queue holds {beat.queued()} messages")
-        assert late == [], f"beat still sent after the backward step: {late}"
-        assert beat.alive()
-        assert wakeups >= QUIET_S - GRACE_S - 2, f"beat's loop stopped ticking ({wakeups} wake-ups):\n{beat.log_tail()}"
+        bug = beatlib.drive_into_bug(beat_db, beat_clock, beat, quiet_s=QUIET_S)
 
         # The state that keeps it silent for 180 days.
-        state = beat_db.state()
+        state = bug.state
         now = dt.datetime.now(dt.UTC)
         for name in ("every-1s", "every-2s", "every-minute"):
             row = state.tasks[name]
@@ -155,4 +101,4 @@ def test_beat_keeps_sending_without_step(beat_db: BeatDatabase, beat_clock: Fake
             beat.check_alive()
             time.sleep(0.1)
         later = {name: beat.rate(name, t0, t0 + QUIET_S) for name in ("every-1s", "every-2s")}
-        _assert_rates(kind, later, f"control, {QUIET_S:.0f} s at +180 d without a step")
+        beatlib.assert_rates(kind, later, f"control, {QUIET_S:.0f} s at +180 d without a step")

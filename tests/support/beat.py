@@ -50,7 +50,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from tests.support.realprogs import FakeClock, ManagedProcess, run_under_clock, scratch_dir
 
@@ -475,3 +475,90 @@ def running_beat(db: BeatDatabase, clock: FakeClock, max_interval: float | None 
         yield beat.start()
     finally:
         beat.stop()
+
+
+# --------------------------------------------------------------------------------------------------------
+# The bug, reproduced and asserted (the starting point of every repair test)
+# --------------------------------------------------------------------------------------------------------
+
+FUTURE_S = 180 * 86400
+RATE_WINDOW_S = 5.0  # how long the rates are measured at +180 d
+QUIET_S = 8.0  # how long beat must send nothing after the backward step
+GRACE_S = 0.5  # a send already in flight when the clock steps may still be logged just after it
+CUSTOM = ("every-1s", "every-2s", "every-minute", "clocked-once")
+
+
+@dataclasses.dataclass(frozen=True)
+class BugShown:
+    first_send_mono: float  # first send at +180 d
+    rates: dict[str, float]  # every-1s / every-2s sends per second at +180 d
+    step_mono: float  # when the clock went back to +0
+    state: BeatState  # the database after the quiet window: last_run_at ≈ +180 d
+
+
+def assert_rates(kind: str, rates: dict[str, float], what: str) -> None:
+    """every-1s at ≈ 1/s, every-2s at ≈ 0.5/s (bounds wide enough for a loaded 2-core machine)."""
+    print(f"[{kind}] {what}: every-1s {rates['every-1s']:.2f}/s, every-2s {rates['every-2s']:.2f}/s")
+    assert 0.6 <= rates["every-1s"] <= 1.4, rates
+    assert 0.2 <= rates["every-2s"] <= 0.8, rates
+
+
+def run_at_future(beat: BeatProcess) -> tuple[float, dict[str, float]]:
+    """Wait for the first sends at +180 d, measure the rates over RATE_WINDOW_S; returns (first send, rates)."""
+    first = beat.wait_sent("every-1s", count=1, timeout_s=30)[0].mono
+    t0 = first + 0.5  # past the start-up burst (every task is due at once)
+    t1 = t0 + RATE_WINDOW_S
+    beat.wait_sent("every-1s", count=3, timeout_s=30)
+    while time.monotonic() < t1:
+        beat.check_alive()
+        time.sleep(0.1)
+    return first, {name: beat.rate(name, t0, t1) for name in ("every-1s", "every-2s")}
+
+
+def wait_persisted(db: BeatDatabase, timeout_s: float = 10) -> BeatState:
+    """Until every-1s/every-2s/every-minute hold ``last_run_at`` > +179 d and ``last_update`` too
+    (``beat_sync_every=1`` writes them back after every send)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = db.state()
+        ahead = dt.datetime.now(dt.UTC) + dt.timedelta(days=179)
+        persisted = [n for n in ("every-1s", "every-2s", "every-minute")
+                     if (v := state.tasks[n].last_run_at) is not None and v > ahead]
+        if (len(persisted) == 3 and state.last_update is not None and state.last_update > ahead) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert len(persisted) == 3, state
+    assert state.last_update is not None and state.last_update > ahead, state.last_update
+    return state
+
+
+def drive_into_bug(db: BeatDatabase, clock: FakeClock, beat: BeatProcess, *, quiet_s: float = QUIET_S,
+                   after_step: Any = None) -> BugShown:
+    """With ``clock`` at +180 d and ``beat`` running: measure the rates, wait until the future values are in the
+    database, step the clock back to +0 and assert that beat sends no custom task for ``quiet_s`` while its
+    loop keeps ticking. ``after_step()`` (optional) runs right after the step, e.g. to start a timer."""
+    kind = db.kind
+    first, rates = run_at_future(beat)
+    print(f"[{kind}] first send {first - (beat.started_mono or first):.2f} s after start")
+    assert_rates(kind, rates, "+180 d")
+    names = {s.name for s in beat.sent()}
+    assert {"every-minute", "clocked-once"} <= names, names  # due at once: their last run is 180 d "ago"
+    wait_persisted(db)
+
+    clock.set(0)  # the correction: back to real time
+    t_step = time.monotonic()
+    if after_step is not None:
+        after_step()
+    while time.monotonic() < t_step + quiet_s:
+        beat.check_alive()
+        time.sleep(0.1)
+    late = [s for s in beat.sent_since(t_step + GRACE_S) if s.name in CUSTOM]
+    wakeups = beat.wakeups_since(t_step + GRACE_S)
+    print(f"[{kind}] after the step back: {len(late)} custom sends and {wakeups} wake-ups in "
+          f"{quiet_s - GRACE_S:.1f} s; queue holds {beat.queued()} messages")
+    assert late == [], f"beat still sent after the backward step: {late}"
+    assert beat.alive()
+    if beat.loglevel == "debug" and beat.max_interval is not None and beat.max_interval <= 1:
+        assert wakeups >= quiet_s - GRACE_S - 2, f"beat's loop stopped ticking ({wakeups} wake-ups):\n{beat.log_tail()}"
+    return BugShown(first, rates, t_step, db.state())

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import dataclasses
 import glob
 import http.client
@@ -237,6 +238,13 @@ class FakeClock:
         self.rc = self.dir / "faketime.rc"
         self.offset_s = 0.0
         self.set(0)
+
+    def sharing(self, cache_duration_s: int | None) -> FakeClock:
+        """The same rc file (one ``set()`` moves both) with another caching mode: e.g. a busy many-threaded
+        daemon with a 1-s cache beside a mostly idle beat with NO_CACHE."""
+        twin = copy.copy(self)
+        twin.cache_duration_s = cache_duration_s
+        return twin
 
     def set(self, offset_s: float) -> None:
         """Make the faked processes' wall clock read real time + ``offset_s`` from now on."""
