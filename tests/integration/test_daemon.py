@@ -14,18 +14,16 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
+from tests.support.daemon import checks, events, journal_of, log_event, ntp_requests, start, wait_for, write_config
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
-from tests.support.realprogs import FakeClock, ManagedProcess, run_under_clock, scratch_dir
-from timeguard.events import Event, EventKind
-from timeguard.journal import Journal
+from tests.support.realprogs import scratch_dir
+from timeguard.events import EventKind
 
 DAYS_180 = 180 * 86400
 
@@ -37,68 +35,6 @@ def sources() -> Iterator[dict[str, Any]]:
         yield {"ntp": servers, "http": http}
     for server in servers:
         server.close()
-
-
-def write_config(directory: Path, sources: dict[str, Any], **overrides: Any) -> Path:
-    cfg: dict[str, Any] = {
-        "state_dir": str(directory / "state"),
-        "sources": {
-            "ntp": [{"host": "127.0.0.1", "port": s.port} for s in sources["ntp"]],
-            "http": [{"url": sources["http"].url, "allow_plain_http": True}],
-        },
-        "timeout_s": 3,
-        "http": {"requests": 3},
-        "daemon": {"ntp_interval_s": 15, "http_interval_s": 15},
-        "logging": {"format": "json", "level": "debug"},
-    }
-    for key, value in overrides.items():
-        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
-    path = directory / "timeguard.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def start(config: Path, clock: FakeClock | None, log: Path, env: dict[str, str] | None = None) -> ManagedProcess:
-    cmd = [sys.executable, "-m", "timeguard", "run", "--config", str(config)]
-    if clock is None:
-        return ManagedProcess.start(cmd, log_path=log, env=env)
-    return run_under_clock(cmd, clock, log_path=log, env=env)
-
-
-def journal_of(config: Path) -> Journal:
-    return Journal(Path(yaml.safe_load(config.read_text())["state_dir"]) / "journal.sqlite")
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout_s: float, proc: ManagedProcess | None = None) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        if proc is not None and not proc.alive():
-            pytest.fail(f"daemon exited ({proc.returncode}) while waiting for {what}:\n{proc.log_tail(40)}")
-        time.sleep(0.05)
-    tail = proc.log_tail(40) if proc is not None else ""
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}\n{tail}")
-
-
-def events(config: Path, kind: EventKind | None = None) -> list[Event]:
-    if not (Path(yaml.safe_load(config.read_text())["state_dir"]) / "journal.sqlite").exists():
-        return []
-    with journal_of(config) as j:
-        return j.events(kinds=None if kind is None else [kind])
-
-
-def checks(config: Path) -> int:
-    path = Path(yaml.safe_load(config.read_text())["state_dir"]) / "journal.sqlite"
-    if not path.exists():
-        return 0
-    with journal_of(config) as j:
-        return j.check_count()
-
-
-def ntp_requests(sources: dict[str, Any]) -> int:
-    return sum(len(s.received) for s in sources["ntp"])
 
 
 def test_forward_jump_then_rollback_under_libfaketime(fake_clock, sources):
@@ -197,20 +133,20 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_usr_signals_do_not_ki
         wait_for("the first check", lambda: checks(config) >= 1, 15, proc)
         config.write_text(good + "\nthresholds: {warning_s: oops}\n")
         os.kill(proc.pid, signal.SIGHUP)
-        line = wait_for("reload_refused", lambda: _log_event(log, "reload_refused"), 5, proc)
+        line = wait_for("reload_refused", lambda: log_event(log, "reload_refused"), 5, proc)
         assert "thresholds.warning_s: must be a number of seconds" in json.dumps(line)
         time.sleep(1.5)
         assert proc.alive()
         config.write_text(good.replace("level: debug", "level: info"))
         os.kill(proc.pid, signal.SIGHUP)
-        wait_for("reloaded", lambda: _log_event(log, "reloaded"), 5, proc)
+        wait_for("reloaded", lambda: log_event(log, "reloaded"), 5, proc)
         assert proc.alive()
         # signals whose default action would kill it: USR1 logs the state, USR2 is ignored (and says so)
         os.kill(proc.pid, signal.SIGUSR1)
-        state = wait_for("state", lambda: _log_event(log, "state"), 5, proc)
+        state = wait_for("state", lambda: log_event(log, "state"), 5, proc)
         assert state["verdict"]["status"] == "OK" and state["timerfd"] is True
         os.kill(proc.pid, signal.SIGUSR2)
-        wait_for("signal_ignored", lambda: _log_event(log, "signal_ignored"), 5, proc)
+        wait_for("signal_ignored", lambda: log_event(log, "signal_ignored"), 5, proc)
         assert proc.alive()
 
 
@@ -244,17 +180,6 @@ def test_sd_notify_ready_status_watchdog_stopping(sources):
     pings = [t for t, m in messages if m == "WATCHDOG=1"]
     assert len(pings) >= 4  # every 0.5 s (half of WATCHDOG_USEC)
     assert any("STOPPING=1" in m for m in texts)
-
-
-def _log_event(log: Path, name: str) -> dict[str, Any] | None:
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("event") == name:
-            return entry
-    return None
 
 
 def _cli(*args: str):

@@ -9,7 +9,7 @@ import time
 
 import yaml
 
-from tests.integration.test_daemon import checks, events, start, wait_for, write_config
+from tests.support.daemon import checks, events, start, wait_for, write_config
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import FakeClock, scratch_dir
