@@ -43,6 +43,7 @@ PHI = 15e-6  # RFC 5905: how fast an old sample's error grows (s/s)
 HEARTBEAT_S = 10.0  # how often `timeguard status` can see the daemon is alive
 POLL_SLACK_S = 2.0  # a scheduled job waits this long at most for a source's next allowed poll
 SAMPLE_MAX_AGE_INTERVALS = 3  # a sample older than 3 of its class's intervals no longer counts
+AUDIT_TICK_S = 5.0  # how often the audit job looks whether an auditing hook is due
 
 _CONDITIONS: dict[Status, EventKind | None] = {
     Status.OK: None,
@@ -83,6 +84,16 @@ class _Latest:
     sample: Sample
     epoch_s: float  # boot epoch when the measurement started: what its offset is relative to
     monotonic_s: float
+
+
+@dataclasses.dataclass(slots=True)
+class _Audit:
+    """When one auditing hook is next looked at, and the future_state_found incident it has open."""
+
+    next_due_s: float  # monotonic
+    backoff_s: float  # the next retry delay after a failure, a skip or a finding
+    incident: str | None = None  # open while audits keep finding: one incident, one alert
+    found: int = 0  # findings in the open incident
 
 
 @dataclasses.dataclass(slots=True)
@@ -193,6 +204,8 @@ class Agent:
         self._verdict_epoch_s = 0.0  # boot epoch when self._verdict was formed: its offset is relative to it
         self._dispatcher: Dispatcher | None = None
         self._outbox: Any = None
+        self._audits: dict[str, _Audit] = {}
+        self._audit_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -423,8 +436,9 @@ class Agent:
         self._rearm_jobs()
         self._update_metrics()
 
-    def _record(self, event: Event) -> None:
-        """Journal first, then the hooks (DESIGN.md's flow); an event the disk refuses still reaches them."""
+    def _record(self, event: Event, *, only: str | None = None) -> None:
+        """Journal first, then the hooks (DESIGN.md's flow); an event the disk refuses still reaches them.
+        ``only``: dispatch to that hook alone (a repeated audit finding retries the repair, not the alerts)."""
         assert self.journal is not None
         try:
             self.journal.record_event(event)
@@ -433,7 +447,7 @@ class Agent:
             self._unwritten.append(event)
             self.log.error("journal_write_failed", error=str(exc), what="event", kept_in_memory=len(self._unwritten))
         if self._dispatcher is not None:
-            self._dispatcher.dispatch(event)
+            self._dispatcher.dispatch(event, only=only)
 
     # ------------------------------------------------------------------------------------------- hooks
 
@@ -467,8 +481,12 @@ class Agent:
             self._outbox.start()
         self._dispatcher = Dispatcher(self.cfg.hooks, journal=self.journal, trusted_now=self.trusted_now,
                                       verdict=self._verdict_summary, hostname=socket.gethostname(), log=self.log,
-                                      enqueue=self._outbox.enqueue)
+                                      enqueue=self._outbox.enqueue, on_run=self._after_hook_run)
         self._outbox.set_deliverers(deliverers_from(h.hook for h in self._dispatcher.hooks))
+        with self._audit_lock:  # a new auditor is due at once; one kept across a reload keeps its state
+            names = self._dispatcher.auditors()
+            due = self._reader().monotonic_s
+            self._audits = {n: self._audits.get(n) or _Audit(due, self.cfg.daemon.audit_retry_s) for n in names}
 
     def _stop_hooks(self, *, outbox: bool = False) -> None:
         if self._dispatcher is not None:
@@ -486,6 +504,77 @@ class Agent:
             except JournalError:
                 return
             self._unwritten.pop(0)
+
+    # ------------------------------------------------------------------------------------------ audits
+
+    def _audit_tick(self) -> None:
+        """Scheduler job: audit every hook that is due (research: the operator who installs timeguard after the
+        damage; also the retry of a repair that failed or was skipped). Not before every source class answered
+        once: until then no verdict can trust the clock."""
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return
+        with self._lock:
+            if not {p.kind for p in self._probes} <= self._rounds_done:
+                return
+        for name in dispatcher.auditors():
+            with self._audit_lock:
+                state = self._audits.get(name)
+            if state is None or self._reader().monotonic_s < state.next_due_s or dispatcher.busy(name):
+                continue  # a run queued or in progress: look once it is over
+            try:
+                result = dispatcher.audit(name)
+            except Exception as exc:  # noqa: BLE001 - an audit error is logged and retried, never fatal
+                self._audit_done(name, state, "error", str(exc) or type(exc).__name__, {})
+                continue
+            self._audit_done(name, state, result.outcome.value, result.summary, dict(result.details))
+
+    def _audit_done(self, name: str, state: _Audit, outcome: str, summary: str, details: dict[str, Any]) -> None:
+        d = self.cfg.daemon
+        now = self._reader()
+        event: Event | None = None
+        first = False
+        with self._audit_lock:
+            if outcome == "clean":
+                state.incident, state.found, state.backoff_s = None, 0, d.audit_retry_s
+                delay = d.audit_interval_s
+            else:
+                delay = state.backoff_s
+                state.backoff_s = min(state.backoff_s * 2, d.audit_interval_s)
+            if outcome == "found":
+                state.found += 1
+                first = state.found == 1
+                state.incident = state.incident or new_id()
+                event = Event(kind=EventKind.FUTURE_STATE_FOUND, incident_id=state.incident,
+                              wall_time_s=now.realtime_s, monotonic_s=now.monotonic_s, boot_id=self.boot_id,
+                              trusted_time_s=self.trusted_now(), verdict=self._verdict_summary(),
+                              detail={**details, "hook": name, "summary": summary, "finding": state.found})
+            state.next_due_s = now.monotonic_s + delay
+        log = self.log.warning if outcome in ("found", "error") else self.log.info
+        log("audit", hook=name, outcome=outcome, summary=summary, next_in_s=round(delay, 1))
+        try:
+            assert self.journal is not None
+            self.journal.set_meta({f"audit:{name}": {"wall_s": now.realtime_s, "outcome": outcome,
+                                                      "summary": summary, "next_in_s": delay}})
+        except JournalError as exc:
+            self.journal_errors += 1
+            self.log.error("journal_write_failed", error=str(exc), what="audit")
+        if event is not None:
+            # The first finding of an incident goes to every hook that wants it (alerts, repairs); a repeated
+            # one only to the hook whose audit found it: a retry of the repair, not another alert.
+            self._record(event, only=None if first else name)
+
+    def _after_hook_run(self, run: Any) -> None:
+        """A repair that failed or was skipped (database down, clock not trusted yet) is retried by an audit
+        after the back-off rather than at the next regular audit."""
+        from timeguard.hooks.api import HookStatus
+
+        if run.dry_run or run.test or run.status not in (HookStatus.FAILED, HookStatus.SKIPPED):
+            return
+        with self._audit_lock:
+            state = self._audits.get(run.hook)
+            if state is not None:
+                state.next_due_s = min(state.next_due_s, self._reader().monotonic_s + state.backoff_s)
 
     # ------------------------------------------------------------------------------------------ checks
 
@@ -517,7 +606,17 @@ class Agent:
         for kind in (SourceKind.NTP, SourceKind.HTTP):
             self._scheduler.add_job(self._check_class, self._trigger(kind), args=[kind], id=kind.value,
                                     next_run_time=datetime.now(UTC))
+        self._scheduler.add_job(self._audit_job, self._audit_trigger(), id="audit", next_run_time=datetime.now(UTC))
         self._scheduler.start()
+
+    def _audit_trigger(self) -> Any:
+        return steady_interval(min(AUDIT_TICK_S, self.cfg.daemon.audit_retry_s))
+
+    def _audit_job(self) -> None:
+        try:
+            self._audit_tick()
+        except Exception:  # the next tick runs on schedule
+            self.log.exception("audit_failed")
 
     def _trigger(self, kind: SourceKind) -> Any:
         return steady_interval(self._interval(kind))
@@ -531,6 +630,7 @@ class Agent:
         def rearm() -> None:
             for kind in (SourceKind.NTP, SourceKind.HTTP):
                 self._scheduler.reschedule_job(kind.value, trigger=self._trigger(kind))
+            self._scheduler.reschedule_job("audit", trigger=self._audit_trigger())
             self.log.info("jobs_rearmed", reason="clock step")
 
         threading.Thread(target=rearm, name="rearm-jobs", daemon=True).start()

@@ -94,6 +94,8 @@ class DaemonOptions:
     ntp_interval_s: float = _f(lo=15, hi=86400)  # RFC 4330: never below 15 s
     http_interval_s: float = _f(lo=15, hi=86400)
     floor_interval_s: float = _f(lo=1, hi=3600)
+    audit_interval_s: float = _f(lo=10, hi=86400)
+    audit_retry_s: float = _f(lo=1, hi=86400)
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "events": [e.to_dict() for e in recent],
         "journal": health,
         "outbox": outbox,
+        "audits": {k.removeprefix("audit:"): v for k, v in sorted(meta.items()) if k.startswith("audit:")},
     }
     if args.json:
         print(json.dumps(data, indent=2))
@@ -163,6 +164,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"Alerts: {outbox['pending']} pending{age}, {outbox['delivered']} delivered, {outbox['dead']} dead")
     if outbox["dead"] and outbox.get("last_dead"):
         print(f"  last dead: {outbox['last_dead']}")
+    for name, audit in data["audits"].items():
+        print(f"Audit {name} (at {_iso(audit['wall_s'])} host time): {audit['outcome']}: {audit['summary']}"
+              f" (next in {audit['next_in_s']:.0f} s)")
     if recent:
         print("Last events:")
         for event in recent:

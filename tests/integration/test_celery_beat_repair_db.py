@@ -241,6 +241,63 @@ def test_hook_repairs_with_evidence_and_records_undo(db: BeatDB, journal: Journa
     assert again.status is HookStatus.OK and again.summary.startswith("nothing to repair")
 
 
+def test_cancel_cuts_the_wait_short_and_still_sends_the_reload_signal(sqlite_db: BeatDB, journal: Journal) -> None:
+    populate(sqlite_db)
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    clock = iter(range(10))
+    outcome = repairer(sqlite_db, beat_max_interval_s=30).apply(
+        lambda: NOW + next(clock), journal=journal, incident_id="inc-c", cancelled=cancel.is_set)
+    took = time.monotonic() - started
+    assert took < 5, f"the 32-s wait was not cut short ({took:.1f} s)"
+    assert not outcome.clean and len(outcome.rounds) == 1
+    # phase A committed, and phase B still ran: last_update moved strictly past now_A, so a beat may reload
+    [round_] = outcome.rounds
+    assert round_.now_b_s is not None and round_.now_b_s > round_.now_a_s
+    assert sqlite_db.last_update() == pytest.approx(round_.now_b_s, abs=1e-3)
+    no_future(sqlite_db, NOW + 10)
+
+
+def test_hook_audit_finds_future_state_only_with_a_trusted_clock(db: BeatDB, journal: Journal) -> None:
+    from timeguard.hooks.api import AuditOutcome, HookContext
+    from timeguard.hooks.celery_beat import CeleryBeatHook
+
+    hook = CeleryBeatHook.from_config("beat", {"database_url": db.url})
+
+    def ctx(verdict: dict[str, Any]) -> HookContext:
+        return HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, journal=journal, hostname="h")
+
+    trusted = {"status": "OK", "offset_s": 0.01, "ntp_http_agree": True}
+    assert hook.audit(ctx(trusted)).outcome is AuditOutcome.CLEAN
+    populate(db)
+    before = db.raw_tasks()
+    found = hook.audit(ctx(trusted))
+    assert found.outcome is AuditOutcome.FOUND, found.summary
+    assert found.details["counts"] == {"last_run_at": 3, "date_changed": 5, "last_update": 1}
+    assert found.details["tasks"] == sorted(["interval-future", "crontab-future", "null-lr-future-dc",
+                                            "clocked-fired-early", "expired-disabled", "disabled-future"])
+    assert "180 days ahead" in found.summary
+    # the clock is not trusted: the audit does not even look (a host 180 days ahead would see nothing future)
+    spoofed = {"status": "OK", "offset_s": 0.01, "ntp_http_agree": False}
+    assert hook.audit(ctx(spoofed)).outcome is AuditOutcome.SKIPPED
+    behind = {"status": "CRITICAL", "offset_s": 3 * DAY, "ntp_http_agree": True}
+    skipped = hook.audit(ctx(behind))
+    assert skipped.outcome is AuditOutcome.SKIPPED and "behind" in skipped.summary
+    assert db.raw_tasks() == before  # an audit never writes
+
+
+def test_hook_audit_database_errors_raise_for_the_agent_to_retry(tmp_path: Path) -> None:
+    from timeguard.hooks.api import HookContext
+    from timeguard.hooks.celery_beat import CeleryBeatHook
+
+    hook = CeleryBeatHook.from_config("beat", {"database_url": f"sqlite:///{tmp_path / 'missing.sqlite3'}"})
+    ctx = HookContext(dry_run=False, trusted_now=lambda: NOW, journal=None, hostname="h",
+                      verdict={"status": "OK", "offset_s": 0.0, "ntp_http_agree": True})
+    with pytest.raises(RepairError, match="missing"):
+        hook.audit(ctx)
+
+
 def _cli(*args: str, config: Path | None = None, env: dict[str, str] | None = None) -> Any:
     import os
     import subprocess

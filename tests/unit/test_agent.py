@@ -1,14 +1,19 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 
 import pytest
 
 from timeguard import config
 from timeguard.agent import Agent, _Latest, rebase, steady_interval
 from timeguard.clockwatch import ClockReading
-from timeguard.events import EventKind
+from timeguard.config import HookSpec
+from timeguard.events import Event, EventKind
+from timeguard.hooks import dispatch as dispatch_mod
+from timeguard.hooks.api import AuditOutcome, AuditResult, HookContext, HookResult
 from timeguard.journal import Journal
 from timeguard.model import Sample, SourceKind, SourceState
 
@@ -136,3 +141,82 @@ def test_hooks_see_the_verdict_rebased_to_the_clock_now(agent):
     summary = agent._verdict_summary()
     assert summary["offset_s"] == pytest.approx(0.0, abs=0.01)  # the repair gate sees a correct clock now
     assert agent.trusted_now() is None  # no stored verdict yet: nothing claims a trusted time
+
+
+class _ScriptedAuditor:
+    """An auditing hook whose audits return (or raise) what the test scripted, in order."""
+
+    default_on: ClassVar[frozenset[EventKind]] = frozenset({EventKind.FUTURE_STATE_FOUND})
+    script: ClassVar[list[Any]] = []
+    handled: ClassVar[list[tuple[str, Event]]] = []
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @classmethod
+    def from_config(cls, name: str, options: dict[str, Any]) -> _ScriptedAuditor:
+        return cls(name)
+
+    def audit(self, ctx: HookContext) -> AuditResult:
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    def handle(self, event: Event, ctx: HookContext) -> HookResult:
+        self.handled.append((self.name, event))
+        return HookResult.failed("database locked") if self.name == "repair" else HookResult.ok("alerted")
+
+
+class _Alert(_ScriptedAuditor):
+    audit = None  # type: ignore[assignment]  # not an auditor: only receives the events
+
+
+def test_audit_raises_one_incident_retries_with_backoff_and_only_the_repair_sees_repeats(tmp_path, monkeypatch):
+    monkeypatch.setattr(dispatch_mod, "find_type", lambda name: _ScriptedAuditor if name == "audit" else _Alert)
+    hooks = (HookSpec("audit", "repair", None, 5.0, False, {}), HookSpec("alert", "ops", None, 5.0, False, {}))
+    cfg = dataclasses.replace(config.load(None), state_dir=str(tmp_path), hooks=hooks)
+    cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, audit_retry_s=30, audit_interval_s=600))
+    clock = {"mono": 100.0}
+    a = Agent(cfg, probe_factory=lambda c: [], reader=lambda: reading(1e9 + clock["mono"], clock["mono"]))
+    a.journal = Journal.in_state_dir(tmp_path)
+    a._start_hooks()
+    assert a._dispatcher is not None and a._dispatcher.auditors() == ["repair"]
+    found = AuditResult(AuditOutcome.FOUND, "3 timestamp(s) in the future", {"counts": {"last_run_at": 3}})
+    _ScriptedAuditor.script[:] = [
+        AuditResult(AuditOutcome.SKIPPED, "no repair: NTP and HTTPS do not agree"),
+        RuntimeError("cannot connect"), found, found, AuditResult(AuditOutcome.CLEAN, "nothing"),
+    ]
+    _ScriptedAuditor.handled.clear()
+
+    def tick(at: float) -> None:
+        clock["mono"] = at
+        a._audit_tick()
+        for hook in a._dispatcher.hooks:  # let the hook workers finish what the tick queued
+            while hook.pending:
+                time.sleep(0.01)
+
+    try:
+        tick(100.0)  # due at once: skipped (clock not trusted) → retry in 30 s
+        tick(129.0)  # not due yet: nothing runs
+        assert len(_ScriptedAuditor.script) == 4
+        tick(130.0)  # the error → retry in 60 s
+        assert a.journal.meta()["audit:repair"]["outcome"] == "error"
+        assert "cannot connect" in a.journal.meta()["audit:repair"]["summary"]
+        tick(190.0)  # found: one event to every hook; the repair fails → retried after the back-off (120 s)
+        [event] = a.journal.events(kinds=[EventKind.FUTURE_STATE_FOUND])
+        assert event.detail["hook"] == "repair" and event.detail["counts"] == {"last_run_at": 3}
+        assert sorted(name for name, _ in _ScriptedAuditor.handled) == ["ops", "repair"]
+        tick(309.0)
+        assert len(_ScriptedAuditor.script) == 2
+        tick(310.0)  # found again: same incident, only the repair runs (a retry, not a second alert)
+        second = a.journal.events(kinds=[EventKind.FUTURE_STATE_FOUND])
+        assert len(second) == 2 and second[1].incident_id == event.incident_id and second[1].detail["finding"] == 2
+        assert [name for name, _ in _ScriptedAuditor.handled[2:]] == ["repair"]
+        tick(550.0)  # clean: the incident closes, next regular audit in 600 s
+        assert a.journal.meta()["audit:repair"] == {"wall_s": 1e9 + 550.0, "outcome": "clean", "summary": "nothing",
+                                                    "next_in_s": 600}
+        assert a._audits["repair"].incident is None and a._audits["repair"].next_due_s == 1150.0
+    finally:
+        a._stop_hooks(outbox=True)
+        a.journal.close()

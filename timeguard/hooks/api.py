@@ -151,6 +151,32 @@ class Hook(Protocol):
     def handle(self, event: Event, ctx: HookContext) -> HookResult: ...
 
 
+class AuditOutcome(enum.StrEnum):
+    CLEAN = "clean"  # looked, found nothing wrong
+    FOUND = "found"  # found state written under a wrong clock: the agent raises future_state_found
+    SKIPPED = "skipped"  # did not look (e.g. the clock is not trusted now): says why; the agent retries soon
+
+
+@dataclass(frozen=True, slots=True)
+class AuditResult:
+    outcome: AuditOutcome
+    summary: str  # one line a person reads
+    details: Mapping[str, Any] = field(default_factory=dict)  # JSON-serialisable; goes into the event's detail
+
+
+@runtime_checkable
+class Auditor(Protocol):
+    """A hook that can also look for damage on its own, without an event: at start-up and on a schedule the
+    daemon calls :meth:`audit` (in the scheduler's thread, never while the hook has a run queued or running);
+    FOUND becomes a ``future_state_found`` event, which the hook then handles like any other. This is how a
+    repair that was skipped or failed is retried, and how damage done before timeguard ran is found.
+    An exception is an audit error: logged, shown by ``timeguard status``, retried with back-off."""
+
+    name: str
+
+    def audit(self, ctx: HookContext) -> AuditResult: ...
+
+
 class HookType(Protocol):
     """What an entry point in the group ``timeguard.hooks`` must point at (usually a class)."""
 

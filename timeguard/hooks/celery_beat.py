@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from timeguard.events import Event, EventKind
-from timeguard.hooks.api import HookConfigError, HookContext, HookResult
+from timeguard.hooks.api import AuditOutcome, AuditResult, HookConfigError, HookContext, HookResult
 from timeguard.repair.celery_beat import (
     DEFAULT_BEAT_MAX_INTERVAL_S,
     DEFAULT_MAX_ROUNDS,
@@ -182,6 +182,30 @@ class CeleryBeatHook:
 
     def engine(self) -> CeleryBeatRepair:
         return CeleryBeatRepair(self._url(), **self.repair_options)
+
+    def audit(self, ctx: HookContext) -> AuditResult:
+        """Look for future timestamps with the trusted now, without changing anything (the daemon's audit, at
+        start-up and on a schedule). A RepairError (database unreachable, locked, tables missing) propagates."""
+        problem = evidence_problem(ctx.verdict, self.max_offset_s)
+        trusted = ctx.trusted_now() if problem is None else None
+        if trusted is None:
+            return AuditResult(AuditOutcome.SKIPPED, problem or "no trusted time (no verdict offset)")
+        engine = self.engine()
+        try:
+            plan = engine.plan(trusted)
+        finally:
+            engine.close()
+        if plan.empty:
+            return AuditResult(AuditOutcome.CLEAN, f"no future timestamp in {engine.where}")
+        ahead = max(c.old_s for c in plan.changes) - trusted
+        tasks = sorted({c.name for c in plan.changes if c.table == "periodictask"})
+        return AuditResult(
+            AuditOutcome.FOUND,
+            f"{len(plan.changes)} timestamp(s) in the future in {engine.where}, up to {fmt_duration(ahead)} ahead"
+            f" ({len(tasks)} task(s): beat will not run them before then)",
+            {"hook": self.name, "database": engine.where, "counts": plan.counts(), "max_ahead_s": ahead,
+             "tasks": tasks[:50], "tasks_total": len(tasks)},
+        )
 
     def handle(self, event: Event, ctx: HookContext) -> HookResult:
         problem = evidence_problem(ctx.verdict, self.max_offset_s)

@@ -18,7 +18,16 @@ from typing import Any
 
 from timeguard.config import HookSpec
 from timeguard.events import Event, EventKind
-from timeguard.hooks.api import ALL_REAL_KINDS, Hook, HookContext, HookResult, HookRun, HookStatus
+from timeguard.hooks.api import (
+    ALL_REAL_KINDS,
+    Auditor,
+    AuditResult,
+    Hook,
+    HookContext,
+    HookResult,
+    HookRun,
+    HookStatus,
+)
 from timeguard.hooks.registry import UnknownHookType, find_type
 from timeguard.journal import Journal, JournalError
 
@@ -33,6 +42,7 @@ class ConfiguredHook:
     error: str | None = None  # why it cannot run (its type failed to load or rejected its options)
     stuck_since: float | None = None  # monotonic time a run timed out and is still running
     stuck_event: str | None = None
+    pending: int = 0  # runs queued or running
     _queue: queue.Queue[tuple[Event, threading.Event] | None] = field(default_factory=queue.Queue)
     _worker: threading.Thread | None = None
 
@@ -75,8 +85,10 @@ class Dispatcher:
         enqueue: Callable[[str, Event, Mapping[str, Any]], str] | None = None,
         log: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        on_run: Callable[[HookRun], None] | None = None,
     ) -> None:
         self.hooks = [build(spec) for spec in specs]
+        self._on_run = on_run
         self._journal = journal
         self._trusted_now = trusted_now
         self._verdict = verdict
@@ -85,30 +97,52 @@ class Dispatcher:
         self._log = log
         self._clock = clock
         self._stopping = threading.Event()
+        self._pending_lock = threading.Lock()
         for hook in self.hooks:
             if hook.error and log is not None:
                 log.error("hook_unusable", hook=hook.name, type=hook.spec.type, error=hook.error)
 
     # ------------------------------------------------------------------------------------------- public
 
-    def dispatch(self, event: Event) -> list[threading.Event]:
-        """Queue ``event`` for every hook that wants it; returns one "done" flag per queued run (for tests)."""
+    def dispatch(self, event: Event, *, only: str | None = None) -> list[threading.Event]:
+        """Queue ``event`` for every hook that wants it (``only``: just that hook, if it wants it); returns one
+        "done" flag per queued run (for tests)."""
         done_flags = []
         for hook in self.hooks:
-            if hook.wants(event):
+            if hook.wants(event) and (only is None or hook.name == only):
                 done = threading.Event()
                 self._start_worker(hook)
+                with self._pending_lock:
+                    hook.pending += 1
                 hook._queue.put((event, done))
                 done_flags.append(done)
         return done_flags
 
+    def auditors(self) -> list[str]:
+        """Names of the usable hooks that can audit on their own (:class:`Auditor`)."""
+        return [h.name for h in self.hooks if h.hook is not None and isinstance(h.hook, Auditor)]
+
+    def busy(self, name: str) -> bool:
+        """True while the hook has a run queued or running, or is stuck."""
+        hook = self._named(name)
+        return hook.pending > 0 or hook.stuck_since is not None
+
+    def audit(self, name: str) -> AuditResult:
+        """Run one hook's audit in the calling thread (the agent's scheduler); its exceptions propagate."""
+        hook = self._named(name)
+        assert hook.hook is not None and isinstance(hook.hook, Auditor)
+        return hook.hook.audit(self._context(hook.spec.dry_run, self._stopping.is_set))
+
     def run_now(self, name: str, event: Event, *, dry_run: bool | None = None) -> HookRun:
         """Run one hook for one event and wait for it (``timeguard hooks test``); still isolated and timed."""
+        return self._run(self._named(name), event, dry_run)
+
+    def _named(self, name: str) -> ConfiguredHook:
         hook = next((h for h in self.hooks if h.name == name), None)
         if hook is None:
             known = ", ".join(h.name for h in self.hooks) or "none configured"
             raise KeyError(f"no hook named {name!r} (configured: {known})")
-        return self._run(hook, event, dry_run)
+        return hook
 
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stopping.set()
@@ -136,6 +170,8 @@ class Dispatcher:
             try:
                 self._run(hook, event, None)
             finally:
+                with self._pending_lock:
+                    hook.pending -= 1
                 done.set()
 
     def _run(self, hook: ConfiguredHook, event: Event, dry_run: bool | None) -> HookRun:
@@ -161,9 +197,7 @@ class Dispatcher:
     def _run_isolated(self, hook: ConfiguredHook, event: Event, dry_run: bool) -> HookResult:
         assert hook.hook is not None
         cancelled = threading.Event()
-        ctx = HookContext(dry_run=dry_run, trusted_now=self._trusted_now, verdict=self._verdict(),
-                          journal=self._journal, hostname=self._hostname,
-                          cancelled=lambda: cancelled.is_set() or self._stopping.is_set(), enqueue=self._enqueue)
+        ctx = self._context(dry_run, lambda: cancelled.is_set() or self._stopping.is_set())
         box: list[HookResult] = []
 
         def call() -> None:
@@ -191,7 +225,18 @@ class Dispatcher:
             hook.stuck_event = event.id
         return HookResult(HookStatus.FAILED, f"timed out after {hook.spec.timeout_s:g} s (abandoned)")
 
+    def _context(self, dry_run: bool, cancelled: Callable[[], bool]) -> HookContext:
+        return HookContext(dry_run=dry_run, trusted_now=self._trusted_now, verdict=self._verdict(),
+                           journal=self._journal, hostname=self._hostname, cancelled=cancelled,
+                           enqueue=self._enqueue)
+
     def _record(self, run: HookRun) -> None:
+        if self._on_run is not None:
+            try:
+                self._on_run(run)
+            except Exception:  # noqa: BLE001 - the listener's bug must not lose the record
+                if self._log is not None:
+                    self._log.exception("hook_run_listener_failed", hook=run.hook)
         log = self._log
         if log is not None:
             level = log.warning if run.status is HookStatus.FAILED else log.info

@@ -572,14 +572,19 @@ class CeleryBeatRepair:
         *,
         journal: Journal | None,
         incident_id: str,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         cancelled: Callable[[], bool] = lambda: False,
         beat_stopped: bool = False,
         mono: Callable[[], float] = time.monotonic,
     ) -> RepairOutcome:
         """Repair in rounds until a round finds nothing. ``now_fn`` gives the *trusted* now (epoch s).
 
-        ``beat_stopped``: no beat runs (the operator stopped it), so one round without the reload dance."""
+        ``beat_stopped``: no beat runs (the operator stopped it), so one round without the reload dance.
+        ``cancelled()`` (the hook timed out, the daemon stops) cuts a wait short: a round whose phase A is
+        committed still writes its phase B (a running beat may then reload, and whatever it writes back is
+        found by the next audit), and no further round starts. The outcome is then not clean."""
+        if sleep is None:
+            sleep = _cancellable_sleep(cancelled)
         repair_id = uuid.uuid4().hex
         with self._transaction("reading the beat tables") as conn:
             plan = self._plan(conn, now_fn())
@@ -587,7 +592,7 @@ class CeleryBeatRepair:
         clean = False
         for number in range(1, self.max_rounds + 1):
             if cancelled():
-                break
+                return RepairOutcome(incident_id, repair_id, plan, tuple(rounds), False)
             now_a = now_fn()
             result = None
             for _attempt in range(3):
@@ -611,6 +616,8 @@ class CeleryBeatRepair:
             rounds.append(RoundResult(result.number, result.last_run_at, result.date_changed, result.last_update,
                                       result.now_a_s, now_b, result.duration_s))
             sleep(self.wait_s)  # beat reloads; a stale dirty flush (research §1.5) would land by now
+            if cancelled():
+                return RepairOutcome(incident_id, repair_id, plan, tuple(rounds), False)
         else:
             clean = not self._future_count(now_fn())
         return RepairOutcome(incident_id, repair_id, plan, tuple(rounds), clean)
@@ -679,6 +686,20 @@ class CeleryBeatRepair:
         sleep(self.wait_s)
         self._phase_b(now_a, now_fn)
         return UndoOutcome(incident_id, tuple(restored), tuple(skipped), False)
+
+
+def _cancellable_sleep(cancelled: Callable[[], bool], slice_s: float = 0.2) -> Callable[[float], None]:
+    """time.sleep that returns early (within ``slice_s``) once ``cancelled()`` is true."""
+
+    def sleep(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not cancelled():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(slice_s, remaining))
+
+    return sleep
 
 
 def fmt_utc(epoch_s: float | None) -> str:
