@@ -1,0 +1,152 @@
+"""The timeguard daemon beside a real celery beat: shared by tests/e2e/test_beat_repair_daemon.py and
+benchmarks/bench_beat_resume.py.
+
+One FakeClock moves both: beat follows ``beat_clock`` itself (NO_CACHE: a step is seen at its very next tick),
+the daemon ``beat_clock.sharing(1)`` (a 1-s libfaketime cache: under NO_CACHE the many-threaded daemon crawls,
+an artefact of the harness). The time sources (FakeNTPServer, fake_http) run in the calling process at real
+time on loopback; the hook ``type: celery_beat`` gets the beat database's URL with an explicit driver.
+
+::
+
+    with running_daemon(db, beat_clock, ntp, http, hook={"beat_max_interval_s": 1}) as daemon:
+        beat_clock.set(FUTURE_S)
+        daemon.wait_event(EventKind.OFFSET_CRITICAL, 10)
+        with running_beat(db, beat_clock, max_interval=1) as beat:
+            resumed = rollback_and_resume(db, beat_clock, beat, daemon)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.support import beat as beatlib
+from tests.support import daemon as daemonlib
+from tests.support.beat import BeatDatabase, BeatProcess
+from tests.support.realprogs import FakeClock, ManagedProcess, scratch_dir
+from timeguard.events import Event, EventKind
+from timeguard.hooks.api import HookRun, HookStatus
+
+REPAIR_HOOK = "beat-repair"
+RELOAD_LINE = r"DatabaseScheduler: Schedule changed"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """BeatDatabase.url (Django style) → a URL whose driver is installed: SQLAlchemy's defaults for
+    ``postgresql://`` and ``mysql://`` are psycopg2 and MySQLdb, which timeguard[celery-beat] does not pull in."""
+    for plain, explicit in (("postgresql://", "postgresql+psycopg://"), ("mysql://", "mysql+pymysql://")):
+        if url.startswith(plain):
+            return explicit + url[len(plain):]
+    return url
+
+
+def repair_hook(db: BeatDatabase, **options: Any) -> dict[str, Any]:
+    """The ``celery_beat`` hook for ``db``; ``options`` override (none: the defaults a user gets)."""
+    return {"type": "celery_beat", "name": REPAIR_HOOK, "database_url": sqlalchemy_url(db.url), **options}
+
+
+@dataclasses.dataclass
+class Daemon:
+    config: Path
+    log: Path
+    proc: ManagedProcess
+
+    def events(self, kind: EventKind | None = None) -> list[Event]:
+        return daemonlib.events(self.config, kind)
+
+    def wait_event(self, kind: EventKind, timeout_s: float, since_mono: float | None = None) -> Event:
+        """The first ``kind`` event (recorded at or after ``since_mono``, CLOCK_MONOTONIC, shared with the daemon)."""
+        def probe() -> Event | None:
+            return next((e for e in self.events(kind) if since_mono is None or e.monotonic_s >= since_mono), None)
+
+        return daemonlib.wait_for(kind.value, probe, timeout_s, self.proc)
+
+    def hook_runs(self, hook: str = REPAIR_HOOK) -> list[HookRun]:
+        return daemonlib.hook_runs(self.config, hook)
+
+    def wait_hook_run(self, event: Event, timeout_s: float, hook: str = REPAIR_HOOK) -> HookRun:
+        """``hook``'s recorded run for ``event`` (recorded when the run has finished)."""
+        def probe() -> HookRun | None:
+            return next((r for r in self.hook_runs(hook) if r.event_id == event.id), None)
+
+        return daemonlib.wait_for(f"the {hook} run for {event.kind.value}", probe, timeout_s, self.proc)
+
+    def last_check(self) -> Any:
+        with daemonlib.journal_of(self.config) as j:
+            return j.last_check()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.proc.log_tail(lines)
+
+
+@contextlib.contextmanager
+def running_daemon(db: BeatDatabase, beat_clock: FakeClock, ntp: Sequence[Any], http: Any, *,
+                   hook: dict[str, Any] | None = None, extra_hooks: Sequence[dict[str, Any]] = (),
+                   env: dict[str, str] | None = None, first_checks: int = 2) -> Iterator[Daemon]:
+    """``timeguard run`` under ``beat_clock.sharing(1)`` with the celery_beat hook for ``db`` (``hook``: its
+    options) and ``extra_hooks``; yields once it has recorded ``first_checks`` checks. Stopped by PID on exit."""
+    directory = scratch_dir("beatdaemon")
+    hooks = [repair_hook(db, **(hook or {})), *extra_hooks]
+    config = daemonlib.write_config(directory, {"ntp": list(ntp), "http": http}, hooks=hooks)
+    log = directory / "daemon.log"
+    with daemonlib.start(config, beat_clock.sharing(1), log, env={**os.environ, **(env or {})}) as proc:
+        daemon = Daemon(config, log, proc)
+        daemonlib.wait_for("the first checks", lambda: daemonlib.checks(config) >= first_checks, 20, proc)
+        yield daemon
+
+
+# --------------------------------------------------------------------------------------------------------
+# The measured resume: rollback → repair → beat sends again
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+    bug: beatlib.BugShown
+    rollback: Event  # the daemon's rollback event
+    reload_mono: float  # beat's first "Schedule changed" after the step
+    first_resend: beatlib.SentTask  # the first custom task beat sent after the step (+ grace)
+    quiet_before_reload: list[beatlib.SentTask]  # custom sends between step + grace and the reload (must be [])
+
+    @property
+    def step_to_resend_s(self) -> float:
+        return self.first_resend.mono - self.bug.step_mono
+
+    @property
+    def step_to_detect_s(self) -> float:
+        return self.rollback.monotonic_s - self.bug.step_mono
+
+    @property
+    def step_to_reload_s(self) -> float:
+        return self.reload_mono - self.bug.step_mono
+
+
+def rollback_and_resume(db: BeatDatabase, beat_clock: FakeClock, beat: BeatProcess, daemon: Daemon, *,
+                        quiet_s: float = 1.0, resend_timeout_s: float = 40.0) -> Resumed:
+    """With the clock at +180 d, ``beat`` running and the daemon watching: drive_into_bug (the clock back to +0,
+    beat silent for ``quiet_s``), then wait for the daemon's rollback, beat's reload and its first custom send."""
+    bug = beatlib.drive_into_bug(db, beat_clock, beat, quiet_s=quiet_s)
+    t_step = bug.step_mono
+    rollback = daemon.wait_event(EventKind.ROLLBACK, 10, since_mono=t_step - 1)
+    reload = beat.wait_log(RELOAD_LINE, timeout_s=resend_timeout_s, since=t_step)
+    deadline = time.monotonic() + resend_timeout_s
+    while True:
+        sent = [s for s in beat.sent_since(t_step + beatlib.GRACE_S) if s.name in beatlib.CUSTOM]
+        if sent:
+            break
+        beat.check_alive()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"[{db.kind}] no custom task sent {resend_timeout_s} s after the step:\n"
+                                 f"{beat.log_tail()}\n--- daemon ---\n{daemon.log_tail()}")
+        time.sleep(0.05)
+    quiet = [s for s in sent if s.mono < reload.mono]
+    return Resumed(bug, rollback, reload.mono, sent[0], quiet)
+
+
+def assert_changed(run: HookRun) -> None:
+    assert run.status is HookStatus.CHANGED, f"{run.status.value}: {run.summary}\n{run.details}"
