@@ -241,6 +241,18 @@ def test_hook_repairs_with_evidence_and_records_undo(db: BeatDB, journal: Journa
     assert again.status is HookStatus.OK and again.summary.startswith("nothing to repair")
 
 
+def test_report_names_a_one_off_that_ran_early_even_before_beat_disabled_it(sqlite_db: BeatDB) -> None:
+    # What a real beat leaves when the clock went back before it looked at the one-off again: still enabled,
+    # total_run_count 1 (beat disables it at its next look). Not a candidate for re-running, but reported.
+    sqlite_db.add_task("clocked-ran", kind="clocked", clocked_time=NOW + DAY, last_run_at=FUTURE,
+                       date_changed=FUTURE, one_off=True, enabled=True, total_run_count=1)
+    sqlite_db.add_task("clocked-pending", kind="clocked", clocked_time=NOW + DAY, last_run_at=None,
+                       date_changed=PAST, one_off=True, enabled=True)
+    [item] = repairer(sqlite_db).plan(NOW).report
+    assert (item.name, item.kind) == ("clocked-ran", "fired_early")
+    assert "beat disables it at its next look" in item.detail
+
+
 def test_cancel_cuts_the_wait_short_and_still_sends_the_reload_signal(sqlite_db: BeatDB, journal: Journal) -> None:
     populate(sqlite_db)
     cancel = threading.Event()

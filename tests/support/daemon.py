@@ -19,7 +19,7 @@ import yaml
 from tests.support.realprogs import FakeClock, ManagedProcess, run_under_clock
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookRun
-from timeguard.journal import Journal
+from timeguard.journal import Journal, JournalError
 
 
 def write_config(directory: Path, sources: dict[str, Any], **overrides: Any) -> Path:
@@ -66,19 +66,21 @@ def wait_for(what: str, probe: Callable[[], Any], timeout_s: float, proc: Manage
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}\n{tail}")
 
 
+def _read(config: Path, query: Callable[[Journal], Any], empty: Any) -> Any:
+    """``query(journal)``, or ``empty`` while the daemon has not created (and migrated) its journal yet."""
+    try:
+        with journal_of(config) as j:
+            return query(j)
+    except JournalError:
+        return empty
+
+
 def events(config: Path, kind: EventKind | None = None) -> list[Event]:
-    if not (Path(yaml.safe_load(config.read_text())["state_dir"]) / "journal.sqlite").exists():
-        return []
-    with journal_of(config) as j:
-        return j.events(kinds=None if kind is None else [kind])
+    return _read(config, lambda j: j.events(kinds=None if kind is None else [kind]), [])
 
 
 def checks(config: Path) -> int:
-    path = Path(yaml.safe_load(config.read_text())["state_dir"]) / "journal.sqlite"
-    if not path.exists():
-        return 0
-    with journal_of(config) as j:
-        return j.check_count()
+    return _read(config, lambda j: j.check_count(), 0)
 
 
 def ntp_requests(sources: dict[str, Any]) -> int:
@@ -98,7 +100,8 @@ def log_event(log: Path, name: str) -> dict[str, Any] | None:
 
 def hook_runs(config: Path, hook: str | None = None) -> list[HookRun]:
     """Every recorded run (of ``hook``), oldest first."""
-    if not (Path(yaml.safe_load(config.read_text())["state_dir"]) / "journal.sqlite").exists():
-        return []
-    with journal_of(config) as j:
-        return j.hook_runs(hook=hook)
+    return _read(config, lambda j: j.hook_runs(hook=hook), [])
+
+
+def meta(config: Path) -> dict[str, Any]:
+    return _read(config, lambda j: j.meta(), {})

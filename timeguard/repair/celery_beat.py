@@ -441,17 +441,20 @@ class CeleryBeatRepair:
         sa = _sqlalchemy()
         t, c = self.t_task, self.t_clocked
         now_dc = self.db_value(now_s, "date_changed")
-        _, lim_dc = self._limits(now_s)
+        lim_lr, lim_dc = self._limits(now_s)
+        # A one-off that ran during the false period: beat disables it right after the run, or — when the clock
+        # went back before it looked again — at its next look after the reload (enabled, total_run_count > 0).
+        # Either way it will not run at its real time.
+        ran_early = sa.and_(
+            t.c.one_off == sa.true(),
+            sa.or_(t.c.enabled == sa.false(), t.c.total_run_count > 0),
+            sa.or_(c.c.clocked_time > now_dc, t.c.date_changed > lim_dc, t.c.last_run_at > lim_lr),
+        )
+        expired = sa.and_(t.c.enabled == sa.false(), t.c.expires > now_dc, t.c.date_changed > lim_dc)
         query = (
-            sa.select(t.c.id, t.c.name, t.c.one_off, t.c.expires, t.c.date_changed, c.c.clocked_time)
+            sa.select(t.c.id, t.c.name, t.c.one_off, t.c.enabled, t.c.expires, t.c.date_changed, c.c.clocked_time)
             .select_from(t.outerjoin(c, c.c.id == t.c.clocked_id))
-            .where(sa.and_(
-                t.c.enabled == sa.false(),
-                sa.or_(
-                    sa.and_(t.c.one_off == sa.true(), sa.or_(c.c.clocked_time > now_dc, t.c.date_changed > lim_dc)),
-                    sa.and_(t.c.expires > now_dc, t.c.date_changed > lim_dc),
-                ),
-            ))
+            .where(sa.or_(ran_early, expired))
             .order_by(t.c.id)
         )
         items: list[ReportItem] = []
@@ -459,9 +462,10 @@ class CeleryBeatRepair:
             if row.one_off:
                 clocked = self.epoch(row.clocked_time, "clocked_time")
                 when = f"clocked for {fmt_utc(clocked)}" if clocked is not None else "one-off"
+                fate = ("beat disables it at its next look (it will not run again)" if row.enabled
+                        else "beat disabled it; re-enabling it would run it a second time — left disabled")
                 items.append(ReportItem(row.id, row.name, "fired_early",
-                                        f"{when}: ran during the false period and was disabled; re-enabling it "
-                                        "would run it a second time — left disabled"))
+                                        f"{when}: ran during the false period; {fate}"))
             else:
                 items.append(ReportItem(row.id, row.name, "expired_disabled",
                                         f"expires {fmt_utc(self.epoch(row.expires, 'expires'))}, but beat disabled it "
