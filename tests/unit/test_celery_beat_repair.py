@@ -64,6 +64,14 @@ def test_hook_config_lists_every_problem() -> None:
         CeleryBeatHook.from_config("b", {"database_url": "oracle://db/x"})
     with pytest.raises(HookConfigError, match="both stop_command and start_command"):
         CeleryBeatHook.from_config("b", {"database_url": "sqlite:///x", "stop_command": ["true"]})
+    with pytest.raises(HookConfigError, match="not both"):
+        CeleryBeatHook.from_config("b", {"database_url": "sqlite:///x", "beat_service": "beat",
+                                         "stop_command": ["true"], "start_command": ["true"]})
+    with pytest.raises(HookConfigError, match="systemd unit name"):
+        CeleryBeatHook.from_config("b", {"database_url": "sqlite:///x", "beat_service": "--now"})
+    service = CeleryBeatHook.from_config("b", {"database_url": "sqlite:///x", "beat_service": "celery-beat.service"})
+    assert service.stop_command == ["systemctl", "stop", "celery-beat.service"]
+    assert service.start_command == ["systemctl", "start", "celery-beat.service"]
     hook = CeleryBeatHook.from_config("b", {"database_url_env": "TG_BEAT_URL_FOR_TESTS", "beat_max_interval_s": 1})
     assert EventKind.FUTURE_STATE_FOUND in CeleryBeatHook.default_on
     assert hook.max_run_s > 6

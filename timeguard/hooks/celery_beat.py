@@ -17,8 +17,9 @@
         beat_max_interval_s: 5          # beat's max_interval (beat_max_loop_interval)
         max_rounds: 3
         max_offset_s: 1.0               # the host clock must agree with the sources this closely
-        # stop_command: [systemctl, stop, celery-beat]     # both or neither: stop → repair → start
-        # start_command: [systemctl, start, celery-beat]
+        # beat_service: celery-beat.service   # stop → repair → start with systemctl; or, for anything else,
+        # stop_command: [supervisorctl, stop, beat]      # both or neither
+        # start_command: [supervisorctl, start, beat]
 
 Repair only with evidence (DESIGN.md): the hook writes only when the latest verdict is usable (OK, WARNING
 or CRITICAL with an offset), NTP and HTTPS agree, and the host clock now agrees with the sources within
@@ -51,7 +52,7 @@ USABLE_STATUSES = frozenset({"OK", "WARNING", "CRITICAL"})
 _OPTIONS = frozenset({
     "database_url", "database_url_env", "database_url_file", "table_prefix", "schema", "use_tz", "tz_aware",
     "time_zone", "tolerance_s", "beat_max_interval_s", "wait_margin_s", "max_rounds", "max_offset_s",
-    "lock_timeout_s", "stop_command", "start_command",
+    "lock_timeout_s", "stop_command", "start_command", "beat_service",
 })
 
 
@@ -129,6 +130,15 @@ class CeleryBeatHook:
                 commands[key] = list(value)
         if (options.get("stop_command") is None) != (options.get("start_command") is None):
             problems.append(("stop_command", "give both stop_command and start_command, or neither"))
+        service = options.get("beat_service")
+        if service is not None:
+            if not isinstance(service, str) or not service.strip() or service.startswith("-"):
+                problems.append(("beat_service", "must be a systemd unit name, e.g. celery-beat.service"))
+            elif options.get("stop_command") is not None:
+                problems.append(("beat_service", "give beat_service or stop_command/start_command, not both"))
+            else:
+                commands = {"stop_command": ["systemctl", "stop", service],
+                            "start_command": ["systemctl", "start", service]}
         if problems:
             raise HookConfigError(problems)
         repair_options: dict[str, Any] = {
