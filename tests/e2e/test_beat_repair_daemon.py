@@ -107,6 +107,7 @@ def test_daemon_repairs_running_beat(beat_db: BeatDatabase, beat_clock: FakeCloc
     kind = beat_db.kind
     with running() as http, beatdaemon.running_daemon(beat_db, beat_clock, honest_ntp, http,
                                                       hook=FAST_HOOK) as daemon:
+        assert daemon.audit()["outcome"] == "clean", daemon.audit()  # at real time: nothing in the future yet
         t_jump = time.monotonic()
         beat_clock.set(FUTURE_S)
         daemon.wait_event(EventKind.FORWARD_JUMP, 10, since_mono=t_jump)
@@ -246,6 +247,7 @@ def test_no_repair_when_spoofed_ntp_majority_disagrees_with_https(sqlite_db: Bea
             # the daemon notices at once: NTP says 3 days ago, HTTPS says now
             inconsistent = daemon.wait_event(EventKind.SOURCES_INCONSISTENT, 15)
             assert inconsistent.verdict is not None and inconsistent.verdict["ntp_http_agree"] is False
+            assert daemon.audit()["outcome"] == "skipped", daemon.audit()  # the audit does not trust this clock
             with running_beat(db, beat_clock, max_interval=1) as beat:
                 beat.wait_sent("every-1s", count=3, timeout_s=30)
                 time.sleep(1.0)  # beat_sync_every=1: the last send's last_run_at is in the DB

@@ -80,6 +80,11 @@ class Daemon:
         with daemonlib.journal_of(self.config) as j:
             return j.last_check()
 
+    def audit(self) -> dict[str, Any] | None:
+        """The last audit of the repair hook as the daemon recorded it (outcome, summary, next_in_s), or None."""
+        with daemonlib.journal_of(self.config) as j:
+            return j.meta().get(f"audit:{REPAIR_HOOK}")
+
     def log_tail(self, lines: int = 40) -> str:
         return self.proc.log_tail(lines)
 
@@ -97,6 +102,12 @@ def running_daemon(db: BeatDatabase, beat_clock: FakeClock, ntp: Sequence[Any], 
     with daemonlib.start(config, beat_clock.sharing(1), log, env={**os.environ, **(env or {})}) as proc:
         daemon = Daemon(config, log, proc)
         daemonlib.wait_for("the first checks", lambda: daemonlib.checks(config) >= first_checks, 20, proc)
+        # The daemon audits the hook's database once every source class has answered, then every
+        # audit_interval_s (600 s; after a skipped audit: audit_retry_s, 30 s, doubling). Wait for that first
+        # look, so that no audit lands between a test's clock step and the daemon noticing it: the rollback's
+        # run is then the one that repairs (an audit in that window would raise future_state_found and repair
+        # first, leaving the rollback's run "nothing to repair").
+        daemonlib.wait_for("the first audit", lambda: daemon.audit() is not None, 20, proc)
         yield daemon
 
 
