@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from operator import methodcaller
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -530,16 +531,18 @@ class CeleryBeatRepair:
             if not rows and not lu_future:
                 return None
             records: list[tuple[Any, ...]] = []  # (table, row_id, name, column, old, new): Journal.repair_undo_record
-            expect = {"last_run_at": 0, "date_changed": 0}
             # The same comparison as the SQL below, on the raw values (datetimes or SQLite text), so the counts
-            # agree with the UPDATE's exactly.
-            for column, lim, new_text in (("last_run_at", lim_lr, self.to_text(new_lr)),
-                                          ("date_changed", lim_dc, self.to_text(new_dc))):
-                for row in rows:
-                    old = getattr(row, column)
-                    if old is not None and old > lim:
-                        expect[column] += 1
-                        records.append(("periodictask", row.id, row.name, column, self.to_text(old), new_text))
+            # agree with the UPDATE's exactly. One pass over plain tuples: 50,000 rows cost ~0.1 s here.
+            new_lr_text, new_dc_text = self.to_text(new_lr), self.to_text(new_dc)
+            text = str if self.is_sqlite else _iso_space
+            lr_records: list[tuple[Any, ...]] = []
+            for row_id, name, old_lr, old_dc in rows:
+                if old_lr is not None and old_lr > lim_lr:
+                    lr_records.append(("periodictask", row_id, name, "last_run_at", text(old_lr), new_lr_text))
+                if old_dc is not None and old_dc > lim_dc:
+                    records.append(("periodictask", row_id, name, "date_changed", text(old_dc), new_dc_text))
+            expect = {"last_run_at": len(lr_records), "date_changed": len(records)}
+            records = lr_records + records
             records.append(("periodictasks", 1, "(reload signal)", "last_update",
                             self.to_text(last_update) if present else None, self.to_text(new_dc)))
             # Recorded before COMMIT (a failed journal write rolls the round back), in a thread while the
@@ -690,6 +693,9 @@ class CeleryBeatRepair:
         sleep(self.wait_s)
         self._phase_b(now_a, now_fn)
         return UndoOutcome(incident_id, tuple(restored), tuple(skipped), False)
+
+
+_iso_space = methodcaller("isoformat", " ")  # CeleryBeatRepair.to_text of a datetime, without the checks
 
 
 def _cancellable_sleep(cancelled: Callable[[], bool], slice_s: float = 0.2) -> Callable[[float], None]:
