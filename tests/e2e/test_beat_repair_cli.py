@@ -80,6 +80,7 @@ WAIT_S = BEAT_MAX_INTERVAL_S + 2.0  # the engine's wait between phase A and B (m
 RATE_WINDOW_S = 5.0
 CLI_TIMEOUT_S = 90.0
 RELOAD = r"DatabaseScheduler: Schedule changed"
+SLOW, SLOW_EVERY_S = "every-20s", 20  # test 4's extra task: not due again before the undo
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -540,18 +541,19 @@ def test_undo_restores_and_beat_stops_again(beat_db: BeatDatabase, beat_clock: F
                                             sources: dict[str, Any]) -> None:
     """``repair undo`` restores an old value only where the row still holds the value the repair wrote. With beat
     running, every-1s/every-2s are rewritten by beat within seconds of the repair, so their undo is refused (beat's
-    newer value wins) and they keep running. A slower task, every-30s, is not due again until now_A + 30 s, so the
-    undo (≈ 11 s after phase A) restores its +180 d value before beat runs it. beat reloads at the undo's *first*
+    newer value wins) and they keep running. A slower task, every-20s, is not due again until now_A + 20 s, so the
+    undo (≈ 9 s after phase A) restores its +180 d value before beat runs it. beat reloads at the undo's *first*
     last_update bump (it last read the repair's now_B, which is in the past, so any later value is "newer"), and
     does not send it — the outage is back for exactly the restored rows. A second repair fixes them again."""
     db, kind = beat_db, beat_db.kind
-    add_interval_task(db, "every-30s", 30)
+    add_interval_task(db, SLOW, SLOW_EVERY_S)
     config = cli_config(sources)
+    reader = RawReader(db)
     beat_clock.set(FUTURE_S)
     with running_beat(db, beat_clock, max_interval=BEAT_MAX_INTERVAL_S) as beat:
         drive_into_bug(db, beat_clock, beat, quiet_s=SHORT_QUIET_S)
         before = db.state()
-        assert {"every-30s.last_run_at", "every-30s.date_changed"} <= set(before.future()), before.future()
+        assert {f"{SLOW}.last_run_at", f"{SLOW}.date_changed"} <= set(before.future()), before.future()
 
         cli = run_cli(config, *repair_args(db))
         assert cli.rc == 0, cli
@@ -559,18 +561,20 @@ def test_undo_restores_and_beat_stops_again(beat_db: BeatDatabase, beat_clock: F
         assert out["changed"] and out["clean"], out
         incident, now_a = out["incident_id"], out["rounds"][0]["now_a_s"]
         repaired = {key(c) for c in out["plan"]["changes"] if c["table"] == "periodictask"}
-        beat.wait_sent("every-1s", count=2, since=cli.started, timeout_s=20)
+        beat.wait_sent("every-2s", count=1, since=cli.started, timeout_s=10)  # every-1s/-2s rows are beat's again
 
+        # (Quick raw reads from here on: the undo must come well before SLOW is due at now_A + 20 s.)
         undo_args = ("undo", incident, "--database-url", sa_url(db), "--json")
-        repaired_state = db.state()
+        watched = (SLOW, "clocked-once")  # rows beat does not touch after the repair
+        repaired_values = [reader.last_run_at(name) for name in watched]
         dry = run_cli(config, *undo_args, "--dry-run")
         assert dry.rc == 0, dry
         dry_out = dry.json()
         assert dry_out["dry_run"] is True
-        assert {f"{r['name']}.{r['column']}" for r in dry_out["restored"]} >= {"every-30s.last_run_at"}, dry_out
-        assert db.state().future() == [], "the dry run restored something"
-        for name in ("every-30s", "clocked-once"):  # rows beat does not touch: exactly as the repair left them
-            assert db.state().tasks[name] == repaired_state.tasks[name], name
+        assert {f"{SLOW}.last_run_at", f"{SLOW}.date_changed", "clocked-once.last_run_at"} <= \
+            {f"{r['name']}.{r['column']}" for r in dry_out["restored"]}, dry_out
+        assert "every-1s.last_run_at" in {f"{r['name']}.{r['column']}" for r in dry_out["skipped"]}, dry_out
+        assert [reader.last_run_at(name) for name in watched] == repaired_values, "the dry run restored something"
 
         undo = run_cli(config, *undo_args)
         assert undo.rc == 0, undo
@@ -582,9 +586,9 @@ def test_undo_restores_and_beat_stops_again(beat_db: BeatDatabase, beat_clock: F
         assert restored | set(skipped) == repaired and not restored & set(skipped), (restored, skipped, repaired)
         for name in ("every-1s.last_run_at", "every-2s.last_run_at"):
             assert "changed since the repair" in skipped.get(name, ""), skipped
-        assert {"every-30s.last_run_at", "every-30s.date_changed", "clocked-once.last_run_at"} <= restored
+        assert {f"{SLOW}.last_run_at", f"{SLOW}.date_changed", "clocked-once.last_run_at"} <= restored
 
-        # The running beat reloads (at the undo's first last_update bump) before every-30s would be due …
+        # The running beat reloads (at the undo's first last_update bump) before SLOW would be due …
         reload = beat.wait_log(RELOAD, since=undo.started, timeout_s=20)
         # The restored values are exactly the ones before the repair; last_update is not restored (beat reloads).
         after = db.state()
@@ -600,14 +604,14 @@ def test_undo_restores_and_beat_stops_again(beat_db: BeatDatabase, beat_clock: F
         for item in back:
             name, column = item.rsplit(".", 1)
             assert getattr(after.tasks[name], column) == getattr(before.tasks[name], column), item
-        due = wall_to_mono(now_a + 30)
+        due = wall_to_mono(now_a + SLOW_EVERY_S)
         assert reload.mono < due - 1, (f"precondition: the undo's reload came {reload.mono - due:+.1f} s after "
-                                       "every-30s was due (machine too slow for this test's timing)")
+                                       f"{SLOW} was due (machine too slow for this test's timing)")
         # … and does not send it when it would have been due (the outage is back), while every-1s keeps running.
         wait_until_mono(due + 4, beat)
-        assert beat.sent_since(cli.started, "every-30s") == [], "every-30s ran although its undo restored +180 d"
+        assert beat.sent_since(cli.started, SLOW) == [], f"{SLOW} ran although its undo restored +180 d"
         assert beat.count("every-1s", reload.mono + 1, due + 4) >= 0.6 * (due + 3 - reload.mono)
-        print(f"[{kind}] undo's reload {due - reload.mono:.1f} s before every-30s was due; not sent by due + 4 s")
+        print(f"[{kind}] undo's reload {due - reload.mono:.1f} s before {SLOW} was due; not sent by due + 4 s")
 
         # A second repair fixes exactly the restored rows again.
         cli2 = run_cli(config, *repair_args(db))
