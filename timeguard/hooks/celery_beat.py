@@ -62,6 +62,8 @@ def evidence_problem(verdict: Mapping[str, Any] | None, max_offset_s: float = DE
         return "no repair: no verdict from the time sources yet"
     status = str(verdict.get("status"))
     offset = verdict.get("offset_s")
+    if verdict.get("ntp_http_agree") is False:  # first: SOURCES_INCONSISTENT says less to a person
+        return f"no repair: NTP and HTTPS do not agree ({verdict.get('summary') or status})"
     if status not in USABLE_STATUSES or offset is None:
         return f"no repair: the time sources give no usable verdict ({status})"
     agree = verdict.get("ntp_http_agree")
