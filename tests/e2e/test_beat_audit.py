@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,8 @@ from tests.support.beat import BeatDatabase, running_beat
 from tests.support.beatdaemon import REPAIR_HOOK, Daemon, repair_hook
 from tests.support.daemon import checks, events, hook_runs, meta, start, wait_for, write_config
 from tests.support.dcb_schema import BeatDB, beat_database, migrate, server_problem
-from tests.support.fake_http import running
-from tests.support.fake_ntp import FakeNTPServer
-from tests.support.realprogs import FakeClock, find_libfaketime, scratch_dir
-from tests.support.require import need, need_program
+from tests.support.realprogs import FakeClock, scratch_dir
+from tests.support.require import need
 from timeguard.events import EventKind
 from timeguard.hooks.api import HookStatus
 
@@ -44,35 +41,6 @@ pytestmark = pytest.mark.real
 DAY = 86400.0
 #: A fast retry for the tests: 1 s, doubling up to 10 s (the defaults are 30 s and 600 s).
 FAST_AUDIT = {"audit_retry_s": 1, "audit_interval_s": 10}
-
-
-@pytest.fixture
-def sources() -> Iterator[dict[str, Any]]:
-    servers = [FakeNTPServer() for _ in range(3)]
-    with running() as http:
-        yield {"ntp": servers, "http": http}
-    for server in servers:
-        server.close()
-
-
-@pytest.fixture
-def beat_clock(ftshim: Path) -> FakeClock:
-    need(find_libfaketime(), "libfaketime.so.1 is not installed (apt-get install faketime libfaketime)")
-    need_program("setpriv", "util-linux")
-    return FakeClock(scratch_dir("beatclock"), ftshim=ftshim)
-
-
-@contextlib.contextmanager
-def beat_db(kind: str) -> Iterator[BeatDatabase]:
-    need(beatlib.packages_problem() is None, f"{beatlib.packages_problem()}")
-    need(beatlib.service_problem(kind) is None, f"{beatlib.service_problem(kind)}")
-    db = BeatDatabase(kind)
-    try:
-        db.create()
-        db.create_tasks()
-        yield db
-    finally:
-        db.drop()
 
 
 def first_custom_send(beat: beatlib.BeatProcess, since: float, timeout_s: float, daemon_log: Any = None) -> float:
@@ -117,7 +85,7 @@ def changed_run_after(config: Path, since_wall: float, timeout_s: float, proc: A
 
 
 def test_audit_repairs_damage_done_before_timeguard_started(beat_clock: FakeClock, sources: dict[str, Any]) -> None:
-    with beat_db("mariadb") as db:
+    with beatlib.seeded_database("mariadb") as db:
         beat_clock.set(beatlib.FUTURE_S)
         with running_beat(db, beat_clock, max_interval=1) as beat:
             beatlib.drive_into_bug(db, beat_clock, beat, quiet_s=4)
@@ -155,7 +123,7 @@ def _lock_periodictasks(db: BeatDatabase) -> Any:
 
 def test_locked_database_fails_the_repair_then_the_audit_retries(beat_clock: FakeClock,
                                                                   sources: dict[str, Any]) -> None:
-    with beat_db("postgresql") as db:
+    with beatlib.seeded_database("postgresql") as db:
         directory = scratch_dir("locked-daemon")
         config = write_config(directory, sources, daemon=FAST_AUDIT, hooks=[
             repair_hook(db, beat_max_interval_s=1, wait_margin_s=1, lock_timeout_s=1)])

@@ -33,43 +33,17 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.support import beat as beatlib
 from tests.support.beat import BeatDatabase, running_beat
-from tests.support.realprogs import FakeClock, find_libfaketime, scratch_dir
-from tests.support.require import need, need_program
+from tests.support.realprogs import FakeClock
 
 pytestmark = pytest.mark.real
 
 FUTURE_S = beatlib.FUTURE_S
 QUIET_S = beatlib.QUIET_S
-
-
-@pytest.fixture(params=beatlib.KINDS)
-def beat_db(request: pytest.FixtureRequest) -> Iterator[BeatDatabase]:
-    kind: str = request.param
-    need(beatlib.packages_problem() is None, f"{beatlib.packages_problem()}")
-    need(beatlib.service_problem(kind) is None, f"{beatlib.service_problem(kind)}")
-    db = BeatDatabase(kind)
-    try:
-        db.create()
-        db.create_tasks()
-        yield db
-    finally:
-        db.drop()
-
-
-@pytest.fixture
-def beat_clock(ftshim: Path) -> FakeClock:
-    """NO_CACHE (the default FakeClock): beat is a single, mostly idle thread, so re-reading the rc file on every
-    clock call costs nothing, and a step is seen at the very next tick (CACHE_DURATION=1 would add 1–2 s)."""
-    need(find_libfaketime(), "libfaketime.so.1 is not installed (apt-get install faketime libfaketime)")
-    need_program("setpriv", "util-linux")
-    return FakeClock(scratch_dir("beatclock"), ftshim=ftshim)
 
 
 def test_beat_stops_after_backward_step(beat_db: BeatDatabase, beat_clock: FakeClock) -> None:

@@ -6,7 +6,8 @@ wrote ``last_run_at`` ≈ +180 d, the clock stepped back to +0, and beat stopped
 1. ``timeguard repair celery-beat`` (the CLI, at real time, evidence-gated by honest loopback NTP + HTTP sources)
    while beat keeps running: ``--dry-run`` lists the rows and changes nothing; the repair brings beat back to its
    rates without a restart (beat reloads only after phase B), the database is clean after beat synced again, and
-   the clocked one-off that fired early is reported, not re-enabled (SQLite, PostgreSQL, MariaDB).
+   the clocked one-off that fired early is reported, not re-enabled (SQLite; the daemon's repair of
+   test_beat_repair_daemon.py runs on all three databases).
 2. Two agents at once on one database (two hosts: separate journals): the periodictasks row lock serialises them;
    exactly one repairs, the other finds nothing and writes nothing (PostgreSQL).
 3. beat is killed (SIGKILL) between phase A and phase B: the CLI cannot tell and finishes clean; a new beat starts
@@ -41,13 +42,10 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.support import beat as beatlib
-from tests.support import fake_http
 from tests.support.beat import (
     FUTURE_S,
     GRACE_S,
     PROJECT_DIR,
-    REDIS_URL,
     BeatDatabase,
     BeatProcess,
     BeatState,
@@ -57,23 +55,21 @@ from tests.support.beat import (
     running_beat,
 )
 from tests.support.daemon import write_config
-from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import (
     SETPRIV_NO_SYS_TIME,
     FakeClock,
     ManagedProcess,
-    find_libfaketime,
     resolve_program,
     scratch_dir,
     shm_entries,
 )
-from tests.support.require import need, need_program
 
 pytestmark = pytest.mark.real
 
 REPO = Path(__file__).resolve().parents[2]
 BEATCTL = REPO / "tests" / "support" / "beatctl.py"
-QUIET_S = beatlib.QUIET_S  # the full bug check (test 1); the other tests start from a shorter one
+# The full 8-s bug check runs on every database in test_beat_bug.py and before the daemon's repair; here each
+# test starts from a shorter one.
 SHORT_QUIET_S = 3.0
 BEAT_MAX_INTERVAL_S = 1  # beat runs with --max-interval 1; the repair is told the same
 WAIT_S = BEAT_MAX_INTERVAL_S + 2.0  # the engine's wait between phase A and B (max interval + 2 s margin)
@@ -88,52 +84,9 @@ SLOW, SLOW_EVERY_S = "every-20s", 20  # test 4's extra task: not due again befor
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=beatlib.KINDS)
-def beat_db(request: pytest.FixtureRequest) -> Iterator[BeatDatabase]:
-    kind: str = request.param
-    need(beatlib.packages_problem() is None, f"{beatlib.packages_problem()}")
-    need(beatlib.service_problem(kind) is None, f"{beatlib.service_problem(kind)}")
-    db = BeatDatabase(kind)
-    try:
-        db.create()
-        db.create_tasks()
-        yield db
-    finally:
-        db.drop()
-
-
-@pytest.fixture
-def beat_clock(ftshim: Path) -> FakeClock:
-    need(find_libfaketime(), "libfaketime.so.1 is not installed (apt-get install faketime libfaketime)")
-    need_program("setpriv", "util-linux")
-    return FakeClock(scratch_dir("beatclock"), ftshim=ftshim)
-
-
-@pytest.fixture
-def sources() -> Iterator[dict[str, Any]]:
-    """Honest loopback sources: three NTP servers and one HTTP Date server, all at real time (offset 0)."""
-    servers = [FakeNTPServer() for _ in range(3)]
-    try:
-        with fake_http.running() as http:
-            yield {"ntp": servers, "http": http}
-    finally:
-        for server in servers:
-            server.close()
-
-
 # --------------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------------
-
-
-def sa_url(db: BeatDatabase) -> str:
-    """BeatDatabase.url (Django's scheme) as the SQLAlchemy URL the repair takes: the drivers installed are
-    psycopg (3) and PyMySQL, not SQLAlchemy's defaults psycopg2 and mysqlclient."""
-    if db.kind == "postgresql":
-        return db.url.replace("postgresql://", "postgresql+psycopg://", 1)
-    if db.kind == "mariadb":
-        return db.url.replace("mysql://", "mysql+pymysql://", 1)
-    return db.url
 
 
 def cli_config(sources: dict[str, Any]) -> Path:
@@ -207,7 +160,7 @@ def run_cli(config: Path, *args: str, timeout_s: float = CLI_TIMEOUT_S) -> CliRu
 
 
 def repair_args(db: BeatDatabase, *extra: str) -> tuple[str, ...]:
-    return ("celery-beat", "--database-url", sa_url(db), "--json",
+    return ("celery-beat", "--database-url", db.sa_url, "--json",
             "--beat-max-interval-s", str(BEAT_MAX_INTERVAL_S), *extra)
 
 
@@ -268,7 +221,7 @@ class RawReader:
         if db.kind != "sqlite":
             import sqlalchemy as sa
 
-            self._engine = sa.create_engine(sa_url(db), poolclass=sa.pool.NullPool)
+            self._engine = sa.create_engine(db.sa_url, poolclass=sa.pool.NullPool)
 
     def last_run_at(self, name: str) -> float | None:
         sql = "SELECT last_run_at FROM django_celery_beat_periodictask WHERE name = :name"
@@ -321,13 +274,14 @@ def print_timeline(kind: str, what: str, cli: CliRun, out: dict[str, Any], *, re
 # --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("beat_db", ["sqlite"], indirect=True)  # the daemon's repair runs on all three kinds
 def test_cli_repair_resumes_running_beat(beat_db: BeatDatabase, beat_clock: FakeClock,
                                          sources: dict[str, Any]) -> None:
     db, kind = beat_db, beat_db.kind
     config = cli_config(sources)
     beat_clock.set(FUTURE_S)
     with running_beat(db, beat_clock, max_interval=BEAT_MAX_INTERVAL_S) as beat:
-        bug = drive_into_bug(db, beat_clock, beat, quiet_s=QUIET_S)
+        bug = drive_into_bug(db, beat_clock, beat, quiet_s=SHORT_QUIET_S)
         before = db.state()
         expected = set(before.future())
         assert {"every-1s.last_run_at", "every-2s.last_run_at", "every-minute.last_run_at",
@@ -564,7 +518,7 @@ def test_undo_restores_and_beat_stops_again(beat_db: BeatDatabase, beat_clock: F
         beat.wait_sent("every-2s", count=1, since=cli.started, timeout_s=10)  # every-1s/-2s rows are beat's again
 
         # (Quick raw reads from here on: the undo must come well before SLOW is due at now_A + 20 s.)
-        undo_args = ("undo", incident, "--database-url", sa_url(db), "--json")
+        undo_args = ("undo", incident, "--database-url", db.sa_url, "--json")
         watched = (SLOW, "clocked-once")  # rows beat does not touch after the repair
         repaired_values = [reader.last_run_at(name) for name in watched]
         dry = run_cli(config, *undo_args, "--dry-run")
@@ -662,11 +616,9 @@ class AdoptedProcess:
 
 def beat_spec(new: BeatProcess, clock: FakeClock, pidfile: Path) -> dict[str, Any]:
     """What BeatProcess.start runs (same command, environment, log), as beatctl's start SPEC."""
-    cmd = [resolve_program(sys.executable), "-m", "celery", "-A", "beatproject", "beat", "-l", new.loglevel,
-           "--pidfile=", "-s", str(new.dir / "celerybeat-schedule"), "--max-interval", str(new.max_interval)]
-    env = new.db.env({"TG_BEAT_BROKER_URL": REDIS_URL, "TG_BEAT_KEYPREFIX": new.keyprefix,
-                      "TG_BEAT_QUEUE": new.queue})
-    return {"argv": [*SETPRIV_NO_SYS_TIME, *clock.wrap(cmd)], "env": clock.env(env, preload=False),
+    program, *args = new.command()
+    cmd = [resolve_program(program), *args]
+    return {"argv": [*SETPRIV_NO_SYS_TIME, *clock.wrap(cmd)], "env": clock.env(new.environment(), preload=False),
             "cwd": str(PROJECT_DIR), "log": str(new.log_path), "pidfile": str(pidfile)}
 
 
@@ -701,7 +653,7 @@ def test_stop_start_commands_with_real_beat(beat_db: BeatDatabase, beat_clock: F
             pidfile.write_text(f"{old_pid}\n")
             spec_path.write_text(json.dumps(beat_spec(new, beat_clock, pidfile)))
             hook = CeleryBeatHook.from_config("beat-repair", {
-                "database_url": sa_url(db), "beat_max_interval_s": BEAT_MAX_INTERVAL_S,
+                "database_url": db.sa_url, "beat_max_interval_s": BEAT_MAX_INTERVAL_S,
                 "stop_command": [sys.executable, str(BEATCTL), "stop", str(pidfile), str(events_path)],
                 "start_command": [sys.executable, str(BEATCTL), "start", str(spec_path), str(events_path)],
             })

@@ -19,8 +19,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -29,9 +27,8 @@ from tests.support import beatdaemon
 from tests.support.beat import BeatDatabase, BeatState, running_beat
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
-from tests.support.realprogs import FakeClock, find_libfaketime, scratch_dir
+from tests.support.realprogs import FakeClock
 from tests.support.receiver import Receiver
-from tests.support.require import need, need_program
 from timeguard.events import EventKind
 from timeguard.hooks.api import HookStatus
 
@@ -42,44 +39,6 @@ DAY = 86400.0
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 # beat runs with --max-interval 1; the hook waits 1 s + the default 2 s margin between its phases.
 FAST_HOOK = {"beat_max_interval_s": 1, "timeout_s": 60}
-
-
-def _make_db(kind: str) -> Iterator[BeatDatabase]:
-    need(beatlib.packages_problem() is None, f"{beatlib.packages_problem()}")
-    need(beatlib.service_problem(kind) is None, f"{beatlib.service_problem(kind)}")
-    db = BeatDatabase(kind)
-    try:
-        db.create()
-        db.create_tasks()
-        yield db
-    finally:
-        db.drop()
-
-
-@pytest.fixture(params=beatlib.KINDS)
-def beat_db(request: pytest.FixtureRequest) -> Iterator[BeatDatabase]:
-    yield from _make_db(request.param)
-
-
-@pytest.fixture
-def sqlite_db() -> Iterator[BeatDatabase]:
-    yield from _make_db("sqlite")
-
-
-@pytest.fixture
-def beat_clock(ftshim: Path) -> FakeClock:
-    """NO_CACHE for beat (a step is seen at its very next tick); the daemon runs on ``sharing(1)`` of it."""
-    need(find_libfaketime(), "libfaketime.so.1 is not installed (apt-get install faketime libfaketime)")
-    need_program("setpriv", "util-linux")
-    return FakeClock(scratch_dir("beatclock"), ftshim=ftshim)
-
-
-@pytest.fixture
-def honest_ntp() -> Iterator[list[FakeNTPServer]]:
-    servers = [FakeNTPServer() for _ in range(3)]
-    yield servers
-    for server in servers:
-        server.close()
 
 
 def _timestamps(state: BeatState) -> dict[str, dt.datetime]:

@@ -233,7 +233,7 @@ def test_hook_repairs_with_evidence_and_records_undo(db: BeatDB, journal: Journa
                                          hostname="h"))
     assert result.status is HookStatus.CHANGED, result.summary
     assert result.details["rows_changed"] == {"last_run_at": 3, "date_changed": 5, "last_update": 1}
-    assert "2 task(s) the false period left disabled" in result.summary
+    assert "2 task(s) ran early or expired during the false period" in result.summary
     no_future(db, NOW)
     assert len(journal.repair_undo_records("inc-h")) == 9
     again = hook.handle(ev, HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, journal=journal,

@@ -173,6 +173,16 @@ class BeatDatabase:
             self.path = None
             self.url = f"mysql://root@127.0.0.1:3306/{self.name}"
 
+    @property
+    def sa_url(self) -> str:
+        """The URL for timeguard's repair (SQLAlchemy): Django's ``postgresql://``/``mysql://`` name SQLAlchemy's
+        default drivers (psycopg2, mysqlclient), which timeguard[celery-beat] does not install; psycopg 3 and
+        PyMySQL are named explicitly."""
+        for plain, explicit in (("postgresql://", "postgresql+psycopg://"), ("mysql://", "mysql+pymysql://")):
+            if self.url.startswith(plain):
+                return explicit + self.url[len(plain):]
+        return self.url
+
     # -- life cycle -------------------------------------------------------------------------------------
 
     def create(self) -> Self:
@@ -261,6 +271,23 @@ class BeatDatabase:
         return BeatState(tasks=tasks, last_update=_parse_dt(raw["last_update"]))
 
 
+@contextlib.contextmanager
+def seeded_database(kind: str) -> Iterator[BeatDatabase]:
+    """A migrated ``kind`` database with the seed schedule, dropped afterwards; skips (or, with
+    TIMEGUARD_REQUIRE_REAL=1, fails) when the packages or the database server are missing."""
+    from tests.support.require import need
+
+    need(packages_problem() is None, f"{packages_problem()}")
+    need(service_problem(kind) is None, f"{service_problem(kind)}")
+    db = BeatDatabase(kind)
+    try:
+        db.create()
+        db.create_tasks()
+        yield db
+    finally:
+        db.drop()
+
+
 # --------------------------------------------------------------------------------------------------------
 # The running beat and its log
 # --------------------------------------------------------------------------------------------------------
@@ -339,14 +366,22 @@ class BeatProcess:
         self.tail: LogTail | None = None
         self.started_mono: float | None = None
 
-    def start(self) -> Self:
+    def command(self) -> list[str]:
+        """The ``celery beat`` command line (the real interpreter; no clock wrapping)."""
         cmd = [sys.executable, "-m", "celery", "-A", "beatproject", "beat", "-l", self.loglevel,
                "--pidfile=", "-s", str(self.dir / "celerybeat-schedule")]
         if self.max_interval is not None:
             cmd += ["--max-interval", str(self.max_interval)]
-        env = self.db.env({
+        return cmd
+
+    def environment(self) -> dict[str, str]:
+        """Its environment without the fake clock: the database, this beat's broker key prefix and queue."""
+        return self.db.env({
             "TG_BEAT_BROKER_URL": REDIS_URL, "TG_BEAT_KEYPREFIX": self.keyprefix, "TG_BEAT_QUEUE": self.queue,
         })
+
+    def start(self) -> Self:
+        cmd, env = self.command(), self.environment()
         self.log_path.touch()
         self.tail = LogTail(self.log_path)
         self.started_mono = time.monotonic()

@@ -36,18 +36,9 @@ REPAIR_HOOK = "beat-repair"
 RELOAD_LINE = r"DatabaseScheduler: Schedule changed"
 
 
-def sqlalchemy_url(url: str) -> str:
-    """BeatDatabase.url (Django style) → a URL whose driver is installed: SQLAlchemy's defaults for
-    ``postgresql://`` and ``mysql://`` are psycopg2 and MySQLdb, which timeguard[celery-beat] does not pull in."""
-    for plain, explicit in (("postgresql://", "postgresql+psycopg://"), ("mysql://", "mysql+pymysql://")):
-        if url.startswith(plain):
-            return explicit + url[len(plain):]
-    return url
-
-
 def repair_hook(db: BeatDatabase, **options: Any) -> dict[str, Any]:
     """The ``celery_beat`` hook for ``db``; ``options`` override (none: the defaults a user gets)."""
-    return {"type": "celery_beat", "name": REPAIR_HOOK, "database_url": sqlalchemy_url(db.url), **options}
+    return {"type": "celery_beat", "name": REPAIR_HOOK, "database_url": db.sa_url, **options}
 
 
 @dataclasses.dataclass

@@ -258,7 +258,8 @@ class CeleryBeatHook:
         details.pop("plan", None)
         details["changes"] = len(outcome.plan.changes)
         counts = outcome.rows_changed()
-        report = f"; {len(outcome.plan.report)} task(s) the false period left disabled (reported, not re-enabled)" \
+        report = (f"; {len(outcome.plan.report)} task(s) ran early or expired during the false period (reported, "
+                  "left as they are)") \
             if outcome.plan.report else ""
         if not outcome.clean:
             return HookResult.failed(

@@ -63,30 +63,32 @@ class _Race(Exception):
 
 
 class _Recorder:
-    """Writes one round's undo records to the journal in a thread; ``wait`` re-raises its failure."""
+    """Builds one round's undo records from the locked rows and writes them to the journal, in a thread that runs
+    while the database runs the UPDATE (for 50,000 rows each takes most of a second). ``wait`` returns the records
+    or re-raises the failure."""
 
-    def __init__(self, journal: Journal | None, *, incident_id: str, repair_id: str, fingerprint: str,
-                 records: list[tuple[Any, ...]], wall_s: float, mono_s: float) -> None:
+    def __init__(self, build: Callable[[], list[tuple[Any, ...]]], journal: Journal | None, *, incident_id: str,
+                 repair_id: str, fingerprint: str, wall_s: float, mono_s: float) -> None:
         self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
-        if journal is None:
-            return
+        self.records: list[tuple[Any, ...]] = []
 
         def run() -> None:
             try:
-                journal.repair_undo_record(incident_id, repair_id, fingerprint, records,
-                                           applied_wall_s=wall_s, applied_mono_s=mono_s)
+                self.records = build()
+                if journal is not None:
+                    journal.repair_undo_record(incident_id, repair_id, fingerprint, self.records,
+                                               applied_wall_s=wall_s, applied_mono_s=mono_s)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 self.error = exc
 
         self.thread = threading.Thread(target=run, name="repair-undo-record", daemon=True)
         self.thread.start()
 
-    def wait(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
+    def wait(self) -> list[tuple[Any, ...]]:
+        self.thread.join()
         if self.error is not None:
             raise RepairError(f"the undo records could not be written, nothing was changed: {self.error}")
+        return self.records
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,25 +532,27 @@ class CeleryBeatRepair:
             lu_future = old_lu is not None and old_lu > limit
             if not rows and not lu_future:
                 return None
-            records: list[tuple[Any, ...]] = []  # (table, row_id, name, column, old, new): Journal.repair_undo_record
-            # The same comparison as the SQL below, on the raw values (datetimes or SQLite text), so the counts
-            # agree with the UPDATE's exactly. One pass over plain tuples: 50,000 rows cost ~0.1 s here.
             new_lr_text, new_dc_text = self.to_text(new_lr), self.to_text(new_dc)
             text = str if self.is_sqlite else _iso_space
-            lr_records: list[tuple[Any, ...]] = []
-            for row_id, name, old_lr, old_dc in rows:
-                if old_lr is not None and old_lr > lim_lr:
-                    lr_records.append(("periodictask", row_id, name, "last_run_at", text(old_lr), new_lr_text))
-                if old_dc is not None and old_dc > lim_dc:
-                    records.append(("periodictask", row_id, name, "date_changed", text(old_dc), new_dc_text))
-            expect = {"last_run_at": len(lr_records), "date_changed": len(records)}
-            records = lr_records + records
-            records.append(("periodictasks", 1, "(reload signal)", "last_update",
-                            self.to_text(last_update) if present else None, self.to_text(new_dc)))
-            # Recorded before COMMIT (a failed journal write rolls the round back), in a thread while the
-            # database runs the UPDATE: for 50,000 rows each takes most of a second.
-            recorder = _Recorder(journal, incident_id=incident_id, repair_id=repair_id, fingerprint=self.fingerprint,
-                                 records=records, wall_s=now_s, mono_s=mono())
+            lu_record = ("periodictasks", 1, "(reload signal)", "last_update",
+                         self.to_text(last_update) if present else None, new_dc_text)
+
+            def build() -> list[tuple[Any, ...]]:
+                """(table, row_id, name, column, old, new) for Journal.repair_undo_record. The same comparison as
+                the SQL below, on the raw values (datetimes or SQLite text), so the counts agree with the UPDATE's
+                exactly; one pass over plain tuples."""
+                lr: list[tuple[Any, ...]] = []
+                dc: list[tuple[Any, ...]] = []
+                for row_id, name, old_lr, old_dc in rows:
+                    if old_lr is not None and old_lr > lim_lr:
+                        lr.append(("periodictask", row_id, name, "last_run_at", text(old_lr), new_lr_text))
+                    if old_dc is not None and old_dc > lim_dc:
+                        dc.append(("periodictask", row_id, name, "date_changed", text(old_dc), new_dc_text))
+                return [*lr, *dc, lu_record]
+
+            # Recorded before COMMIT: a failed journal write rolls the round back.
+            recorder = _Recorder(build, journal, incident_id=incident_id, repair_id=repair_id,
+                                 fingerprint=self.fingerprint, wall_s=now_s, mono_s=mono())
             # One set-based compare-and-set statement (one new row version per row, not two): each column is
             # clamped only if it is still in the future, never to NULL.
             lr_future, dc_future = t.c.last_run_at > lim_lr, t.c.date_changed > lim_dc
@@ -560,10 +564,11 @@ class CeleryBeatRepair:
                     )
                 ).rowcount
             finally:
-                recorder.wait()
+                records = recorder.wait()
             if n_rows != len(rows):  # a row became future after the locking read: redo the round
                 raise _Race(f"locked {len(rows)} rows, updated {n_rows}")
-            n_lr, n_dc = expect["last_run_at"], expect["date_changed"]
+            n_lr = sum(1 for r in records if r[3] == "last_run_at")
+            n_dc = len(records) - 1 - n_lr
             self._upsert_last_update(conn, new_dc)
         return RoundResult(number, n_lr, n_dc, 1, now_s, None, mono() - started)
 

@@ -57,6 +57,8 @@ def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) 
     undo.add_argument("incident", metavar="INCIDENT")
     _database_args(undo)
     undo.add_argument("--dry-run", action="store_true", help="show what it would restore")
+    undo.add_argument("--beat-max-interval-s", type=float, default=5.0, metavar="S",
+                      help="beat's max_interval: how long to wait between the reload signals (default 5)")
     undo.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -187,7 +189,8 @@ def _cmd_undo(args: argparse.Namespace) -> int:
     from timeguard.repair.celery_beat import CeleryBeatRepair
 
     cfg = _load_config(args.config)
-    engine = CeleryBeatRepair(args.database_url, table_prefix=args.table_prefix, schema=args.schema)
+    engine = CeleryBeatRepair(args.database_url, table_prefix=args.table_prefix, schema=args.schema,
+                              beat_max_interval_s=args.beat_max_interval_s)
     journal = _journal(cfg)
     try:
         known = journal.repair_undo_records(args.incident)
