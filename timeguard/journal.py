@@ -141,6 +141,40 @@ _MIGRATIONS: tuple[str, ...] = (
         UNIQUE (incident_id, fingerprint, tbl, row_id, col)  -- also the index for lookups by incident
     );
     """,
+    # 4: one row per repair ROUND, its records as one JSON array: 100,000 rows of undo each cost ~10 µs of
+    # binding and index upkeep (1.4 s, most of a round's budget); one JSON text costs ~0.1 s. "First-seen old value,
+    # latest new value" is resolved when reading. An undo marks (row, column)s undone as of the incident's newest
+    # round; a later round touching one again makes it undoable again. Migration 3's rows are carried over.
+    """
+    CREATE TABLE repair_round (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id TEXT NOT NULL,
+        repair_id TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        applied_wall_s REAL NOT NULL,
+        applied_mono_s REAL NOT NULL,
+        records TEXT NOT NULL  -- JSON: [[table, row_id, name, column, old, new], ...]
+    );
+    CREATE INDEX repair_round_incident ON repair_round (incident_id, seq);
+    CREATE TABLE repair_undone (
+        incident_id TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        tbl TEXT NOT NULL,
+        row_id INTEGER NOT NULL,
+        col TEXT NOT NULL,
+        round_seq INTEGER NOT NULL,  -- the incident's newest round when it was undone
+        PRIMARY KEY (incident_id, fingerprint, tbl, row_id, col)
+    );
+    INSERT INTO repair_round (incident_id, repair_id, fingerprint, applied_wall_s, applied_mono_s, records)
+        SELECT incident_id, MIN(repair_id), fingerprint, MIN(applied_wall_s), MIN(applied_mono_s),
+               json_group_array(json_array(tbl, row_id, name, col, old_value, new_value))
+        FROM (SELECT * FROM repair_undo ORDER BY seq) GROUP BY incident_id, fingerprint;
+    INSERT INTO repair_undone (incident_id, fingerprint, tbl, row_id, col, round_seq)
+        SELECT u.incident_id, u.fingerprint, u.tbl, u.row_id, u.col, r.seq
+        FROM repair_undo AS u JOIN repair_round AS r ON r.incident_id = u.incident_id AND r.fingerprint = u.fingerprint
+        WHERE u.undone = 1;
+    DROP TABLE repair_undo
+    """,
 )
 
 
@@ -748,33 +782,60 @@ class Journal:
 
     def repair_undo_record(self, incident_id: str, repair_id: str, fingerprint: str,
                            records: Iterable[tuple[Any, ...]], *, applied_wall_s: float, applied_mono_s: float) -> None:
-        """Record old/new values of one repair round: ``records`` are (table, row_id, name, column, old, new)
-        tuples. A (row, column) seen before in this incident keeps its first old value; its new value becomes the
-        latest written (undo compares against it)."""
-        head = (incident_id, repair_id, fingerprint)
-        tail = (applied_wall_s, applied_mono_s)
+        """Record the old/new values of one repair round: ``records`` are (table, row_id, name, column, old, new)
+        tuples, stored as one row (see migration 4)."""
+        text = json.dumps([list(r) for r in records], separators=(",", ":"))
         with self._writing() as db:
-            db.executemany(
-                "INSERT INTO repair_undo (incident_id, repair_id, fingerprint, tbl, row_id, name, col, old_value, "
-                "new_value, applied_wall_s, applied_mono_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (incident_id, fingerprint, tbl, row_id, col) DO UPDATE SET "
-                "new_value = excluded.new_value, applied_wall_s = excluded.applied_wall_s, "
-                "applied_mono_s = excluded.applied_mono_s, undone = 0",
-                (head + tuple(r) + tail for r in records),
+            db.execute(
+                "INSERT INTO repair_round (incident_id, repair_id, fingerprint, applied_wall_s, applied_mono_s, "
+                "records) VALUES (?, ?, ?, ?, ?, ?)",
+                (incident_id, repair_id, fingerprint, applied_wall_s, applied_mono_s, text),
             )
 
     def repair_undo_records(self, incident_id: str, *, fingerprint: str | None = None,
                             undone: bool | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM repair_undo WHERE incident_id = ?"
+        """One entry per (database, table, row, column) the incident's repairs changed, in the order first changed:
+        ``old_value`` is the first-seen original, ``new_value`` the latest value written (undo compares against
+        it); ``key`` identifies it for :meth:`repair_undo_mark_undone`."""
+        sql = "SELECT seq, repair_id, fingerprint, applied_wall_s, records FROM repair_round WHERE incident_id = ?"
         params: list[Any] = [incident_id]
         if fingerprint is not None:
             sql += " AND fingerprint = ?"
             params.append(fingerprint)
-        if undone is not None:
-            sql += " AND undone = ?"
-            params.append(int(undone))
-        return [dict(row) for row in self._read(sql + " ORDER BY seq", params)]
+        rounds = self._read(sql + " ORDER BY seq", params)
+        marks = {(r["fingerprint"], r["tbl"], r["row_id"], r["col"]): r["round_seq"] for r in self._read(
+            "SELECT fingerprint, tbl, row_id, col, round_seq FROM repair_undone WHERE incident_id = ?", [incident_id])}
+        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for rnd in rounds:
+            try:
+                records = json.loads(rnd["records"])
+            except ValueError as exc:
+                raise JournalError(f"{self.path}: repair round {rnd['seq']} of {incident_id} is unreadable "
+                                   f"({exc})") from exc
+            for tbl, row_id, name, col, old, new in records:
+                key = (rnd["fingerprint"], tbl, row_id, col)
+                entry = merged.get(key)
+                if entry is None:
+                    merged[key] = {"key": key, "incident_id": incident_id, "repair_id": rnd["repair_id"],
+                                   "fingerprint": rnd["fingerprint"], "tbl": tbl, "row_id": row_id, "name": name,
+                                   "col": col, "old_value": old, "new_value": new,
+                                   "applied_wall_s": rnd["applied_wall_s"], "last_round": rnd["seq"]}
+                else:
+                    entry.update(new_value=new, applied_wall_s=rnd["applied_wall_s"], last_round=rnd["seq"])
+        out = []
+        for key, entry in merged.items():
+            entry["undone"] = int(key in marks and marks[key] >= entry.pop("last_round"))
+            if undone is None or entry["undone"] == int(undone):
+                out.append(entry)
+        return out
 
-    def repair_undo_mark_undone(self, seqs: Iterable[int]) -> None:
+    def repair_undo_mark_undone(self, incident_id: str, keys: Iterable[tuple[Any, ...]]) -> None:
+        """Mark entries (their ``key``) restored, as of the incident's newest round."""
         with self._writing() as db:
-            db.executemany("UPDATE repair_undo SET undone = 1 WHERE seq = ?", [(s,) for s in seqs])
+            newest = db.execute("SELECT MAX(seq) FROM repair_round WHERE incident_id = ?", (incident_id,)).fetchone()[0]
+            db.executemany(
+                "INSERT INTO repair_undone (incident_id, fingerprint, tbl, row_id, col, round_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (incident_id, fingerprint, tbl, row_id, col) "
+                "DO UPDATE SET round_seq = excluded.round_seq",
+                [(incident_id, *key, newest or 0) for key in keys],
+            )

@@ -139,6 +139,46 @@ def test_journal_keeps_the_first_seen_old_value_and_the_latest_new_value(tmp_pat
         journal.repair_undo_record("inc", "r1", "db#p_", [(*rec, "B", "N2")], applied_wall_s=2.0, applied_mono_s=2.0)
         rows = journal.repair_undo_records("inc")
         assert [(r["old_value"], r["new_value"], r["undone"]) for r in rows] == [("A", "N2", 0)]
-        journal.repair_undo_mark_undone([rows[0]["seq"]])
+        journal.repair_undo_mark_undone("inc", [rows[0]["key"]])
         assert journal.repair_undo_records("inc", undone=False) == []
         assert journal.repair_undo_records("other") == []
+
+
+def test_a_later_round_makes_an_undone_entry_undoable_again(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        rec = ("periodictask", 3, "t", "last_run_at")
+        journal.repair_undo_record("inc", "r1", "db#p_", [(*rec, "A", "N1")], applied_wall_s=1.0, applied_mono_s=1.0)
+        [row] = journal.repair_undo_records("inc")
+        journal.repair_undo_mark_undone("inc", [row["key"]])
+        assert journal.repair_undo_records("inc", undone=True)[0]["old_value"] == "A"
+        # beat wrote the future value back, the audit repaired again within the same incident
+        journal.repair_undo_record("inc", "r2", "db#p_", [(*rec, "B", "N3")], applied_wall_s=3.0, applied_mono_s=3.0)
+        [again] = journal.repair_undo_records("inc", undone=False)
+        assert (again["old_value"], again["new_value"]) == ("A", "N3")  # still the first-seen original
+        assert journal.repair_undo_records("inc", fingerprint="other#p_") == []
+
+
+def test_schema_3_undo_rows_are_carried_over_by_migration_4(tmp_path: Path) -> None:
+    import sqlite3
+
+    from timeguard.journal import _MIGRATIONS
+
+    path = tmp_path / "journal.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(_MIGRATIONS[:3], start=1):
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {number}")
+    insert = ("INSERT INTO repair_undo (incident_id, repair_id, fingerprint, tbl, row_id, name, col, old_value, "
+              "new_value, applied_wall_s, applied_mono_s, undone) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1.0, 1.0, ?)")
+    db.execute(insert, ("inc", "r1", "db#p_", "periodictask", 7, "a", "last_run_at", "OLD-a", "NEW-a", 0))
+    db.execute(insert, ("inc", "r1", "db#p_", "periodictask", 8, "b", "date_changed", "OLD-b", "NEW-b", 1))
+    db.execute(insert, ("inc", "r1", "db#p_", "periodictasks", 1, "(reload signal)", "last_update", None, "NEW-lu", 0))
+    db.close()
+    with Journal(path) as journal:
+        rows = journal.repair_undo_records("inc")
+        assert [(r["name"], r["col"], r["old_value"], r["new_value"], r["undone"]) for r in rows] == [
+            ("a", "last_run_at", "OLD-a", "NEW-a", 0), ("b", "date_changed", "OLD-b", "NEW-b", 1),
+            ("(reload signal)", "last_update", None, "NEW-lu", 0)]
+        assert rows[0]["row_id"] == 7 and rows[0]["fingerprint"] == "db#p_"

@@ -666,7 +666,7 @@ class CeleryBeatRepair:
                 for row in conn.execute(query):
                     current[row.id] = row
             todo: dict[str, list[dict[str, Any]]] = {"last_run_at": [], "date_changed": []}
-            done_seqs: list[int] = []
+            done_keys: list[tuple[Any, ...]] = []
             for r in task_records:
                 row = current.get(r["row_id"])
                 column = r["col"]
@@ -681,7 +681,7 @@ class CeleryBeatRepair:
                     skipped.append({**entry, "why": "changed since the repair (not the value it wrote)"})
                     continue
                 restored.append(entry)
-                done_seqs.append(r["seq"])
+                done_keys.append(r["key"])
                 todo[column].append({"b_id": r["row_id"], "b_old": self.from_text(r["old_value"]),
                                      "b_new": self.from_text(r["new_value"])})
             if dry_run:
@@ -692,7 +692,7 @@ class CeleryBeatRepair:
                     stmt = (sa.update(t).where(t.c.id == sa.bindparam("b_id")).where(col == sa.bindparam("b_new"))
                             .values({column: sa.bindparam("b_old")}))
                     conn.execute(stmt, params)
-            journal.repair_undo_mark_undone(done_seqs)
+            journal.repair_undo_mark_undone(incident_id, done_keys)
             now_a = now_fn()
             self._upsert_last_update(conn, self.db_value(now_a, "last_update"))
         sleep(self.wait_s)
