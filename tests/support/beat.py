@@ -156,10 +156,11 @@ class BeatState:
 class BeatDatabase:
     """A unique database of ``kind`` (sqlite, postgresql, mariadb) with django-celery-beat's tables migrated."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, settings: dict[str, str] | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.kind = kind
+        self.settings = dict(settings or {})  # TG_BEAT_USE_TZ… for every project process (beatproject/settings.py)
         self.name = f"tg_beat_{uuid.uuid4().hex[:12]}"
         self.dir = scratch_dir(f"beatdb-{kind}")
         self._created = False
@@ -237,7 +238,7 @@ class BeatDatabase:
     # -- running project code -----------------------------------------------------------------------------
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return project_env(self.url, extra)
+        return project_env(self.url, {**self.settings, **(extra or {})})
 
     def run(self, *args: str, timeout_s: float = 60, extra_env: dict[str, str] | None = None) -> str:
         """Run ``python ARGS`` in the project directory against this database (real time); returns stdout."""
@@ -272,14 +273,15 @@ class BeatDatabase:
 
 
 @contextlib.contextmanager
-def seeded_database(kind: str) -> Iterator[BeatDatabase]:
+def seeded_database(kind: str, settings: dict[str, str] | None = None) -> Iterator[BeatDatabase]:
     """A migrated ``kind`` database with the seed schedule, dropped afterwards; skips (or, with
-    TIMEGUARD_REQUIRE_REAL=1, fails) when the packages or the database server are missing."""
+    TIMEGUARD_REQUIRE_REAL=1, fails) when the packages or the database server are missing. ``settings``: the
+    project's TG_BEAT_* settings (time-zone conventions)."""
     from tests.support.require import need
 
     need(packages_problem() is None, f"{packages_problem()}")
     need(service_problem(kind) is None, f"{service_problem(kind)}")
-    db = BeatDatabase(kind)
+    db = BeatDatabase(kind, settings)
     try:
         db.create()
         db.create_tasks()

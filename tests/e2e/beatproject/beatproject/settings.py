@@ -2,6 +2,8 @@
 
 * ``TG_BEAT_DATABASE_URL``: ``sqlite:////abs/path.sqlite3``, ``postgresql://user@127.0.0.1:5432/name`` or
   ``mysql://root@127.0.0.1:3306/name`` (MariaDB through PyMySQL).
+* ``TG_BEAT_USE_TZ``, ``TG_BEAT_TZ_AWARE`` (``1``/``0``), ``TG_BEAT_TIME_ZONE``: Django's USE_TZ, TIME_ZONE and
+  DJANGO_CELERY_BEAT_TZ_AWARE (default: true, UTC, true).
 * ``TG_BEAT_BROKER_URL`` (default ``redis://127.0.0.1:6379/0``), ``TG_BEAT_KEYPREFIX`` (a Redis key prefix that
   keeps one test's messages apart from everybody else's), ``TG_BEAT_QUEUE`` (default queue name).
 """
@@ -13,8 +15,11 @@ SECRET_KEY = "timeguard-e2e-not-secret"  # a throw-away test project
 DEBUG = False
 ALLOWED_HOSTS: list[str] = []
 INSTALLED_APPS = ["django_celery_beat"]
-USE_TZ = True
-TIME_ZONE = "UTC"
+# The storage conventions (research/celery_beat.md §1.8) are chosen by the environment: the default is USE_TZ=True;
+# a tz-naive project runs with TG_BEAT_USE_TZ=0, TG_BEAT_TZ_AWARE=0 and a TG_BEAT_TIME_ZONE.
+USE_TZ = os.environ.get("TG_BEAT_USE_TZ", "1") == "1"
+TIME_ZONE = os.environ.get("TG_BEAT_TIME_ZONE", "UTC")
+DJANGO_CELERY_BEAT_TZ_AWARE = os.environ.get("TG_BEAT_TZ_AWARE", "1") == "1"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
 

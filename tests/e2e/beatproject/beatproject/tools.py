@@ -14,11 +14,22 @@ import sys
 import django
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.astimezone(dt.UTC).isoformat()
+def _iso(value: dt.datetime | None, column: str = "date_changed") -> str | None:
+    """Aware UTC ISO. Under USE_TZ=False the ORM returns naive values in the conventions of research §1.8:
+    ``last_run_at`` naive UTC (DJANGO_CELERY_BEAT_TZ_AWARE=False: beat's utcnow()), the rest naive TIME_ZONE."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        from zoneinfo import ZoneInfo
+
+        from django.conf import settings
+
+        value = value.replace(tzinfo=dt.UTC if column == "last_run_at" else ZoneInfo(settings.TIME_ZONE))
+    return value.astimezone(dt.UTC).isoformat()
 
 
 def create_tasks() -> dict[str, object]:
+    from django.conf import settings
     from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
     every1, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
@@ -29,6 +40,10 @@ def create_tasks() -> dict[str, object]:
     clocked_at = os.environ.get("TG_BEAT_CLOCKED_AT")
     when = (dt.datetime.fromisoformat(clocked_at) if clocked_at
             else dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    if not settings.USE_TZ:  # a naive project stores naive local times
+        from zoneinfo import ZoneInfo
+
+        when = when.astimezone(ZoneInfo(settings.TIME_ZONE)).replace(tzinfo=None)
     clocked = ClockedSchedule.objects.create(clocked_time=when)
     specs = [
         ("every-1s", "beatproject.tasks.tick", {"interval": every1}, '["1s"]', False),
@@ -50,7 +65,7 @@ def state() -> dict[str, object]:
         t.name: {
             "task": t.task,
             "enabled": t.enabled,
-            "last_run_at": _iso(t.last_run_at),
+            "last_run_at": _iso(t.last_run_at, "last_run_at"),
             "date_changed": _iso(t.date_changed),
             "total_run_count": t.total_run_count,
             "one_off": t.one_off,
