@@ -28,7 +28,6 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from operator import methodcaller
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -533,7 +532,7 @@ class CeleryBeatRepair:
             if not rows and not lu_future:
                 return None
             new_lr_text, new_dc_text = self.to_text(new_lr), self.to_text(new_dc)
-            text = str if self.is_sqlite else _iso_space
+            text = self.to_text
             lu_record = ("periodictasks", 1, "(reload signal)", "last_update",
                          self.to_text(last_update) if present else None, new_dc_text)
 
@@ -698,9 +697,6 @@ class CeleryBeatRepair:
         sleep(self.wait_s)
         self._phase_b(now_a, now_fn)
         return UndoOutcome(incident_id, tuple(restored), tuple(skipped), False)
-
-
-_iso_space = methodcaller("isoformat", " ")  # CeleryBeatRepair.to_text of a datetime, without the checks
 
 
 def _cancellable_sleep(cancelled: Callable[[], bool], slice_s: float = 0.2) -> Callable[[float], None]:
