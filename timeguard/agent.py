@@ -31,6 +31,7 @@ from timeguard.check import Probe, measure_all, probes
 from timeguard.clockwatch import ClockReading, ClockStep, StepDetector, StepKind, read_clocks
 from timeguard.config import Config
 from timeguard.events import Event, EventKind, new_id
+from timeguard.hooks.api import HookRun, HookStatus
 from timeguard.hooks.dispatch import Dispatcher
 from timeguard.journal import CheckRecord, Journal, JournalCorrupt, JournalError
 from timeguard.localclock import read_kernel_clock
@@ -564,11 +565,9 @@ class Agent:
             # one only to the hook whose audit found it: a retry of the repair, not another alert.
             self._record(event, only=None if first else name)
 
-    def _after_hook_run(self, run: Any) -> None:
+    def _after_hook_run(self, run: HookRun) -> None:
         """A repair that failed or was skipped (database down, clock not trusted yet) is retried by an audit
         after the back-off rather than at the next regular audit."""
-        from timeguard.hooks.api import HookStatus
-
         if run.dry_run or run.test or run.status not in (HookStatus.FAILED, HookStatus.SKIPPED):
             return
         with self._audit_lock:

@@ -43,19 +43,6 @@ DAY = 86400.0
 FAST_AUDIT = {"audit_retry_s": 1, "audit_interval_s": 10}
 
 
-def first_custom_send(beat: beatlib.BeatProcess, since: float, timeout_s: float, daemon_log: Any = None) -> float:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        sent = [s for s in beat.sent_since(since) if s.name in beatlib.CUSTOM]
-        if sent:
-            return sent[0].mono
-        beat.check_alive()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no custom task sent within {timeout_s} s:\n{beat.log_tail()}\n--- daemon ---\n"
-                                 f"{daemon_log() if daemon_log else ''}")
-        time.sleep(0.05)
-
-
 def assert_resumed(db: BeatDatabase, beat: beatlib.BeatProcess, first: float) -> None:
     """every-1s and every-2s sent at their rates after ``first``; then no future timestamp once beat synced."""
     t0 = first + 0.5
@@ -99,7 +86,7 @@ def test_audit_repairs_damage_done_before_timeguard_started(beat_clock: FakeCloc
                 found = daemon.wait_event(EventKind.FUTURE_STATE_FOUND, 30)
                 run = daemon.wait_hook_run(found, 40)
                 assert run.status is HookStatus.CHANGED, run.summary
-                first = first_custom_send(beat, started, 20, daemon.log_tail)
+                first = beat.wait_custom_sent(started, 20, daemon.log_tail).mono
                 print(f"[{db.kind}] daemon started → future_state_found {found.monotonic_s - started:.2f} s → first "
                       f"custom task sent {first - started:.2f} s")
                 assert_resumed(db, beat, first)
@@ -151,7 +138,7 @@ def test_locked_database_fails_the_repair_then_the_audit_retries(beat_clock: Fak
                         held["conn"].close()
                 released_wall, released = time.time(), time.monotonic()
                 run = changed_run_after(config, released_wall, 40, proc)
-                first = first_custom_send(beat, released, 30, daemon.log_tail)
+                first = beat.wait_custom_sent(released, 30, daemon.log_tail).mono
                 print(f"[{db.kind}] lock released → repaired by a retry ({run.event_kind}) → first custom task "
                       f"{first - released:.2f} s later")
                 assert_resumed(db, beat, first)

@@ -188,20 +188,7 @@ class BeatDatabase:
 
     def create(self) -> Self:
         """Create the database and run ``manage.py migrate`` (real interpreter, subprocess)."""
-        if self.kind == "postgresql":
-            import psycopg
-
-            with psycopg.connect(**PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{self.name}"')
-        elif self.kind == "mariadb":
-            import pymysql
-
-            conn = pymysql.connect(**MARIADB_ADMIN, autocommit=True)
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(f"CREATE DATABASE `{self.name}` CHARACTER SET utf8mb4")
-            finally:
-                conn.close()
+        self._admin(f'CREATE DATABASE "{self.name}"', f"CREATE DATABASE `{self.name}` CHARACTER SET utf8mb4")
         self._created = True
         self.manage("migrate", "--no-input", "-v", "0", timeout_s=120)
         return self
@@ -211,21 +198,25 @@ class BeatDatabase:
         if not self._created:
             return
         self._created = False
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)', f"DROP DATABASE IF EXISTS `{self.name}`")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _admin(self, postgresql: str, mariadb: str) -> None:
+        """One statement on the database server as its administrator (nothing to do for SQLite)."""
         if self.kind == "postgresql":
             import psycopg
 
             with psycopg.connect(**PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+                conn.execute(postgresql)
         elif self.kind == "mariadb":
             import pymysql
 
             conn = pymysql.connect(**MARIADB_ADMIN, autocommit=True)
             try:
                 with conn.cursor() as cur:
-                    cur.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
+                    cur.execute(mariadb)
             finally:
                 conn.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.create()
@@ -445,6 +436,21 @@ class BeatProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{name} sent {len(hits)}/{count} times in {timeout_s} s on {self.db.kind}:\n"
                                      f"{self.log_tail()}")
+            time.sleep(0.05)
+
+    def wait_custom_sent(self, since: float, timeout_s: float, context: Any = None) -> SentTask:
+        """The first task of the seed schedule (CUSTOM) sent at or after ``since``; ``context()`` (e.g. the daemon's
+        log tail) is added to the failure."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            sent = [s for s in self.sent_since(since) if s.name in CUSTOM]
+            if sent:
+                return sent[0]
+            self.check_alive()
+            if time.monotonic() > deadline:
+                extra = f"\n--- daemon ---\n{context()}" if context is not None else ""
+                raise AssertionError(f"[{self.db.kind}] no custom task sent within {timeout_s} s:\n"
+                                     f"{self.log_tail()}{extra}")
             time.sleep(0.05)
 
     def wait_log(self, pattern: str, timeout_s: float = 20, since: float | None = None) -> LogLine:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,18 +135,10 @@ def rollback_and_resume(db: BeatDatabase, beat_clock: FakeClock, beat: BeatProce
     t_step = bug.step_mono
     rollback = daemon.wait_event(EventKind.ROLLBACK, 10, since_mono=t_step - 1)
     reload = beat.wait_log(RELOAD_LINE, timeout_s=resend_timeout_s, since=t_step)
-    deadline = time.monotonic() + resend_timeout_s
-    while True:
-        sent = [s for s in beat.sent_since(t_step + beatlib.GRACE_S) if s.name in beatlib.CUSTOM]
-        if sent:
-            break
-        beat.check_alive()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"[{db.kind}] no custom task sent {resend_timeout_s} s after the step:\n"
-                                 f"{beat.log_tail()}\n--- daemon ---\n{daemon.log_tail()}")
-        time.sleep(0.05)
+    first = beat.wait_custom_sent(t_step + beatlib.GRACE_S, resend_timeout_s, daemon.log_tail)
+    sent = [s for s in beat.sent_since(t_step + beatlib.GRACE_S) if s.name in beatlib.CUSTOM]
     quiet = [s for s in sent if s.mono < reload.mono]
-    return Resumed(bug, rollback, reload.mono, sent[0], quiet)
+    return Resumed(bug, rollback, reload.mono, first, quiet)
 
 
 def assert_changed(run: HookRun) -> None:
