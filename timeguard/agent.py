@@ -199,6 +199,8 @@ class Agent:
         self._unwritten: list[Event] = []  # events the journal refused: retried, never dropped
         self.journal_errors = 0
         self.steps_total = {"backward": 0, "forward": 0}
+        self.hook_failures: dict[tuple[str, str], int] = {}  # (hook, type) → failed runs (metrics)
+        self.future_state_found: dict[tuple[str, str], int] = {}  # (hook, target) → audit findings (metrics)
         self.journal: Journal | None = None
         self._scheduler: Any = None
         self._metrics: Any = None
@@ -543,6 +545,8 @@ class Agent:
                 delay = state.backoff_s
                 state.backoff_s = min(state.backoff_s * 2, d.audit_interval_s)
             if outcome == "found":
+                key = (name, str(details.get("target") or details.get("database") or ""))
+                self.future_state_found[key] = self.future_state_found.get(key, 0) + 1
                 state.found += 1
                 first = state.found == 1
                 state.incident = state.incident or new_id()
@@ -567,7 +571,11 @@ class Agent:
 
     def _after_hook_run(self, run: HookRun) -> None:
         """A repair that failed or was skipped (database down, clock not trusted yet) is retried by an audit
-        after the back-off rather than at the next regular audit."""
+        after the back-off rather than at the next regular audit. Failures are counted for the metrics."""
+        if run.status is HookStatus.FAILED and not run.test:
+            with self._audit_lock:
+                key = (run.hook, run.hook_type)
+                self.hook_failures[key] = self.hook_failures.get(key, 0) + 1
         if run.dry_run or run.test or run.status not in (HookStatus.FAILED, HookStatus.SKIPPED):
             return
         with self._audit_lock:

@@ -3,6 +3,11 @@ node_exporter textfile. Names follow research/style_ecosystem.md B8: ``timeguard
 ``_total`` counters, no timestamps on samples. The collector renders a snapshot the agent hands over after
 every check and step, so a scrape never touches the agent's locks or the network.
 
+The textfile is written the way node_exporter's README asks (a temp file in the same directory, renamed over
+the old one) and is always mode 0644: the unit's ``UMask=0077`` would otherwise leave it unreadable to
+node_exporter, which runs as another user. The directory must be writable by the unit: see ``ReadWritePaths=`` in
+systemd/timeguard.service. Alert rules over these metrics: monitoring/.
+
 Sign: every offset is *true time − host time*; positive means the host clock is behind (as ntplib and
 chrony's "System time ... slow" report it; node_exporter's ``node_timex_offset_seconds`` is the kernel's own
 pending correction, a different quantity).
@@ -10,15 +15,19 @@ pending correction, a different quantity).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from timeguard import __version__
+from timeguard.journal import JournalError
 from timeguard.model import SourceState, Status
 
 if TYPE_CHECKING:
@@ -40,7 +49,14 @@ CATALOGUE = {
     "timeguard_clock_steps": "counter",
     "timeguard_journal_errors": "counter",
     "timeguard_last_check_timestamp_seconds": "gauge",
+    "timeguard_alerts_pending": "gauge",
+    "timeguard_alerts_dead": "gauge",
+    "timeguard_hook_failures": "counter",
+    "timeguard_future_state_found": "counter",
 }
+
+#: The textfile's mode whatever the process's umask: node_exporter runs as another user and must read it.
+TEXTFILE_MODE = 0o644
 
 _NAN = float("nan")
 
@@ -107,6 +123,27 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("timeguard_last_check_timestamp_seconds",
                                 "Host wall time of the last cross-check (compare with the trusted time)",
                                 value=_num(d.get("last_check_wall_s")))
+        outbox = d.get("outbox", {})
+        for state in ("pending", "dead"):
+            family = GaugeMetricFamily(f"timeguard_alerts_{state}",
+                                       "Alert messages in the journal's outbox " + (
+                                           "waiting to be delivered (queued or being retried)" if state == "pending"
+                                           else "given up on (kept in the journal; see timeguard status)"),
+                                       labels=["hook"])
+            for hook, counts in sorted(outbox.items()):
+                family.add_metric([hook], float(counts.get(state, 0)))
+            yield family
+        failures = CounterMetricFamily("timeguard_hook_failures", "Hook runs that failed since the daemon started "
+                                       "(a failed repair is one of type celery_beat)", labels=["hook", "type"])
+        for (hook, hook_type), count in sorted(d.get("hook_failures", {}).items()):
+            failures.add_metric([hook, hook_type], float(count))
+        yield failures
+        found = CounterMetricFamily("timeguard_future_state_found", "Audits since the daemon started that found "
+                                    "state stamped in the future (e.g. celery beat rows); target is where, "
+                                    "without a password", labels=["hook", "target"])
+        for (hook, target), count in sorted(d.get("future_state_found", {}).items()):
+            found.add_metric([hook, target], float(count))
+        yield found
 
 
 class Metrics:
@@ -116,6 +153,7 @@ class Metrics:
         self.registry.register(self._snapshot)
         self._textfile = options.textfile
         self._log = log
+        self._write_lock = threading.Lock()  # the newest snapshot is the one renamed last
         self._server: Any = None
         if options.listen:
             host, _, port = options.listen.rpartition(":")
@@ -127,9 +165,15 @@ class Metrics:
         import time
 
         verdict = agent.verdict
+        hooks = agent.cfg.hooks
+        failures = {(h.name, h.type): 0 for h in hooks}  # every configured hook's series exists from the start
+        failures.update(getattr(agent, "hook_failures", {}))
         data: dict[str, Any] = {
             "steps": dict(agent.steps_total),
             "journal_errors": agent.journal_errors,
+            "hook_failures": failures,
+            "future_state_found": dict(getattr(agent, "future_state_found", {})),
+            "outbox": self._outbox(agent.journal, [h.name for h in hooks]),
         }
         if verdict is not None:
             data.update(
@@ -142,11 +186,24 @@ class Metrics:
         self._snapshot.set(data)
         self.write_textfile()
 
+    def _outbox(self, journal: Any, hooks: list[str]) -> dict[str, dict[str, int]]:
+        """Pending and dead alert messages per hook, from the journal (so they survive restarts); every configured
+        hook appears, with 0 when it has none."""
+        counts: dict[str, dict[str, int]] = {name: {} for name in hooks}
+        if journal is None:
+            return counts
+        try:
+            counts.update(journal.outbox_stats()["by_hook"])
+        except JournalError as exc:
+            self._log.error("metrics_outbox_unreadable", error=str(exc))
+        return counts
+
     def write_textfile(self) -> None:
         if self._textfile is None:
             return
         try:
-            write_to_textfile(self._textfile, self.registry)  # temp file + rename: never half-written
+            with self._write_lock:
+                write_textfile(self._textfile, generate_latest(self.registry))
         except OSError as exc:
             self._log.error("metrics_textfile_failed", path=self._textfile, error=str(exc))
 
@@ -154,3 +211,22 @@ class Metrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def write_textfile(path: str, body: bytes) -> None:
+    """Replace ``path`` with ``body`` atomically, mode 0644: a temp file in the same directory (a name
+    node_exporter ignores: not ``*.prom``), written, fsynced, chmodded, then renamed over ``path``. A reader sees
+    the old file or the new one, never a part; a failure leaves the old file and no temp file behind."""
+    directory, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), TEXTFILE_MODE)  # mkstemp makes it 0600; fchmod ignores the umask
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,17 +1,34 @@
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
 import urllib.request
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from timeguard import logs
-from timeguard.config import MetricsOptions
+from tests.support.require import need_program
+from tests.unit.test_agent import _ScriptedAuditor, reading
+from timeguard import config, logs
+from timeguard.agent import Agent
+from timeguard.config import HookSpec, MetricsOptions
 from timeguard.consensus import decide
-from timeguard.metrics import CATALOGUE, Metrics
+from timeguard.events import Event, EventKind
+from timeguard.hooks import dispatch as dispatch_mod
+from timeguard.hooks.api import AuditOutcome, AuditResult, DeliveryResult
+from timeguard.hooks.outbox import Outbox
+from timeguard.journal import Journal
+from timeguard.metrics import CATALOGUE, TEXTFILE_MODE, Metrics, write_textfile
 from timeguard.model import Sample, SourceKind, SourceState
 
 
@@ -22,7 +39,8 @@ def free_port() -> int:
 
 
 def agent_with(verdict) -> SimpleNamespace:
-    return SimpleNamespace(verdict=verdict, steps_total={"backward": 2, "forward": 1}, journal_errors=3)
+    return SimpleNamespace(verdict=verdict, steps_total={"backward": 2, "forward": 1}, journal_errors=3,
+                           cfg=SimpleNamespace(hooks=()), journal=None)
 
 
 @pytest.fixture
@@ -80,3 +98,145 @@ def test_unwritable_textfile_is_logged_not_raised(tmp_path):
         metrics = Metrics(MetricsOptions(listen=None, textfile=str(tmp_path / "missing-dir" / "t.prom")), logs.get())
         metrics.update(agent_with(None))
     assert any(e["event"] == "metrics_textfile_failed" for e in logged)
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+class _Receiver:
+    """An outbox deliverer that answers what a real receiver might: 410 (dead at once) or 503 (retried)."""
+
+    def __init__(self, name: str, result: DeliveryResult) -> None:
+        self.name, self.result = name, result
+
+    def deliver(self, delivery, *, trusted_now):
+        return self.result
+
+
+def test_alerts_hook_failures_and_future_state_reach_the_textfile(tmp_path, monkeypatch):
+    """The daemon's own bookkeeping, not a stub: a scripted audit finds future state, the repair hook fails, and
+    the outbox holds a dead and a pending alert. Every configured hook has its series from the start (0), so a
+    rule's increase() sees the first failure."""
+    monkeypatch.setattr(dispatch_mod, "find_type", lambda name: _ScriptedAuditor)
+    hooks = (HookSpec("audit", "repair", None, 5.0, False, {}), HookSpec("audit", "pager", ("rollback",), 5.0,
+                                                                         False, {}))
+    textfile = tmp_path / "timeguard.prom"
+    cfg = dataclasses.replace(config.load(None), state_dir=str(tmp_path), hooks=hooks,
+                              metrics=MetricsOptions(listen=None, textfile=str(textfile)))
+    agent = Agent(cfg, probe_factory=lambda c: [], reader=lambda: reading(1e9, 100.0))
+    agent.journal = Journal.in_state_dir(tmp_path)
+    agent._start_hooks()
+    where = "postgresql://beat:***@db.example/beat"
+    _ScriptedAuditor.script[:] = [AuditResult(AuditOutcome.FOUND, "2 timestamp(s) in the future",
+                                              {"database": where})]
+    try:
+        agent._audit_tick()
+        for hook in agent._dispatcher.hooks:
+            while hook.pending:
+                time.sleep(0.01)
+        outbox = Outbox(agent.journal, {"pager": _Receiver("pager", DeliveryResult(False, "410 Gone", permanent=True)),
+                                        "chat": _Receiver("chat", DeliveryResult(False, "503", retry_after_s=60))},
+                        trusted_now=lambda: None, epoch="boot-now")
+        for hook in ("pager", "chat"):
+            outbox.enqueue(hook, Event(EventKind.ROLLBACK, "inc-1", 1e9, 100.0, "boot-now"), {"text": "rollback"})
+        assert outbox.run_once() == 2
+        metrics = Metrics(cfg.metrics, logs.get())
+        metrics.update(agent)
+    finally:
+        agent._stop_hooks(outbox=True)
+    values = samples_of(textfile.read_text())
+    assert values[("timeguard_hook_failures_total", (("hook", "repair"), ("type", "audit")))] == 1
+    assert values[("timeguard_hook_failures_total", (("hook", "pager"), ("type", "audit")))] == 0
+    assert values[("timeguard_future_state_found_total", (("hook", "repair"), ("target", where)))] == 1
+    assert values[("timeguard_alerts_dead", (("hook", "pager"),))] == 1
+    assert values[("timeguard_alerts_pending", (("hook", "pager"),))] == 0
+    assert values[("timeguard_alerts_pending", (("hook", "chat"),))] == 1
+    assert values[("timeguard_alerts_dead", (("hook", "chat"),))] == 0
+    assert values[("timeguard_alerts_pending", (("hook", "repair"),))] == 0  # configured, nothing queued
+    agent.journal.close()
+
+
+def test_a_test_run_is_not_a_hook_failure(tmp_path):
+    """`timeguard hooks test` runs are marked test: a failing one says nothing about production alerts."""
+    from timeguard.hooks.api import HookRun, HookStatus
+
+    agent = Agent(dataclasses.replace(config.load(None), state_dir=str(tmp_path)), probe_factory=lambda c: [])
+    for test, dry_run, status in [(True, False, HookStatus.FAILED), (False, True, HookStatus.FAILED),
+                                  (False, False, HookStatus.SKIPPED), (False, False, HookStatus.FAILED)]:
+        agent._after_hook_run(HookRun(hook="h", hook_type="webhook", event_id="e", incident_id="i",
+                                      event_kind="rollback", status=status, summary="", details={}, output="",
+                                      duration_s=0.0, dry_run=dry_run, test=test, wall_s=0.0, monotonic_s=0.0))
+    assert agent.hook_failures == {("h", "webhook"): 2}  # the failed dry run counts, the test run does not
+
+
+@settings(max_examples=25, deadline=None)
+@given(umask=st.integers(0, 0o777), old=st.booleans())
+def test_textfile_is_0644_whatever_the_umask(umask, old):
+    """node_exporter runs as another user; the unit's UMask=0077 must not hide the file from it."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "timeguard.prom")
+        if old:
+            with open(path, "w") as f:
+                f.write("# old\n")
+            os.chmod(path, 0o600)
+        previous = os.umask(umask)
+        try:
+            write_textfile(path, b"timeguard_build_info 1\n")
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE(os.stat(path).st_mode) == TEXTFILE_MODE
+        assert os.listdir(directory) == ["timeguard.prom"]  # no temp file left
+
+
+def test_a_failed_write_keeps_what_was_there_and_leaves_no_temp_file(tmp_path):
+    from structlog.testing import capture_logs
+
+    target = tmp_path / "timeguard.prom"
+    target.mkdir()  # rename(2) over a non-empty directory fails
+    (target / "keep").write_text("x")
+    with capture_logs() as logged:
+        metrics = Metrics(MetricsOptions(listen=None, textfile=str(target)), logs.get())
+        metrics.update(agent_with(None))
+    assert any(e["event"] == "metrics_textfile_failed" and e["path"] == str(target) for e in logged)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["timeguard.prom"]
+    assert (target / "keep").read_text() == "x"
+
+
+def test_a_reader_never_sees_a_partial_textfile(tmp_path, verdict):
+    """What node_exporter does: read the file while the daemon rewrites it."""
+    textfile = tmp_path / "timeguard.prom"
+    metrics = Metrics(MetricsOptions(listen=None, textfile=str(textfile)), logs.get())
+    metrics.update(agent_with(verdict))
+    whole = textfile.read_text()
+    stop, seen = threading.Event(), []
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(textfile.read_text())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(40):
+            metrics.update(agent_with(verdict))
+    finally:
+        stop.set()
+        reader.join()
+    assert seen and all(text.endswith("\n") and families(text).keys() == families(whole).keys() for text in seen)
+
+
+def test_promtool_accepts_the_textfile(tmp_path, verdict):
+    """Prometheus's own linter (promtool check metrics): names, units, HELP/TYPE, _total counters."""
+    promtool = need_program("promtool", "prometheus")
+    textfile = tmp_path / "timeguard.prom"
+    metrics = Metrics(MetricsOptions(listen=None, textfile=str(textfile)), logs.get())
+    agent = agent_with(verdict)
+    agent.cfg = SimpleNamespace(hooks=(HookSpec("webhook", "ops", None, 5.0, False, {}),))
+    agent.hook_failures = {("ops", "webhook"): 2}
+    agent.future_state_found = {("beat", "postgresql://beat:***@db/beat"): 1}
+    metrics.update(agent)
+    lint = subprocess.run([promtool, "check", "metrics"], stdin=textfile.open("rb"), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
