@@ -224,6 +224,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"timeguard run: invalid configuration, not starting:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(cfg.logging.level, cfg.logging.format)
+    for warning in cfg.warnings:
+        logs.get().warning("config_warning", warning=warning.format(cfg.origin))
     return Agent(cfg, config_path=path).run()
 
 
@@ -239,9 +241,11 @@ def load_config_or_exit(explicit: str | None) -> Config:
 
 
 def _load_config(explicit: str | None) -> Config:
+    """For commands that do not use the hooks' secrets: one that exists only inside the service (a systemd
+    credential, a variable its unit sets) is not an error here (timeguard.config.load, resolve_secrets)."""
     from timeguard import config
 
-    return config.load(config.discover(explicit))
+    return config.load(config.discover(explicit), resolve_secrets=False)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -283,17 +287,22 @@ def _cmd_config(args: argparse.Namespace) -> int:
     explicit = getattr(args, "file", None) or args.config
     path = config.discover(explicit)
     try:
-        cfg = config.load(path)
+        cfg = config.load(path, resolve_secrets=False)  # a secret only the service can read is a warning
     except config.ConfigError as exc:
         count = len(exc.problems)
         print(f"{exc.origin}: invalid, {count} error{'s' if count != 1 else ''}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem.format(exc.origin)}", file=sys.stderr)
         return EXIT_CONFIG_INVALID
+    for warning in cfg.warnings:
+        print(f"warning: {warning.format(cfg.origin)}", file=sys.stderr)
     if args.config_command == "validate":
-        print(f"{cfg.origin}: valid ({len(cfg.sources.ntp)} NTP and {len(cfg.sources.http)} HTTPS sources)")
+        print(f"{cfg.origin}: valid ({len(cfg.sources.ntp)} NTP and {len(cfg.sources.http)} HTTPS sources)"
+              + (f", {len(cfg.warnings)} warning{'s' if len(cfg.warnings) != 1 else ''}" if cfg.warnings else ""))
         return 0
-    data = config.to_dict(cfg)
+    from timeguard.secrets import redact
+
+    data = redact(config.to_dict(cfg))  # passwords, tokens, Slack URLs: never printed
     if args.json:
         print(json.dumps(data, indent=2))
     else:

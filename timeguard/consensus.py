@@ -29,6 +29,7 @@ from timeguard.model import (
     Status,
     Verdict,
 )
+from timeguard.ranges import Range
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +41,11 @@ class Selection:
     depth: int  # the most intervals that overlap at one point
     best_lo_s: float | None  # the region covered by ``depth`` intervals (where the estimate sits)
     best_hi_s: float | None
-    lo_s: float | None  # [lo, hi]: every point covered by ``quorum`` intervals; None without a majority
+    lo_s: float | None  # [lo, hi]: the hull of ``regions``; None without a majority
     hi_s: float | None
+    #: Every point covered by ``quorum`` intervals, as disjoint closed intervals in order. With at most
+    #: ⌊(n−1)/2⌋ liars the truth is in one of them; more than one means the majority is split.
+    regions: tuple[tuple[float, float], ...] = ()
 
     @property
     def has_majority(self) -> bool:
@@ -60,14 +64,14 @@ def select(intervals: Sequence[tuple[float, float]]) -> Selection:
     max_depth = 0
     regions: list[tuple[float, float]] = []  # regions at max depth, in order
     region_start = 0.0
-    quorum_lo: float | None = None
-    quorum_hi: float | None = None
+    quorum_regions: list[tuple[float, float]] = []
+    quorum_start = 0.0
     for point, is_end in edges:
         if is_end:
             if depth == max_depth:
                 regions.append((region_start, point))
-            if depth >= quorum:
-                quorum_hi = point  # the last end while at quorum is the highest quorum point
+            if depth == quorum:  # leaving the last point covered by a majority (until the next start)
+                quorum_regions.append((quorum_start, point))
             depth -= 1
         else:
             depth += 1
@@ -76,12 +80,14 @@ def select(intervals: Sequence[tuple[float, float]]) -> Selection:
                 regions = []
             if depth == max_depth:
                 region_start = point
-            if depth >= quorum and quorum_lo is None:
-                quorum_lo = point
-    if max_depth < quorum:
-        quorum_lo = quorum_hi = None
+            if depth == quorum:
+                quorum_start = point
     best = _middle_region(regions, intervals)
-    return Selection(n, quorum, max_depth, best[0], best[1], quorum_lo, quorum_hi)
+    if not quorum_regions:
+        return Selection(n, quorum, max_depth, best[0], best[1], None, None)
+    return Selection(
+        n, quorum, max_depth, best[0], best[1], quorum_regions[0][0], quorum_regions[-1][1], tuple(quorum_regions)
+    )
 
 
 def _middle_region(
@@ -98,24 +104,39 @@ def _middle_region(
 def decide(
     samples: Iterable[Sample],
     *,
-    warning_s: float,
-    critical_s: float,
+    warning_s: float | Range,
+    critical_s: float | Range,
     min_sources: int = 1,
     monotonic_s: float = 0.0,
 ) -> Verdict:
-    """The verdict over one round of samples (pure: no I/O, no clock reads)."""
+    """The verdict over one round of samples (pure: no I/O, no clock reads).
+
+    ``warning_s``/``critical_s`` are a number N (alert when |offset| > N) or a Nagios :class:`Range` over
+    |offset|. The status is the worst that *any* point of the majority's regions would have: OK says that
+    every offset the sources leave possible is within the warning threshold, not only the estimate.
+
+    ``min_sources`` is capped at the number of samples given (the sources configured): a check of a
+    single server is valid, and says that one source cannot be outvoted.
+    """
     samples = tuple(samples)
+    warning = warning_s if isinstance(warning_s, Range) else Range.upper(warning_s)
+    critical = critical_s if isinstance(critical_s, Range) else Range.upper(critical_s)
+    needed = max(min(min_sources, len(samples)), 1)
     usable = [s for s in samples if s.usable]
     overall = select([_interval(s) for s in usable])
-    ntp = _class_agreement(SourceKind.NTP, usable)
-    http = _class_agreement(SourceKind.HTTP, usable)
+    ntp_sel = select([_interval(s) for s in usable if s.kind == SourceKind.NTP])
+    http_sel = select([_interval(s) for s in usable if s.kind == SourceKind.HTTP])
+    ntp = _class_agreement(SourceKind.NTP, ntp_sel)
+    http = _class_agreement(SourceKind.HTTP, http_sel)
     agree: bool | None = None
-    if ntp.has_majority and http.has_majority:
-        agree = _overlap(ntp.offset_lo_s, ntp.offset_hi_s, http.offset_lo_s, http.offset_hi_s)
+    if ntp_sel.has_majority and http_sel.has_majority:
+        agree = any(_overlap(*a, *b) for a in ntp_sel.regions for b in http_sel.regions)
 
     verdicts = tuple(_source_verdict(s, overall) for s in samples)
     offset = lo = hi = None
-    if len(usable) < min_sources:
+    regions: tuple[tuple[float, float], ...] = ()
+    witness: tuple[float, Range] | None = None
+    if len(usable) < needed:
         status = Status.UNKNOWN
     elif agree is False:
         status = Status.SOURCES_INCONSISTENT
@@ -124,25 +145,27 @@ def decide(
     else:
         assert overall.best_lo_s is not None and overall.best_hi_s is not None
         offset = (overall.best_lo_s + overall.best_hi_s) / 2
-        lo, hi = overall.lo_s, overall.hi_s
-        magnitude = abs(offset)
-        if magnitude >= critical_s:
-            status = Status.CRITICAL
-        elif magnitude >= warning_s:
-            status = Status.WARNING
-        else:
-            status = Status.OK
+        lo, hi, regions = overall.lo_s, overall.hi_s, overall.regions
+        status = Status.OK
+        for level, threshold in ((Status.CRITICAL, critical), (Status.WARNING, warning)):
+            point = _alerting_point(threshold, regions)
+            if point is not None:
+                status = level
+                # Explain only a status the estimate alone would not have: the interval reaches past it.
+                witness = None if threshold.alerts(abs(offset)) else (point, threshold)
+                break
     summary = _summary(
         status,
         offset=offset,
-        lo=lo,
-        hi=hi,
+        regions=regions,
         overall=overall,
         ntp=ntp,
         http=http,
         agree=agree,
         total=len(samples),
-        min_sources=min_sources,
+        needed=needed,
+        witness=witness,
+        names=(warning, critical),
     )
     return Verdict(
         status=status,
@@ -156,10 +179,29 @@ def decide(
         ntp=ntp,
         http=http,
         ntp_http_agree=agree,
-        warning_s=warning_s,
-        critical_s=critical_s,
+        warning=warning,
+        critical=critical,
         monotonic_s=monotonic_s,
+        regions=regions,
     )
+
+
+def _alerting_point(threshold: Range, regions: Sequence[tuple[float, float]]) -> float | None:
+    """An offset of ``regions`` whose magnitude ``threshold`` alerts on (the largest such), or None.
+
+    The alert set of a range over |x| changes only at ±start, ±end and 0, so a region alerts somewhere iff
+    it alerts at one of its ends or at one of those points inside it: the check is exact, not sampled.
+    """
+    found: float | None = None
+    for lo, hi in regions:
+        if not threshold.alerts_for_offsets(lo, hi):
+            continue
+        edges = [threshold.start, threshold.end, -threshold.start, -threshold.end, 0.0]
+        candidates = [lo, hi, *(x for x in edges if math.isfinite(x) and lo <= x <= hi)]
+        for x in candidates:
+            if threshold.alerts(abs(x)) and (found is None or abs(x) > abs(found)):
+                found = x
+    return found
 
 
 def _interval(sample: Sample) -> tuple[float, float]:
@@ -167,15 +209,17 @@ def _interval(sample: Sample) -> tuple[float, float]:
     return sample.offset_lo_s, sample.offset_hi_s
 
 
-def _overlap(a_lo: float | None, a_hi: float | None, b_lo: float | None, b_hi: float | None) -> bool:
-    assert a_lo is not None and a_hi is not None and b_lo is not None and b_hi is not None
+def _overlap(a_lo: float, a_hi: float, b_lo: float, b_hi: float) -> bool:
     return a_lo <= b_hi and b_lo <= a_hi
 
 
-def _class_agreement(kind: SourceKind, usable: Sequence[Sample]) -> ClassAgreement:
-    of_kind = [_interval(s) for s in usable if s.kind == kind]
-    sel = select(of_kind)
+def _class_agreement(kind: SourceKind, sel: Selection) -> ClassAgreement:
     return ClassAgreement(kind, sel.usable, sel.depth, sel.lo_s, sel.hi_s)
+
+
+def fmt_regions(regions: Sequence[tuple[float, float]]) -> str:
+    """``[-0.000028 s, +0.000031 s]``, or ``[…] or […]`` for a split majority."""
+    return " or ".join(f"[{lo:+.6f} s, {hi:+.6f} s]" for lo, hi in regions)
 
 
 def _source_verdict(sample: Sample, overall: Selection) -> SourceVerdict:
@@ -190,14 +234,12 @@ def _source_verdict(sample: Sample, overall: Selection) -> SourceVerdict:
             f"no majority: at most {overall.depth} of {overall.usable} sources agree, "
             f"{overall.quorum} needed",
         )
-    if _overlap(lo, hi, overall.lo_s, overall.hi_s):
+    if any(_overlap(lo, hi, r_lo, r_hi) for r_lo, r_hi in overall.regions):
         return SourceVerdict(sample, SourceState.TRUECHIMER, sample.reason)
-    assert overall.lo_s is not None and overall.hi_s is not None
     return SourceVerdict(
         sample,
         SourceState.FALSETICKER,
-        f"its interval [{lo:+.6f} s, {hi:+.6f} s] misses the majority's "
-        f"[{overall.lo_s:+.6f} s, {overall.hi_s:+.6f} s]",
+        f"its interval [{lo:+.6f} s, {hi:+.6f} s] misses the majority's {fmt_regions(overall.regions)}",
     )
 
 
@@ -218,18 +260,19 @@ def _summary(
     status: Status,
     *,
     offset: float | None,
-    lo: float | None,
-    hi: float | None,
+    regions: Sequence[tuple[float, float]],
     overall: Selection,
     ntp: ClassAgreement,
     http: ClassAgreement,
     agree: bool | None,
     total: int,
-    min_sources: int,
+    needed: int,
+    witness: tuple[float, Range] | None,
+    names: tuple[Range, Range],
 ) -> str:
     if status is Status.UNKNOWN:
         return (
-            f"only {overall.usable} of {total} sources usable, {min_sources} needed: "
+            f"only {overall.usable} of {total} sources usable, {needed} needed: "
             "the clock cannot be checked"
         )
     if status is Status.SOURCES_INCONSISTENT:
@@ -245,14 +288,24 @@ def _summary(
             f"no majority: at most {overall.depth} of {overall.usable} usable sources agree, "
             f"{overall.quorum} needed"
         )
-    assert offset is not None and lo is not None and hi is not None
+    assert offset is not None and regions
     direction = "ahead" if offset < 0 else "behind"
     classes = {True: "; NTP and HTTPS agree", False: "", None: ""}[agree]
     if agree is None:
         missing = [k.value.upper() for k, c in ((SourceKind.NTP, ntp), (SourceKind.HTTP, http)) if c.usable]
         classes = f"; only {'/'.join(missing) or 'no'} sources, no cross-check"
-    return (
+    split = ""
+    if len(regions) > 1:
+        split = f": the majority is split into {len(regions)} regions and the sources cannot tell which holds"
+    text = (
         f"host clock {direction} by {fmt_offset(abs(offset))[1:]} (offset {offset:+.6f} s, "
-        f"true offset in [{lo:+.6f} s, {hi:+.6f} s]), "
+        f"true offset in {fmt_regions(regions)}{split}), "
         f"{overall.depth} of {overall.usable} usable sources agree{classes}"
     )
+    if overall.usable == 1:
+        text += "; a single source cannot be outvoted: if it is wrong, nothing here can tell"
+    if witness is not None:
+        point, threshold = witness
+        which = "critical" if threshold is names[1] else "warning"
+        text += f"; the true offset may be {point:+.6f} s, past the {which} threshold {threshold.text} s"
+    return text

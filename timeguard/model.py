@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from timeguard.ranges import Range
+
 
 class SourceKind(enum.StrEnum):
     NTP = "ntp"
@@ -86,7 +88,8 @@ class Sample:
 
 
 class Status(enum.StrEnum):
-    """The verdict of one cross-check. ``exit_code`` follows the Nagios plugin conventions."""
+    """The verdict of one cross-check. ``exit_code`` follows the Nagios plugin conventions, and
+    ``check_ntp_time``'s rule for an offset that cannot be found: CRITICAL, or UNKNOWN when asked (``-q``)."""
 
     OK = "OK"
     WARNING = "WARNING"
@@ -96,7 +99,18 @@ class Status(enum.StrEnum):
     UNKNOWN = "UNKNOWN"
 
     @property
+    def offset_found(self) -> bool:
+        """Whether the sources gave an offset (SOURCES_INCONSISTENT is found out, and always CRITICAL)."""
+        return self not in (Status.NO_MAJORITY, Status.UNKNOWN)
+
+    @property
     def exit_code(self) -> int:
+        return self.nagios_code()
+
+    def nagios_code(self, *, quiet: bool = False) -> int:
+        """0 OK, 1 WARNING, 2 CRITICAL; an offset that cannot be found is 2, or 3 (UNKNOWN) with ``quiet``."""
+        if not self.offset_found:
+            return 3 if quiet else 2
         return _EXIT_CODES[self]
 
 
@@ -105,9 +119,10 @@ _EXIT_CODES = {
     Status.WARNING: 1,
     Status.CRITICAL: 2,
     Status.SOURCES_INCONSISTENT: 2,
-    Status.NO_MAJORITY: 3,
-    Status.UNKNOWN: 3,
 }
+
+#: The Nagios state names by exit code.
+NAGIOS_STATES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +162,22 @@ class Verdict:
     ntp: ClassAgreement
     http: ClassAgreement
     ntp_http_agree: bool | None  # None when one class has no majority of its own (nothing to compare)
-    warning_s: float
-    critical_s: float
+    warning: Range  # applied to |offset| at every point of ``regions``
+    critical: Range
     monotonic_s: float = field(default=0.0)  # when the verdict was formed
+    #: Every point covered by a strict majority of the usable intervals, as disjoint closed intervals in
+    #: order (``offset_lo_s``/``offset_hi_s`` are their hull). More than one: the majority is split, and the
+    #: true offset lies in one of them — which one, the sources cannot tell.
+    regions: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def warning_s(self) -> float | None:
+        """The plain threshold N of a warning range ``N`` (alert above N), else None."""
+        return self.warning.simple_s
+
+    @property
+    def critical_s(self) -> float | None:
+        return self.critical.simple_s
 
     @property
     def error_s(self) -> float | None:

@@ -118,7 +118,7 @@ def test_offline_check_says_so():
             name, SourceKind.NTP, SourceState.UNREACHABLE, "DNS: Name or service not known"))
 
     result = run_check(CFG, probe_list=[dead("a"), dead("b")], with_local=False)
-    assert result.verdict.status is Status.UNKNOWN and result.verdict.status.exit_code == 3
+    assert result.verdict.status is Status.UNKNOWN and result.verdict.status.exit_code == 2  # no offset: CRITICAL
     text = report.human(result)
     assert "No source answered: is this host offline" in text
     assert "DNS: Name or service not known" in text

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from timeguard.consensus import decide, fmt_offset, select
 from timeguard.model import Sample, SourceKind, SourceState, Status
+from timeguard.ranges import Range
 
 
 def ntp(name: str, offset: float, err: float = 0.001, kind: SourceKind = SourceKind.NTP) -> Sample:
@@ -56,7 +57,8 @@ def test_lying_minority_is_marked_falseticker():
 def test_two_against_two_has_no_majority():
     v = run([ntp("a", 0), ntp("b", 0), ntp("c", 5), ntp("d", 5)])
     assert v.status is Status.NO_MAJORITY
-    assert v.offset_s is None and v.status.exit_code == 3
+    # check_ntp_time's rule: an offset that cannot be found is CRITICAL, UNKNOWN only when asked (-q)
+    assert v.offset_s is None and v.status.exit_code == 2 and v.status.nagios_code(quiet=True) == 3
     assert all(x.state is SourceState.FALSETICKER for x in v.sources)
     assert "2 of 4" in v.summary and "3 needed" in v.summary
 
@@ -101,7 +103,7 @@ def test_thresholds():
 
 def test_unknown_when_too_few_usable():
     v = run([dead("a"), dead("b")])
-    assert v.status is Status.UNKNOWN and v.status.exit_code == 3
+    assert v.status is Status.UNKNOWN and v.status.exit_code == 2 and v.status.nagios_code(quiet=True) == 3
     assert states(v) == {"a": SourceState.UNREACHABLE, "b": SourceState.UNREACHABLE}
     assert "0 of 2" in v.summary
     v = run([ntp("a", 0), dead("b")], min_sources=2)
@@ -224,3 +226,130 @@ def test_no_majority_means_no_point_covered_by_a_strict_majority(raw):
     for lo, _ in intervals:  # depth is maximal at some start point
         covered = sum(1 for a, b in intervals if a <= lo <= b)
         assert covered <= len(intervals) // 2
+
+
+# --- a status is justified by every point of the interval it reports (issue 9, item 1) ---
+
+
+def test_issue_case_wide_source_bridging_two_clusters_is_not_ok():
+    # +0 s, +2.5 s, and +1.25 s with root dispersion 1.45 s (legal): the wide one overlaps both, so a strict
+    # majority (2 of 3) covers two disjoint regions. The truth is in one of them; which, nobody can tell.
+    v = run([ntp("zero", 0.0, 0.00003), ntp("plus", 2.5, 0.00004), ntp("wide", 1.25, 1.45 + 0.0001)])
+    assert v.status is Status.WARNING, v.summary
+    assert len(v.regions) == 2
+    assert v.regions[0][0] <= 0 <= v.regions[0][1] and v.regions[1][0] <= 2.5 <= v.regions[1][1]
+    assert (v.offset_lo_s, v.offset_hi_s) == (v.regions[0][0], v.regions[1][1])
+    assert "or [+2.49996" in v.summary and "the majority is split into 2 regions" in v.summary
+    assert "the true offset may be +2.500040 s, past the warning threshold 0.5 s" in v.summary
+    assert set(states(v).values()) == {SourceState.TRUECHIMER}
+    # the same with a critical threshold below 2.5 s: CRITICAL, not the estimate's OK
+    assert run(v_samples := [ntp("z", 0.0), ntp("p", 2.5), ntp("w", 1.25, 1.45)], critical_s=2).status \
+        is Status.CRITICAL
+    assert run(v_samples, warning_s=3, critical_s=4).status is Status.OK
+
+
+def test_issue_case_a_liar_with_an_absurd_interval_cannot_make_it_ok():
+    # +0 s, +10 s and a −1000 s liar whose precision byte +60 claimed ±2^60 s: even if such a sample got
+    # through (the NTP client rejects it, see test_ntp_packet.py), the verdict is not OK.
+    v = run([ntp("a", 0.0), ntp("b", 10.0), ntp("liar", -1000.0, 2.0**60)])
+    assert v.status is Status.CRITICAL
+    assert v.regions == ((-0.001, 0.001), (9.999, 10.001))
+
+
+def test_interval_reaching_past_the_threshold_is_not_ok_even_if_the_estimate_is():
+    # Three agreeing sources, one narrow at 0: the estimate is 0, but two wide ones leave up to +0.7 s possible
+    # at a strict majority (2 of 3) only where they overlap each other.
+    v = run([ntp("a", 0.0, 0.001), ntp("b", 0.3, 0.4), ntp("c", 0.3, 0.4)])
+    assert v.status is Status.WARNING
+    assert v.offset_hi_s == pytest.approx(0.7)
+    assert "may be +0.700000 s" in v.summary
+
+
+def test_a_source_in_the_gap_of_a_split_majority_is_a_falseticker():
+    # Two wide sources bridge two pairs; the gap source overlaps the hull of the majority but no region of it:
+    # 4 of 7 cover 0 and 2, only 3 cover 1.
+    v = run([ntp("l1", 0, 0.01), ntp("l2", 0, 0.01), ntp("r1", 2, 0.01), ntp("r2", 2, 0.01),
+             ntp("bridge1", 1, 1.1), ntp("bridge2", 1, 1.1), ntp("gap", 1.0, 0.05)])
+    assert v.regions == ((-0.01, 0.01), (1.99, 2.01))
+    assert states(v)["gap"] is SourceState.FALSETICKER
+    assert "misses the majority's [" in next(x.reason for x in v.sources if x.sample.name == "gap")
+    assert " or [" in next(x.reason for x in v.sources if x.sample.name == "gap")
+
+
+def test_class_agreement_needs_overlapping_regions_not_overlapping_hulls():
+    # NTP majority split into [−0.01, 0.01] or [1.99, 2.01]; HTTPS says 1.0 ± 0.01: inside the NTP hull,
+    # but where no NTP majority is. That is disagreement.
+    samples = [ntp("l", 0, 0.01), ntp("r", 2, 0.01), ntp("w", 1, 1.1),
+               http("h1", 1.0, 0.01), http("h2", 1.0, 0.01), http("h3", 1.0, 0.01)]
+    v = run(samples)
+    assert v.ntp_http_agree is False and v.status is Status.SOURCES_INCONSISTENT
+
+
+def test_a_single_source_gives_a_verdict_that_says_it_cannot_be_outvoted():
+    v = run([ntp("only", 0.01)], min_sources=2)  # the default min_sources, with one source configured
+    assert v.status is Status.OK
+    assert "a single source cannot be outvoted" in v.summary
+    v = run([ntp("only", 0.01), dead("other")], min_sources=2)  # two configured, one answers: not enough
+    assert v.status is Status.UNKNOWN and "only 1 of 2 sources usable, 2 needed" in v.summary
+
+
+interval_st = st.tuples(
+    st.floats(min_value=-20, max_value=20, allow_nan=False), st.floats(min_value=0, max_value=10, allow_nan=False)
+)
+threshold_st = st.one_of(
+    st.floats(min_value=0, max_value=20, allow_nan=False).map(Range.upper),
+    st.sampled_from(["~:0.5", "@0:0.5", "-1:1", "10", "10:", "1:3", "@2:4", "~:7", "0.25:", "@-1:1"]).map(
+        Range.parse),
+)
+
+
+def _point_status(x: float, warning: Range, critical: Range) -> Status:
+    if critical.alerts(abs(x)):
+        return Status.CRITICAL
+    return Status.WARNING if warning.alerts(abs(x)) else Status.OK
+
+
+_RANK = {Status.OK: 0, Status.WARNING: 1, Status.CRITICAL: 2}
+
+
+@given(st.lists(interval_st, min_size=1, max_size=9), threshold_st, threshold_st, st.data())
+def test_status_is_never_better_than_any_point_of_the_reported_interval(raw, warning, critical, data):
+    samples = [ntp(f"s{i}", c, w) for i, (c, w) in enumerate(raw)]
+    v = run(samples, warning_s=warning, critical_s=critical)
+    if v.status not in _RANK:
+        assert v.offset_s is None and v.regions == ()
+        return
+    # every point of every region, its ends included, is at most as good as the verdict ...
+    for lo, hi in v.regions:
+        points = [lo, hi, *(data.draw(st.floats(min_value=lo, max_value=hi), label="x") for _ in range(5))]
+        edges = [e for r in (warning, critical) for e in (r.start, -r.start, r.end, -r.end)]
+        points += [e for e in edges if lo <= e <= hi] + ([0.0] if lo <= 0 <= hi else [])
+        for x in points:
+            assert _RANK[_point_status(x, warning, critical)] <= _RANK[v.status], (x, v.summary)
+    # ... and the verdict is no worse than some point makes it (it is the worst point, not a guess)
+    witnesses = [x for lo, hi in v.regions
+                 for x in [lo, hi, 0.0, *(e for r in (warning, critical) for e in (r.start, -r.start, r.end, -r.end))]
+                 if lo <= x <= hi]
+    assert max(_RANK[_point_status(x, warning, critical)] for x in witnesses) == _RANK[v.status]
+
+
+@given(st.lists(interval_st, min_size=1, max_size=9), st.data())
+def test_regions_are_exactly_the_points_a_strict_majority_covers(raw, data):
+    intervals = [(c - w, c + w) for c, w in raw]
+    sel = select(intervals)
+    quorum = len(intervals) // 2 + 1
+
+    def covered(x: float) -> int:
+        return sum(1 for a, b in intervals if a <= x <= b)
+
+    assert list(sel.regions) == sorted(sel.regions)
+    for (_, a_hi), (b_lo, _) in zip(sel.regions, sel.regions[1:], strict=False):
+        assert a_hi < b_lo  # disjoint, with a gap
+    for lo, hi in sel.regions:
+        for x in (lo, hi, (lo + hi) / 2, data.draw(st.floats(min_value=lo, max_value=hi))):
+            assert covered(x) >= quorum
+    # any interval end covered by a majority lies in a region (the depth is piecewise constant between ends)
+    for x in (e for iv in intervals for e in iv):
+        if covered(x) >= quorum:
+            assert any(lo <= x <= hi for lo, hi in sel.regions), x
+    assert sel.has_majority == bool(sel.regions)

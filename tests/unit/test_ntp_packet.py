@@ -20,8 +20,10 @@ from timeguard.model import Sample, SourceKind, SourceState
 from timeguard.sources import _net
 from timeguard.sources._net import ResolveError, resolve
 from timeguard.sources.ntp import (
+    DEFAULT_MAX_ROOT_DISTANCE_S,
     ERA_NS,
     LOCAL_READ_PRECISION_S,
+    MAX_PRECISION_LOG2,
     MIN_POLL_INTERVAL_S,
     Header,
     Ignored,
@@ -505,3 +507,44 @@ def test_resolve_temporary_failure_says_so(monkeypatch):
 def test_resolve_bad_arguments(host: str, port: int, message: str):
     with pytest.raises(ResolveError, match=message):
         resolve(host, port, timeout_s=0.1)
+
+
+# -- every error term a server declares about itself is bounded (issue 9, item 1) ---------------------
+
+
+def test_precision_byte_plus_60_is_unusable_with_the_reason():
+    """A liar declaring precision +60 (±2^60 s) would overlap every other source and vote everywhere."""
+    t2, t3, t4 = honest()
+    result = check(reply(t2_ns=t2, t3_ns=t3, precision=60), t4_ns=t4)
+    assert isinstance(result, Rejected)
+    assert result.reason == (
+        "precision +60 (2^60 s = 1.15e+18 s) is coarser than 2^-1 s: a clock that coarse is never fit to serve "
+        "time (RFC 5905 MAXDIST)"
+    )
+
+
+@given(
+    precision=st.integers(min_value=-128, max_value=127),
+    root_delay=st.integers(min_value=0, max_value=2**32 - 1),
+    root_dispersion=st.integers(min_value=0, max_value=2**32 - 1),
+    limit_s=st.sampled_from([0.5, DEFAULT_MAX_ROOT_DISTANCE_S, 3.0, 16.0]),
+)
+def test_self_declared_error_terms_are_bounded_or_the_reply_is_unusable(
+    precision: int, root_delay: int, root_dispersion: int, limit_s: float
+):
+    """Whatever the precision, root delay and root dispersion bytes say, an accepted reply's interval is at
+    most δ/2 + the root-distance limit + 2^MAX_PRECISION_LOG2 + our own reading precision wide, and a rejected
+    one names the field."""
+    t2, t3, t4 = honest()
+    data = reply(t2_ns=t2, t3_ns=t3, precision=precision, root_delay_s=root_delay / 65536,
+                 root_dispersion_s=root_dispersion / 65536)
+    result = check(data, t4_ns=t4, max_root_distance_s=limit_s)
+    distance_s = root_delay / 65536 / 2 + root_dispersion / 65536
+    if precision > MAX_PRECISION_LOG2:
+        assert isinstance(result, Rejected) and result.reason.startswith(f"precision {precision:+d} ")
+    elif distance_s > limit_s:
+        assert isinstance(result, Rejected) and result.reason.startswith("root distance ")
+    else:
+        assert isinstance(result, Measurement), result
+        bound = result.delay_s / 2 + limit_s + 2.0**MAX_PRECISION_LOG2 + LOCAL_READ_PRECISION_S
+        assert result.error_s <= bound + 1e-12

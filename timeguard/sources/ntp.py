@@ -46,6 +46,13 @@ MODE_SERVER = 4
 LEAP_ALARM = 3  # "clock not synchronised"
 MAX_STRATUM = 15  # 16 means unsynchronised (RFC 5905 MAXSTRAT)
 DEFAULT_MAX_ROOT_DISTANCE_S = 1.5  # between RFC 5905's MAXDIST (1 s) and chrony's maxdistance (3 s)
+#: The coarsest clock precision a server may declare: 2^-1 s. The precision byte is a signed log2 of seconds
+#: that goes into every interval, so a server claiming +60 (2^60 s) would vote for every offset at once. RFC
+#: 5905 counts a peer's precision in its dispersion, hence in its root distance, and a peer whose root
+#: distance reaches MAXDIST (1 s) is never fit (§11.2.1, A.5.2 fit()): a precision of 2^0 s or more can
+#: never be used. Real clocks declare −6 (a 60 Hz tick) to −32; the root distance bounds root delay and
+#: root dispersion, the other two terms a server declares about itself.
+MAX_PRECISION_LOG2 = -1
 #: The uncertainty of one local clock reading (clock_gettime plus the interpreter around it).
 LOCAL_READ_PRECISION_S = 1e-6
 #: Kiss codes after which the server must never be asked again (RFC 5905 §7.4: "demobilize").
@@ -334,6 +341,11 @@ def check_reply(
         return reject(f"leap indicator {LEAP_ALARM} (alarm): the server's clock is not synchronised")
     if h.stratum > MAX_STRATUM:
         return reject(f"stratum {h.stratum}: the server is not synchronised (usable: 1–{MAX_STRATUM})")
+    if h.precision > MAX_PRECISION_LOG2:
+        return reject(
+            f"precision {h.precision:+d} (2^{h.precision} s = {h.precision_s:.3g} s) is coarser than "
+            f"2^{MAX_PRECISION_LOG2} s: a clock that coarse is never fit to serve time (RFC 5905 MAXDIST)"
+        )
     if h.root_distance_s > max_root_distance_s:
         return reject(
             f"root distance {h.root_distance_s:.3f} s (root delay {h.root_delay_s:.3f} s / 2 + root "
