@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from timeguard import secrets
+
 DEFAULT_PATH = Path("/etc/timeguard/timeguard.yaml")
 ENV_VAR = "TIMEGUARD_CONFIG"
 
@@ -165,14 +167,23 @@ class HookSpec:
             except UnknownHookType as exc:
                 bad("type", str(exc))
             else:
+                deferred = secrets.deferred_so_far()
                 try:
                     hook_type.from_config(name if isinstance(name, str) else "?", options)
                 except HookConfigError as exc:
                     for key, message in exc.problems:
                         bad(key, message)
+                except secrets.Unresolved:
+                    pass  # it needs a secret that cannot be read here to check more: a warning below says which
                 except Exception as exc:  # noqa: BLE001 — a plugin's bug is a config error, not a crash
                     bad("", f"hook type {kind!r} failed to read its options: {type(exc).__name__}: {exc}")
-        if len(problems) > before:
+                for key, why in secrets.deferred_so_far()[len(deferred):]:
+                    sub = f"{path}.{key}"
+                    problems.append(ConfigProblem(sub, f"{why}: not readable here (fine if only the service can "
+                                                  "read it, e.g. a systemd credential; timeguard run refuses to "
+                                                  "start without it)", _line(lines, sub),
+                                                  warning=True))
+        if any(not p.warning for p in problems[before:]):
             return None
         return cls(kind, name, kinds, float(timeout), dry_run, options)
 
@@ -191,6 +202,12 @@ class Config:
     logging: LoggingOptions
     hooks: tuple[HookSpec, ...]
     origin: str = field(default="<embedded defaults>", compare=False)  # where it was loaded from
+    #: What is valid but deserves a word: an inline secret, a secret that could not be read here (load with
+    #: resolve_secrets=False). ``config validate`` prints them; they never stop anything.
+    warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)
+
+
+_META_FIELDS = ("origin", "warnings")  # not configuration keys
 
 
 # --------------------------------------------------------------------------------------------------- errors
@@ -201,10 +218,11 @@ class ConfigProblem:
     path: str  # "sources.ntp[1].port"
     message: str
     line: int | None = None
+    warning: bool = False  # valid, but worth saying (Config.warnings)
 
     def format(self, origin: str) -> str:
         where = f"{origin}:{self.line}" if self.line else origin
-        return f"{where}: {self.path or '(top level)'}: {self.message}"
+        return f"{where}: {self.path or '(top level)'}: {secrets.redact_text(self.message)}"
 
 
 class ConfigError(Exception):
@@ -234,8 +252,13 @@ def discover(explicit: str | None) -> Path | None:
     return DEFAULT_PATH if DEFAULT_PATH.exists() else None
 
 
-def load(path: Path | str | None = None) -> Config:
-    """Load and validate ``path`` merged over the defaults (None: the defaults alone)."""
+def load(path: Path | str | None = None, *, resolve_secrets: bool = True) -> Config:
+    """Load and validate ``path`` merged over the defaults (None: the defaults alone).
+
+    ``resolve_secrets=False`` is for commands that do not use the hooks' secrets (check, status, events,
+    config validate/show, hooks list): a secret that cannot be read here — a systemd credential that exists only
+    inside the service, a variable only its unit sets — becomes a warning in ``Config.warnings``, not an error.
+    The daemon (and a hook built from the result) still reads every secret it uses."""
     if path is None:
         return loads("", "<embedded defaults>")
     origin = str(path)
@@ -247,11 +270,14 @@ def load(path: Path | str | None = None) -> Config:
     except UnicodeDecodeError as exc:
         problem = ConfigProblem("", f"not UTF-8 text: {exc.reason} at byte {exc.start}")
         raise ConfigError(origin, [problem]) from exc
-    return loads(text, origin)
+    return loads(text, origin, resolve_secrets=resolve_secrets)
 
 
-def loads(text: str, origin: str = "<string>") -> Config:
-    """Validate configuration text merged over the defaults."""
+def loads(text: str, origin: str = "<string>", *, resolve_secrets: bool = True) -> Config:
+    """Validate configuration text merged over the defaults (``resolve_secrets``: see :func:`load`)."""
+    if not resolve_secrets:
+        with secrets.deferring():
+            return loads(text, origin)
     defaults, _ = _parse(default_text(), "<embedded defaults>")
     user, lines = _parse(text, origin)
     if user is None:
@@ -267,7 +293,7 @@ def to_dict(cfg: Any) -> Any:
         return {
             f.name: to_dict(getattr(cfg, f.name))
             for f in dataclasses.fields(cfg)
-            if f.name != "origin" and not (f.default is None and getattr(cfg, f.name) is None)
+            if f.name not in _META_FIELDS and not (f.default is None and getattr(cfg, f.name) is None)
         }
     if isinstance(cfg, tuple):
         return [to_dict(x) for x in cfg]
@@ -279,15 +305,77 @@ def to_dict(cfg: Any) -> Any:
 Lines = dict[str, int]
 
 
+#: A configuration nests a handful of levels (hooks[0].headers.X.env); aliases may repeat a block a few times.
+#: Beyond these the file is refused while it is being composed — before anything is expanded — so a 300-byte
+#: alias bomb ("billion laughs") or 10,000 nested ``[`` cost milliseconds, not minutes, gigabytes or a
+#: RecursionError.
+MAX_DEPTH = 32
+MAX_EXPANDED_VALUES = 10_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that a configuration must not be: too deep, expanding too much, a recursive alias."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that counts, while composing, how deep the nodes nest and how many values the document has
+    once every alias is expanded (an alias costs the size of what it names). Composing shares an aliased node
+    instead of copying it, so these counts are known before anything expands; past a limit it stops with the
+    line of the node or alias that went over."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0  # nesting of the node being composed
+        self._expanded = 0  # values in the document so far, aliases expanded
+        self._shape: dict[int, tuple[int, int]] = {}  # id(node) -> (values, height) once the node is complete
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)  # an undefined alias is PyYAML's error
+            shape = self._shape.get(id(node))
+            if shape is None:  # named while it is still being composed: it contains itself
+                raise _Refused(None, None, f"alias *{event.anchor} refers to a value that contains it "
+                               "(a recursive alias): refused", event.start_mark)
+            values, height = shape
+            self._expanded += values
+            if self._expanded > MAX_EXPANDED_VALUES:
+                raise _Refused(None, None, f"aliases expand the file to more than {MAX_EXPANDED_VALUES:,} values "
+                               f"(*{event.anchor} adds {values:,}; a YAML alias bomb?): refused", event.start_mark)
+            if self._depth + height > MAX_DEPTH:
+                raise _Refused(None, None, f"alias *{event.anchor} nests values more than {MAX_DEPTH} levels deep: "
+                               "refused", event.start_mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(None, None, f"values nested more than {MAX_DEPTH} levels deep: refused",
+                           event.start_mark)
+        self._expanded += 1
+        if self._expanded > MAX_EXPANDED_VALUES:
+            raise _Refused(None, None, f"more than {MAX_EXPANDED_VALUES:,} values: refused", event.start_mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        shapes = [self._shape[id(child)] for child in children]
+        self._shape[id(node)] = (1 + sum(v for v, _ in shapes), 1 + max((h for _, h in shapes), default=0))
+        return node
+
+
 def _parse(text: str, origin: str) -> tuple[Any, Lines]:
     """YAML text → plain data, plus the line of every key path; duplicate keys are errors."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_BoundedLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(origin, [ConfigProblem("", f"not valid YAML: {problem}", line)]) from exc
+        message = problem if isinstance(exc, _Refused) else f"not valid YAML: {problem}"
+        raise ConfigError(origin, [ConfigProblem("", message, line)]) from exc
     lines: Lines = {}
     problems: list[ConfigProblem] = []
     if node is None:
@@ -302,7 +390,7 @@ def _to_python(node: yaml.Node, path: str, lines: Lines, problems: list[ConfigPr
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
+        for key_node, value_node in _pairs(node, path, problems):
             # A key is its text: YAML 1.1 would turn `on:` (a hook's event kinds) into the boolean True.
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
@@ -325,6 +413,34 @@ def _to_python(node: yaml.Node, path: str, lines: Lines, problems: list[ConfigPr
         return None
 
 
+def _pairs(node: yaml.MappingNode, path: str, problems: list[ConfigProblem]) -> list[tuple[yaml.Node, yaml.Node]]:
+    """A mapping's (key, value) nodes with ``<<:`` merge keys resolved as YAML 1.1 says: the keys written in the
+    mapping win, then the merged mappings in the order given; each line stays the line it was written on."""
+    written: list[tuple[yaml.Node, yaml.Node]] = []
+    merged: list[tuple[yaml.Node, yaml.Node]] = []
+    for key_node, value_node in node.value:
+        if key_node.tag != _MERGE_TAG:
+            written.append((key_node, value_node))
+            continue
+        sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        for source in sources:
+            if isinstance(source, yaml.MappingNode):
+                merged.extend(_pairs(source, path, problems))
+            else:
+                problems.append(ConfigProblem(f"{path}.<<" if path else "<<", "a merge key (<<) takes a mapping or "
+                                              "a list of mappings (e.g. <<: *defaults)", source.start_mark.line + 1))
+    if not merged:
+        return written
+    have = {k.value for k, _ in written if isinstance(k, yaml.ScalarNode)}
+    for key_node, value_node in merged:
+        if isinstance(key_node, yaml.ScalarNode):
+            if key_node.value in have:
+                continue  # written in the mapping itself, or merged from an earlier source
+            have.add(key_node.value)
+        written.append((key_node, value_node))
+    return written
+
+
 def _merge(base: Any, over: Any) -> Any:
     if isinstance(base, dict) and isinstance(over, dict):
         merged = dict(base)
@@ -338,10 +454,60 @@ def _build(data: Any, lines: Lines, origin: str) -> Config:
     problems: list[ConfigProblem] = []
     cfg = _convert(Config, data, "", lines, problems)
     _logical_checks(data, lines, problems)
-    if problems:
-        problems.sort(key=lambda p: (p.line or 0, p.path))
-        raise ConfigError(origin, problems)
-    return dataclasses.replace(cfg, origin=origin)
+    _inline_secrets(data, "", lines, problems, hook_options=_hook_options(data))
+    problems.sort(key=lambda p: (p.line or 0, p.path))
+    errors = [p for p in problems if not p.warning]
+    if errors:
+        raise ConfigError(origin, errors)
+    return dataclasses.replace(cfg, origin=origin, warnings=tuple(p for p in problems if p.warning))
+
+
+def _hook_options(data: Any) -> dict[str, frozenset[str] | None]:
+    """For each ``hooks[i]``: the options its type declares (None: unknown), to name the way out of a secret."""
+    from timeguard.hooks.registry import UnknownHookType, find_type, options_of
+
+    found: dict[str, frozenset[str] | None] = {}
+    hooks = data.get("hooks") if isinstance(data, dict) else None
+    for i, hook in enumerate(hooks if isinstance(hooks, list) else []):
+        kind = hook.get("type") if isinstance(hook, dict) else None
+        try:
+            found[f"hooks[{i}]"] = options_of(find_type(kind)) if isinstance(kind, str) else None
+        except UnknownHookType:
+            found[f"hooks[{i}]"] = None
+    return found
+
+
+def _inline_secrets(value: Any, path: str, lines: Lines, problems: list[ConfigProblem], key: str = "", *,
+                    hook_options: dict[str, frozenset[str] | None]) -> None:
+    """A warning for every value ``config show`` masks (timeguard.secrets.redact): a secret written in the file
+    ends up in copies, backups and version control. Says where else it can come from."""
+    if isinstance(value, dict):
+        if set(value) in ({"env"}, {"file"}):
+            return
+        for k, v in value.items():
+            _inline_secrets(v, f"{path}.{k}" if path else str(k), lines, problems, str(k), hook_options=hook_options)
+        return
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            _inline_secrets(v, f"{path}[{i}]", lines, problems, key, hook_options=hook_options)
+        return
+    if value is None or isinstance(value, bool) or secrets.redact(value, key=key) == value:
+        return
+    parent = _LAST_STEP.sub("", path)
+    hook = re.match(r"hooks\[\d+\]", path)
+    known = hook_options.get(hook.group(0)) if hook else None
+    if parent.endswith((".headers", ".env")):
+        way_out = "write {file: PATH} (a systemd credential) or {env: VAR} instead"
+    elif hook and parent == hook.group(0) and known is not None and f"{key}_file" in known:
+        way_out = f"give it as {key}_file (a systemd credential, LoadCredential=) or {key}_env instead"
+    elif hook and known is not None and "headers" in known:
+        way_out = "send it in a header instead (headers: {Authorization: {file: PATH}}) if the receiver takes one"
+    elif hook:
+        way_out = "move it to a file or variable the hook type reads (see its documentation)"
+    else:
+        way_out = "keep secrets out of this file"
+    problems.append(ConfigProblem(path, f"holds a secret inline (config show masks it, but copies, backups and "
+                                  f"version control keep it): {way_out}", _line(lines, path), warning=True))
 
 
 _LAST_STEP = re.compile(r"(?:\.[^.\[]+|\[\d+\]|^[^.\[]+)$")
@@ -375,7 +541,7 @@ def _convert(tp: Any, value: Any, path: str, lines: Lines, problems: list[Config
             bad(f"must be a mapping of keys, not {_kind(value)}")
             return None
         hints = typing.get_type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp) if f.name != "origin"}
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.name not in _META_FIELDS}
         for key in value:
             if key not in fields:
                 sub = f"{path}.{key}" if path else key

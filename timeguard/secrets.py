@@ -35,7 +35,7 @@ _SECRET_NAME = re.compile(r"passw|passphrase|pwd|secret|token|auth|credential|co
 _SECRET_PARAMS = frozenset({"key", "sig", "pw", "pass", "code"})
 _REFERENCE_SUFFIXES = ("_env", "_file", "_path", "_var")
 _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
-_ASSIGNMENT_IN_TEXT = re.compile(r"(?i)\b(password|passwd|pwd|secret|token)(\s*[=:]\s*)([^\s&;,'\"]+)")
+_ASSIGNMENT_IN_TEXT = re.compile(r"(?i)\b(\w*(?:password|passwd|pwd|secret|token))(\s*=\s*)([^\s&;,'\"]+)")
 _SLACK_HOSTS = ("hooks.slack.com", "hooks.slack-gov.com")
 
 
@@ -93,7 +93,7 @@ def _redact_query(query: str) -> str:
 
 def redact_text(text: str) -> str:
     """Free text (an error message, a command line) with every URL in it redacted (:func:`redact_url`) and every
-    ``password=…``/``token: …`` assignment masked."""
+    ``password=…`` (libpq keyword DSN) or ``token=…`` assignment masked."""
     text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
     return _ASSIGNMENT_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}"
                                    if m.group(3) != MASK else m.group(0), text)
@@ -150,3 +150,9 @@ def defer(key: str, why: str) -> bool:
         return False
     found.append((key, why))
     return True
+
+
+def deferred_so_far() -> list[tuple[str, str]]:
+    """The ``(key, why)`` recorded by :func:`defer` so far in this :func:`deferring` block (a copy; empty outside)."""
+    found = _deferred.get()
+    return list(found) if found is not None else []

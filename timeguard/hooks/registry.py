@@ -93,3 +93,17 @@ def find_type(name: str) -> Any:
     if entry.hook_type is None:
         raise UnknownHookType(f"hook type {name!r} is unusable: {entry.error}")
     return entry.hook_type
+
+
+def options_of(hook_type: Any) -> frozenset[str] | None:
+    """The option names a hook type declares — its ``OPTIONS``, else its module's ``OPTIONS``/``_OPTIONS`` — or
+    None when it declares none (a plugin need not). Used to say which way out a type offers (``url_file``…)."""
+    import sys
+
+    found = getattr(hook_type, "OPTIONS", None)
+    if found is None:
+        module = sys.modules.get(getattr(hook_type, "__module__", ""))
+        found = getattr(module, "OPTIONS", None) or getattr(module, "_OPTIONS", None)
+    if isinstance(found, set | frozenset | tuple | list) and all(isinstance(k, str) for k in found):
+        return frozenset(found)
+    return None

@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from timeguard import __version__
+from timeguard import __version__, secrets
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext
 from timeguard.hooks.outbox import split_payload
@@ -106,7 +106,8 @@ class SlackHook(QueuedAlert):
             url = check_url(url_text, key, allow_http, problems, secret=True)
         if problems:
             raise HookConfigError(problems)
-        assert url is not None
+        if url is None:  # the URL could not be read here (secrets.deferring): the rest is fine
+            raise secrets.Unresolved("webhook_url")
         return cls(name, url, ca_bundle=ca, request_timeout_s=timeout)
 
     # ------------------------------------------------------------------------------------------ handle

@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from timeguard import __version__
+from timeguard import __version__, secrets
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext, HookResult
 from timeguard.hooks.outbox import split_payload
@@ -245,44 +245,60 @@ def _expand_credentials(path_text: str) -> tuple[Path | None, str | None]:
 
 
 def read_secret(options: Mapping[str, Any], key: str, problems: list[tuple[str, str]], *,
-                inline_ok: bool = False) -> str | None:
+                inline_ok: bool = False, report_as: str | None = None) -> str | None:
     """The secret ``key`` from ``<key>_env`` (an environment variable) or ``<key>_file`` (a file; systemd
-    credentials), or inline ``<key>`` where ``inline_ok``. At most one. Messages never contain the secret."""
+    credentials), or inline ``<key>`` where ``inline_ok``. At most one. Messages never contain the secret.
+
+    A variable that is not set or a file that cannot be read may exist only where the service runs: while
+    validating outside it (timeguard.secrets.deferring) that is recorded as deferred, not a problem, and None is
+    returned; a secret that *is* read and is wrong (empty, malformed) is always a problem. ``report_as``: the
+    key to report under instead of the option's own."""
     sources = [k for k in (key, f"{key}_env", f"{key}_file") if k in options]
     if key in options and not inline_ok:
-        problems.append((key, f"inline secrets are refused (configs get copied, shown, committed): use "
-                              f"{key}_env or {key}_file"))
+        problems.append((report_as or key, f"inline secrets are refused (configs get copied, shown, committed): "
+                                           f"use {key}_env or {key}_file"))
         return None
     if len(sources) > 1:
-        problems.append((sources[1], f"give only one of {', '.join(sources)}"))
+        problems.append((report_as or sources[1], f"give only one of {', '.join(sources)}"))
         return None
     if not sources:
         return None
     source = sources[0]
+    where = report_as or source
     value = options[source]
     if not isinstance(value, str) or not value.strip():
-        problems.append((source, f"must be non-empty text, not {type(value).__name__}"))
+        problems.append((where, f"must be non-empty text, not {type(value).__name__}"))
         return None
     if source == key:
         return value.strip()
+
+    def unreadable(why: str) -> None:
+        if not secrets.defer(where, why):
+            problems.append((where, why))
+
     if source.endswith("_env"):
         secret = os.environ.get(value)
-        if secret is None or not secret.strip():
-            problems.append((source, f"environment variable {value} is not set or empty"))
+        if secret is None:
+            unreadable(f"environment variable {value} is not set")
+            return None
+        if not secret.strip():
+            problems.append((where, f"environment variable {value} is empty"))
             return None
         return secret.strip()
     path, why = _expand_credentials(value)
     if path is None:
-        problems.append((source, f"{value} {why}"))
+        unreadable(f"{value} {why}")
         return None
     try:
         secret = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        problems.append((source, f"cannot read {path}: {reason}"))
+    except OSError as exc:
+        unreadable(f"cannot read {path}: {exc.strerror or type(exc).__name__}")
+        return None
+    except UnicodeDecodeError:
+        problems.append((where, f"{path} is not UTF-8 text"))
         return None
     if not secret:
-        problems.append((source, f"{path} is empty"))
+        problems.append((where, f"{path} is empty"))
         return None
     return secret
 
@@ -389,10 +405,8 @@ def _read_headers(value: Any, problems: list[tuple[str, str]]) -> tuple[dict[str
             if set(raw) not in ({"env"}, {"file"}):
                 problems.append((key, "a mapping value must be exactly {env: VAR} or {file: PATH}"))
                 continue
-            sub: list[tuple[str, str]] = []
-            secret = read_secret({f"v_{next(iter(raw))}": next(iter(raw.values()))}, "v", sub)
-            for _, message in sub:
-                problems.append((key, message))
+            secret = read_secret({f"v_{next(iter(raw))}": next(iter(raw.values()))}, "v", problems,
+                                 report_as=key)
             if secret is None:
                 continue
             headers[name] = secret
