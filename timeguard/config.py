@@ -228,9 +228,11 @@ class ConfigProblem:
 class ConfigError(Exception):
     """Every problem found in one configuration file, each with its key path and line."""
 
-    def __init__(self, origin: str, problems: list[ConfigProblem]) -> None:
+    def __init__(self, origin: str, problems: list[ConfigProblem],
+                 warnings: tuple[ConfigProblem, ...] = ()) -> None:
         self.origin = origin
         self.problems = problems
+        self.warnings = warnings  # found beside the errors (what Config.warnings would have held)
         super().__init__("\n".join(p.format(origin) for p in problems))
 
 
@@ -457,9 +459,10 @@ def _build(data: Any, lines: Lines, origin: str) -> Config:
     _inline_secrets(data, "", lines, problems, hook_options=_hook_options(data))
     problems.sort(key=lambda p: (p.line or 0, p.path))
     errors = [p for p in problems if not p.warning]
+    warnings = tuple(p for p in problems if p.warning)
     if errors:
-        raise ConfigError(origin, errors)
-    return dataclasses.replace(cfg, origin=origin, warnings=tuple(p for p in problems if p.warning))
+        raise ConfigError(origin, errors, warnings)
+    return dataclasses.replace(cfg, origin=origin, warnings=warnings)
 
 
 def _hook_options(data: Any) -> dict[str, frozenset[str] | None]:

@@ -8,7 +8,8 @@ This is how ``systemctl restart celery-beat`` or any site script is wired to a c
         on: [rollback, rollback_while_down]     # the default
         timeout_s: 60
         command: [systemctl, restart, celery-beat]   # argv: no shell, no quoting problems
-        env: {BEAT_UNIT: celery-beat}           # extra variables (optional)
+        env: {BEAT_UNIT: celery-beat}           # extra variables (optional); a secret one as
+                                                #   {file: PATH} (relative: $CREDENTIALS_DIRECTORY) or {env: VAR}
         cwd: /srv/app                           # working directory (optional, must exist)
         # shell: true      → command is one string run by /bin/sh -c (explicitly, never by accident)
         # run_in_dry_run: true → run it in dry-run mode too, with TIMEGUARD_DRY_RUN=1 (the script must honour it)
@@ -302,8 +303,16 @@ def _check_env(value: Any, problems: list[tuple[str, str]]) -> dict[str, str]:
             problems.append((f"env.{key}", "is not a valid variable name (letters, digits, _; not first a digit)"))
         elif key.startswith("TIMEGUARD_"):
             problems.append((f"env.{key}", "TIMEGUARD_* variables are set by timeguard itself"))
+        elif isinstance(item, dict) and set(item) in ({"env"}, {"file"}):  # a secret, kept out of the config
+            from timeguard.hooks.webhook import read_secret
+
+            kind, source = next(iter(item.items()))
+            secret = read_secret({f"v_{kind}": source}, "v", problems, report_as=f"env.{key}")
+            if secret is not None:
+                env[key] = secret
         elif isinstance(item, bool) or not isinstance(item, str | int | float):
-            problems.append((f"env.{key}", f"must be text or a number, not {item!r} (quote it)"))
+            problems.append((f"env.{key}", "must be text or a number (a secret: {file: PATH} or {env: VAR}), "
+                                           f"not {item!r} (quote it)"))
         elif "\0" in str(item):
             problems.append((f"env.{key}", "must not contain a NUL byte"))
         else:

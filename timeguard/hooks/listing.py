@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from timeguard import config
 from timeguard.hooks import registry
 from timeguard.hooks.api import ALL_REAL_KINDS, DEFAULT_TIMEOUT_S
+from timeguard.secrets import redact_text
 
 READY = "ready"
 UNUSABLE = "unusable"
@@ -49,6 +51,8 @@ class ConfiguredHookInfo:
     dry_run: Any
     state: str  # READY or UNUSABLE
     problems: list[Problem] = field(default_factory=list)
+    #: Valid, but worth a word: a secret this shell cannot read (the service may), a secret written inline.
+    warnings: list[Problem] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,24 +88,28 @@ def collect(path: Path | str | None) -> Listing:
     """The listing for the configuration at ``path`` (None: the embedded defaults)."""
     origin = "<embedded defaults>" if path is None else str(path)
     problems: list[config.ConfigProblem] = []
+    warnings: tuple[config.ConfigProblem, ...] = ()
     try:
-        config.load(path)
+        warnings = config.load(path, resolve_secrets=False).warnings  # this shell may not read the service's
     except config.ConfigError as exc:
-        problems = exc.problems
+        problems, warnings = exc.problems, exc.warnings
     raw, readable = _raw_hooks(path)
     if not readable:  # the file could not be read or parsed: load() said why
         return Listing(origin, False, [_problem(p) for p in problems], [], _types([]))
     hooks = []
     for index, item in enumerate(raw):
         prefix = f"hooks[{index}]"
-        mine = [_problem(p) for p in problems if p.path == prefix or p.path.startswith((prefix + ".", prefix + "["))]
-        hooks.append(_hook_info(index, item, mine))
+
+        def mine(found: Sequence[config.ConfigProblem], prefix: str = prefix) -> list[Problem]:
+            return [_problem(p) for p in found if p.path == prefix or p.path.startswith((prefix + ".", prefix + "["))]
+
+        hooks.append(_hook_info(index, item, mine(problems), mine(warnings)))
     others = [_problem(p) for p in problems if not p.path.startswith("hooks[")]
     return Listing(origin, True, others, hooks, _types(hooks))
 
 
 def _problem(p: config.ConfigProblem) -> Problem:
-    return Problem(p.path, p.message, p.line)
+    return Problem(p.path, redact_text(p.message), p.line)
 
 
 def _raw_hooks(path: Path | str | None) -> tuple[list[Any], bool]:
@@ -121,7 +129,7 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def _hook_info(index: int, item: Any, problems: list[Problem]) -> ConfiguredHookInfo:
+def _hook_info(index: int, item: Any, problems: list[Problem], warnings: list[Problem]) -> ConfiguredHookInfo:
     item = item if isinstance(item, dict) else {}
     name, kind = _text(item.get("name")), _text(item.get("type"))
     on = item.get("on")
@@ -130,7 +138,7 @@ def _hook_info(index: int, item: Any, problems: list[Problem]) -> ConfiguredHook
     kinds = _default_on(kind) if on_default else written
     state = UNUSABLE if problems else READY
     return ConfiguredHookInfo(index, name, kind, kinds, on_default, item.get("timeout_s", DEFAULT_TIMEOUT_S),
-                              item.get("dry_run", False), state, problems)
+                              item.get("dry_run", False), state, problems, warnings)
 
 
 def _default_on(kind: str | None) -> list[str]:
@@ -183,6 +191,7 @@ def render(listing: Listing) -> str:
         lines.append(f"  {h.name or '?':<{width}}  {h.type or '?':<{type_width}}  {state:<8}  "
                      f"on: {on}   timeout {timeout}{extra}")
         lines += [f"      {p}" for p in h.problems]
+        lines += [f"      warning: {p}" for p in h.warnings]
     if listing.readable and listing.config_problems:
         count = len(listing.config_problems)
         errors = "1 other error" if count == 1 else f"{count} other errors"
