@@ -12,13 +12,14 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from timeguard.events import Event, EventKind
+from timeguard.events import SCHEMA_VERSION, Event, EventKind
 from timeguard.hooks.api import HookRun, HookStatus
 
 FILENAME = "journal.sqlite"
@@ -27,6 +28,17 @@ MAX_HOOK_RUNS = 20_000  # older hook runs are pruned
 MAX_DELIVERED = 10_000  # delivered outbox rows kept for inspection; pending and dead ones are never pruned
 PRUNE_EVERY = 64  # delivered rows are pruned when the seq of the one just delivered is a multiple of this
 MAX_EVENT_IDS = 50  # event ids a coalesced message lists (its count is exact)
+#: At start-up, how long the daemon waits for another process's lock on the journal before it gives up (the unit's
+#: TimeoutStartSec is 60 s). A lock is never a reason to start a new journal.
+OPEN_LOCK_WAIT_S = 30.0
+LOCK_WAIT_S = 10.0  # each later write waits this long for a lock
+PRUNE_BATCH = 500  # events deleted per transaction: the detector's writes wait at most one batch
+READ_BATCH = 1000  # events read per query when streaming (`timeguard events`): memory stays flat
+
+# SQLite's primary result codes (the low byte of an extended code), as sqlite3's exceptions carry them.
+_LOCKED = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_DENIED = {sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_AUTH}
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -183,7 +195,45 @@ class JournalError(Exception):
 
 
 class JournalCorrupt(JournalError):
-    """The file exists but is not a readable timeguard journal."""
+    """The file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB): the only case in which it may be moved aside."""
+
+
+class JournalLocked(JournalError):
+    """Another process holds a lock on the journal and kept it past the wait: never a reason for a new journal."""
+
+
+class JournalUnusable(JournalError):
+    """The state directory or the journal's files cannot be used by this user (not a directory, permissions): a
+    configuration matter, restarting cannot fix it."""
+
+
+def sqlite_code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of ``exc`` (None when it carries none)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _as_journal_error(path: Path, exc: sqlite3.Error, doing: str, wait_s: float) -> JournalError:
+    code = sqlite_code(exc)
+    if code in _LOCKED:
+        return JournalLocked(
+            f"{path}: {doing}: still locked by another process after {wait_s:g} s ({exc}); the journal is left as "
+            f"it is: find the process holding it with `fuser {path}` and stop it"
+        )
+    if code in _CORRUPT and doing.startswith("cannot open"):
+        return JournalCorrupt(f"{path}: not a usable timeguard journal ({exc}); move it aside to start a new one")
+    if code in _CORRUPT:
+        return JournalCorrupt(f"{path}: {doing}: the journal is damaged ({exc}); `timeguard run` salvages what is "
+                              "readable into a new journal at its next start")
+    if code in _DENIED:
+        return JournalUnusable(f"{path}: {doing}: {exc} (running as uid {os.geteuid()}): the state directory and the "
+                               "journal's files must be readable and writable by the daemon")
+    return JournalError(f"{path}: {doing}: {exc}")
+
+
+def _denied_message(path: Path) -> str:
+    return (f"{path}: permission denied: run as root or as the daemon's user (under systemd's DynamicUser= the state "
+            "directory is in /var/lib/private, which is 0700: `sudo timeguard …`)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +297,10 @@ class Enqueued(NamedTuple):
     due_in_s: float
 
 
+_EVENT_FIELDS = tuple(Event.__dataclass_fields__)
+_EVENT_FIELD_SET = frozenset(_EVENT_FIELDS)
+_EVENT_KINDS = frozenset(k.value for k in EventKind)
+
 _OUTBOX_COLUMNS = (
     "id, hook, incident_id, event_id, last_event_id, event_ids, kinds, events, message, state, payload, attempts, "
     "epoch, enqueued_mono, next_mono, last_mono, sending_since, sent_mono, enqueued_wall, last_attempt_wall, "
@@ -258,18 +312,22 @@ class Journal:
     """``readonly=True`` is for the CLI (status, events): it never creates or changes a file, so root reading
     the journal cannot leave root-owned ``-wal``/``-shm`` files that lock the (DynamicUser) daemon out."""
 
-    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path | str, *, readonly: bool = False, lock_wait_s: float | None = None) -> None:
+        """Errors: :class:`JournalCorrupt` only for a damaged file, :class:`JournalLocked` for a lock held past
+        ``lock_wait_s`` (default: :data:`LOCK_WAIT_S`), :class:`JournalUnusable` for a state directory or file
+        this user cannot use, :class:`JournalError` for anything else."""
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.RLock()
-        try:
-            if readonly:
-                self._db = self._connect_readonly()
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
+        wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
+        if readonly:
+            self._db = self._connect_readonly()
+        else:
+            self._check_usable()
+            try:
+                self._db = sqlite3.connect(self.path, timeout=wait_s, check_same_thread=False, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise _as_journal_error(self.path, exc, "cannot open the journal", wait_s) from exc
         try:
             if readonly:
                 self._check_schema_readable()
@@ -278,25 +336,65 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
+            self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
+        except sqlite3.Error as exc:
             self._db.close()
-            raise JournalCorrupt(
-                f"{self.path}: not a usable timeguard journal ({exc}); move it aside to start a new one"
-            ) from exc
+            raise _as_journal_error(self.path, exc, "cannot open the journal", wait_s) from exc
+        except JournalError:
+            self._db.close()
+            raise
+
+    def _check_usable(self) -> None:
+        """Before SQLite sees the path: the state directory exists (or can be made), is a directory, and this
+        user can create files in it and read and write the journal's files. Each failure is one line saying what
+        and where."""
+        directory = self.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            blocker = next((d for d in (directory, *directory.parents) if d.exists() and not d.is_dir()), directory)
+            where = "" if blocker == directory else f" (in the state directory's path {directory})"
+            raise JournalUnusable(f"{blocker}: the state directory must be a directory, this is a file{where}") \
+                from None
+        except PermissionError as exc:
+            raise JournalUnusable(f"{directory}: cannot create the state directory: permission denied "
+                                  f"(running as uid {os.geteuid()})") from exc
+        except OSError as exc:
+            raise JournalError(f"{directory}: cannot create the state directory: {exc.strerror or exc}") from exc
+        if not directory.is_dir():
+            raise JournalUnusable(f"{directory}: the state directory must be a directory, this is a file")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise JournalUnusable(f"{directory}: the state directory is not writable by uid {os.geteuid()} (mode "
+                                  f"{directory.stat().st_mode & 0o7777:04o}); the journal and its -wal/-shm files "
+                                  "are created there")
+        for file in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+                raise JournalUnusable(f"{file}: not readable and writable by uid {os.geteuid()} (mode "
+                                      f"{file.stat().st_mode & 0o7777:04o})")
 
     @classmethod
     def in_state_dir(cls, state_dir: Path | str, *, readonly: bool = False) -> Journal:
         return cls(Path(state_dir) / FILENAME, readonly=readonly)
 
     def _connect_readonly(self) -> sqlite3.Connection:
-        if not self.path.exists():
+        try:
+            exists = self.path.exists()
+            # With the daemon running, its -wal/-shm exist and a read-only connection shares them. Without them
+            # (daemon stopped cleanly), mode=ro would create them: read the file as immutable instead.
+            live = Path(f"{self.path}-wal").exists() and Path(f"{self.path}-shm").exists()
+        except PermissionError:
+            raise JournalUnusable(_denied_message(self.path)) from None
+        if not exists:
             raise JournalError(f"{self.path}: no journal (has the daemon run with this state_dir?)")
+        if not os.access(self.path, os.R_OK):
+            raise JournalUnusable(_denied_message(self.path))
         uri = self.path.resolve().as_uri()
-        # With the daemon running, its -wal/-shm exist and a read-only connection shares them. Without them
-        # (daemon stopped cleanly), mode=ro would create them: read the file as immutable instead.
-        live = Path(f"{self.path}-wal").exists() and Path(f"{self.path}-shm").exists()
         flags = "mode=ro" if live else "immutable=1"
-        return sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=10, check_same_thread=False, isolation_level=None)
+        try:
+            return sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=LOCK_WAIT_S, check_same_thread=False,
+                                   isolation_level=None)
+        except sqlite3.Error as exc:
+            raise _as_journal_error(self.path, exc, "cannot open the journal", LOCK_WAIT_S) from exc
 
     def _check_schema_readable(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -354,7 +452,7 @@ class Journal:
             with self._transaction() as db:
                 yield db
         except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: write failed: {exc}") from exc
+            raise _as_journal_error(self.path, exc, "write failed", LOCK_WAIT_S) from exc
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> None:
         with self._writing() as db:
@@ -367,7 +465,7 @@ class Journal:
                 cursor.row_factory = sqlite3.Row
                 return cursor.fetchall()
         except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: read failed: {exc}") from exc
+            raise _as_journal_error(self.path, exc, "read failed", LOCK_WAIT_S) from exc
 
     # -------------------------------------------------------------------------------------------- events
 
@@ -390,6 +488,39 @@ class Journal:
     ) -> list[Event]:
         """Events in the order they were recorded (not by wall time, which may have jumped). ``since_s``
         compares with the trusted time where known, else the host's wall time."""
+        return [self._decode_event(body) for body in self.iter_event_bodies(
+            since_s=since_s, kinds=kinds, incident_id=incident_id, limit=limit)]
+
+    def iter_event_dicts(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """:meth:`iter_events` as ``Event.to_dict()`` gives them (the hook schema), without building each Event when
+        the stored row is already exactly that shape (``timeguard events --json`` on a large journal)."""
+        for body in self.iter_event_bodies(**filters):
+            try:
+                data = json.loads(body)
+            except ValueError:
+                data = None
+            if (isinstance(data, dict) and data.keys() == _EVENT_FIELD_SET and data["schema"] == SCHEMA_VERSION
+                    and data["kind"] in _EVENT_KINDS):
+                yield {name: data[name] for name in _EVENT_FIELDS}
+            else:
+                yield self._decode_event(body).to_dict()
+
+    def iter_events(self, **filters: Any) -> Iterator[Event]:
+        """:meth:`events` one at a time, read :data:`READ_BATCH` rows per query: memory stays flat however many
+        events the journal holds, and the lock is released between batches (the daemon's writes go on)."""
+        for body in self.iter_event_bodies(**filters):
+            yield self._decode_event(body)
+
+    def iter_event_bodies(
+        self,
+        *,
+        since_s: float | None = None,
+        kinds: Iterable[EventKind] | None = None,
+        incident_id: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[str]:
+        """The stored JSON of the events :meth:`events` returns, streamed (``limit``: the newest ``limit``, still
+        oldest first)."""
         where, params = [], []
         if since_s is not None:
             where.append("COALESCE(trusted_time_s, wall_time_s) >= ?")
@@ -401,14 +532,57 @@ class Journal:
         if incident_id is not None:
             where.append("incident_id = ?")
             params.append(incident_id)
-        sql = "SELECT body FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        if limit is not None:  # the newest ``limit``, still returned oldest first
-            rows = list(reversed(self._read(sql + " ORDER BY seq DESC LIMIT ?", [*params, int(limit)])))
-        else:
-            rows = self._read(sql + " ORDER BY seq", params)
-        return [self._decode_event(row["body"]) for row in rows]
+        after = 0
+        if limit is not None:
+            if limit <= 0:
+                return
+            cond = " WHERE " + " AND ".join(where) if where else ""
+            first = self._read(f"SELECT seq FROM events{cond} ORDER BY seq DESC LIMIT 1 OFFSET ?",  # noqa: S608
+                               [*params, int(limit) - 1])
+            after = first[0][0] - 1 if first else 0
+        sql = ("SELECT seq, body FROM events WHERE " + " AND ".join(["seq > ?", *where])  # noqa: S608 — bound values
+               + " ORDER BY seq LIMIT ?")
+        while True:
+            rows = self._read(sql, [after, *params, READ_BATCH])
+            for row in rows:
+                yield row[1]
+            if len(rows) < READ_BATCH:
+                return
+            after = rows[-1][0]
+
+    def event_count(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM events")[0][0])
+
+    def prune_events(self, *, max_events: int | None, retention_s: float | None, now_s: float | None,
+                     batch: int = PRUNE_BATCH, pause_s: float = 0.0, stop: Callable[[], bool] | None = None) -> int:
+        """Retention: delete the events beyond the newest ``max_events`` and those older than ``retention_s``
+        before ``now_s`` (a *trusted* time: None skips the age rule, so a clock far ahead never empties the
+        journal), oldest first, ``batch`` rows per transaction, ``pause_s`` between batches. Never deleted: the
+        events of an incident with a message still undelivered (pending or dead) in the outbox, or with repair
+        undo records. Returns how many were deleted."""
+        rules, params = [], []
+        if max_events is not None:
+            rules.append("seq <= (SELECT MAX(seq) FROM events) - ?")
+            params.append(int(max_events))
+        if retention_s is not None and now_s is not None:
+            rules.append("COALESCE(trusted_time_s, wall_time_s) < ?")
+            params.append(now_s - retention_s)
+        if not rules:
+            return 0
+        # The NOT IN list is computed once per statement (uncorrelated), not once per row.
+        sql = ("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE (" + " OR ".join(rules)  # noqa: S608
+               + ") AND incident_id NOT IN (SELECT incident_id FROM outbox WHERE state != 'delivered' "
+               "UNION SELECT incident_id FROM repair_round) ORDER BY seq LIMIT ?)")
+        removed = 0
+        while stop is None or not stop():
+            with self._writing() as db:
+                count = db.execute(sql, [*params, int(batch)]).rowcount
+            removed += count
+            if count < batch:
+                break
+            if pause_s:
+                time.sleep(pause_s)
+        return removed
 
     def _decode_event(self, body: str) -> Event:
         try:
@@ -482,20 +656,37 @@ class Journal:
     def meta(self) -> dict[str, Any]:
         return {row["key"]: json.loads(row["value"]) for row in self._read("SELECT key, value FROM meta")}
 
+    def integrity_problems(self, limit: int = 10) -> list[str]:
+        """``PRAGMA quick_check``'s findings, at most ``limit`` (empty: the file is sound); a damage that stops the
+        check itself is one finding."""
+        try:
+            with self._lock:
+                rows = self._db.execute(f"PRAGMA quick_check({int(limit)})").fetchall()
+        except sqlite3.DatabaseError as exc:
+            if sqlite_code(exc) not in _CORRUPT:
+                raise _as_journal_error(self.path, exc, "integrity check failed", LOCK_WAIT_S) from exc
+            return [str(exc)]
+        return [r[0] for r in rows if r[0] != "ok"]
+
     def health(self) -> dict[str, Any]:
         """What ``timeguard status`` shows about the file itself."""
-        rows = self._read("PRAGMA quick_check")
-        problems = [r[0] for r in rows if r[0] != "ok"]
+        problems = self.integrity_problems()
         size = sum(
             os.path.getsize(p) for p in (self.path, Path(f"{self.path}-wal")) if os.path.exists(p)
         )
+        counts: dict[str, int | None] = {}
+        for name, count in (("events", self.event_count), ("checks", self.check_count)):
+            try:
+                counts[name] = count()
+            except JournalCorrupt as exc:  # damage in the table itself: the count is unknown, the finding is kept
+                counts[name] = None
+                problems.append(str(exc.__cause__ or exc))
         return {
             "path": str(self.path),
             "ok": not problems,
             "problems": problems[:10],
             "size_bytes": size,
-            "events": int(self._read("SELECT COUNT(*) FROM events")[0][0]),
-            "checks": self.check_count(),
+            **counts,
             "schema": int(self._read("PRAGMA user_version")[0][0]),
         }
 
@@ -778,6 +969,52 @@ class Journal:
         values["test"] = bool(values["test"])
         return OutboxEntry(**values)
 
+    def _copy_readable(self, old: sqlite3.Connection, table: str, *, batch: int = 500) -> tuple[int, int]:
+        """Copy the rows of ``table`` still readable in the damaged ``old`` into this journal, in rowid order: a
+        batch that hits a damaged page is retried row by row until reading in batches works again. Returns
+        (copied, rowids that could not be read)."""
+        try:
+            mine = [r[1] for r in self._db.execute(f"PRAGMA table_info({table})")]
+            theirs = {r[1] for r in old.execute(f"PRAGMA table_info({table})")}
+        except sqlite3.Error:
+            return 0, 0
+        columns = [c for c in mine if c in theirs]
+        if not columns:
+            return 0, 0
+        names = ", ".join(columns)
+        select = f"SELECT rowid, {names} FROM {table}"  # noqa: S608 — names from the schema itself
+        insert = (f"INSERT OR IGNORE INTO {table} ({names}) "  # noqa: S608
+                  f"VALUES ({', '.join('?' for _ in columns)})")
+        try:
+            (top,) = old.execute(f"SELECT MAX(rowid) FROM {table}").fetchone()  # noqa: S608
+        except sqlite3.Error:
+            top = None
+        copied = lost = misses = 0
+        after = 0  # rowids of these tables start at 1
+        while top is None or after < top:
+            try:
+                rows = old.execute(f"{select} WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, batch)).fetchall()
+            except sqlite3.DatabaseError:
+                after += 1  # step over the damaged region one rowid at a time
+                try:
+                    rows = old.execute(f"{select} WHERE rowid = ?", (after,)).fetchall()
+                except sqlite3.DatabaseError:
+                    lost += 1
+                    misses += 1
+                    if top is None and misses > 100_000:
+                        break
+                    continue
+                misses = 0
+                if not rows:
+                    continue
+            if not rows:
+                break
+            with self._writing() as db:
+                db.executemany(insert, [tuple(r[1:]) for r in rows])
+            copied += len(rows)
+            after = rows[-1][0]
+        return copied, lost
+
     # -------------------------------------------------------------------------------------- repair undo
 
     def repair_undo_record(self, incident_id: str, repair_id: str, fingerprint: str,
@@ -839,3 +1076,82 @@ class Journal:
                 "DO UPDATE SET round_seq = excluded.round_seq",
                 [(incident_id, *key, newest or 0) for key in keys],
             )
+
+
+# ------------------------------------------------------------------------------------------ the daemon's open
+
+#: Copied from a damaged journal into the new one, most precious first.
+_SALVAGE_TABLES = ("meta", "floor", "outbox", "repair_round", "repair_undone", "events", "checks", "hook_runs")
+
+
+def open_for_daemon(state_dir: Path | str) -> tuple[Journal, dict[str, Any] | None]:
+    """The daemon's journal, and what was salvaged when it was damaged (else None).
+
+    Only damage moves a file aside: SQLITE_CORRUPT/SQLITE_NOTADB at open, or findings of ``PRAGMA quick_check``
+    (a bad page in the middle of the file). The damaged file is kept (``journal.sqlite.corrupt-<time>``) and every
+    row still readable in it — the floor, meta, the outbox's undelivered alerts, repair undo records, events — is
+    copied into the new journal. A lock held past :data:`OPEN_LOCK_WAIT_S` raises :class:`JournalLocked`, an
+    unusable state directory :class:`JournalUnusable`: never a new journal."""
+    path = Path(state_dir) / FILENAME
+    try:
+        journal = Journal(path, lock_wait_s=OPEN_LOCK_WAIT_S)
+    except JournalCorrupt as exc:
+        reason = str(exc.__cause__ or exc)
+    else:
+        problems = journal.integrity_problems()
+        if not problems:
+            return journal, None
+        journal.close()
+        reason = "; ".join(problems)
+    return salvage(path, reason)
+
+
+def salvage(path: Path, reason: str) -> tuple[Journal, dict[str, Any]]:
+    """Move the damaged journal at ``path`` aside (with its -wal/-shm) and copy what is readable into a new one."""
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}.{n}")
+        n += 1
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            source.rename(f"{aside}{suffix}")
+    journal = Journal(path)
+    report: dict[str, Any] = {"wall_s": time.time(), "moved_to": str(aside), "reason": reason[:500],
+                              "copied": {}, "lost": {}}
+    try:
+        old = _open_damaged(aside)
+    except sqlite3.Error as exc:
+        report["lost"]["*"] = f"nothing readable: {exc}"
+    else:
+        try:
+            for table in _SALVAGE_TABLES:
+                copied, lost = journal._copy_readable(old, table)
+                report["copied"][table] = copied
+                if lost:
+                    report["lost"][table] = lost
+        finally:
+            old.close()
+    journal.set_meta({"journal_damage": report})
+    return journal, report
+
+
+def _open_damaged(path: Path) -> sqlite3.Connection:
+    """A read-only look at a damaged journal (its WAL included when it has one), changing nothing in it."""
+    last: sqlite3.Error | None = None
+    for flags in ("mode=ro", "immutable=1"):
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True, timeout=1, isolation_level=None)
+        except sqlite3.Error as exc:
+            last = exc
+            continue
+        try:
+            db.execute("SELECT name FROM sqlite_master").fetchall()
+        except sqlite3.Error as exc:
+            db.close()
+            last = exc
+            continue
+        return db
+    assert last is not None
+    raise last

@@ -11,9 +11,10 @@ import json
 import re
 import sys
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from timeguard.cli import load_config_or_exit
 from timeguard.consensus import fmt_offset
@@ -96,10 +97,37 @@ def event_line(event: Event) -> str:
 
 
 def _open_journal(state_dir: str) -> Journal | None:
+    """The journal read-only, None when there is none. Permission denied (a non-root user and the service's
+    DynamicUser state) and a damaged or locked file raise JournalError, with one line saying what and where."""
     path = Path(state_dir) / FILENAME
-    if not path.exists():
-        return None
+    try:
+        if not path.exists():
+            return None
+    except PermissionError:
+        pass  # Journal names it: "permission denied: run as root or …"
     return Journal(path, readonly=True)
+
+
+class _Reader:
+    """Runs each part of ``status`` on its own: damage in one table spoils that part, the rest is still shown."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def __call__(self, what: str, read: Any, default: Any) -> Any:
+        try:
+            return read()
+        except JournalError as exc:
+            self.problems.append(f"{what}: {exc}")
+            return default
+
+
+def _damage_line(damage: dict[str, Any]) -> str:
+    copied = sum(int(v) for v in damage.get("copied", {}).values())
+    lost = damage.get("lost") or {}
+    unread = ", ".join(f"{table}: {count}" for table, count in lost.items()) or "none"
+    return (f"found damaged at {_iso(float(damage.get('wall_s', 0)))} ({damage.get('reason')}); moved aside to "
+            f"{damage.get('moved_to')}; {copied} rows salvaged into this journal; unreadable rows: {unread}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -117,14 +145,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             print(f"timeguard: not running ({message})")
         return EXIT_NOT_RUNNING
+    read = _Reader()
     with journal:
-        meta = journal.meta()
+        meta = read("meta", journal.meta, {})
         state = daemon_state(meta)
-        check = journal.last_check()
-        floor = journal.floor()
-        recent = journal.events(limit=max(args.events, 0)) if args.events else []
-        health = journal.health()
-        outbox = journal.outbox_stats(epoch=_boot_id(), now_mono=time.monotonic())
+        check = read("last check", journal.last_check, None)
+        floor = read("floor", journal.floor, None)
+        recent = read("events", lambda: journal.events(limit=args.events), []) if args.events else []
+        health = read("health", journal.health, {"path": str(path), "ok": False, "problems": [], "size_bytes": 0,
+                                                 "events": None, "checks": None, "schema": None})
+        outbox = read("alerts", lambda: journal.outbox_stats(epoch=_boot_id(), now_mono=time.monotonic()),
+                      {"pending": None, "delivered": None, "dead": None, "oldest_pending_age_s": None})
+    health["problems"] = [*health["problems"], *read.problems]
+    health["ok"] = health["ok"] and not read.problems
+    damage = meta.get("journal_damage")
+    if isinstance(damage, dict):
+        health["damage"] = damage
     data = {
         **state,
         "version": meta.get("version"),
@@ -158,10 +194,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"Floor: {_iso(floor.wall_s)} ({floor.reason})")
     ok = "ok" if health["ok"] else "PROBLEMS: " + "; ".join(health["problems"])
     print(f"Journal: {health['path']}, {ok}, {health['size_bytes'] / 1024:.0f} KiB, "
-          f"{health['events']} events, {health['checks']} checks")
+          f"{_count(health['events'])} events, {_count(health['checks'])} checks")
+    if isinstance(damage, dict):
+        print(f"  journal {_damage_line(damage)}")
     oldest = outbox.get("oldest_pending_age_s")
     age = f", oldest pending {oldest:.0f} s" if oldest is not None and outbox["pending"] else ""
-    print(f"Alerts: {outbox['pending']} pending{age}, {outbox['delivered']} delivered, {outbox['dead']} dead")
+    print(f"Alerts: {_count(outbox['pending'])} pending{age}, {_count(outbox['delivered'])} delivered, "
+          f"{_count(outbox['dead'])} dead")
     if outbox["dead"] and outbox.get("last_dead"):
         print(f"  last dead: {outbox['last_dead']}")
     for name, audit in data["audits"].items():
@@ -172,6 +211,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         for event in recent:
             print(f"  {event_line(event)}")
     return 0 if state["running"] else EXIT_NOT_RUNNING
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def write_json_array(out: TextIO, items: Iterable[Any]) -> int:
+    """A JSON array written as the items come, one item per line (memory stays flat, and the C encoder keeps it
+    fast: an indented dump runs in pure Python, 10× slower). If ``items`` raises, what was written stays an
+    unterminated array, never a complete-looking truncated one."""
+    count = 0
+    for item in items:
+        out.write(("[\n" if count == 0 else ",\n") + json.dumps(item))
+        count += 1
+    out.write("[]\n" if count == 0 else "\n]\n")
+    return count
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -191,21 +246,28 @@ def cmd_events(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"timeguard events: {exc}", file=sys.stderr)
             return 2
+    out = sys.stdout
     try:
         journal = _open_journal(cfg.state_dir)
         if journal is None:
-            found: list[Event] = []
-        else:
-            with journal:
-                found = journal.events(since_s=since, kinds=kinds, limit=args.limit)
+            if args.json:
+                out.write("[]\n")
+            else:
+                out.write(f"no journal in {cfg.state_dir}: no events\n")
+            return 0
+        with journal:
+            filters = {"since_s": since, "kinds": kinds, "limit": args.limit}
+            if args.json:
+                write_json_array(out, journal.iter_event_dicts(**filters))
+            else:
+                shown = 0
+                for event in journal.iter_events(**filters):
+                    out.write(event_line(event) + "\n")
+                    shown += 1
+                if not shown:
+                    out.write("no events\n")
     except JournalError as exc:
+        out.flush()
         print(f"timeguard events: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps([e.to_dict() for e in found], indent=2))
-    elif not found:
-        print("no events" if journal is not None else f"no journal in {cfg.state_dir}: no events")
-    else:
-        for event in found:
-            print(event_line(event))
     return 0

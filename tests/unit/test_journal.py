@@ -6,7 +6,7 @@ import pytest
 
 from timeguard import journal as jmod
 from timeguard.events import Event, EventKind
-from timeguard.journal import CheckRecord, Journal, JournalCorrupt, JournalError
+from timeguard.journal import CheckRecord, Journal, JournalCorrupt, JournalError, JournalUnusable
 
 
 def ev(kind=EventKind.ROLLBACK, incident="inc1", wall=1000.0, trusted=None, **kw) -> Event:
@@ -108,11 +108,16 @@ def test_an_unreadable_event_row_is_named(journal):
         journal.events()
 
 
-def test_unwritable_state_dir(tmp_path):
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_a_state_dir_that_is_a_file_is_named(tmp_path, depth):
+    """The state directory itself, or a component of its path, is a regular file: JournalUnusable (the daemon
+    exits 78) naming that file, nothing created."""
     target = tmp_path / "file"
     target.write_text("x")
-    with pytest.raises(JournalError, match="cannot open the journal"):
-        Journal(target / "sub" / "journal.sqlite")
+    state = target.joinpath(*["sub"] * depth)
+    with pytest.raises(JournalUnusable, match=rf"^{target}: the state directory must be a directory, this is a file"):
+        Journal(state / "journal.sqlite")
+    assert target.read_text() == "x"
 
 
 def test_event_json_schema():
