@@ -59,18 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check",
         help="cross-check the clock once (Nagios exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
-        description="Query every configured NTP and HTTPS source concurrently, reject falsetickers, and report "
-        "the host clock's offset with an error bound. Exit codes: 0 OK, 1 WARNING, 2 CRITICAL or "
-        "SOURCES_INCONSISTENT, 3 UNKNOWN or NO_MAJORITY.",
+        description="Query every configured NTP and HTTPS source (or the NTP servers given with -H) concurrently, "
+        "reject falsetickers, and report the host clock's offset with an error bound. The status holds for every "
+        "offset the sources leave possible, not only the estimate. Exit codes as check_ntp_time: 0 OK, 1 WARNING, "
+        "2 CRITICAL or SOURCES_INCONSISTENT, and 2 when no offset can be found (NO_MAJORITY, UNKNOWN), 3 with -q; "
+        "3 for a bad configuration or bad arguments.",
     )
     _config_arg(check)
     output = check.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON object")
     output.add_argument("--nagios", action="store_true", help="print one Nagios/Icinga line with perfdata")
-    check.add_argument("-w", "--warning", type=_positive_float, metavar="SECONDS",
-                       help="|offset| for WARNING (overrides thresholds.warning_s)")
-    check.add_argument("-c", "--critical", type=_positive_float, metavar="SECONDS",
-                       help="|offset| for CRITICAL (overrides thresholds.critical_s)")
+    check.add_argument("-H", "--hostname", action="append", metavar="HOST[:PORT]",
+                       help="check this NTP server instead of the configured sources (repeatable; IPv6 as "
+                       "[ADDRESS]:PORT), as check_ntp_time -H does")
+    check.add_argument("-p", "--port", type=_port, default=123, metavar="PORT",
+                       help="port for -H servers given without one (default 123)")
+    check.add_argument("-w", "--warning", type=_threshold, metavar="RANGE",
+                       help="Nagios range over |offset| in seconds for WARNING, e.g. 0.5, ~:0.5, @0:0.5, -1:1, 10: "
+                       "(default: thresholds.warning_s)")
+    check.add_argument("-c", "--critical", type=_threshold, metavar="RANGE",
+                       help="Nagios range over |offset| in seconds for CRITICAL (default: thresholds.critical_s)")
+    check.add_argument("-q", "--quiet", action="store_true",
+                       help="UNKNOWN (3) instead of CRITICAL (2) when no offset can be found, as check_ntp_time -q")
     check.add_argument("-t", "--timeout", type=_positive_float, metavar="SECONDS",
                        help="deadline for the whole check (overrides timeout_s)")
 
@@ -248,34 +258,64 @@ def _load_config(explicit: str | None) -> Config:
     return config.load(config.discover(explicit), resolve_secrets=False)
 
 
+def _threshold(text: str) -> Any:
+    """A Nagios range over |offset| (check_ntp_time's -w/-c)."""
+    from timeguard.ranges import Range, RangeError
+
+    try:
+        return Range.parse(text)
+    except RangeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number from 1 to 65535: {text!r}")
+    return int(text)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     import dataclasses
 
     from timeguard import report
-    from timeguard.check import run_check
-    from timeguard.config import ConfigError
+    from timeguard.check import parse_host, run_check
+    from timeguard.config import ConfigError, Sources
+    from timeguard.ranges import Range
 
     try:
         cfg = _load_config(args.config)
     except ConfigError as exc:
         print(f"TIMEGUARD UNKNOWN - invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_UNKNOWN
-    warning = args.warning if args.warning is not None else cfg.thresholds.warning_s
-    critical = args.critical if args.critical is not None else cfg.thresholds.critical_s
-    if critical <= warning:
-        print(f"TIMEGUARD UNKNOWN - critical ({critical:g} s) must be greater than warning ({warning:g} s)",
+    warning = args.warning or Range.upper(cfg.thresholds.warning_s)
+    critical = args.critical or Range.upper(cfg.thresholds.critical_s)
+    plain_w, plain_c = warning.simple_s, critical.simple_s  # two plain numbers N: alert above N
+    if plain_w is not None and plain_c is not None and plain_c <= plain_w:
+        print(f"TIMEGUARD UNKNOWN - critical ({critical.text} s) must be greater than warning ({warning.text} s)",
               file=sys.stderr)
         return EXIT_UNKNOWN
+    if args.hostname:
+        try:
+            servers = [parse_host(text, args.port) for text in args.hostname]
+        except ValueError as exc:
+            print(f"TIMEGUARD UNKNOWN - -H {exc}", file=sys.stderr)
+            return EXIT_UNKNOWN
+        seen = [(s.host.lower(), s.port) for s in servers]
+        if len(set(seen)) != len(seen):
+            print("TIMEGUARD UNKNOWN - -H names the same server twice: it would count twice in the majority",
+                  file=sys.stderr)
+            return EXIT_UNKNOWN
+        cfg = dataclasses.replace(cfg, sources=Sources(ntp=tuple(servers), http=()))
     if args.timeout is not None:
         cfg = dataclasses.replace(cfg, timeout_s=args.timeout)
-    result = run_check(cfg, warning_s=warning, critical_s=critical)
+    result = run_check(cfg, warning_s=warning, critical_s=critical, quiet=args.quiet)
     if args.json:
         sys.stdout.write(report.as_json(result))
     elif args.nagios:
         sys.stdout.write(report.nagios(result))
     else:
         sys.stdout.write(report.human(result))
-    return result.verdict.status.exit_code
+    return result.exit_code
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

@@ -173,6 +173,7 @@ def test_two_concurrent_agents_one_applies(db: BeatDB, tmp_path: Path) -> None:
 
 
 def test_tables_missing_names_them(tmp_path: Path) -> None:
+    (tmp_path / "empty.sqlite3").touch()  # an empty file is an empty SQLite database
     engine = CeleryBeatRepair(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
     with pytest.raises(RepairError, match="django_celery_beat_periodictask, django_celery_beat_periodictasks"):
         engine.plan(NOW)
@@ -303,11 +304,16 @@ def test_hook_audit_database_errors_raise_for_the_agent_to_retry(tmp_path: Path)
     from timeguard.hooks.api import HookContext
     from timeguard.hooks.celery_beat import CeleryBeatHook
 
-    hook = CeleryBeatHook.from_config("beat", {"database_url": f"sqlite:///{tmp_path / 'missing.sqlite3'}"})
+    (tmp_path / "empty.sqlite3").touch()
+    hook = CeleryBeatHook.from_config("beat", {"database_url": f"sqlite:///{tmp_path / 'empty.sqlite3'}"})
     ctx = HookContext(dry_run=False, trusted_now=lambda: NOW, journal=None, hostname="h",
                       verdict={"status": "OK", "offset_s": 0.0, "ntp_http_agree": True})
     with pytest.raises(RepairError, match="missing"):
         hook.audit(ctx)
+    hook = CeleryBeatHook.from_config("beat", {"database_url": f"sqlite:///{tmp_path / 'missing.sqlite3'}"})
+    with pytest.raises(RepairError, match="no such database"):
+        hook.audit(ctx)
+    assert not (tmp_path / "missing.sqlite3").exists()
 
 
 def _cli(*args: str, config: Path | None = None, env: dict[str, str] | None = None) -> Any:
@@ -391,7 +397,8 @@ def test_cli_dry_run_json_apply_and_undo(sqlite_db: BeatDB, tmp_path: Path) -> N
 def test_cli_database_errors_are_one_line_not_a_traceback(tmp_path: Path) -> None:
     config = tmp_path / "timeguard.yaml"
     config.write_text(f"state_dir: {tmp_path / 'state'}\n")
-    proc = _cli("celery-beat", "--database-url", f"sqlite:///{tmp_path / 'none.sqlite3'}", "--trust-local-clock",
+    (tmp_path / "empty.sqlite3").touch()
+    proc = _cli("celery-beat", "--database-url", f"sqlite:///{tmp_path / 'empty.sqlite3'}", "--trust-local-clock",
                 config=config)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "django_celery_beat_periodictask" in proc.stderr and "missing" in proc.stderr

@@ -85,6 +85,7 @@ def test_hook_with_unset_url_env_fails_with_the_variable_named(monkeypatch) -> N
 
 
 def test_hook_on_missing_tables_fails_and_names_them(tmp_path: Path) -> None:
+    (tmp_path / "empty.sqlite3").touch()  # an empty file is an empty SQLite database
     hook = CeleryBeatHook.from_config("b", {"database_url": f"sqlite:///{tmp_path / 'empty.sqlite3'}"})
     result = hook.handle(event(), ctx())
     assert result.status is HookStatus.FAILED

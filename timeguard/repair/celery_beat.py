@@ -22,14 +22,20 @@ The trusted now is always passed in (``now_s`` / ``now_fn``): this module never 
 from __future__ import annotations
 
 import datetime as dt
+import math
+import os
+import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from timeguard.secrets import MASK, redact_text, redact_url
 
 if TYPE_CHECKING:
     from timeguard.journal import Journal
@@ -45,6 +51,25 @@ DEFAULT_MAX_ROUNDS = 3
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 INSTALL_HINT = "pip install 'timeguard[celery-beat]'"
+#: The drivers the celery-beat extra installs. A URL without a driver (``mysql://``, ``postgres://``, as
+#: dj-database-url users write them) gets these, not SQLAlchemy's default (MySQLdb, psycopg2: not installed).
+_DEFAULT_DRIVERS = {"postgres": "postgresql+psycopg", "postgresql": "postgresql+psycopg",
+                    "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+#: Every numeric option of the repair (hook, CLI, engine): (minimum, maximum, whole number). NaN compares False
+#: with everything, so a NaN would switch off the check it feeds; inf and negatives are just as meaningless.
+NUMERIC_OPTIONS: dict[str, tuple[float, float, bool]] = {
+    "tolerance_s": (0.0, 366 * 86400.0, False),
+    "beat_max_interval_s": (0.0, 3600.0, False),
+    "wait_margin_s": (0.0, 3600.0, False),
+    "lock_timeout_s": (0.1, 3600.0, False),
+    "connect_timeout_s": (0.1, 3600.0, False),
+    "max_offset_s": (0.0, 366 * 86400.0, False),
+    "max_rounds": (1, 100, True),
+}
+#: Timestamps the engine reads: from year 2 up to (not into) year 9999. Outside it (PostgreSQL ±infinity, a
+#: 9999-12-31 sentinel, MySQL's zero date) no clock error put it there, and converting it can leave the calendar.
+_READABLE_FROM = dt.datetime(2, 1, 1, tzinfo=dt.UTC)
+_READABLE_BEFORE = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 
 UTC = dt.UTC
 _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -55,6 +80,31 @@ _COLUMN_KIND = {"last_run_at": "lr", "date_changed": "dc", "last_update": "dc", 
 
 class RepairError(Exception):
     """The repair could not run: what went wrong and where (the database, without its password)."""
+
+
+def number_problem(key: str, value: Any) -> str | None:
+    """None when ``value`` is acceptable for the numeric option ``key`` (:data:`NUMERIC_OPTIONS`), else why not,
+    for a person. Booleans, strings, NaN, ±inf and values out of range are refused."""
+    low, high, whole = NUMERIC_OPTIONS[key]
+    kind = "a whole number" if whole else "a finite number"
+    wanted = f"must be {kind} from {low:g} to {high:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{wanted} (got {value!r})"
+    if not math.isfinite(value) or not low <= value <= high or (whole and value != int(value)):
+        return f"{wanted} (got {value!r})"
+    return None
+
+
+def checked_now(now_s: Any) -> float:
+    """The trusted now, or a RepairError: a NaN or out-of-range now would make every comparison False."""
+    try:
+        value = float(now_s)
+        dt.datetime.fromtimestamp(value, UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        raise RepairError(f"the trusted now ({now_s!r}) is not a usable time: nothing was read or changed") from None
+    if not _READABLE_FROM.timestamp() < value < _READABLE_BEFORE.timestamp():
+        raise RepairError(f"the trusted now ({now_s!r}) is not a usable time: nothing was read or changed")
+    return value
 
 
 class _Race(Exception):
@@ -96,7 +146,7 @@ class PlannedChange:
     row_id: int
     name: str
     column: str
-    old_s: float
+    old_s: float | None  # None: last_update held a value the engine cannot read (it is replaced all the same)
     new_s: float
     why: str
 
@@ -118,11 +168,31 @@ class ReportItem:
 
 
 @dataclass(frozen=True, slots=True)
+class UnreadableValue:
+    """A timestamp the engine cannot read (not a date, another type, beyond the calendar): its row is left as it
+    is, and said so."""
+
+    table: str  # "periodictask", "periodictasks" or "clockedschedule"
+    row_id: int
+    name: str
+    column: str
+    raw: str  # repr of the stored value
+    why: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"{self.name} {self.column} {self.raw}: {self.why}"
+
+
+@dataclass(frozen=True, slots=True)
 class RepairPlan:
     now_s: float
     tolerance_s: float
     changes: tuple[PlannedChange, ...]
     report: tuple[ReportItem, ...]
+    unreadable: tuple[UnreadableValue, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -136,7 +206,8 @@ class RepairPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"now_s": self.now_s, "tolerance_s": self.tolerance_s, "counts": self.counts(),
-                "changes": [c.to_dict() for c in self.changes], "report": [r.to_dict() for r in self.report]}
+                "changes": [c.to_dict() for c in self.changes], "report": [r.to_dict() for r in self.report],
+                "unreadable": [u.to_dict() for u in self.unreadable]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +244,8 @@ class RepairOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {"incident_id": self.incident_id, "repair_id": self.repair_id, "clean": self.clean,
                 "rows_changed": self.rows_changed(), "rounds": [asdict(r) for r in self.rounds],
-                "report": [r.to_dict() for r in self.plan.report], "plan": self.plan.to_dict()}
+                "report": [r.to_dict() for r in self.plan.report],
+                "unreadable": [u.to_dict() for u in self.plan.unreadable], "plan": self.plan.to_dict()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +266,24 @@ def _sqlalchemy() -> Any:
     except ImportError as exc:
         raise RepairError(f"the celery_beat repair needs SQLAlchemy and a database driver: {INSTALL_HINT}") from exc
     return sqlalchemy
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The secret values in ``url`` as written and percent-decoded: the userinfo password and every query value
+    whose name :func:`redact_url` masks. Longest first, so a secret that contains another is replaced whole."""
+    found: set[str] = set()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password:
+            found.update({parts.password, urllib.parse.unquote(parts.password)})
+        masked = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(redact_url(url)).query, keep_blank_values=True))
+        for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            if masked.get(key) == MASK and value != MASK:
+                found.update({value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)})
+    except ValueError:
+        pass
+    # Short ones are left to redact_text (URLs, password=… in messages): replacing every "ab" would garble text.
+    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
 
 
 def fmt_duration(seconds: float) -> str:
@@ -227,16 +317,31 @@ class CeleryBeatRepair:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
         sa = _sqlalchemy()
+        # Secrets as given (the userinfo password, secret-named query values): scrubbed from every message, since a
+        # driver may echo parts of the URL.
+        self._secrets = _url_secrets(database_url)
         try:
-            self.url = sa.engine.make_url(database_url)
+            given = sa.engine.make_url(database_url)
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and ValueError variants
-            raise RepairError(f"database_url is not a database URL ({exc})") from None
+            raise RepairError(f"database_url is not a database URL ({self._scrub(str(exc))})") from None
+        self.given_url = given  # as written: names the database in messages and in the journal's fingerprint
+        driver = _DEFAULT_DRIVERS.get(given.drivername)
+        self.url = given.set(drivername=driver) if driver else given  # what is connected to
         self.backend = self.url.get_backend_name()
         if self.backend not in ("postgresql", "mysql", "mariadb", "sqlite"):
             raise RepairError(
                 f"database_url {self.where}: unsupported database {self.backend!r} "
                 "(postgresql+psycopg://, mysql+pymysql://, sqlite:///)"
             )
+        numbers = {"beat_max_interval_s": beat_max_interval_s, "wait_margin_s": wait_margin_s,
+                   "max_rounds": max_rounds, "lock_timeout_s": lock_timeout_s,
+                   "connect_timeout_s": connect_timeout_s}
+        if tolerance_s is not None:
+            numbers["tolerance_s"] = tolerance_s
+        for key, value in numbers.items():
+            problem = number_problem(key, value)
+            if problem is not None:
+                raise RepairError(f"{key} {problem}")
         try:
             self.zone = ZoneInfo(time_zone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -250,24 +355,36 @@ class CeleryBeatRepair:
             float(tolerance_s) if tolerance_s is not None
             else DEFAULT_TOLERANCE_S if use_tz else DEFAULT_TOLERANCE_NAIVE_S
         )
-        self.beat_max_interval_s = beat_max_interval_s
-        self.wait_margin_s = wait_margin_s
-        self.max_rounds = max(1, int(max_rounds))
-        self.lock_timeout_s = lock_timeout_s
-        self.connect_timeout_s = connect_timeout_s
-        self._engine: Any = None
+        self.beat_max_interval_s = float(beat_max_interval_s)
+        self.wait_margin_s = float(wait_margin_s)
+        self.max_rounds = int(max_rounds)
+        self.lock_timeout_s = float(lock_timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
+        self._engines: dict[bool, Any] = {}
         self._tables()
 
     # ------------------------------------------------------------------------------------------ identity
 
     @property
     def where(self) -> str:
-        """The database URL without its password: safe for logs, errors and the journal."""
-        return str(self.url.render_as_string(hide_password=True))
+        """The database URL as given, without its password or any secret query value (``?password=***``): safe
+        for logs, errors and the journal. The same text every time: it is part of the fingerprint."""
+        return redact_url(str(self.given_url.render_as_string(hide_password=True)))
+
+    def _scrub(self, text: str) -> str:
+        """``text`` (a driver's message) without this URL's secrets, whatever form they are echoed in."""
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return redact_text(text)
 
     @property
     def fingerprint(self) -> str:
         return f"{self.where}#{self.schema + '.' if self.schema else ''}{self.table_prefix}"
+
+    def same_database(self, fingerprint: str) -> bool:
+        """Is ``fingerprint`` (from the journal) this database? Journals written before query-string secrets were
+        masked hold them in clear: compared (and shown) redacted."""
+        return fingerprint == self.fingerprint or redact_text(fingerprint) == self.fingerprint
 
     @property
     def is_pg(self) -> bool:
@@ -302,21 +419,41 @@ class CeleryBeatRepair:
         self.t_clocked = sa.Table(f"{p}clockedschedule", md, sa.Column("id", sa.Integer, primary_key=True),
                                   sa.Column("clocked_time", stamp))
 
-    def _get_engine(self) -> Any:
-        if self._engine is not None:
-            return self._engine
+    def _sqlite_path(self) -> str:
+        database = self.url.database or ""
+        if database in ("", ":memory:") or self.url.query.get("uri") or database.startswith("file:"):
+            raise RepairError(f"database_url {self.where}: give the path of the beat's SQLite file "
+                              "(sqlite:////abs/path.sqlite3), not an in-memory or URI database")
+        return os.path.abspath(database)
+
+    def _get_engine(self, read_only: bool = False) -> Any:
+        engine = self._engines.get(read_only)
+        if engine is not None:
+            return engine
         sa = _sqlalchemy()
         connect_args: dict[str, Any] = {}
+        creator = None
         if self.backend in ("postgresql", "mysql", "mariadb"):
             connect_args["connect_timeout"] = max(1, round(self.connect_timeout_s))
         else:
-            connect_args["timeout"] = self.lock_timeout_s
+            path = self._sqlite_path()
+            if not os.path.exists(path):  # checked first: SQLite would create an empty file
+                raise RepairError(f"{self.where}: no such database: {path} does not exist")
+            # mode=ro for reading (a dry run or an audit needs no write access), mode=rw for a repair: neither
+            # ever creates a file, not even when it vanishes after the check above.
+            uri = f"file:{urllib.parse.quote(path)}?mode={'ro' if read_only else 'rw'}"
+
+            def creator() -> Any:
+                return sqlite3.connect(uri, uri=True, timeout=self.lock_timeout_s, check_same_thread=False)
         try:
-            engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+            if creator is not None:
+                engine = sa.create_engine("sqlite://", poolclass=sa.pool.NullPool, creator=creator)
+            else:
+                engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool, connect_args=connect_args)
         except ImportError as exc:
-            raise RepairError(f"no driver for {self.where} ({exc}): {INSTALL_HINT}") from None
+            raise RepairError(self._driver_hint(exc)) from None
         except Exception as exc:  # noqa: BLE001 - argument errors from the dialect
-            raise RepairError(f"database_url {self.where}: {exc}") from None
+            raise RepairError(f"database_url {self.where}: {self._scrub(str(exc))}") from None
         if self.is_sqlite:
             # pysqlite's own transaction handling defers BEGIN; BEGIN IMMEDIATE takes the write lock up front so
             # two agents on one file serialise instead of one failing at its first UPDATE.
@@ -326,24 +463,35 @@ class CeleryBeatRepair:
 
             @sa.event.listens_for(engine, "begin")
             def _begin_immediate(conn: Any) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
-        self._engine = engine
+        self._engines[read_only] = engine
         return engine
 
+    def _driver_hint(self, exc: ImportError) -> str:
+        module = getattr(exc, "name", None) or str(exc)
+        ours = {"postgresql": "postgresql+psycopg://", "mysql": "mysql+pymysql://", "mariadb": "mariadb+pymysql://"}
+        suggestion = ours.get(self.backend)
+        if suggestion and self.url.drivername != _DEFAULT_DRIVERS.get(self.backend):
+            return (f"{self.where}: its driver ({self.url.get_driver_name()}) is not installed (no module "
+                    f"{module!r}); {INSTALL_HINT} installs the one {suggestion} uses: write the URL that way")
+        return f"{self.where}: no driver (no module {module!r}): {INSTALL_HINT}"
+
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        for engine in self._engines.values():
+            engine.dispose()
+        self._engines.clear()
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[Any]:
+    def _transaction(self, what: str, *, read_only: bool = False) -> Iterator[Any]:
         sa = _sqlalchemy()
-        engine = self._get_engine()
+        engine = self._get_engine(read_only)
         try:
             with engine.begin() as conn:
                 if self.is_pg:
                     conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(self.lock_timeout_s * 1000)}ms'")
+                    # values come back in UTC: the readable range (years 2–9998) is judged the same in Python
+                    conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
                 elif not self.is_sqlite:
                     conn.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {max(1, round(self.lock_timeout_s))}")
                 self._check_tables(conn)
@@ -352,7 +500,8 @@ class CeleryBeatRepair:
             raise self._db_error(what, exc) from None
 
     def _db_error(self, what: str, exc: Any) -> RepairError:
-        text = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(getattr(exc, "orig", exc)).strip() else ""
+        first = str(getattr(exc, "orig", exc)).strip()
+        text = self._scrub(first.splitlines()[0]) if first else ""
         low = text.lower()
         if "lock" in low or "55p03" in low or "1205" in low:
             return RepairError(
@@ -393,9 +542,12 @@ class CeleryBeatRepair:
         return naive.strftime(_SQLITE_FORMAT) if self.is_sqlite else naive
 
     def epoch(self, value: Any, column: str) -> float | None:
-        """Inverse of :meth:`db_value`."""
+        """Inverse of :meth:`db_value`. ValueError for a value :meth:`unreadable_why` refuses."""
         if value is None:
             return None
+        why = self.unreadable_why(value)
+        if why is not None:
+            raise ValueError(f"{column} {_show_raw(value)}: {why}")
         kind = _COLUMN_KIND[column]
         stamp = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
         if stamp.tzinfo is None:
@@ -405,10 +557,35 @@ class CeleryBeatRepair:
             stamp = stamp.astimezone(self.zone).replace(tzinfo=UTC)
         return float(stamp.timestamp())
 
+    def _epoch_or_none(self, value: Any, column: str) -> float | None:
+        return None if value is None or self.unreadable_why(value) is not None else self.epoch(value, column)
+
+    @staticmethod
+    def unreadable_why(value: Any) -> str | None:
+        """None when the engine can read ``value`` (a stored timestamp, not NULL), else why not, for a person."""
+        if isinstance(value, _Raw):
+            return (f"beyond the years {_READABLE_FROM.year}–{_READABLE_BEFORE.year - 1} the repair reads "
+                    "(infinity, or a sentinel at the end of the calendar): not a time a clock error leaves")
+        if isinstance(value, str):
+            try:
+                value = dt.datetime.fromisoformat(value)
+            except ValueError:
+                return "not a date and time (Django stores 'YYYY-MM-DD HH:MM:SS[.ffffff]')"
+        if not isinstance(value, dt.datetime):
+            what = {bytes: "a blob", int: "an integer", float: "a real number"}.get(type(value),
+                                                                                     type(value).__name__)
+            return f"{what} in a datetime column, not a date and time"
+        if not _READABLE_FROM.year <= value.year < _READABLE_BEFORE.year:
+            return (f"year {value.year}: beyond the years {_READABLE_FROM.year}–{_READABLE_BEFORE.year - 1} the "
+                    "repair reads (a sentinel at the end of the calendar, not a time a clock error leaves)")
+        return None
+
     def to_text(self, value: Any) -> str | None:
         if value is None:
             return None
-        return value if isinstance(value, str) else value.isoformat(sep=" ")
+        if isinstance(value, str):
+            return str(value)
+        return value.isoformat(sep=" ") if isinstance(value, dt.datetime) else _show_raw(value)
 
     def from_text(self, text: str | None) -> Any:
         if text is None or self.is_sqlite:
@@ -421,25 +598,92 @@ class CeleryBeatRepair:
 
     # ----------------------------------------------------------------------------------------- reading
 
-    def _future_rows(self, conn: Any, now_s: float, *, lock: bool) -> list[Any]:
+    def _readable_bounds(self) -> tuple[Any, Any]:
+        if self.is_pg:
+            return _READABLE_FROM, _READABLE_BEFORE
+        low, high = _READABLE_FROM.replace(tzinfo=None), _READABLE_BEFORE.replace(tzinfo=None)
+        return (low.strftime(_SQLITE_FORMAT), high.strftime(_SQLITE_FORMAT)) if self.is_sqlite else (low, high)
+
+    def _bad(self, col: Any) -> Any:
+        """SQL: ``col`` holds a value the engine does not read (never true for NULL)."""
+        sa = _sqlalchemy()
+        low, high = self._readable_bounds()
+        clauses = [col < low, col >= high]
+        if self.is_sqlite:  # an integer, a real or a blob; text SQLite's date functions cannot read
+            clauses += [sa.func.typeof(col).not_in(["text", "null"]), sa.func.datetime(col).is_(None)]
+        return sa.and_(col.is_not(None), sa.or_(*clauses))
+
+    def _stamp(self, col: Any) -> list[Any]:
+        """Select expressions for a timestamp column. PostgreSQL's driver cannot load ±infinity or years past
+        9999 (an error for the whole query): such values come as their text in ``<name>_raw`` instead."""
+        if not self.is_pg:
+            return [col]
+        sa = _sqlalchemy()
+        low, high = self._readable_bounds()
+        ok = sa.and_(col >= low, col < high)
+        raw = sa.case((sa.not_(ok), sa.cast(col, sa.Text)))
+        return [sa.case((ok, col)).label(col.name), raw.label(f"{col.name}_raw")]
+
+    def _value(self, row: Any, name: str) -> Any:
+        """A timestamp column of ``row`` selected with :meth:`_stamp`: the value, or the unloadable text."""
+        if self.is_pg:
+            raw = getattr(row, f"{name}_raw")
+            if raw is not None:
+                return _Raw(raw)
+        return getattr(row, name)
+
+    def _future_rows(self, conn: Any, now_s: float, *, lock: bool) -> tuple[list[tuple[Any, ...]],
+                                                                            list[UnreadableValue]]:
+        """The task rows with a future last_run_at or date_changed, as (id, name, last_run_at, date_changed,
+        last_run_at future, date_changed future) — the flags are the database's own comparison, the one the UPDATE
+        makes — and the rows skipped because one of the two holds a value the engine cannot read."""
         sa = _sqlalchemy()
         t = self.t_task
         lim_lr, lim_dc = self._limits(now_s)
-        query = (sa.select(t.c.id, t.c.name, t.c.last_run_at, t.c.date_changed)
-                 .where(sa.or_(t.c.last_run_at > lim_lr, t.c.date_changed > lim_dc)).order_by(t.c.id))
+        lr_bad, dc_bad = self._bad(t.c.last_run_at), self._bad(t.c.date_changed)
+        query = (sa.select(t.c.id, t.c.name, *self._stamp(t.c.last_run_at), *self._stamp(t.c.date_changed),
+                           (t.c.last_run_at > lim_lr).label("lr_f"), (t.c.date_changed > lim_dc).label("dc_f"),
+                           lr_bad.label("lr_bad"), dc_bad.label("dc_bad"))
+                 .where(sa.or_(t.c.last_run_at > lim_lr, t.c.date_changed > lim_dc, lr_bad, dc_bad)).order_by(t.c.id))
         if lock and not self.is_sqlite:
             query = query.with_for_update()
-        return list(conn.execute(query).all())
+        rows: list[tuple[Any, ...]] = []
+        skipped: list[UnreadableValue] = []
+        for r in conn.execute(query):
+            lr, dc = self._value(r, "last_run_at"), self._value(r, "date_changed")
+            problems = []
+            for column, value, sql_bad in (("last_run_at", lr, r.lr_bad), ("date_changed", dc, r.dc_bad)):
+                if value is None:
+                    continue
+                why = self.unreadable_why(value) or ("the database cannot compare it as a date and time"
+                                                     if sql_bad else None)
+                if why is not None:
+                    problems.append(UnreadableValue("periodictask", r.id, r.name, column, _show_raw(value),
+                                                    f"{why}; the row is left as it is"))
+            if problems:
+                skipped.extend(problems)
+            elif r.lr_f or r.dc_f:
+                rows.append((r.id, r.name, lr, dc, bool(r.lr_f), bool(r.dc_f)))
+        return rows, skipped
 
     def _last_update(self, conn: Any, *, lock: bool) -> tuple[bool, Any]:
         sa = _sqlalchemy()
-        query = sa.select(self.t_tasks.c.last_update).where(self.t_tasks.c.ident == 1)
+        query = sa.select(*self._stamp(self.t_tasks.c.last_update)).where(self.t_tasks.c.ident == 1)
         if lock and not self.is_sqlite:
             query = query.with_for_update()
         row = conn.execute(query).first()
-        return (row is not None, None if row is None else row[0])
+        return (row is not None, None if row is None else self._value(row, "last_update"))
 
-    def _report(self, conn: Any, now_s: float) -> list[ReportItem]:
+    def _last_update_state(self, last_update: Any, limit: float) -> tuple[float | None, bool, str | None]:
+        """(epoch or None, must be replaced, why it cannot be read): an unreadable last_update is replaced too —
+        it is only the reload signal, and a beat cannot read it either."""
+        why = None if last_update is None else self.unreadable_why(last_update)
+        if why is not None:
+            return None, True, why
+        old = self.epoch(last_update, "last_update")
+        return old, old is not None and old > limit, None
+
+    def _report(self, conn: Any, now_s: float) -> tuple[list[ReportItem], list[UnreadableValue]]:
         sa = _sqlalchemy()
         t, c = self.t_task, self.t_clocked
         now_dc = self.db_value(now_s, "date_changed")
@@ -454,46 +698,67 @@ class CeleryBeatRepair:
         )
         expired = sa.and_(t.c.enabled == sa.false(), t.c.expires > now_dc, t.c.date_changed > lim_dc)
         query = (
-            sa.select(t.c.id, t.c.name, t.c.one_off, t.c.enabled, t.c.expires, t.c.date_changed, c.c.clocked_time)
+            sa.select(t.c.id, t.c.name, t.c.one_off, t.c.enabled, *self._stamp(t.c.expires),
+                      *self._stamp(c.c.clocked_time))
             .select_from(t.outerjoin(c, c.c.id == t.c.clocked_id))
             .where(sa.or_(ran_early, expired))
             .order_by(t.c.id)
         )
         items: list[ReportItem] = []
+        unreadable: list[UnreadableValue] = []
         for row in conn.execute(query):
+            expires, clocked_time = self._value(row, "expires"), self._value(row, "clocked_time")
+            for column, value in (("expires", expires), ("clocked_time", clocked_time)):
+                why = None if value is None else self.unreadable_why(value)
+                if why is not None:
+                    unreadable.append(UnreadableValue("periodictask", row.id, row.name, column, _show_raw(value),
+                                                      f"{why}; only read for the report"))
             if row.one_off:
-                clocked = self.epoch(row.clocked_time, "clocked_time")
+                clocked = self._epoch_or_none(clocked_time, "clocked_time")
                 when = f"clocked for {fmt_utc(clocked)}" if clocked is not None else "one-off"
                 fate = ("beat disables it at its next look (it will not run again)" if row.enabled
                         else "beat disabled it; re-enabling it would run it a second time — left disabled")
                 items.append(ReportItem(row.id, row.name, "fired_early",
                                         f"{when}: ran during the false period; {fate}"))
             else:
+                shown = fmt_utc(self._epoch_or_none(expires, "expires")) if expires is not None else "-"
                 items.append(ReportItem(row.id, row.name, "expired_disabled",
-                                        f"expires {fmt_utc(self.epoch(row.expires, 'expires'))}, but beat disabled it "
+                                        f"expires {shown}, but beat disabled it "
                                         "as expired during the false period — left disabled"))
-        return items
+        return items, unreadable
 
     def plan(self, now_s: float) -> RepairPlan:
-        """Read-only: every timestamp the repair would bring back to ``now_s``, and the report."""
-        with self._transaction("reading the beat tables") as conn:
+        """Read-only (a SQLite file is opened read-only): every timestamp the repair would bring back to
+        ``now_s``, the report, and the values it cannot read (their rows are left as they are)."""
+        now_s = checked_now(now_s)
+        with self._transaction("reading the beat tables", read_only=True) as conn:
             return self._plan(conn, now_s)
 
     def _plan(self, conn: Any, now_s: float) -> RepairPlan:
         changes: list[PlannedChange] = []
-        limit = now_s + self.tolerance_s
-        for row in self._future_rows(conn, now_s, lock=False):
-            for column in ("last_run_at", "date_changed"):
-                old = self.epoch(getattr(row, column), column)
-                if old is not None and old > limit:
-                    changes.append(PlannedChange("periodictask", row.id, row.name, column, old, now_s,
+        rows, unreadable = self._future_rows(conn, now_s, lock=False)
+        for row_id, name, lr, dc, lr_future, dc_future in rows:
+            for column, value, future in (("last_run_at", lr, lr_future), ("date_changed", dc, dc_future)):
+                if future:
+                    old = self.epoch(value, column)
+                    assert old is not None
+                    changes.append(PlannedChange("periodictask", row_id, name, column, old, now_s,
                                                  _why(column, old - now_s)))
         _present, last_update = self._last_update(conn, lock=False)
-        old_lu = self.epoch(last_update, "last_update")
-        if old_lu is not None and old_lu > limit:
+        old_lu, lu_replace, lu_why = self._last_update_state(last_update, now_s + self.tolerance_s)
+        if lu_why is not None:
+            unreadable.append(UnreadableValue("periodictasks", 1, "(reload signal)", "last_update",
+                                              _show_raw(last_update), f"{lu_why}; replaced by the reload signal"))
+            changes.append(PlannedChange("periodictasks", 1, "(reload signal)", "last_update", None, now_s,
+                                         "unreadable: a running beat could not read it either"))
+        elif lu_replace:
+            assert old_lu is not None
             changes.append(PlannedChange("periodictasks", 1, "(reload signal)", "last_update", old_lu, now_s,
                                          _why("last_update", old_lu - now_s)))
-        return RepairPlan(now_s, self.tolerance_s, tuple(changes), tuple(self._report(conn, now_s)))
+        report, report_unreadable = self._report(conn, now_s)
+        seen = {(u.table, u.row_id, u.column) for u in unreadable}
+        unreadable += [u for u in report_unreadable if (u.table, u.row_id, u.column) not in seen]
+        return RepairPlan(now_s, self.tolerance_s, tuple(changes), tuple(report), tuple(unreadable))
 
     # ----------------------------------------------------------------------------------------- writing
 
@@ -520,15 +785,15 @@ class CeleryBeatRepair:
         sa = _sqlalchemy()
         started = mono()
         t = self.t_task
+        now_s = checked_now(now_s)
         lim_lr, lim_dc = self._limits(now_s)
         limit = now_s + self.tolerance_s
         new_lr, new_dc = self.db_value(now_s, "last_run_at"), self.db_value(now_s, "date_changed")
         with self._transaction(f"repair round {number} (phase A)") as conn:
             # The periodictasks row is every agent's mutex: a second agent waits here, then finds nothing.
             present, last_update = self._last_update(conn, lock=True)
-            rows = self._future_rows(conn, now_s, lock=True)
-            old_lu = self.epoch(last_update, "last_update")
-            lu_future = old_lu is not None and old_lu > limit
+            rows, skipped = self._future_rows(conn, now_s, lock=True)
+            _old_lu, lu_future, _why_lu = self._last_update_state(last_update, limit)
             if not rows and not lu_future:
                 return None
             new_lr_text, new_dc_text = self.to_text(new_lr), self.to_text(new_dc)
@@ -537,15 +802,14 @@ class CeleryBeatRepair:
                          self.to_text(last_update) if present else None, new_dc_text)
 
             def build() -> list[tuple[Any, ...]]:
-                """(table, row_id, name, column, old, new) for Journal.repair_undo_record. The same comparison as
-                the SQL below, on the raw values (datetimes or SQLite text), so the counts agree with the UPDATE's
-                exactly; one pass over plain tuples."""
+                """(table, row_id, name, column, old, new) for Journal.repair_undo_record, from the database's own
+                comparison (the UPDATE's), so the counts agree with it exactly; one pass over plain tuples."""
                 lr: list[tuple[Any, ...]] = []
                 dc: list[tuple[Any, ...]] = []
-                for row_id, name, old_lr, old_dc in rows:
-                    if old_lr is not None and old_lr > lim_lr:
+                for row_id, name, old_lr, old_dc, lr_f, dc_f in rows:
+                    if lr_f:
                         lr.append(("periodictask", row_id, name, "last_run_at", text(old_lr), new_lr_text))
-                    if old_dc is not None and old_dc > lim_dc:
+                    if dc_f:
                         dc.append(("periodictask", row_id, name, "date_changed", text(old_dc), new_dc_text))
                 return [*lr, *dc, lu_record]
 
@@ -553,15 +817,19 @@ class CeleryBeatRepair:
             recorder = _Recorder(build, journal, incident_id=incident_id, repair_id=repair_id,
                                  fingerprint=self.fingerprint, wall_s=now_s, mono_s=mono())
             # One set-based compare-and-set statement (one new row version per row, not two): each column is
-            # clamped only if it is still in the future, never to NULL.
+            # clamped only if it is still in the future, never to NULL. Rows holding a value the engine cannot read
+            # are left alone (the plan reports them).
             lr_future, dc_future = t.c.last_run_at > lim_lr, t.c.date_changed > lim_dc
+            stmt = (sa.update(t)
+                    .where(sa.or_(lr_future, dc_future), sa.not_(self._bad(t.c.last_run_at)),
+                           sa.not_(self._bad(t.c.date_changed)))
+                    .values(last_run_at=sa.case((lr_future, new_lr), else_=t.c.last_run_at),
+                            date_changed=sa.case((dc_future, new_dc), else_=t.c.date_changed)))
+            skipped_ids = sorted({u.row_id for u in skipped})
+            if skipped_ids:  # those only Python refuses (the database's own test is in the WHERE above)
+                stmt = stmt.where(t.c.id.not_in(skipped_ids))
             try:
-                n_rows = conn.execute(
-                    sa.update(t).where(sa.or_(lr_future, dc_future)).values(
-                        last_run_at=sa.case((lr_future, new_lr), else_=t.c.last_run_at),
-                        date_changed=sa.case((dc_future, new_dc), else_=t.c.date_changed),
-                    )
-                ).rowcount
+                n_rows = conn.execute(stmt).rowcount
             finally:
                 records = recorder.wait()
             if n_rows != len(rows):  # a row became future after the locking read: redo the round
@@ -572,7 +840,7 @@ class CeleryBeatRepair:
         return RoundResult(number, n_lr, n_dc, 1, now_s, None, mono() - started)
 
     def _phase_b(self, now_a_s: float, now_fn: Callable[[], float]) -> float:
-        now_b = max(now_fn(), now_a_s + 1.0)  # strictly greater than what beat last read, or no reload
+        now_b = max(checked_now(now_fn()), now_a_s + 1.0)  # strictly greater than what beat last read, or no reload
         with self._transaction("repair phase B (reload signal)") as conn:
             self._upsert_last_update(conn, self.db_value(now_b, "last_update"))
         return now_b
@@ -596,6 +864,11 @@ class CeleryBeatRepair:
         found by the next audit), and no further round starts. The outcome is then not clean."""
         if sleep is None:
             sleep = _cancellable_sleep(cancelled)
+        given_now = now_fn
+
+        def now_fn() -> float:  # a NaN now would make every "is it future?" comparison False
+            return checked_now(given_now())
+
         repair_id = uuid.uuid4().hex
         with self._transaction("reading the beat tables") as conn:
             plan = self._plan(conn, now_fn())
@@ -634,11 +907,12 @@ class CeleryBeatRepair:
         return RepairOutcome(incident_id, repair_id, plan, tuple(rounds), clean)
 
     def _future_count(self, now_s: float) -> int:
+        """Future timestamps left (rows whose values cannot be read are not counted: they are reported)."""
+        now_s = checked_now(now_s)
         with self._transaction("verifying the repair") as conn:
-            rows = self._future_rows(conn, now_s, lock=False)
+            rows, _skipped = self._future_rows(conn, now_s, lock=False)
             _, last_update = self._last_update(conn, lock=False)
-        old_lu = self.epoch(last_update, "last_update")
-        return len(rows) + int(old_lu is not None and old_lu > now_s + self.tolerance_s)
+        return len(rows) + int(self._last_update_state(last_update, now_s + self.tolerance_s)[1])
 
     # -------------------------------------------------------------------------------------------- undo
 
@@ -647,7 +921,8 @@ class CeleryBeatRepair:
         """Restore the first-seen old values of ``incident_id``'s repair on this database, only where a row
         still holds the value the repair wrote; then bump last_update twice so a running beat reloads."""
         sa = _sqlalchemy()
-        records = journal.repair_undo_records(incident_id, fingerprint=self.fingerprint, undone=False)
+        records = [r for r in journal.repair_undo_records(incident_id, undone=False)
+                   if self.same_database(r["fingerprint"])]
         task_records = [r for r in records if r["tbl"] == "periodictask"]
         if not records:
             return UndoOutcome(incident_id, (), (), dry_run)
@@ -659,11 +934,12 @@ class CeleryBeatRepair:
             current: dict[int, Any] = {}
             for start in range(0, len(ids), 1000):
                 chunk = ids[start:start + 1000]
-                query = sa.select(t.c.id, t.c.name, t.c.last_run_at, t.c.date_changed).where(t.c.id.in_(chunk))
+                query = (sa.select(t.c.id, t.c.name, *self._stamp(t.c.last_run_at), *self._stamp(t.c.date_changed))
+                         .where(t.c.id.in_(chunk)))
                 if not self.is_sqlite:
                     query = query.with_for_update()
                 for row in conn.execute(query):
-                    current[row.id] = row
+                    current[row.id] = {c: self._value(row, c) for c in ("last_run_at", "date_changed")}
             todo: dict[str, list[dict[str, Any]]] = {"last_run_at": [], "date_changed": []}
             done_keys: list[tuple[Any, ...]] = []
             for r in task_records:
@@ -674,8 +950,8 @@ class CeleryBeatRepair:
                 if row is None:
                     skipped.append({**entry, "why": "the row no longer exists"})
                     continue
-                now_value = getattr(row, column)
-                entry["from_s"] = self.epoch(now_value, column)
+                now_value = row[column]
+                entry["from_s"] = self._epoch_or_none(now_value, column)
                 if self.to_text(now_value) != self.to_text(self.from_text(r["new_value"])):
                     skipped.append({**entry, "why": "changed since the repair (not the value it wrote)"})
                     continue
@@ -692,7 +968,7 @@ class CeleryBeatRepair:
                             .values({column: sa.bindparam("b_old")}))
                     conn.execute(stmt, params)
             journal.repair_undo_mark_undone(incident_id, done_keys)
-            now_a = now_fn()
+            now_a = checked_now(now_fn())
             self._upsert_last_update(conn, self.db_value(now_a, "last_update"))
         sleep(self.wait_s)
         self._phase_b(now_a, now_fn)
@@ -711,6 +987,21 @@ def _cancellable_sleep(cancelled: Callable[[], bool], slice_s: float = 0.2) -> C
             time.sleep(min(slice_s, remaining))
 
     return sleep
+
+
+class _Raw(str):
+    """The text of a timestamp PostgreSQL's driver cannot load (±infinity, a year past 9999)."""
+
+
+def _show_raw(value: Any) -> str:
+    """A stored value as a person reads it in a report (a blob as x'…'), at most 80 characters."""
+    if isinstance(value, bytes):
+        text = f"x'{value[:32].hex()}{'…' if len(value) > 32 else ''}'"
+    elif isinstance(value, _Raw):
+        text = repr(str(value))
+    else:
+        text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"
 
 
 def fmt_utc(epoch_s: float | None) -> str:
