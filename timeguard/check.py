@@ -17,6 +17,7 @@ from timeguard import consensus
 from timeguard.config import Config, HttpServer, NtpServer
 from timeguard.localclock import LocalClockState, read_local_clock
 from timeguard.model import Sample, SourceKind, SourceState, Verdict
+from timeguard.ranges import Range
 
 #: How much earlier than the check's deadline each source is told to finish on its own.
 SOURCE_MARGIN_S = 0.05
@@ -28,6 +29,11 @@ class CheckResult:
     local: LocalClockState | None
     duration_s: float
     host_time_s: float  # the host's wall time when the check finished (the verdict's offset applies to it)
+    quiet: bool = False  # check_ntp_time -q: an offset that cannot be found is UNKNOWN (3), not CRITICAL (2)
+
+    @property
+    def exit_code(self) -> int:
+        return self.verdict.status.nagios_code(quiet=self.quiet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,35 @@ class Probe:
     name: str
     kind: SourceKind
     measure: Callable[[float], Sample]  # timeout_s -> Sample
+
+
+def parse_host(text: str, default_port: int = 123) -> NtpServer:
+    """``HOST``, ``HOST:PORT``, ``[IPV6]``, ``[IPV6]:PORT`` or a bare IPv6 address, as ``check_ntp_time -H`` takes
+    a server; raises ValueError saying what is wrong."""
+    raw = text.strip()
+    port_text = ""
+    if raw.startswith("["):
+        host, sep, rest = raw[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: an IPv6 address in brackets is [ADDRESS] or [ADDRESS]:PORT")
+        port_text = rest[1:] if rest else ""
+        if rest and not port_text:
+            raise ValueError(f"{text!r}: no port after the colon")
+    elif raw.count(":") == 1:
+        host, _, port_text = raw.partition(":")
+        if not port_text:
+            raise ValueError(f"{text!r}: no port after the colon")
+    else:
+        host = raw  # a name, an IPv4 address, or a bare IPv6 address (several colons: no port)
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{text!r}: no host name or address")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"{text!r}: port {port_text!r} is not a number from 1 to 65535")
+        port = int(port_text)
+    shown = f"[{host}]" if ":" in host else host
+    return NtpServer(host=host, port=port, name=shown if port == 123 else f"{shown}:{port}")
 
 
 def probes(cfg: Config) -> list[Probe]:
@@ -118,10 +153,11 @@ def measure_all(probe_list: list[Probe], timeout_s: float) -> list[Sample]:
 def run_check(
     cfg: Config,
     *,
-    warning_s: float | None = None,
-    critical_s: float | None = None,
+    warning_s: float | Range | None = None,
+    critical_s: float | Range | None = None,
     probe_list: list[Probe] | None = None,
     with_local: bool = True,
+    quiet: bool = False,
 ) -> CheckResult:
     started = time.monotonic()
     local_box: list[LocalClockState] = []
@@ -144,4 +180,5 @@ def run_check(
         local=local_box[0] if local_box else None,
         duration_s=time.monotonic() - started,
         host_time_s=time.time(),
+        quiet=quiet,
     )

@@ -672,7 +672,9 @@ def _logical_checks(data: Any, lines: Lines, problems: list[ConfigProblem]) -> N
                         f"{name!r} is already the name of hooks[{names[name]}]; names must be unique")
                 names.setdefault(name, i)
     min_sources = section("consensus").get("min_sources")
-    if number(min_sources) and counted < min_sources:
+    # The default min_sources is capped at the sources configured (a single server is a valid check, whose
+    # verdict says it cannot be outvoted); only a min_sources the file itself sets can contradict its sources.
+    if number(min_sources) and counted < min_sources and (counted == 0 or "consensus.min_sources" in lines):
         bad("consensus.min_sources", f"is {min_sources} but only {counted} sources are configured: "
             "every check would be UNKNOWN")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from timeguard.check import CheckResult
 from timeguard.consensus import fmt_offset
-from timeguard.model import SourceState, SourceVerdict, Status
+from timeguard.model import NAGIOS_STATES, SourceState, SourceVerdict, Status
 from timeguard.timefmt import iso as _iso
 
 _STATE_MARK = {
@@ -54,7 +54,7 @@ def human(result: CheckResult) -> str:
         assert trusted is not None
         lines.append(
             f"Trusted time: {_iso(trusted)} (host says {_iso(result.host_time_s)}); "
-            f"thresholds warning {v.warning_s:g} s, critical {v.critical_s:g} s"
+            f"thresholds on |offset| in s: warning {v.warning.text}, critical {v.critical.text}"
         )
     if v.usable == 0 and v.sources and all(sv.state is SourceState.UNREACHABLE for sv in v.sources):
         lines.append(
@@ -91,16 +91,18 @@ def as_dict(result: CheckResult) -> dict[str, Any]:
     local = result.local
     return {
         "status": v.status.value,
-        "exit_code": v.status.exit_code,
+        "exit_code": result.exit_code,
         "summary": v.summary,
         "offset_s": v.offset_s,
         "offset_lo_s": v.offset_lo_s,
         "offset_hi_s": v.offset_hi_s,
+        "regions": [list(region) for region in v.regions],
         "error_s": v.error_s,
         "ntp_http_agree": v.ntp_http_agree,
         "usable": v.usable,
         "agreeing": v.agreeing,
-        "thresholds": {"warning_s": v.warning_s, "critical_s": v.critical_s},
+        "thresholds": {"warning_s": v.warning_s, "critical_s": v.critical_s, "warning": v.warning.text,
+                       "critical": v.critical.text},
         "host_time_s": result.host_time_s,
         "trusted_time_s": v.trusted_now(result.host_time_s),
         "duration_s": result.duration_s,
@@ -139,15 +141,20 @@ def as_json(result: CheckResult) -> str:
     return json.dumps(as_dict(result), indent=2) + "\n"
 
 
+#: What a status that is not an offset threshold says first on the Nagios line (the state word is the exit's).
+_NAGIOS_LEAD = {Status.SOURCES_INCONSISTENT: "sources inconsistent: ", Status.UNKNOWN: "offset unknown: "}
+
+
 def nagios(result: CheckResult) -> str:
-    """``TIMEGUARD STATUS - summary | offset=…s;warn;crit;0 sources=…;;;0;N`` (monitoring-plugins style:
-    the offset's absolute value, like check_ntp_time; ``U`` when it is unknown)."""
+    """``TIMEGUARD STATE - summary | offset=±…s;warn;crit error_bound=…`` as check_ntp_time prints it: STATE is
+    the exit code's name (once), the offset keeps its sign, warn/crit are the ranges given, ``U`` an unknown
+    value."""
     v = result.verdict
-    offset = "U" if v.offset_s is None else f"{abs(v.offset_s):.6f}s"
+    offset = "U" if v.offset_s is None else f"{v.offset_s:.6f}s"
     bound = "U" if v.error_s is None else f"{v.error_s:.6f}s"
-    label = {Status.SOURCES_INCONSISTENT: "CRITICAL", Status.NO_MAJORITY: "UNKNOWN"}.get(v.status, v.status.value)
     perf = (
-        f"offset={offset};{v.warning_s:g};{v.critical_s:g};0 error_bound={bound};;;0 "
+        f"offset={offset};{v.warning.text};{v.critical.text} error_bound={bound};;;0 "
         f"sources_agreeing={v.agreeing};;;0;{len(v.sources)} sources_usable={v.usable};;;0;{len(v.sources)}"
     )
-    return f"TIMEGUARD {label} - {v.status.value}: {v.summary} | {perf}\n"
+    text = _NAGIOS_LEAD.get(v.status, "") + v.summary
+    return f"TIMEGUARD {NAGIOS_STATES[result.exit_code]} - {text} | {perf}\n"

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from timeguard import config, report
-from timeguard.check import Probe, measure_all, run_check
+from timeguard.check import Probe, measure_all, parse_host, run_check
 from timeguard.model import Sample, SourceKind, SourceState, Status
+from timeguard.ranges import Range
 
 CFG = dataclasses.replace(config.load(None), timeout_s=0.5)
 
@@ -98,18 +99,98 @@ def test_reports_read_like_chronyc_json_and_nagios():
     assert data["local"]["kernel"]["state"].startswith("TIME_")
 
     line = report.nagios(result)
-    assert line.startswith("TIMEGUARD OK - OK: host clock behind")
+    assert line.startswith("TIMEGUARD OK - host clock behind")  # one status word, as check_ntp_time
     perf = line.split(" | ")[1].split()
-    assert perf[0].startswith("offset=0.010") and perf[0].endswith("s;0.5;5;0")
+    assert perf[0].startswith("offset=0.010") and perf[0].endswith("s;0.5;5")
     assert perf[2] == "sources_agreeing=3;;;0;4"
 
 
-def test_nagios_unknown_offset_is_U_and_no_majority_is_unknown():
+def test_nagios_unknown_offset_is_U_and_no_majority_is_critical_or_unknown_with_quiet():
     result = run_check(CFG, probe_list=[good("a", 0), good("b", 5)], with_local=False)
     assert result.verdict.status is Status.NO_MAJORITY
     line = report.nagios(result)
-    assert line.startswith("TIMEGUARD UNKNOWN - NO_MAJORITY: ")
-    assert "offset=U;0.5;5;0" in line
+    assert line.startswith("TIMEGUARD CRITICAL - no majority: at most 1 of 2") and result.exit_code == 2
+    assert "offset=U;0.5;5 " in line
+    quiet = run_check(CFG, probe_list=[good("a", 0), good("b", 5)], with_local=False, quiet=True)
+    assert report.nagios(quiet).startswith("TIMEGUARD UNKNOWN - no majority: ") and quiet.exit_code == 3
+    assert json.loads(report.as_json(quiet))["exit_code"] == 3
+
+
+@pytest.mark.parametrize("offset", [-0.799992, 0.799992, -6.25, 6.25, -0.000031, 0.0])
+def test_nagios_line_keeps_the_offset_sign_and_names_its_state_once(offset: float):
+    result = run_check(CFG, probe_list=[good("a", offset), good("b", offset)], with_local=False)
+    line = report.nagios(result)
+    state = ("OK", "WARNING", "CRITICAL", "UNKNOWN")[result.exit_code]
+    head, perf = line.rstrip("\n").split(" | ")
+    assert head.startswith(f"TIMEGUARD {state} - host clock ")
+    assert all(word not in head[len(f"TIMEGUARD {state} - "):] for word in ("OK:", "WARNING:", "CRITICAL:"))
+    assert perf.split()[0] == f"offset={offset:.6f}s;0.5;5"
+
+
+def test_status_words_never_doubled_for_any_status():
+    cases = {
+        Status.SOURCES_INCONSISTENT: [good("a", 5), good("b", 5), good("h1", 0, SourceKind.HTTP),
+                                      good("h2", 0, SourceKind.HTTP)],
+        Status.UNKNOWN: [Probe("x", SourceKind.NTP, lambda t: Sample.failed("x", SourceKind.NTP,
+                                                                           SourceState.UNREACHABLE, "timeout")),
+                         good("y", 0)],
+    }
+    for status, probes in cases.items():
+        result = run_check(CFG, probe_list=probes, with_local=False)
+        assert result.verdict.status is status
+        head = report.nagios(result).split(" | ")[0]
+        assert head.count("CRITICAL") == 1 and status.value + ":" not in head, head
+    assert "sources inconsistent: NTP sources" in report.nagios(run_check(
+        CFG, probe_list=cases[Status.SOURCES_INCONSISTENT], with_local=False))
+
+
+@pytest.mark.parametrize(("warning", "critical", "offset", "state"), [
+    ("~:0.5", "@0:0.5", 2.5, 1),  # as check_ntp_time: |2.5| > 0.5 warns; not inside 0..0.5, so not critical
+    ("-1:1", "10:", 2.5, 2),  # |2.5| < 10 is critical
+    ("-1:1", "10:", -0.8, 2),
+    ("-1:1", "~:5", -0.8, 0),
+    ("0.5", "5", -0.8, 1),  # the magnitude is judged, not the signed value
+    ("@0.7:0.9", "6", 0.8, 1),
+])
+def test_nagios_ranges_apply_to_the_offset_magnitude(warning, critical, offset, state):
+    result = run_check(CFG, probe_list=[good("a", offset), good("b", offset)], with_local=False,
+                       warning_s=Range.parse(warning), critical_s=Range.parse(critical))
+    assert result.exit_code == state
+    assert f"s;{warning};{critical} " in report.nagios(result)
+
+
+@pytest.mark.parametrize(("text", "host", "port", "label"), [
+    ("ntp.example", "ntp.example", 123, "ntp.example"),
+    ("127.0.0.1:1123", "127.0.0.1", 1123, "127.0.0.1:1123"),
+    ("[::1]:1123", "::1", 1123, "[::1]:1123"),
+    ("[::1]", "::1", 123, "[::1]"),
+    ("::1", "::1", 123, "[::1]"),
+    ("fe80::1:2", "fe80::1:2", 123, "[fe80::1:2]"),
+])
+def test_parse_host_as_check_ntp_time_takes_it(text, host, port, label):
+    server = parse_host(text)
+    assert (server.host, server.port, server.label) == (host, port, label)
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("[::1", "in brackets"), ("[::1]x", "in brackets"), ("host:", "no port"), ("[::1]:", "no port"),
+    ("host:0", "1 to 65535"), ("host:65536", "1 to 65535"), ("host:ab", "1 to 65535"), (":123", "no host"),
+    ("", "no host"), ("[]:123", "no host"),
+])
+def test_parse_host_errors_say_what(text, why):
+    with pytest.raises(ValueError, match=why):
+        parse_host(text)
+
+
+def test_a_single_configured_source_is_valid_and_says_it_cannot_be_outvoted():
+    cfg = config.loads("sources: {ntp: [{host: 127.0.0.1}], http: []}\n")
+    assert cfg.consensus.min_sources == 2  # the default, unchanged: capped at the one source configured
+    result = run_check(cfg, probe_list=[good("only", 0.01)], with_local=False)
+    assert result.verdict.status is Status.OK and "a single source cannot be outvoted" in result.verdict.summary
+    with pytest.raises(config.ConfigError, match="is 2 but only 1 sources are configured"):
+        config.loads("sources: {ntp: [{host: 127.0.0.1}], http: []}\nconsensus: {min_sources: 2}\n")
+    with pytest.raises(config.ConfigError, match="is 2 but only 0 sources are configured"):
+        config.loads("sources: {ntp: [], http: []}\n")
 
 
 def test_offline_check_says_so():
