@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import select
 import signal
 import threading
 import time
@@ -33,7 +34,7 @@ from timeguard.config import Config
 from timeguard.events import Event, EventKind, new_id
 from timeguard.hooks.api import HookRun, HookStatus
 from timeguard.hooks.dispatch import Dispatcher
-from timeguard.journal import CheckRecord, Journal, JournalCorrupt, JournalError
+from timeguard.journal import CheckRecord, Journal, JournalError, open_for_daemon
 from timeguard.localclock import read_kernel_clock
 from timeguard.model import Sample, SourceKind, SourceState, Status, Verdict
 from timeguard.sdnotify import Notifier
@@ -45,6 +46,10 @@ HEARTBEAT_S = 10.0  # how often `timeguard status` can see the daemon is alive
 POLL_SLACK_S = 2.0  # a scheduled job waits this long at most for a source's next allowed poll
 SAMPLE_MAX_AGE_INTERVALS = 3  # a sample older than 3 of its class's intervals no longer counts
 AUDIT_TICK_S = 5.0  # how often the audit job looks whether an auditing hook is due
+PRUNE_INTERVAL_S = 3600.0  # how often the journal's retention runs
+RELOAD_TIMEOUT_S = 10.0  # a SIGHUP's new configuration not read and validated by then is refused
+MAX_STUCK_RELOADS = 2  # reload threads still stuck past their deadline (a FIFO, a hung NFS) before SIGHUP is refused
+_STOP_SIGNALS = frozenset({signal.SIGTERM.value, signal.SIGINT.value})
 
 _CONDITIONS: dict[Status, EventKind | None] = {
     Status.OK: None,
@@ -66,18 +71,13 @@ def read_boot_id() -> str:
 
 
 def open_journal(state_dir: str, log: Any) -> Journal:
-    """Open the journal; a corrupt file is moved aside (kept, never deleted) and a new one started."""
-    try:
-        return Journal.in_state_dir(state_dir)
-    except JournalCorrupt as exc:
-        path = Path(state_dir) / "journal.sqlite"
-        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{path}{suffix}")
-            if src.exists():
-                src.rename(f"{aside}{suffix}")
-        log.error("journal_corrupt_moved_aside", error=str(exc), moved_to=str(aside))
-        return Journal.in_state_dir(state_dir)
+    """Open the journal. Only a damaged file is moved aside (kept, never deleted), what is readable in it salvaged
+    into a new one (timeguard.journal.open_for_daemon); a lock or an unusable state directory raises."""
+    journal, damage = open_for_daemon(state_dir)
+    if damage is not None:
+        log.error("journal_damaged", error=damage["reason"], moved_to=damage["moved_to"], salvaged=damage["copied"],
+                  unreadable_rows=damage["lost"], note="`timeguard status` shows it")
+    return journal
 
 
 @dataclasses.dataclass(slots=True)
@@ -102,6 +102,19 @@ class _Incident:
     id: str
     last_step_monotonic_s: float
     transitions: int
+
+
+@dataclasses.dataclass(slots=True)
+class _Reload:
+    """A SIGHUP's reload: read, validated and prepared by a worker thread, applied or refused by the loop."""
+
+    started_s: float  # monotonic
+    worker: threading.Thread | None = None
+    cfg: Config | None = None
+    probes: list[Probe] | None = None
+    dispatcher: Dispatcher | None = None
+    errors: list[str] | None = None
+    done: bool = False  # set last by the worker
 
 
 def rebase(latest: _Latest, now: ClockReading, max_age_s: float) -> Sample:
@@ -186,13 +199,21 @@ class Agent:
         self.boot_id = read_boot_id()
         self._lock = threading.RLock()  # guards samples, verdict, incidents, condition
         self._stop = threading.Event()
+        # Noted by _on_signal (plain stores: a signal handler must not lock, log or do I/O), acted on by the loop.
+        self._stop_signal: int | None = None
         self._reload_requested = False
         self._report_requested = False
+        self._ignored_signal: int | None = None
+        self._wakeup_fds: tuple[int, int] | None = None  # the self-pipe signal.set_wakeup_fd writes to
+        self._previous_wakeup_fd = -1
+        self._reload_job: _Reload | None = None
+        self._stuck_reloads: list[threading.Thread] = []
         self._latest: dict[str, _Latest] = {}
         self._policies: dict[str, PollPolicy] = {}
         self._probes: list[Probe] = []
         self._rounds_done: set[SourceKind] = set()
         self._verdict: Verdict | None = None
+        self._verdict_complete = False  # formed after every configured source class finished its first round
         self._incident: _Incident | None = None
         self._condition: EventKind | None = None
         self._condition_incident: str | None = None
@@ -213,6 +234,7 @@ class Agent:
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
+        self._install_signals()  # first: a SIGHUP's default action during start-up would kill the daemon
         self.journal = open_journal(self.cfg.state_dir, self.log)
         self._start_hooks()
         reading = self._reader()
@@ -221,7 +243,6 @@ class Agent:
         self.journal.set_meta({"pid": os.getpid(), "version": __version__, "boot_id": self.boot_id,
                                "started_wall_s": reading.realtime_s, "config": self.cfg.origin})
         detector = self._make_detector()
-        self._install_signals()
         self._rebuild_probes()
         self._start_metrics()
         self._start_scheduler()
@@ -264,27 +285,85 @@ class Agent:
             return "delete"
         return None
 
+    # ----------------------------------------------------------------------------------------- signals
+
     def _install_signals(self) -> None:
-        def stop(signum: int, _frame: FrameType | None) -> None:
-            self.log.info("stopping", signal=signal.Signals(signum).name)
-            self._stop.set()
+        """SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 logs the state, SIGUSR2 is ignored (the default action of
+        all of them would kill the daemon).
 
-        def reload(_signum: int, _frame: FrameType | None) -> None:
+        A Python signal handler runs in the main thread between two bytecodes: possibly inside a log write that
+        holds the logger's non-reentrant lock, or inside a journal write. A handler that logs or takes a lock can
+        deadlock the daemon for good (issue 9: a second SIGTERM inside the first one's log line hung it for 25
+        minutes). So :meth:`_on_signal` only notes the signal in plain attributes, and the C-level handler writes
+        the signal number to a self-pipe (``signal.set_wakeup_fd``) that wakes the detection loop, which acts.
+        """
+        if threading.current_thread() is not threading.main_thread() or self._wakeup_fds is not None:
+            return
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakeup_fds = (read_fd, write_fd)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        """The handler: plain attribute stores only. No lock, no I/O, no logging, no threading.Event."""
+        if signum in _STOP_SIGNALS:
+            self._stop_signal = signum
+        elif signum == signal.SIGHUP:
             self._reload_requested = True
+        elif signum == signal.SIGUSR1:
+            self._report_requested = True
+        else:
+            self._ignored_signal = signum
 
-        def report(signum: int, _frame: FrameType | None) -> None:
-            # SIGUSR1 logs the state; SIGUSR2 is ignored. Their default action would kill the daemon.
-            if signum == signal.SIGUSR1:
-                self._report_requested = True
-            else:
-                self.log.info("signal_ignored", signal=signal.Signals(signum).name)
+    def _restore_wakeup_fd(self) -> None:
+        """Hand the wakeup fd back before closing the pipe (a later signal must not write into a reused fd). The
+        handlers stay: they only note signals, and a signal after the loop ended must not kill a clean exit."""
+        if self._wakeup_fds is None:
+            return
+        signal.set_wakeup_fd(self._previous_wakeup_fd)
+        for fd in self._wakeup_fds:
+            os.close(fd)
+        self._wakeup_fds = None
 
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, stop)
-            signal.signal(signal.SIGINT, stop)
-            signal.signal(signal.SIGHUP, reload)
-            signal.signal(signal.SIGUSR1, report)
-            signal.signal(signal.SIGUSR2, report)
+    def _wait(self, detector: StepDetector, timeout_s: float) -> list[ClockStep]:
+        """The detector's wait, also woken at once by a signal (the self-pipe)."""
+        if self._wakeup_fds is None:
+            return detector.wait(timeout_s)
+        watcher = detector.watcher
+        fds: list[Any] = [self._wakeup_fds[0]]
+        if watcher is not None and not watcher.closed:
+            fds.append(watcher)
+        try:
+            select.select(fds, [], [], timeout_s)
+        except (OSError, ValueError):
+            return detector.wait(timeout_s)  # the detector's own wait counts and logs the error
+        try:
+            while os.read(self._wakeup_fds[0], 512):
+                pass
+        except BlockingIOError:
+            pass
+        return detector.poll()
+
+    def _act_on_signals(self, detector: StepDetector) -> None:
+        """The loop's half of the signal handling: what _on_signal noted, acted on where logging is safe."""
+        if self._stop_signal is not None and not self._stop.is_set():
+            self.log.info("stopping", signal=signal.Signals(self._stop_signal).name)
+            self._stop.set()
+        if self._ignored_signal is not None:
+            signum, self._ignored_signal = self._ignored_signal, None
+            self.log.info("signal_ignored", signal=signal.Signals(signum).name)
+        if self._report_requested:
+            self._report_requested = False
+            verdict = self._verdict
+            self.log.info("state", verdict=None if verdict is None else verdict_summary(verdict),
+                          steps=self.steps_total, journal_errors=self.journal_errors,
+                          unwritten_events=len(self._unwritten), timerfd=detector.watcher is not None,
+                          glitches_dropped=detector.glitches_dropped, read_errors=detector.read_errors,
+                          reload_in_progress=self._reload_job is not None)
+        if self._reload_requested and self._reload_job is None and not self._stop.is_set():
+            self._reload_requested = False  # before the worker reads the file: a later SIGHUP is a new reload
+            self._start_reload()
 
     def _loop(self, detector: StepDetector) -> None:
         ping_every = self._notifier.watchdog_ping_interval_s
@@ -292,8 +371,11 @@ class Agent:
         next_ping = now
         next_heartbeat = now + HEARTBEAT_S
         next_floor = now + self.cfg.daemon.floor_interval_s
-        while not self._stop.is_set():
-            steps = detector.wait(self.cfg.daemon.tick_s)
+        while True:
+            self._act_on_signals(detector)
+            if self._stop.is_set():
+                break
+            steps = self._wait(detector, self.cfg.daemon.tick_s)
             for step in steps:
                 self._handle_step(step)
             now = time.monotonic()
@@ -305,16 +387,8 @@ class Agent:
                 next_heartbeat = now + HEARTBEAT_S
                 if now >= next_floor:
                     next_floor = now + self.cfg.daemon.floor_interval_s
-            if self._reload_requested:
-                self._reload_requested = False
-                self._reload(detector)
-            if self._report_requested:
-                self._report_requested = False
-                verdict = self._verdict
-                self.log.info("state", verdict=None if verdict is None else verdict_summary(verdict),
-                              steps=self.steps_total, journal_errors=self.journal_errors,
-                              unwritten_events=len(self._unwritten), timerfd=detector.watcher is not None,
-                              glitches_dropped=detector.glitches_dropped, read_errors=detector.read_errors)
+            if self._reload_job is not None:
+                self._reload_progress(detector)
             if ping_every is not None and now >= next_ping:
                 # Only the detection loop pings: if it wedges, systemd restarts us (WatchdogSec).
                 self._notifier.watchdog()
@@ -336,6 +410,7 @@ class Agent:
         detector.close()
         assert self.journal is not None
         self.journal.close()
+        self._restore_wakeup_fd()
         self.log.info("stopped")
 
     # ----------------------------------------------------------------------------------- floor, heartbeat
@@ -474,17 +549,25 @@ class Agent:
     def _start_hooks(self) -> None:
         """The dispatcher runs the hooks; alert hooks queue their messages in the outbox, which delivers them
         at least once — including what a previous run left pending."""
-        import socket
-
-        from timeguard.hooks.outbox import Outbox, deliverers_from
+        from timeguard.hooks.outbox import Outbox
 
         assert self.journal is not None
         if self._outbox is None:
             self._outbox = Outbox(self.journal, {}, trusted_now=self.trusted_now, epoch=self.boot_id, log=self.log)
             self._outbox.start()
-        self._dispatcher = Dispatcher(self.cfg.hooks, journal=self.journal, trusted_now=self.trusted_now,
-                                      verdict=self._verdict_summary, hostname=socket.gethostname(), log=self.log,
-                                      enqueue=self._outbox.enqueue, on_run=self._after_hook_run)
+        self._install_dispatcher(self._make_dispatcher(self.cfg))
+
+    def _make_dispatcher(self, cfg: Config) -> Dispatcher:
+        import socket
+
+        return Dispatcher(cfg.hooks, journal=self.journal, trusted_now=self.trusted_now,
+                          verdict=self._verdict_summary, hostname=socket.gethostname(), log=self.log,
+                          enqueue=self._outbox.enqueue, on_run=self._after_hook_run)
+
+    def _install_dispatcher(self, dispatcher: Dispatcher) -> None:
+        from timeguard.hooks.outbox import deliverers_from
+
+        self._dispatcher = dispatcher
         self._outbox.set_deliverers(deliverers_from(h.hook for h in self._dispatcher.hooks))
         with self._audit_lock:  # a new auditor is due at once; one kept across a reload keeps its state
             names = self._dispatcher.auditors()
@@ -585,9 +668,12 @@ class Agent:
 
     # ------------------------------------------------------------------------------------------ checks
 
-    def _rebuild_probes(self) -> None:
+    def _rebuild_probes(self, probes: list[Probe] | None = None) -> None:
+        """The probes of ``self.cfg`` (``probes``: already made from it, by a reload's worker)."""
+        if probes is None:
+            probes = self._probe_factory(self.cfg)
         with self._lock:
-            self._probes = self._probe_factory(self.cfg)
+            self._probes = probes
             names = {p.name for p in self._probes}
             self._latest = {k: v for k, v in self._latest.items() if k in names}
             old = self._policies
@@ -614,7 +700,24 @@ class Agent:
             self._scheduler.add_job(self._check_class, self._trigger(kind), args=[kind], id=kind.value,
                                     next_run_time=datetime.now(UTC))
         self._scheduler.add_job(self._audit_job, self._audit_trigger(), id="audit", next_run_time=datetime.now(UTC))
+        self._scheduler.add_job(self._prune_job, steady_interval(PRUNE_INTERVAL_S), id="prune",
+                                next_run_time=datetime.now(UTC))
         self._scheduler.start()
+
+    def _prune_job(self) -> None:
+        """Journal retention (daemon.events_retention_days, events_max) in small batches, in the scheduler's thread:
+        the detection loop's writes wait for one batch at most. The age rule needs a trusted time: while there is
+        none, only the count rule applies (a clock far ahead must not empty the journal)."""
+        d = self.cfg.daemon
+        try:
+            assert self.journal is not None
+            removed = self.journal.prune_events(max_events=d.events_max, retention_s=d.events_retention_days * 86400,
+                                                now_s=self.trusted_now(), pause_s=0.05, stop=self._stop.is_set)
+        except JournalError as exc:
+            self.log.error("journal_prune_failed", error=str(exc))
+            return
+        if removed:
+            self.log.info("journal_pruned", events=removed)
 
     def _audit_trigger(self) -> Any:
         return steady_interval(min(AUDIT_TICK_S, self.cfg.daemon.audit_retry_s))
@@ -638,6 +741,7 @@ class Agent:
             for kind in (SourceKind.NTP, SourceKind.HTTP):
                 self._scheduler.reschedule_job(kind.value, trigger=self._trigger(kind))
             self._scheduler.reschedule_job("audit", trigger=self._audit_trigger())
+            self._scheduler.reschedule_job("prune", trigger=steady_interval(PRUNE_INTERVAL_S))
             self.log.info("jobs_rearmed", reason="clock step")
 
         threading.Thread(target=rearm, name="rearm-jobs", daemon=True).start()
@@ -672,6 +776,9 @@ class Agent:
             verdict = self._current_verdict()
             self._verdict = verdict
             self._verdict_epoch_s = self._reader().boot_epoch_s
+            # Decided with the verdict, not later: another class's round may finish while this one is still
+            # writing its check, and must not make this verdict (formed without that class) a condition.
+            self._verdict_complete = {p.kind for p in self._probes} <= self._rounds_done
         self._after_verdict(verdict, kind, polled=len(due))
 
     def _current_verdict(self) -> Verdict:
@@ -710,11 +817,15 @@ class Agent:
         self._update_metrics()
 
     def _transition(self, verdict: Verdict, now: ClockReading) -> None:
-        """Record offset/source conditions when they change, not on every check."""
-        configured = {p.kind for p in self._probes}
+        """Record offset/source conditions when they change, not on every check.
+
+        Only the newest verdict is judged (an older one, from a round that finished its journal write later, is
+        stale), and only once it was formed after every configured source class finished its first round: until
+        then a class that has not answered yet is not a condition (issue 9: "only 0 of 0 sources usable" at
+        start-up, then "recovered", both paging)."""
         with self._lock:
-            if not configured <= self._rounds_done:
-                return  # until every class has answered once, a missing class is not yet a condition
+            if verdict is not self._verdict or not self._verdict_complete:
+                return
             condition = _CONDITIONS[verdict.status]
             if condition == self._condition:
                 return
@@ -736,24 +847,82 @@ class Agent:
 
     # ------------------------------------------------------------------------------------------ reload
 
-    def _reload(self, detector: StepDetector) -> None:
+    def _start_reload(self) -> None:
+        """SIGHUP: read, validate and prepare the new configuration in a worker thread. A file may fail in any
+        way (bad YAML, a YAML bomb, deep nesting, unreadable, a FIFO that never opens, a bug in a validator) or
+        take long; detection never waits for it: the loop applies the result, or refuses it after
+        RELOAD_TIMEOUT_S, and the old configuration stays in force until then."""
+        self._stuck_reloads = [t for t in self._stuck_reloads if t.is_alive()]
         self._notifier.reloading()
-        try:
-            new = config_mod.load(self.config_path)
-        except config_mod.ConfigError as exc:
-            self.log.error("reload_refused", config=exc.origin, errors=[p.format(exc.origin) for p in exc.problems],
-                           keeping=self.cfg.origin)
-            self._notifier.ready("reload refused: invalid configuration, old one kept")
+        if len(self._stuck_reloads) >= MAX_STUCK_RELOADS:
+            self._refuse_reload([f"{len(self._stuck_reloads)} earlier reloads are still stuck reading "
+                                 f"{self.config_path}: restart the daemon to read it again"], "reload refused")
             return
+        job = _Reload(started_s=time.monotonic())
+        job.worker = threading.Thread(target=self._prepare_reload, args=(job,), name="reload", daemon=True)
+        self._reload_job = job
+        job.worker.start()
+
+    def _prepare_reload(self, job: _Reload) -> None:
+        """The worker: everything that can fail or take long (reading, validating, importing source and hook
+        modules); nothing that changes the running daemon."""
+        origin = str(self.config_path) if self.config_path is not None else "<embedded defaults>"
+        try:
+            cfg = config_mod.load(self.config_path)
+            job.probes = self._probe_factory(cfg)
+            job.dispatcher = self._make_dispatcher(cfg)
+            job.cfg = cfg
+        except config_mod.ConfigError as exc:
+            job.errors = [p.format(exc.origin) for p in exc.problems]
+        except RecursionError:
+            job.errors = [f"{origin}: nested too deeply to be read"]
+        except MemoryError:
+            job.errors = [f"{origin}: too large to be read (out of memory)"]
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the reload is refused and the old config kept
+            job.errors = [f"{origin}: {type(exc).__name__}: {exc}"]
+        finally:
+            job.done = True
+
+    def _reload_progress(self, detector: StepDetector) -> None:
+        job = self._reload_job
+        assert job is not None
+        if job.done:
+            self._reload_job = None
+            if job.cfg is None:
+                self._refuse_reload(job.errors or ["unknown error"], "reload refused: invalid configuration")
+                return
+            try:
+                self._apply_reload(job, detector)
+            except Exception:  # applying is plain assignments; if one still fails, the loop must go on
+                self.log.exception("reload_failed", config=job.cfg.origin)
+                self._notifier.ready("reload failed")
+            return
+        waited = time.monotonic() - job.started_s
+        if waited > RELOAD_TIMEOUT_S:
+            self._reload_job = None  # abandoned: its result, if it ever comes, is never applied
+            if job.worker is not None:
+                self._stuck_reloads.append(job.worker)
+            self._refuse_reload([f"{self.config_path}: not read and validated after {waited:.0f} s "
+                                 f"(limit {RELOAD_TIMEOUT_S:.0f} s)"], "reload refused: timed out")
+
+    def _refuse_reload(self, errors: list[str], status: str) -> None:
+        self.log.error("reload_refused", config=str(self.config_path), errors=errors, keeping=self.cfg.origin)
+        self._notifier.ready(f"{status}, old configuration kept")
+
+    def _apply_reload(self, job: _Reload, detector: StepDetector) -> None:
+        new, probes, dispatcher = job.cfg, job.probes, job.dispatcher
+        assert new is not None and probes is not None and dispatcher is not None
         if new.state_dir != self.cfg.state_dir:
             self.log.warning("state_dir_change_needs_restart", old=self.cfg.state_dir, new=new.state_dir)
             new = dataclasses.replace(new, state_dir=self.cfg.state_dir)
         self.cfg = new
         logs.configure(new.logging.level, new.logging.format)
         detector.threshold_s = new.daemon.step_threshold_s
-        self._stop_hooks()
-        self._start_hooks()
-        self._rebuild_probes()
+        old = self._dispatcher
+        self._install_dispatcher(dispatcher)
+        if old is not None:  # waits up to 2 s for hooks in flight: not in the detection loop
+            threading.Thread(target=old.stop, name="stop-old-hooks", daemon=True).start()
+        self._rebuild_probes(probes)
         self._rearm_jobs()
         self.log.info("reloaded", config=new.origin)
         self._notifier.ready("configuration reloaded")

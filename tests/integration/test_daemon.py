@@ -19,7 +19,17 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import checks, events, journal_of, log_event, ntp_requests, start, wait_for, write_config
+from tests.support.daemon import (
+    checks,
+    events,
+    hook_runs,
+    journal_of,
+    log_event,
+    ntp_requests,
+    start,
+    wait_for,
+    write_config,
+)
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import scratch_dir
@@ -80,6 +90,48 @@ def test_forward_jump_then_rollback_under_libfaketime(fake_clock, sources):
     with journal_of(config) as j:
         floor = j.floor()
     assert floor.wall_s < time.time() + 60  # lowered from 180 days ahead once the rollback was recorded
+
+
+def test_no_spurious_condition_at_start_up_with_a_slow_journal(sources):
+    """Issue 9 item 2: with ``http: []`` the HTTP round at start-up has nothing to poll and forms its verdict from
+    no sample at all ("only 0 of 0 sources usable"). The race is made deterministic with a journal whose write of
+    that check is slow (a trigger: a slow disk does the same): the NTP round finishes meanwhile, and the stale
+    verdict must not become ``sources_unavailable`` (then ``recovered``), each paging the hooks."""
+    import sqlite3
+
+    from timeguard.journal import Journal
+
+    directory = scratch_dir("daemon")
+    config = write_config(directory, {"ntp": sources["ntp"], "http": None},
+                          hooks=[{"type": "command", "name": "page", "command": ["/bin/true"],
+                                  "on": ["sources_unavailable", "recovered", "offset_warning", "offset_critical"]}])
+    Journal.in_state_dir(directory / "state").close()  # created and migrated as the daemon would
+    with sqlite3.connect(directory / "state" / "journal.sqlite") as db:
+        db.execute("CREATE TABLE pad (x)")
+        db.executemany("INSERT INTO pad VALUES (?)", [(i,) for i in range(8000)])
+        db.execute("CREATE TRIGGER slow_empty_check BEFORE INSERT ON checks WHEN NEW.usable = 0 "
+                   "BEGIN SELECT count(*) FROM pad a, pad b; END")
+    log = directory / "daemon.log"
+    with start(config, None, log) as proc:
+        wait_for("the NTP round's check", lambda: log_event(log, "checked") and checks(config) >= 2, 30, proc)
+        time.sleep(0.5)  # a condition event would follow its check at once
+    with journal_of(config) as j:
+        last = j.last_check()  # the NTP round's: its monotonic_s is read when its verdict is formed
+    http_line = next(e for e in _log_entries(log) if e.get("event") == "checked" and e.get("kind") == "http")
+    assert http_line["usable"] == 0 and last is not None and last.usable == 3 and last.status == "OK"
+    # the race happened: the NTP round formed its verdict while the empty HTTP check was still being written
+    assert last.monotonic_s < http_line["monotonic_s"], (last, http_line)
+    assert [e.kind.value for e in events(config)] == []
+    assert hook_runs(config) == []
+    assert proc.returncode == 0
+
+
+def _log_entries(log):
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            yield json.loads(line)
+        except ValueError:
+            continue
 
 
 def test_rollback_while_down_same_boot(fake_clock, sources):

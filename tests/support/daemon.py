@@ -23,11 +23,13 @@ from timeguard.journal import Journal, JournalError
 
 
 def write_config(directory: Path, sources: dict[str, Any], **overrides: Any) -> Path:
+    """The daemon's config for ``sources`` (``"http": None``: no HTTP source, ``http: []``); ``overrides`` are merged
+    into the top-level sections."""
     cfg: dict[str, Any] = {
         "state_dir": str(directory / "state"),
         "sources": {
             "ntp": [{"host": "127.0.0.1", "port": s.port} for s in sources["ntp"]],
-            "http": [{"url": sources["http"].url, "allow_plain_http": True}],
+            "http": [] if sources.get("http") is None else [{"url": sources["http"].url, "allow_plain_http": True}],
         },
         "timeout_s": 3,
         "http": {"requests": 3},

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -9,6 +10,7 @@ import pytest
 
 from timeguard import config
 from timeguard.agent import Agent, _Latest, rebase, steady_interval
+from timeguard.check import Probe
 from timeguard.clockwatch import ClockReading
 from timeguard.config import HookSpec
 from timeguard.events import Event, EventKind
@@ -105,12 +107,80 @@ def test_conditions_are_recorded_on_transitions_only(agent):
         return decide([sample(offset), dataclasses.replace(sample(offset), name="t")], warning_s=0.5, critical_s=5)
 
     for offset in (0.0, 0.0, 0.7, 0.8, 6.0, 0.0, 0.0):
-        agent._transition(verdict(offset), now)
+        agent._verdict, agent._verdict_complete = verdict(offset), True  # what _run_checks does, under its lock
+        agent._transition(agent._verdict, now)
     kinds = [e.kind for e in agent.journal.events()]
     assert kinds == [EventKind.OFFSET_WARNING, EventKind.OFFSET_CRITICAL, EventKind.RECOVERED]
     events = agent.journal.events()
     assert len({e.incident_id for e in events}) == 1  # one condition incident until recovered
     assert events[0].trusted_time_s == pytest.approx(1000.7)
+
+
+def _probe(name: str, kind: SourceKind, healthy: bool) -> Probe:
+    def measure(_timeout_s: float) -> Sample:
+        if not healthy:
+            return Sample.failed(name, kind, SourceState.UNREACHABLE, "no answer")
+        return dataclasses.replace(sample(0.001), name=name, kind=kind)
+
+    return Probe(name, kind, measure)
+
+
+@pytest.mark.parametrize("healthy", [True, False], ids=["healthy", "unreachable"])
+@pytest.mark.parametrize("held", [SourceKind.NTP, SourceKind.HTTP])
+@pytest.mark.parametrize("configured", [{SourceKind.NTP}, {SourceKind.HTTP}, {SourceKind.NTP, SourceKind.HTTP}],
+                         ids=["ntp-only", "http-only", "both"])
+def test_no_condition_before_every_configured_class_finished_its_first_round(agent, configured, held, healthy):
+    """Issue 9 item 2, with the race made deterministic: the scheduler runs a round for both classes at start-up
+    (one of them may have no sources). One class's round is held in its journal write, after its verdict was
+    formed, until the other class's round is over; then it goes on to judge its (older, incomplete) verdict."""
+    names = {SourceKind.NTP: ["n1", "n2", "n3"], SourceKind.HTTP: ["h1", "h2"]}
+    agent._probe_factory = lambda cfg: [_probe(n, k, healthy) for k in sorted(configured) for n in names[k]]
+    agent._rebuild_probes()
+    other_done = threading.Event()
+    record_check = agent.journal.record_check
+    held_records = []
+
+    def slow_record_check(record):
+        if not held_records and threading.current_thread().name == f"round-{held.value}":
+            held_records.append(record)
+            assert other_done.wait(10)
+        record_check(record)
+
+    agent.journal.record_check = slow_record_check
+    rounds = {k: threading.Thread(target=agent._run_checks, args=(k,), name=f"round-{k.value}")
+              for k in (SourceKind.NTP, SourceKind.HTTP)}
+    rounds[held].start()
+    while not held_records:
+        time.sleep(0.001)
+    other = next(k for k in rounds if k is not held)
+    rounds[other].start()
+    rounds[other].join(10)
+    other_done.set()
+    rounds[held].join(10)
+
+    kinds = [e.kind for e in agent.journal.events()]
+    assert EventKind.RECOVERED not in kinds  # nothing had been raised that could recover
+    if healthy:
+        assert kinds == []
+    else:  # a real condition, once both rounds are over: raised once, with the full verdict
+        [event] = agent.journal.events()
+        assert event.kind is EventKind.SOURCES_UNAVAILABLE
+        assert f"0 of {sum(len(names[k]) for k in configured)}" in event.verdict["summary"]
+
+
+def test_a_stale_verdict_never_overrides_a_newer_one(agent):
+    """Two rounds of the same condition machine: the older verdict, judged last, is ignored."""
+    from timeguard.consensus import decide
+
+    agent._probes = [type("P", (), {"kind": SourceKind.NTP})()]
+    agent._rounds_done = {SourceKind.NTP}
+    now = reading(1000.0, 10.0)
+    bad = decide([sample(6.0), dataclasses.replace(sample(6.0), name="t")], warning_s=0.5, critical_s=5)
+    good = decide([sample(0.0), dataclasses.replace(sample(0.0), name="t")], warning_s=0.5, critical_s=5)
+    agent._verdict, agent._verdict_complete = good, True  # the newest
+    agent._transition(bad, now)  # formed earlier, judged later
+    agent._transition(good, now)
+    assert agent.journal.events() == []
 
 
 def test_a_corrupt_journal_is_moved_aside_and_kept(tmp_path):
@@ -125,7 +195,7 @@ def test_a_corrupt_journal_is_moved_aside_and_kept(tmp_path):
     journal.close()
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("journal.sqlite.corrupt-")]
     assert len(aside) == 1 and aside[0].read_bytes() == b"garbage" * 1000  # nothing lost
-    assert logged[0]["event"] == "journal_corrupt_moved_aside" and logged[0]["moved_to"] == str(aside[0])
+    assert logged[0]["event"] == "journal_damaged" and logged[0]["moved_to"] == str(aside[0])
     assert Journal(tmp_path / "journal.sqlite").health()["ok"]  # a fresh journal in its place
 
 
