@@ -969,10 +969,10 @@ class Journal:
         values["test"] = bool(values["test"])
         return OutboxEntry(**values)
 
-    def _copy_readable(self, old: sqlite3.Connection, table: str, *, batch: int = 500) -> tuple[int, int]:
+    def _copy_readable(self, old: sqlite3.Connection, table: str, *, batch: int = 500) -> tuple[int, int | None]:
         """Copy the rows of ``table`` still readable in the damaged ``old`` into this journal, in rowid order: a
         batch that hits a damaged page is retried row by row until reading in batches works again. Returns
-        (copied, rowids that could not be read)."""
+        (copied, rowids that could not be read; None: unknown, the table's root is unreadable)."""
         try:
             mine = [r[1] for r in self._db.execute(f"PRAGMA table_info({table})")]
             theirs = {r[1] for r in old.execute(f"PRAGMA table_info({table})")}
@@ -1001,8 +1001,8 @@ class Journal:
                 except sqlite3.DatabaseError:
                     lost += 1
                     misses += 1
-                    if top is None and misses > 100_000:
-                        break
+                    if top is None and misses > 1000:  # the table's root is gone: how many rows it held is unknown
+                        return copied, None
                     continue
                 misses = 0
                 if not rows:
@@ -1129,8 +1129,8 @@ def salvage(path: Path, reason: str) -> tuple[Journal, dict[str, Any]]:
             for table in _SALVAGE_TABLES:
                 copied, lost = journal._copy_readable(old, table)
                 report["copied"][table] = copied
-                if lost:
-                    report["lost"][table] = lost
+                if lost != 0:
+                    report["lost"][table] = "unknown" if lost is None else lost
         finally:
             old.close()
     journal.set_meta({"journal_damage": report})

@@ -158,3 +158,255 @@ def test_readonly_missing_file(tmp_path):
     with pytest.raises(JournalError, match="no journal"):
         Journal(tmp_path / "absent.sqlite", readonly=True)
     assert not (tmp_path / "absent.sqlite").exists()
+
+
+# ----------------------------------------------------------------------------------- issue 9: nothing lost
+
+import hashlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from timeguard.journal import JournalLocked, open_for_daemon  # noqa: E402
+
+LOCKER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+if sys.argv[2] == "rollback":
+    db.execute("PRAGMA journal_mode=DELETE")
+else:
+    db.execute("PRAGMA locking_mode=EXCLUSIVE")
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[3]))
+db.execute("COMMIT")
+db.close()
+"""
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _hold_lock(path, mode, seconds):
+    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(path), mode, str(seconds)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _filled(path, events=3):
+    with Journal(path) as j:
+        for i in range(events):
+            j.record_event(ev(incident=f"inc{i}", wall=1000.0 + i))
+        j.raise_floor(5e9, "boot-a", 1.0)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["wal-exclusive", "rollback"])
+def test_a_lock_held_past_the_wait_is_never_corruption(tmp_path, monkeypatch, mode):
+    """Issue 9 item 3: 'database is locked' (SQLITE_BUSY) raises JournalLocked, whatever kind of lock: the file is
+    not moved aside, not changed, and no new journal is started."""
+    path = _filled(tmp_path / jmod.FILENAME)
+    holder = _hold_lock(path, mode, 30)
+    try:
+        before = _digest(path)
+        monkeypatch.setattr(jmod, "OPEN_LOCK_WAIT_S", 0.3)
+        started = time.monotonic()
+        with pytest.raises(JournalLocked, match=r"still locked by another process after 0.3 s .*fuser"):
+            open_for_daemon(tmp_path)
+        assert time.monotonic() - started >= 0.25  # it waited
+        assert _digest(path) == before
+        assert sorted(p.name for p in tmp_path.iterdir() if "corrupt" in p.name) == []
+    finally:
+        holder.kill()
+        holder.wait()
+    journal, damage = open_for_daemon(tmp_path)  # the lock gone: the same journal, everything in it
+    with journal:
+        assert damage is None and len(journal.events()) == 3 and journal.floor().wall_s == 5e9
+
+
+def test_a_lock_released_within_the_wait_opens_the_same_journal(tmp_path, monkeypatch):
+    path = _filled(tmp_path / jmod.FILENAME)
+    holder = _hold_lock(path, "wal-exclusive", 0.5)
+    monkeypatch.setattr(jmod, "OPEN_LOCK_WAIT_S", 20)
+    try:
+        journal, damage = open_for_daemon(tmp_path)
+    finally:
+        holder.wait()
+    with journal:
+        assert damage is None and len(journal.events()) == 3 and journal.floor().wall_s == 5e9
+
+
+@pytest.mark.parametrize(("code", "expected"), [
+    (sqlite3.SQLITE_BUSY, JournalLocked), (261, JournalLocked),  # SQLITE_BUSY_RECOVERY
+    (sqlite3.SQLITE_LOCKED, JournalLocked), (262, JournalLocked),  # SQLITE_LOCKED_SHAREDCACHE
+    (sqlite3.SQLITE_CORRUPT, JournalCorrupt), (267, JournalCorrupt), (sqlite3.SQLITE_NOTADB, JournalCorrupt),
+    (sqlite3.SQLITE_READONLY, JournalUnusable), (1032, JournalUnusable),  # SQLITE_READONLY_DBMOVED
+    (sqlite3.SQLITE_CANTOPEN, JournalUnusable), (sqlite3.SQLITE_PERM, JournalUnusable),
+    (sqlite3.SQLITE_IOERR, JournalError), (sqlite3.SQLITE_FULL, JournalError), (None, JournalError),
+])
+def test_sqlite_errors_are_classified_by_their_code_not_their_class(tmp_path, code, expected):
+    exc = sqlite3.OperationalError("some message")
+    if code is not None:
+        exc.sqlite_errorcode = code
+    error = jmod._as_journal_error(tmp_path / "j.sqlite", exc, "write failed", 1.0)
+    assert type(error) is expected
+
+
+def _damage(path, fraction, size=4096):
+    """Overwrite one page (at ``fraction`` of the file) with garbage."""
+    data = bytearray(path.read_bytes())
+    page = int(len(data) // size * fraction)
+    data[page * size:(page + 1) * size] = bytes((i * 7 + 13) % 256 for i in range(size))
+    path.write_bytes(bytes(data))
+
+
+def _rich_journal(path, events=600):
+    with Journal(path) as j:
+        j.raise_floor(5e9, "boot-a", 1.0)
+        j.set_meta({"last_clock": {"wall_s": 5e9}})
+        j.outbox_enqueue("ops", ev(incident="pending-inc"), {"x": 1}, epoch="b", now_mono=1.0, now_wall=1.0,
+                         min_interval_s=0)
+        j.repair_undo_record("repaired-inc", "r1", "sqlite:///x", [("t", 1, "n", "c", "old", "new")],
+                             applied_wall_s=1.0, applied_mono_s=1.0)
+        with j._writing() as db:
+            db.executemany(
+                "INSERT INTO events (id, incident_id, kind, wall_time_s, monotonic_s, boot_id, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.id, e.incident_id, e.kind.value, e.wall_time_s, e.monotonic_s, e.boot_id, e.to_json())
+                 for e in (ev(incident=f"i{n}", wall=float(n), detail={"pad": "x" * 300}) for n in range(events))])
+    return [e.id for e in Journal(path, readonly=True).events()]
+
+
+@pytest.mark.parametrize("fraction", [0.35, 0.5, 0.75, 0.95])
+def test_a_damaged_page_is_moved_aside_and_everything_readable_salvaged(tmp_path, fraction):
+    """Issue 9 item 3: a bad page in the middle of the file (quick_check finds it; opening succeeds). The file is
+    kept unchanged beside the new journal, and every row still readable is in the new one: the floor, the meta,
+    the undelivered alert, the repair undo records, the events around the bad page."""
+    path = tmp_path / jmod.FILENAME
+    ids = _rich_journal(path)
+    _damage(path, fraction)
+    damaged = _digest(path)
+    journal, damage = open_for_daemon(tmp_path)
+    with journal:
+        assert damage is not None and journal.integrity_problems() == []
+        aside = tmp_path / damage["moved_to"].rsplit("/", 1)[1]
+        assert _digest(aside) == damaged  # evidence kept as it was
+        assert journal.floor().wall_s == 5e9 and journal.meta()["last_clock"] == {"wall_s": 5e9}
+        assert [e.incident_id for e in journal.outbox_entries(state="pending")] == ["pending-inc"]
+        assert len(journal.repair_undo_records("repaired-inc")) == 1
+        kept = [e.id for e in journal.events()]
+        assert kept == [i for i in ids if i in set(kept)]  # in order, nothing invented
+        assert len(kept) >= len(ids) - 40  # a 4 KiB page holds a handful of these events
+        assert damage["copied"]["events"] == len(kept)
+        assert journal.meta()["journal_damage"]["moved_to"] == damage["moved_to"]
+    again, second = open_for_daemon(tmp_path)  # the new journal is sound: nothing moved again
+    again.close()
+    assert second is None
+
+
+def test_a_file_whose_first_page_is_garbage_is_moved_aside_and_a_new_journal_started(tmp_path):
+    path = tmp_path / jmod.FILENAME
+    _rich_journal(path, events=50)
+    _damage(path, 0.0)
+    journal, damage = open_for_daemon(tmp_path)
+    with journal:
+        assert damage is not None and "*" in damage["lost"] and journal.events() == []
+    assert (tmp_path / damage["moved_to"].rsplit("/", 1)[1]).exists()
+
+
+def test_a_damaged_table_root_is_reported_as_unknown_losses(tmp_path):
+    """Page 2 is the meta table's root: its rows are gone and how many there were is unknown; the rest is kept."""
+    path = tmp_path / jmod.FILENAME
+    ids = _rich_journal(path, events=50)
+    data = bytearray(path.read_bytes())
+    data[4096:8192] = b"\xff" * 4096
+    path.write_bytes(bytes(data))
+    journal, damage = open_for_daemon(tmp_path)
+    with journal:
+        assert damage["lost"] == {"meta": "unknown"}
+        assert [e.id for e in journal.events()] == ids and journal.floor().wall_s == 5e9
+
+
+# -------------------------------------------------------------------------------------------- retention
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ages=st.lists(st.tuples(st.integers(0, 800), st.integers(0, 5), st.sampled_from(["none", "pending", "dead",
+                                                                                       "delivered", "repair"])),
+                     max_size=60),
+       max_events=st.integers(1, 70), trusted=st.booleans(), batch=st.integers(1, 7))
+def test_retention_deletes_exactly_the_old_and_the_surplus_never_what_is_still_needed(tmp_path_factory, ages,
+                                                                                       max_events, trusted, batch):
+    """Property: after a pass, an event is gone iff its incident holds no undelivered alert nor repair undo
+    records, and it is beyond the newest ``max_events`` or older than the retention (only with a trusted now)."""
+    now, retention = 1000 * 86400.0, 400 * 86400.0
+    with Journal(tmp_path_factory.mktemp("r") / "j.sqlite") as j:
+        protected = set()
+        recorded = []
+        for n, (age_days, incident, state) in enumerate(ages):
+            inc = f"inc{incident}-{state}"
+            event = ev(incident=inc, wall=now - age_days * 86400.0, id=f"e{n}")
+            j.record_event(event)
+            recorded.append(event)
+            if state in ("pending", "dead", "delivered"):
+                got = j.outbox_enqueue("ops", event, {}, epoch="b", now_mono=1.0, now_wall=1.0, min_interval_s=0)
+                if state == "dead":
+                    j.outbox_dead(got.id, error="gone", now_wall=1.0)
+                elif state == "delivered":
+                    j.outbox_claim(got.id, attempts=0, epoch="b", now_mono=1.0, now_wall=1.0)
+                    j.outbox_delivered(got.id, epoch="b", now_mono=1.0, now_wall=1.0, min_interval_s=0)
+            if state in ("pending", "dead"):
+                protected.add(inc)
+            if state == "repair":
+                j.repair_undo_record(inc, "r", "f", [], applied_wall_s=1.0, applied_mono_s=1.0)
+                protected.add(inc)
+        removed = j.prune_events(max_events=max_events, retention_s=retention, now_s=now if trusted else None,
+                                 batch=batch)
+        top = len(recorded)
+        expected = [e.id for n, e in enumerate(recorded, start=1)
+                    if e.incident_id in protected
+                    or not (n <= top - max_events or (trusted and e.wall_time_s < now - retention))]
+        assert [e.id for e in j.events()] == expected
+        assert removed == len(recorded) - len(expected)
+
+
+def test_retention_without_a_trusted_time_keeps_old_events_by_age(journal):
+    journal.record_event(ev(wall=1.0))
+    assert journal.prune_events(max_events=10, retention_s=86400.0, now_s=None) == 0
+    assert journal.prune_events(max_events=10, retention_s=86400.0, now_s=1e9) == 1
+
+
+# -------------------------------------------------------------------------------------------- streaming
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from([EventKind.ROLLBACK, EventKind.FORWARD_JUMP, EventKind.RECOVERED]),
+                      max_size=25),
+       wanted=st.none() | st.sets(st.sampled_from([EventKind.ROLLBACK, EventKind.RECOVERED]), min_size=1),
+       limit=st.none() | st.integers(0, 30), batch=st.integers(1, 6))
+def test_streamed_events_are_the_events_in_batches_of_any_size(tmp_path_factory, monkeypatch, *, kinds, wanted,
+                                                               limit, batch):
+    monkeypatch.setattr(jmod, "READ_BATCH", batch)
+    with Journal(tmp_path_factory.mktemp("s") / "j.sqlite") as j:
+        recorded = [ev(kind=k, incident=f"i{n}", id=f"e{n}") for n, k in enumerate(kinds)]
+        for event in recorded:
+            j.record_event(event)
+        chosen = [e for e in recorded if wanted is None or e.kind in wanted]
+        if limit is not None:
+            chosen = chosen[max(len(chosen) - limit, 0):] if limit else []
+        filters = {"kinds": wanted, "limit": limit}
+        assert list(j.iter_events(**filters)) == chosen == j.events(**filters)
+        assert list(j.iter_event_dicts(**filters)) == [e.to_dict() for e in chosen]
+
+
+def test_event_dicts_of_an_older_row_shape_go_through_the_event(journal):
+    """A stored body without some field (written by an older timeguard) still gives the full hook schema."""
+    body = ev(id="old").to_dict()
+    del body["wall_before_s"], body["verdict"]
+    journal._write("INSERT INTO events (id, incident_id, kind, wall_time_s, monotonic_s, boot_id, body) "
+                   "VALUES ('old', 'i', 'rollback', 1, 1, 'b', ?)", (__import__("json").dumps(body),))
+    (got,) = journal.iter_event_dicts()
+    assert got == Event.from_dict(body).to_dict() and list(got)[:2] == ["kind", "incident_id"]
