@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,17 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _event_count(text: str) -> int:
+    """A number of events: a whole number from 0 to SQLite's largest integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {2**63 - 1}, not {text}")
     return value
 
 
@@ -83,28 +95,44 @@ def build_parser() -> argparse.ArgumentParser:
                        help="UNKNOWN (3) instead of CRITICAL (2) when no offset can be found, as check_ntp_time -q")
     check.add_argument("-t", "--timeout", type=_positive_float, metavar="SECONDS",
                        help="deadline for the whole check (overrides timeout_s)")
+    # `-w -1:1` as Icinga passes it: a value that starts like a negative number is a value, not an option.
+    import re
+
+    check._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(:.*)?$")
 
     run = sub.add_parser("run", help="run the daemon (systemd Type=notify service)",
                          description="Detect clock steps, cross-check the sources on a schedule and keep the journal "
                          "in state_dir. SIGHUP reloads the configuration, SIGTERM stops.")
     _config_arg(run)
 
-    status = sub.add_parser("status", help="is the daemon alive; last verdict, floor, last events, journal health")
+    status = sub.add_parser(
+        "status", help="is the daemon alive; last verdict, floor, last events, journal health",
+        description="Read the daemon's journal (read-only, while it runs) and show whether the daemon is alive (its "
+        "heartbeat), the last verdict, the clock floor, the most recent events, the alert outbox and the journal's "
+        "health. Exit 0 when the daemon is running, 3 when it is not.",
+    )
     _config_arg(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    status.add_argument("--events", type=int, default=5, metavar="N", help="how many recent events to show")
+    status.add_argument("--events", type=_event_count, default=5, metavar="N", help="how many recent events to show")
 
-    events = sub.add_parser("events", help="list the journal's events (steps, conditions)")
+    events = sub.add_parser(
+        "events", help="list the journal's events (steps, conditions)",
+        description="List the events recorded in the journal (clock steps, rollbacks found at start-up, offset and "
+        "source conditions and their recovery, future state found) in the order they were recorded: wall times may "
+        "have jumped. Exit 2 for a bad --kind or --since.",
+    )
     _config_arg(events)
     events.add_argument("--since", metavar="WHEN",
                         help="only events since WHEN: an ISO 8601 time (UTC if no zone) or an age such as 90s, "
                         "15m, 2h, 7d; compared with the trusted time where it was known")
     events.add_argument("--kind", action="append", metavar="KIND",
                         help="only this kind (repeatable): " + ", ".join(k.value for k in _event_kinds()))
-    events.add_argument("--limit", type=int, metavar="N", help="only the newest N")
+    events.add_argument("--limit", type=_event_count, metavar="N", help="only the newest N")
     events.add_argument("--json", action="store_true", help="one JSON array of events (the hook event schema)")
 
-    hooks = sub.add_parser("hooks", help="list the configured hooks and the installed hook types")
+    hooks = sub.add_parser("hooks", help="list the configured hooks and the installed hook types",
+                           description="Look at and try out the hooks: the alerts (webhook, Slack), commands and "
+                           "repairs that run on events.")
     hooks_sub = hooks.add_subparsers(dest="hooks_command", required=True, parser_class=_Parser)
     hooks_list = hooks_sub.add_parser(
         "list", help="each configured hook with its state, and every installed hook type (exit 1: one is unusable)",
@@ -129,15 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
     hooks_test.add_argument("--json", action="store_true", help="print the run as one JSON object")
     _config_arg(hooks_test)
 
-    cfg = sub.add_parser("config", help="validate, show or generate the configuration")
+    cfg = sub.add_parser("config", help="validate, show or generate the configuration",
+                         description="Validate, show or generate timeguard's YAML configuration.")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
-    validate = cfg_sub.add_parser("validate", help="check a configuration file and list every error with its line")
+    validate = cfg_sub.add_parser(
+        "validate", help="check a configuration file and list every error with its line",
+        description="Load FILE over the embedded defaults and list every error at once, each with its file:line "
+        "and key. Exit 0 if it is valid, 1 if not.",
+    )
     validate.add_argument("file", nargs="?", help="the file (default: the one timeguard would load)")
     _config_arg(validate)
-    show = cfg_sub.add_parser("show", help="print the effective configuration (file merged over defaults)")
+    show = cfg_sub.add_parser("show", help="print the effective configuration (file merged over defaults)",
+                              description="Print the configuration timeguard would run with: the file merged "
+                              "over the embedded defaults, as YAML (or JSON).")
     _config_arg(show)
     show.add_argument("--json", action="store_true", help="as JSON instead of YAML")
-    cfg_sub.add_parser("generate", help="print the documented default configuration (config/timeguard.yaml)")
+    cfg_sub.add_parser("generate", help="print the documented default configuration (config/timeguard.yaml)",
+                       description="Print the default configuration with every key documented; save it as "
+                       "/etc/timeguard/timeguard.yaml and edit it.")
 
     from timeguard.repair.cli import add_parser as add_repair_parser
 
@@ -145,7 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What a shell reports for a command killed by SIGPIPE (128 + 13): `timeguard events | head` ends like `yes | head`.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A reader that goes away (``timeguard config show | head``) ends it quietly with exit 141,
+    the way the Python docs recommend (signal module, "Note on SIGPIPE"): no traceback, no "Exception ignored"
+    at exit."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's own flush at exit
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that flush has nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return _cmd_check(args)
@@ -236,7 +294,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logs.configure(cfg.logging.level, cfg.logging.format)
     for warning in cfg.warnings:
         logs.get().warning("config_warning", warning=warning.format(cfg.origin))
-    return Agent(cfg, config_path=path).run()
+    from timeguard.journal import JournalError, JournalUnusable
+
+    try:
+        return Agent(cfg, config_path=path).run()
+    except JournalUnusable as exc:  # the state directory or the journal's files: restarting cannot fix it
+        print(f"timeguard run: cannot use the journal, not starting: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except JournalError as exc:  # still locked by another process, an I/O error: never a new, empty journal
+        print(f"timeguard run: cannot use the journal, not starting: {exc}", file=sys.stderr)
+        return 1
 
 
 def load_config_or_exit(explicit: str | None) -> Config:
