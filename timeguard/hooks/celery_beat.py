@@ -28,6 +28,7 @@ or CRITICAL with an offset), NTP and HTTPS agree, and the host clock now agrees 
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -41,10 +42,15 @@ from timeguard.repair.celery_beat import (
     DEFAULT_BEAT_MAX_INTERVAL_S,
     DEFAULT_MAX_ROUNDS,
     DEFAULT_TABLE_PREFIX,
+    DEFAULT_TOLERANCE_NAIVE_S,
+    DEFAULT_TOLERANCE_S,
     DEFAULT_WAIT_MARGIN_S,
     CeleryBeatRepair,
     RepairError,
+    UnreadableValue,
+    checked_now,
     fmt_duration,
+    number_problem,
 )
 
 DEFAULT_MAX_OFFSET_S = 1.0
@@ -66,17 +72,25 @@ def evidence_problem(verdict: Mapping[str, Any] | None, max_offset_s: float = DE
         return f"no repair: NTP and HTTPS do not agree ({verdict.get('summary') or status})"
     if status not in USABLE_STATUSES or offset is None:
         return f"no repair: the time sources give no usable verdict ({status})"
+    try:
+        offset = float(offset)
+    except (TypeError, ValueError):
+        offset = math.nan
+    if not math.isfinite(offset):  # a NaN offset would pass every "too far off?" comparison below
+        return f"no repair: the verdict's offset ({verdict.get('offset_s')!r}) is not a finite number"
+    if number_problem("max_offset_s", max_offset_s) is not None:
+        return f"no repair: max_offset_s ({max_offset_s!r}) is not a usable bound"
     agree = verdict.get("ntp_http_agree")
     if agree is not True:
         if agree is None:
             return "no repair: NTP and HTTPS did not both answer, so neither confirms the other"
         return "no repair: NTP and HTTPS do not agree"
-    if abs(float(offset)) > max_offset_s:
+    if not abs(offset) <= max_offset_s:
         # offset = sources − host: positive means the host is behind
-        if float(offset) > 0:
-            return (f"no repair: the host clock is {fmt_duration(float(offset))} behind the sources — it was rolled "
+        if offset > 0:
+            return (f"no repair: the host clock is {fmt_duration(offset)} behind the sources — it was rolled "
                     "back into the past; fix the clock first")
-        return f"no repair: the host clock is {fmt_duration(float(offset))} ahead of the sources; fix the clock first"
+        return f"no repair: the host clock is {fmt_duration(offset)} ahead of the sources; fix the clock first"
     return None
 
 
@@ -113,14 +127,20 @@ class CeleryBeatHook:
             if key in options and not isinstance(options[key], str):
                 problems.append((key, "must be a string"))
         numbers: dict[str, float] = {}
-        for key, minimum in (("tolerance_s", 0.0), ("beat_max_interval_s", 0.0), ("wait_margin_s", 0.0),
-                             ("max_offset_s", 0.0), ("lock_timeout_s", 0.1), ("max_rounds", 1)):
+        for key in ("tolerance_s", "beat_max_interval_s", "wait_margin_s", "max_offset_s", "lock_timeout_s",
+                    "max_rounds"):
             if key in options:
-                value = options[key]
-                if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-                    problems.append((key, f"must be a number ≥ {minimum:g}"))
+                problem = number_problem(key, options[key])
+                if problem is not None:  # NaN compares False with everything: it would switch a check off
+                    problems.append((key, problem))
                 else:
-                    numbers[key] = value
+                    numbers[key] = options[key]
+        if "max_offset_s" in numbers:
+            use_tz = options.get("use_tz", True) is not False
+            tolerance = numbers.get("tolerance_s", DEFAULT_TOLERANCE_S if use_tz else DEFAULT_TOLERANCE_NAIVE_S)
+            if numbers["max_offset_s"] > tolerance:
+                problems.append(("max_offset_s", f"must not exceed tolerance_s ({tolerance:g}): a host clock that "
+                                 "far off would make beat see the repaired times as future or past again"))
         commands: dict[str, list[str] | None] = {"stop_command": None, "start_command": None}
         for key in commands:
             value = options.get(key)
@@ -199,33 +219,36 @@ class CeleryBeatHook:
         """Look for future timestamps with the trusted now, without changing anything (the daemon's audit, at
         start-up and on a schedule). A RepairError (database unreachable, locked, tables missing) propagates."""
         problem = evidence_problem(ctx.verdict, self.max_offset_s)
-        trusted = ctx.trusted_now() if problem is None else None
+        trusted = _usable(ctx.trusted_now()) if problem is None else None
         if trusted is None:
-            return AuditResult(AuditOutcome.SKIPPED, problem or "no trusted time (no verdict offset)")
+            return AuditResult(AuditOutcome.SKIPPED, problem or "no trusted time (no usable verdict offset)")
         engine = self.engine()
         try:
             plan = engine.plan(trusted)
         finally:
             engine.close()
+        unreadable = _unreadable_note(plan.unreadable)
+        details = {"hook": self.name, "database": engine.where, "unreadable": [u.to_dict() for u in plan.unreadable]}
         if plan.empty:
-            return AuditResult(AuditOutcome.CLEAN, f"no future timestamp in {engine.where}")
-        ahead = max(c.old_s for c in plan.changes) - trusted
+            return AuditResult(AuditOutcome.CLEAN, f"no future timestamp in {engine.where}{unreadable}", details)
+        known = [c.old_s for c in plan.changes if c.old_s is not None]
+        ahead = max(known) - trusted if known else 0.0
         tasks = sorted({c.name for c in plan.changes if c.table == "periodictask"})
         return AuditResult(
             AuditOutcome.FOUND,
             f"{len(plan.changes)} timestamp(s) in the future in {engine.where}, up to {fmt_duration(ahead)} ahead"
-            f" ({len(tasks)} task(s): beat will not run them before then)",
-            {"hook": self.name, "database": engine.where, "counts": plan.counts(), "max_ahead_s": ahead,
-             "tasks": tasks[:50], "tasks_total": len(tasks)},
+            f" ({len(tasks)} task(s): beat will not run them before then){unreadable}",
+            {**details, "counts": plan.counts(), "max_ahead_s": ahead, "tasks": tasks[:50],
+             "tasks_total": len(tasks)},
         )
 
     def handle(self, event: Event, ctx: HookContext) -> HookResult:
         problem = evidence_problem(ctx.verdict, self.max_offset_s)
         if problem is not None:
             return HookResult.skipped(problem, verdict=dict(ctx.verdict) if ctx.verdict else None)
-        trusted = ctx.trusted_now()
+        trusted = _usable(ctx.trusted_now())
         if trusted is None:
-            return HookResult.skipped("no repair: no trusted time (no verdict offset)")
+            return HookResult.skipped("no repair: no trusted time (no usable verdict offset)")
 
         def now_fn() -> float:
             value = ctx.trusted_now()
@@ -237,7 +260,8 @@ class CeleryBeatHook:
                 if ctx.dry_run:
                     plan = engine.plan(trusted)
                     return HookResult.skipped(
-                        f"dry run: would change {len(plan.changes)} timestamp(s) in {engine.where}",
+                        f"dry run: would change {len(plan.changes)} timestamp(s) in {engine.where}"
+                        f"{_unreadable_note(plan.unreadable)}",
                         **plan.to_dict(),
                     )
                 stopped = False
@@ -261,6 +285,7 @@ class CeleryBeatHook:
         report = (f"; {len(outcome.plan.report)} task(s) ran early or expired during the false period (reported, "
                   "left as they are)") \
             if outcome.plan.report else ""
+        report += _unreadable_note(outcome.plan.unreadable)
         if not outcome.clean:
             return HookResult.failed(
                 f"future timestamps remain after {len(outcome.rounds)} round(s) in {engine.where}: "
@@ -281,3 +306,22 @@ class CeleryBeatHook:
             raise RepairError(f"{what} {argv[0]}: {exc}") from None
         if proc.returncode != 0:
             raise RepairError(f"{what} {' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+
+
+def _usable(now_s: float | None) -> float | None:
+    """The trusted now, or None when there is none or it is no time at all (NaN, ±inf, beyond the calendar)."""
+    if now_s is None:
+        return None
+    try:
+        return checked_now(now_s)
+    except RepairError:
+        return None
+
+
+def _unreadable_note(unreadable: Sequence[UnreadableValue]) -> str:
+    """The summary's note on values the repair could not read (their rows are left as they are)."""
+    if not unreadable:
+        return ""
+    shown = "; ".join(u.describe() for u in unreadable[:3])
+    more = f"; and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""
+    return f"; {len(unreadable)} value(s) it cannot read, left as they are: {shown}{more}"

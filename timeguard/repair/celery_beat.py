@@ -87,7 +87,7 @@ def number_problem(key: str, value: Any) -> str | None:
     for a person. Booleans, strings, NaN, ±inf and values out of range are refused."""
     low, high, whole = NUMERIC_OPTIONS[key]
     kind = "a whole number" if whole else "a finite number"
-    wanted = f"must be {kind} from {low:g} to {high:g}"
+    wanted = f"must be {kind} from {low:.15g} to {high:.15g}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"{wanted} (got {value!r})"
     if not math.isfinite(value) or not low <= value <= high or (whole and value != int(value)):
@@ -508,7 +508,8 @@ class CeleryBeatRepair:
                 f"{self.where}: {what}: the beat tables are locked by another transaction for more than "
                 f"{self.lock_timeout_s:g} s ({text}); retry later"
             )
-        if getattr(exc, "connection_invalidated", False) or "connect" in low or "unable to open" in low:
+        refused = ("connect", "unable to open", "access denied", "authentication failed", "unknown database")
+        if getattr(exc, "connection_invalidated", False) or any(word in low for word in refused):
             return RepairError(f"{self.where}: cannot connect ({text})")
         return RepairError(f"{self.where}: {what} failed: {text}")
 
@@ -870,8 +871,9 @@ class CeleryBeatRepair:
             return checked_now(given_now())
 
         repair_id = uuid.uuid4().hex
+        first_now = now_fn()  # checked before the database is even opened
         with self._transaction("reading the beat tables") as conn:
-            plan = self._plan(conn, now_fn())
+            plan = self._plan(conn, first_now)
         rounds: list[RoundResult] = []
         clean = False
         for number in range(1, self.max_rounds + 1):

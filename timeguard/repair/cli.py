@@ -38,14 +38,15 @@ def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) 
     config_arg(beat)
     _database_args(beat)
     beat.add_argument("--dry-run", action="store_true", help="show the rows it would change; change nothing")
-    beat.add_argument("--tolerance-s", type=float, metavar="N",
+    beat.add_argument("--tolerance-s", type=_number("tolerance_s"), metavar="N",
                       help="future means more than N s ahead (default 600; 93600 with --no-use-tz)")
     beat.add_argument("--no-use-tz", action="store_true", help="the project runs with Django USE_TZ=False")
     beat.add_argument("--no-tz-aware", action="store_true", help="DJANGO_CELERY_BEAT_TZ_AWARE=False")
     beat.add_argument("--time-zone", default="UTC", help="Django TIME_ZONE (only matters with --no-use-tz)")
-    beat.add_argument("--beat-max-interval-s", type=float, default=5.0, metavar="S",
+    beat.add_argument("--beat-max-interval-s", type=_number("beat_max_interval_s"), default=5.0, metavar="S",
                       help="beat's max_interval: how long to wait between the reload signals (default 5)")
-    beat.add_argument("--max-rounds", type=int, default=3, metavar="N", help="rounds at most (default 3)")
+    beat.add_argument("--max-rounds", type=_number("max_rounds"), default=3, metavar="N",
+                      help="rounds at most (default 3)")
     beat.add_argument("--json", action="store_true", help="print one JSON object")
     beat.add_argument("--trust-local-clock", action="store_true",
                       help="use this host's clock as the truth without asking the sources (offline hosts)")
@@ -57,9 +58,31 @@ def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) 
     undo.add_argument("incident", metavar="INCIDENT")
     _database_args(undo)
     undo.add_argument("--dry-run", action="store_true", help="show what it would restore")
-    undo.add_argument("--beat-max-interval-s", type=float, default=5.0, metavar="S",
+    undo.add_argument("--beat-max-interval-s", type=_number("beat_max_interval_s"), default=5.0, metavar="S",
                       help="beat's max_interval: how long to wait between the reload signals (default 5)")
     undo.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _number(key: str) -> Callable[[str], float]:
+    """An argparse type for the repair's numeric option ``key``: the engine's own rule (no NaN, inf, negative
+    or out-of-range value), so a bad value is a usage error (exit 2) naming the option."""
+
+    def parse(text: str) -> float:
+        from timeguard.repair.celery_beat import NUMERIC_OPTIONS, number_problem
+
+        try:
+            value: float = float(text)
+        except ValueError:
+            value = text  # type: ignore[assignment]  # number_problem says what is wanted
+        if NUMERIC_OPTIONS[key][2] and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        problem = number_problem(key, value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = key  # argparse names the type in "invalid <name> value" messages
+    return parse
 
 
 def _database_args(parser: argparse.ArgumentParser) -> None:
@@ -143,14 +166,14 @@ def _cmd_celery_beat(args: argparse.Namespace) -> int:
                 print(json.dumps({"dry_run": True, "database": engine.where, **plan.to_dict()}, indent=2))
             else:
                 sys.stdout.write(format_table(plan.changes))
-                _print_report(plan.report)
+                _print_report(plan.report, plan.unreadable)
             return EXIT_OK
         if plan.empty:
             if args.json:
                 print(json.dumps({"dry_run": False, "database": engine.where, "changed": False, **plan.to_dict()}))
             else:
                 sys.stdout.write(format_table(()))
-                _print_report(plan.report)
+                _print_report(plan.report, plan.unreadable)
             return EXIT_OK
         incident = new_id()
         if not args.json:
@@ -171,22 +194,27 @@ def _cmd_celery_beat(args: argparse.Namespace) -> int:
         counts = outcome.rows_changed()
         print(f"{'repaired' if outcome.clean else 'NOT CLEAN'}: last_run_at {counts['last_run_at']}, date_changed "
               f"{counts['date_changed']} row(s), last_update bumped, {len(outcome.rounds)} round(s)")
-        _print_report(outcome.plan.report)
+        _print_report(outcome.plan.report, outcome.plan.unreadable)
         print(f"undo: timeguard repair undo {incident} --database-url URL")
     if not outcome.clean:
         return _err("future timestamps remain after the last round: restart celery beat and run the repair again")
     return EXIT_OK
 
 
-def _print_report(report: Any) -> None:
+def _print_report(report: Any, unreadable: Any = ()) -> None:
     if report:
         print("left as they are (the false period disabled them; re-enabling could run them twice):")
         for item in report:
             print(f"  {item.name}: {item.detail}")
+    if unreadable:
+        print("values it cannot read (those rows are left as they are; fix them by hand):")
+        for value in unreadable:
+            print(f"  {value.describe()}")
 
 
 def _cmd_undo(args: argparse.Namespace) -> int:
     from timeguard.repair.celery_beat import CeleryBeatRepair
+    from timeguard.secrets import redact_text
 
     cfg = _load_config(args.config)
     engine = CeleryBeatRepair(args.database_url, table_prefix=args.table_prefix, schema=args.schema,
@@ -196,8 +224,9 @@ def _cmd_undo(args: argparse.Namespace) -> int:
         known = journal.repair_undo_records(args.incident)
         if not known:
             return _err(f"no repair recorded for incident {args.incident} in {journal.path}")
-        if not any(r["fingerprint"] == engine.fingerprint for r in known):
-            where = ", ".join(sorted({r["fingerprint"] for r in known}))
+        if not any(engine.same_database(r["fingerprint"]) for r in known):
+            # a journal from before query-string secrets were masked may hold them: shown redacted
+            where = ", ".join(sorted({redact_text(r["fingerprint"]) for r in known}))
             return _err(f"incident {args.incident} repaired {where}, not {engine.fingerprint}")
         # The undo's reload signal uses the host clock: undo is for forensics, not for keeping beat running.
         outcome = engine.undo(journal, args.incident, time.time, dry_run=args.dry_run)
