@@ -201,6 +201,9 @@ def test_host_clock_in_ntp_era_1(server, when: datetime):
             "root distance 1.600 s (root delay 2.000 s / 2 + root dispersion 0.600 s) exceeds the limit of 1.5 s",
         ),
         ({"receive_shift_s": -0.5}, "negative round-trip delay"),
+        ({"precision": 60}, "precision +60 (2^60 s = 1.15e+18 s) is coarser than 2^-1 s"),
+        ({"precision": 0}, "precision +0 (2^0 s = 1 s) is coarser than 2^-1 s"),
+        ({"precision": 127}, "precision +127"),
     ],
 )
 def test_bad_reply_is_unusable_with_the_field_named(server, setup: dict, expected: str):
@@ -229,6 +232,15 @@ def test_implausible_server_time_is_unusable(server, claimed: datetime, expected
     sample = query(server, timeout_s=1.0)
     assert sample.failure is SourceState.UNUSABLE
     assert expected in sample.reason
+
+
+@pytest.mark.parametrize(("precision", "root_dispersion_s"), [(-1, 0.0), (-6, 1.45), (-20, 1.5), (-128, 0.0)])
+def test_every_legal_self_declared_error_widens_the_interval_to_cover_it(server, precision, root_dispersion_s):
+    """The coarsest legal values stay usable, and the interval is at least as wide as the server says it errs."""
+    server.offset_s, server.precision, server.root_dispersion_s = 1.25, precision, root_dispersion_s
+    sample = query(server, timeout_s=1.0)
+    assert_contains(sample, 1.25)
+    assert sample.error_s is not None and sample.error_s >= root_dispersion_s + 2.0**precision - 2e-5
 
 
 def test_root_distance_limit_is_a_parameter(server):
