@@ -432,7 +432,7 @@ def _pairs(node: yaml.MappingNode, path: str, problems: list[ConfigProblem]) -> 
                 merged.extend(_pairs(source, path, problems))
             else:
                 problems.append(ConfigProblem(f"{path}.<<" if path else "<<", "a merge key (<<) takes a mapping or "
-                                              "a list of mappings (e.g. <<: *defaults)", source.start_mark.line + 1))
+                                              "a list of mappings (e.g. <<: *defaults)", key_node.start_mark.line + 1))
     if not merged:
         return written
     have = {k.value for k, _ in written if isinstance(k, yaml.ScalarNode)}
