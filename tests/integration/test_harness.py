@@ -1,12 +1,13 @@
 """Proof that the real-program harness (tests/support/realprogs.py) does what every integration test relies on.
 
-Only plain clients here (ntplib, requests, a child Python, ctypes in a UML guest), never timeguard code: if one of
+Only plain clients here (ntplib, requests, a child Python, ctypes in a QEMU guest), never timeguard code: if one of
 these fails, the harness is broken, not timeguard.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import selectors
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from typing import Any
 import ntplib
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.support import realprogs
 from tests.support.realprogs import (
@@ -29,8 +32,9 @@ from tests.support.realprogs import (
     PythonDateServer,
     TlsFiles,
     could_set_clock,
+    guest_init,
+    qemu_guest_script,
     run_under_clock,
-    uml_guest_script,
 )
 from tests.support.require import need_program
 
@@ -200,7 +204,7 @@ def test_python_date_server_follows_fake_clock(
 
 
 # --------------------------------------------------------------------------------------------------------
-# User-Mode-Linux: a real kernel clock step, with the host clock provably untouched
+# QEMU (TCG) guest: a real kernel clock step, with the host clock provably untouched
 # --------------------------------------------------------------------------------------------------------
 
 GUEST_STEP = r"""
@@ -237,7 +241,7 @@ except BlockingIOError:
 
 real0, mono0 = time.clock_gettime_ns(time.CLOCK_REALTIME), time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 target = real0 - 3600 * 10**9
-check(libc.clock_settime(CLOCK_REALTIME, ctypes.byref(timespec(target // 10**9, target % 10**9))))
+check(guest_only(libc.clock_settime, CLOCK_REALTIME, ctypes.byref(timespec(target // 10**9, target % 10**9))))
 real1, mono1 = time.clock_gettime_ns(time.CLOCK_REALTIME), time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 readable = bool(select.select([fd], [], [], 2.0)[0])
@@ -258,14 +262,14 @@ print("RESULT " + json.dumps({
 
 
 
-def test_uml_guest_clock_step_fires_cancel_on_set_and_leaves_host_clock_alone(
-    uml: Callable[..., subprocess.CompletedProcess[str]],
+def test_qemu_guest_clock_step_fires_cancel_on_set_and_leaves_host_clock_alone(
+    qemu_guest: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
     host_before = realprogs.host_realtime_minus_monotonic_s()
-    result = uml(GUEST_STEP, timeout_s=120)
+    result = qemu_guest(GUEST_STEP, timeout_s=120)
     host_after = realprogs.host_realtime_minus_monotonic_s()
 
-    assert result.returncode == 0, result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, result.stdout
     guest = json.loads(lines[-1].removeprefix("RESULT "))
@@ -277,11 +281,14 @@ def test_uml_guest_clock_step_fires_cancel_on_set_and_leaves_host_clock_alone(
     assert host_after - host_before == pytest.approx(0, abs=0.001)
 
 
-def test_uml_guest_script_refuses_to_run_outside_uml(tmp_path: Any) -> None:
-    """Every guest script carries the guard; run one on the host (and without CAP_SYS_TIME, to be safe)."""
+@pytest.mark.parametrize("token", ["0" * 32, "f00dfeed" * 4])
+def test_qemu_guest_script_refuses_to_run_outside_the_guest(tmp_path: Any, token: str) -> None:
+    """Every guest script carries the guard; run one on the host (and without CAP_SYS_TIME, to be safe): it exits
+    before its body, and guest_only never makes the call it guards."""
     setpriv = need_program("setpriv", "util-linux")
     script = tmp_path / "guest.py"
-    script.write_text(uml_guest_script("from __future__ import annotations\nprint('BODY RAN')\n"))
+    body = "from __future__ import annotations\nprint('BODY RAN')\nguest_only(print, 'CALL MADE')\n"
+    script.write_text(qemu_guest_script(body, token))
     proc = subprocess.run(
         [setpriv, *SETPRIV_NO_SYS_TIME[1:], sys.executable, str(script)],
         capture_output=True,
@@ -291,4 +298,48 @@ def test_uml_guest_script_refuses_to_run_outside_uml(tmp_path: Any) -> None:
     )
     assert proc.returncode != 0
     assert "REFUSING" in proc.stderr
-    assert "BODY RAN" not in proc.stdout
+    assert "BODY RAN" not in proc.stdout and "CALL MADE" not in proc.stdout
+    # guest_only itself refuses too, wherever it is called from: only the token of this run's guest opens it.
+    namespace: dict[str, Any] = {}
+    guard = qemu_guest_script("", token)
+    with pytest.raises(SystemExit, match="REFUSING"):
+        exec(compile(guard, "guard", "exec"), namespace)  # noqa: S102 - our own guard text, run on purpose
+    assert "guest_only" in namespace
+
+
+@given(st.text(max_size=80))
+def test_qemu_guest_script_takes_only_a_hex_token(token: str) -> None:
+    """The token goes into the kernel command line and the guard's source: nothing but 16-64 hex digits gets in."""
+    if re.fullmatch(r"[0-9a-f]{16,64}", token):
+        assert f"'timeguard.guest={token}'" in qemu_guest_script("print(1)", token)
+    else:
+        with pytest.raises(ValueError, match="hex"):
+            qemu_guest_script("print(1)", token)
+
+
+def test_qemu_guest_init_refuses_outside_its_guest() -> None:
+    """The guest's PID 1 (static C init) mounts, chroots and powers off: on the host it must refuse, before all.
+
+    Run as an ordinary process (not PID 1) it refuses at once. In a PID and mount namespace of its own it *is*
+    PID 1; it then mounts a private /proc, finds no token of a guest run in the host's kernel command line, and
+    refuses again — exiting, never calling reboot()."""
+    need_program("gcc", "gcc libc6-dev")
+    setpriv = need_program("setpriv", "util-linux")
+    init = str(guest_init())
+    plain = subprocess.run(
+        [setpriv, *SETPRIV_NO_SYS_TIME[1:], init], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert plain.returncode == 2
+    assert "REFUSING" in plain.stderr and "PID 1" in plain.stderr
+    assert "TIMEGUARD_GUEST_EXIT" not in plain.stdout  # it never got as far as running anything
+    unshare = need_program("unshare", "util-linux")
+    as_pid1 = subprocess.run(
+        [setpriv, *SETPRIV_NO_SYS_TIME[1:], unshare, "--pid", "--fork", "--mount", "--propagation", "private", init],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert as_pid1.returncode == 2, as_pid1.stderr
+    assert "REFUSING" in as_pid1.stderr and "not booted as this run's" in as_pid1.stderr
+    assert "TIMEGUARD_GUEST_EXIT" not in as_pid1.stdout

@@ -106,12 +106,17 @@ def test_ca() -> TlsFiles:
 
 
 @pytest.fixture
-def uml() -> Callable[..., CompletedProcess[str]]:
-    """The UML runner: ``uml(script_text, timeout_s=120)`` → CompletedProcess (guest console, guest exit code)."""
-    need_program("linux.uml", "user-mode-linux")
+def qemu_guest() -> Callable[..., CompletedProcess[str]]:
+    """The real-kernel runner: ``qemu_guest(script_text, timeout_s=120, python=None)`` → CompletedProcess (guest
+    console, the script's exit code); see realprogs.qemu_run."""
+    need_program("qemu-system-x86_64", "qemu-system-x86")
     need_program("setpriv", "util-linux")
-    need(os.access("/dev/shm", os.W_OK), "/dev/shm is not writable (UML maps its memory from there)")
-    return realprogs.uml_run
+    need_program("gcc", "gcc libc6-dev")  # the guest's static init
+    try:
+        realprogs.guest_kernel()
+    except (OSError, RuntimeError) as exc:
+        need(False, f"Debian's kernel for the QEMU guest is not available (run .ci/setup): {exc}")
+    return realprogs.qemu_run
 
 
 def _user_exists(name: str) -> bool:
