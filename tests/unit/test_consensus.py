@@ -312,10 +312,17 @@ def _point_status(x: float, warning: Range, critical: Range) -> Status:
 _RANK = {Status.OK: 0, Status.WARNING: 1, Status.CRITICAL: 2}
 
 
-@given(st.lists(interval_st, min_size=1, max_size=9), threshold_st, threshold_st, st.data())
-def test_status_is_never_better_than_any_point_of_the_reported_interval(raw, warning, critical, data):
-    samples = [ntp(f"s{i}", c, w) for i, (c, w) in enumerate(raw)]
-    v = run(samples, warning_s=warning, critical_s=critical)
+sample_st = st.one_of(
+    st.tuples(interval_st, st.sampled_from([SourceKind.NTP, SourceKind.HTTP])),
+    st.sampled_from([SourceKind.NTP, SourceKind.HTTP]),  # a source that did not answer
+)
+
+
+@given(st.lists(sample_st, min_size=1, max_size=9), threshold_st, threshold_st, st.integers(1, 4), st.data())
+def test_status_is_never_better_than_any_point_of_the_reported_interval(raw, warning, critical, min_sources, data):
+    samples = [ntp(f"s{i}", item[0][0], item[0][1], item[1]) if isinstance(item, tuple) else dead(f"s{i}", item)
+               for i, item in enumerate(raw)]
+    v = run(samples, warning_s=warning, critical_s=critical, min_sources=min_sources)
     if v.status not in _RANK:
         assert v.offset_s is None and v.regions == ()
         return
