@@ -52,8 +52,9 @@ def human(result: CheckResult) -> str:
     if v.offset_s is not None:
         trusted = v.trusted_now(result.host_time_s)
         assert trusted is not None
+        guess = f", a guess: the majority is split into {len(v.regions)} regions" if len(v.regions) > 1 else ""
         lines.append(
-            f"Trusted time: {_iso(trusted)} (host says {_iso(result.host_time_s)}); "
+            f"Trusted time: {_iso(trusted)} (host says {_iso(result.host_time_s)}{guess}); "
             f"thresholds on |offset| in s: warning {v.warning.text}, critical {v.critical.text}"
         )
     if v.usable == 0 and v.sources and all(sv.state is SourceState.UNREACHABLE for sv in v.sources):

@@ -203,3 +203,12 @@ def test_offline_check_says_so():
     text = report.human(result)
     assert "No source answered: is this host offline" in text
     assert "DNS: Name or service not known" in text
+
+
+def test_human_report_of_a_split_majority_says_the_trusted_time_is_a_guess():
+    result = run_check(CFG, probe_list=[good("zero", 0.0), good("plus", 2.5), good("wide", 1.25, err=1.45)],
+                       with_local=False)
+    text = report.human(result)
+    assert "Verdict: WARNING: " in text and " or [+2.499000 s, +2.501000 s]" in text
+    assert "a guess: the majority is split into 2 regions" in text
+    assert json.loads(report.as_json(result))["regions"] == [[-0.001, 0.001], [2.499, 2.501]]
