@@ -12,9 +12,10 @@ Why these signals (research/time_anchors.md §4.2):
   in which direction; the boot epoch says that. Together: sub-millisecond detection without busy polling.
   libfaketime steps do not fire it (TESTING.md), so the polling path must stand on its own.
 
-Verified in a real kernel (tests/integration/test_clockwatch_uml.py, UML 6.1): clock_settime ±1–2 h is seen via the
-timerfd 0.4–1.3 ms later with the exact size; ADJ_TICK +10 % for 1.5 s moved REALTIME − MONOTONIC_RAW by +137 ms but
-the boot epoch by < 1 µs; the kernel's leap-second insertion (STA_INS) does fire the timerfd (~0.1 s after midnight).
+Verified in a real kernel (tests/integration/test_clockwatch_qemu.py; UML 6.1 first, now Debian's 6.1 under
+QEMU/TCG): clock_settime ±1–2 h is seen via the timerfd 0.4–1.3 ms later (UML; 2–3 ms in the slower TCG guest) with
+the exact size; ADJ_TICK +10 % for 1.5 s moved REALTIME − MONOTONIC_RAW by +137 ms but the boot epoch by < 1 µs;
+the kernel's leap-second insertion (STA_INS) does fire the timerfd (~0.1 s after midnight).
 
 The pure logic (:func:`classify`, :func:`confirm`) is separate from the I/O (:func:`read_clocks`,
 :class:`ClockSetWatcher`), and :class:`StepDetector` ties them together for the daemon. timeguard never sets the
@@ -318,7 +319,7 @@ _libc: ctypes.CDLL | None = None
 
 def _load_libc() -> ctypes.CDLL:
     # dlopen(NULL) resolves libc's symbols through the interpreter itself: no ctypes.util.find_library, which
-    # runs ldconfig/gcc in a subprocess (tens of ms; seconds inside a UML guest).
+    # runs ldconfig/gcc in a subprocess (tens of ms; seconds inside an emulated guest).
     global _libc  # noqa: PLW0603 - one handle per process
     if _libc is None:
         libc = ctypes.CDLL(None, use_errno=True)

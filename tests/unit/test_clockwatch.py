@@ -1,7 +1,7 @@
 """clockwatch: step classification on synthetic readings (exhaustive), glitch confirmation, the detector's
 robustness, and the two host-safe real checks (clock reads, an armed timerfd that does not fire).
 
-Real clock steps are only ever made inside a UML guest: tests/integration/test_clockwatch_uml.py.
+Real clock steps are only ever made inside a QEMU guest: tests/integration/test_clockwatch_qemu.py.
 """
 
 from __future__ import annotations
