@@ -705,12 +705,21 @@ class Agent:
         self._scheduler.start()
 
     def _prune_job(self) -> None:
-        """Journal retention (daemon.events_retention_days, events_max) in small batches, in the scheduler's thread:
-        the detection loop's writes wait for one batch at most. The age rule needs a trusted time: while there is
-        none, only the count rule applies (a clock far ahead must not empty the journal)."""
+        """Journal upkeep, in the scheduler's thread. First ``PRAGMA quick_check`` (0.2 s for 100,000 events):
+        damage that appeared while running is logged at error and counted in timeguard_journal_errors every pass
+        (the file is salvaged at the next start; detection goes on, refused writes are kept in memory). Then
+        retention (daemon.events_retention_days, events_max) in small batches: the detection loop's writes wait for
+        one batch at most. The age rule needs a trusted time: while there is none, only the count rule applies (a
+        clock far ahead must not empty the journal)."""
         d = self.cfg.daemon
         try:
             assert self.journal is not None
+            problems = self.journal.integrity_problems()
+            if problems:
+                self.journal_errors += 1
+                self.log.error("journal_damaged", error="; ".join(problems), path=str(self.journal.path),
+                               note="salvaged into a new journal at the next start; `timeguard status` shows it")
+                return
             removed = self.journal.prune_events(max_events=d.events_max, retention_s=d.events_retention_days * 86400,
                                                 now_s=self.trusted_now(), pause_s=0.05, stop=self._stop.is_set)
         except JournalError as exc:
@@ -771,6 +780,8 @@ class Agent:
                 for (probe, policy, _), sample in zip(due, samples, strict=True):
                     policy.record(sample)
                     self._latest[probe.name] = _Latest(sample, start.boot_epoch_s, start.monotonic_s)
+        if self._stop.is_set():
+            return  # stopping: the journal is being closed and the hooks stopped; the round is dropped
         with self._lock:
             self._rounds_done.add(kind)
             verdict = self._current_verdict()

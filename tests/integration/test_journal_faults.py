@@ -241,3 +241,49 @@ def test_run_salvages_a_damaged_page_alerts_and_keeps_detecting(sources):
     assert status.returncode == 0, status
     assert "journal found damaged at" in status.stdout and f"moved aside to {damaged['moved_to']}" in status.stdout
     assert "Traceback" not in status.stderr
+
+
+RUN_WITH_SHORT_UPKEEP = """
+import sys
+import timeguard.agent
+timeguard.agent.PRUNE_INTERVAL_S = 1.0
+from timeguard.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_damage_that_appears_while_running_is_reported_and_detection_goes_on(sources):
+    """A page goes bad under the running daemon (20,000 events: more than SQLite's page cache holds). The hourly
+    upkeep (here every second) finds it: journal_damaged at error, timeguard_journal_errors counts it, the loop
+    still answers (SIGUSR1 → its state line), and `timeguard status` shows the problem."""
+    import signal
+
+    from tests.support.realprogs import ManagedProcess
+
+    directory = scratch_dir("damaged-live")
+    config = write_config(directory, sources)
+    state = Path(yaml.safe_load(config.read_text())["state_dir"])
+    state.mkdir()
+    path = state / FILENAME
+    with Journal(path) as journal, journal._writing() as db:
+        db.executemany("INSERT INTO events (id, incident_id, kind, wall_time_s, monotonic_s, boot_id, body) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [(e.id, e.incident_id, e.kind.value, e.wall_time_s, e.monotonic_s, e.boot_id, e.to_json())
+                        for e in (Event(kind=EventKind.ROLLBACK, incident_id=f"i{n}", wall_time_s=time.time(),
+                                        monotonic_s=1.0, boot_id="b", detail={"pad": "x" * 600})
+                                  for n in range(20_000))])
+    log = directory / "daemon.log"
+    cmd = [sys.executable, "-c", RUN_WITH_SHORT_UPKEEP, "run", "--config", str(config)]
+    with ManagedProcess.start(cmd, log_path=log) as proc:
+        wait_for("the first check", lambda: checks(config) >= 1, 30, proc)
+        size = path.stat().st_size
+        with path.open("r+b") as file:
+            file.seek(size // 4096 // 2 * 4096)
+            file.write(bytes(range(256)) * 16)
+        damaged = wait_for("journal_damaged", lambda: log_event(log, "journal_damaged"), 20, proc)
+        os.kill(proc.popen.pid, signal.SIGUSR1)
+        reported = wait_for("the loop's state line", lambda: log_event(log, "state"), 10, proc)
+        status = _timeguard(["status", "--config", str(config), "--events", "0"])
+    assert damaged["level"] == "error" and damaged["path"] == str(path)
+    assert reported["journal_errors"] >= 1
+    assert "PROBLEMS: " in status.stdout and "Traceback" not in status.stderr
