@@ -34,8 +34,9 @@ _SECRET_NAME = re.compile(r"passw|passphrase|pwd|secret|token|auth|credential|co
                           r"accesskey|signingkey|signature|dsn")
 _SECRET_PARAMS = frozenset({"key", "sig", "pw", "pass", "code"})
 _REFERENCE_SUFFIXES = ("_env", "_file", "_path", "_var")
-_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
-_ASSIGNMENT_IN_TEXT = re.compile(r"(?i)\b(\w*(?:password|passwd|pwd|secret|token))(\s*=\s*)([^\s&;,'\"]+)")
+# In free text: a URL, or a `password=…` assignment outside one (one pass: a URL is never looked at twice).
+_IN_TEXT = re.compile(r"(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+)"
+                      r"|(?i:\b(?P<name>\w*(?:password|passwd|pwd|secret|token))(?P<eq>\s*=\s*)[^\s&;,'\"]+)")
 _SLACK_HOSTS = ("hooks.slack.com", "hooks.slack-gov.com")
 
 
@@ -94,9 +95,15 @@ def _redact_query(query: str) -> str:
 def redact_text(text: str) -> str:
     """Free text (an error message, a command line) with every URL in it redacted (:func:`redact_url`) and every
     ``password=…`` (libpq keyword DSN) or ``token=…`` assignment masked."""
-    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
-    return _ASSIGNMENT_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}"
-                                   if m.group(3) != MASK else m.group(0), text)
+    return _IN_TEXT.sub(_redact_match, text)
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    url = match.group("url")
+    if url is None:
+        return f"{match.group('name')}{match.group('eq')}{MASK}"
+    core = url.rstrip(".,:;!?)]}")  # the sentence's punctuation after a URL is not part of it
+    return redact_url(core) + url[len(core):]
 
 
 def redact(data: Any, *, key: object = None) -> Any:
