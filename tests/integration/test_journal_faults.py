@@ -9,22 +9,20 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
+from tests.integration import test_daemon
 from tests.support.daemon import checks, events, log_event, start, wait_for, write_config
-from tests.support.fake_http import running
-from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import SETPRIV_NO_SYS_TIME, scratch_dir
 from tests.support.require import need, need_program
 from timeguard.events import Event, EventKind
 from timeguard.journal import FILENAME, Journal
 
 EX_CONFIG = 78
+sources = test_daemon.sources  # the fixture: three fake NTP servers and an HTTP Date server on loopback
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "timeguard.service"
 AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--bounding-set", "-sys_time",
              "--inh-caps", "-sys_time", "--")
@@ -204,15 +202,6 @@ def test_run_waits_for_a_lock_then_exits_1_and_never_starts_a_new_journal():
 
 
 # ------------------------------------------------------------------------------- item 3: a damaged page
-
-
-@pytest.fixture
-def sources() -> Iterator[dict[str, Any]]:
-    servers = [FakeNTPServer() for _ in range(3)]
-    with running() as http:
-        yield {"ntp": servers, "http": http}
-    for server in servers:
-        server.close()
 
 
 def test_run_salvages_a_damaged_page_alerts_and_keeps_detecting(sources):
