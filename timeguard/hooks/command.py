@@ -70,6 +70,7 @@ from typing import Any, ClassVar
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import DEFAULT_TIMEOUT_S, HookConfigError, HookContext, HookResult, HookStatus
 from timeguard.sdnotify import child_env
+from timeguard.secrets import redact_text
 
 #: The soft-fail exit status (EX_TEMPFAIL, borgmatic's SOFT_FAIL_EXIT_CODE): "not applicable", not an error.
 EXIT_SKIP = 75
@@ -130,8 +131,13 @@ class CommandHook:
 
     @property
     def display(self) -> str:
-        """The command as a person would type it."""
-        return self.argv[2] if self.shell else shlex.join(self.argv)
+        """The command as a person would type it, a password in it masked (it is shown, logged and journaled)."""
+        return redact_text(self.argv[2] if self.shell else shlex.join(self.argv))
+
+    @property
+    def shown_argv(self) -> list[str]:
+        """``argv`` for results and the journal: a URL's password or a ``password=`` in it masked."""
+        return [redact_text(arg) for arg in self.argv]
 
     # ------------------------------------------------------------------------------------------ config
 
@@ -169,7 +175,7 @@ class CommandHook:
 
     def handle(self, event: Event, ctx: HookContext) -> HookResult:
         if ctx.dry_run and not self.run_in_dry_run:
-            return HookResult.skipped(f"dry run: would run {self.display}", argv=list(self.argv), cwd=self.cwd,
+            return HookResult.skipped(f"dry run: would run {self.display}", argv=self.shown_argv, cwd=self.cwd,
                                       would_run=True)
         env = child_env()
         env.update(self.env)
@@ -182,7 +188,7 @@ class CommandHook:
                 cwd=self.cwd, start_new_session=True, close_fds=True,
             )
         except OSError as exc:
-            return HookResult.failed(f"could not start {self.display}: {exc.strerror or exc}", argv=list(self.argv),
+            return HookResult.failed(f"could not start {self.display}: {exc.strerror or exc}", argv=self.shown_argv,
                                      cwd=self.cwd, errno=exc.errno)
         run = _Run(proc, stdin, deadline=started + self.timeout_s, grace_s=self.kill_grace_s,
                    cancelled=ctx.cancelled)
@@ -195,7 +201,7 @@ class CommandHook:
     def _result(self, run: _Run, duration_s: float) -> HookResult:
         code = run.returncode
         details: dict[str, Any] = {
-            "argv": list(self.argv), "pid": run.proc.pid, "duration_s": round(duration_s, 3),
+            "argv": self.shown_argv, "pid": run.proc.pid, "duration_s": round(duration_s, 3),
             "output_bytes": run.output.total, "output_truncated": run.output.truncated,
             "timed_out": run.timed_out, "cancelled": run.stopped, "killed": run.killed,
         }
