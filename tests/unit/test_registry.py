@@ -295,3 +295,90 @@ def test_hooks_list_without_hooks_or_without_a_readable_config(zoo, tmp_path, ca
     not_a_list.write_text("hooks: {type: good}\n")
     result = listing.collect(not_a_list)
     assert result.hooks == [] and result.exit_code == 1
+
+
+# ------------------------------------------------------------------------------------- secrets of plugins
+
+
+class TokenHook(GoodHook):
+    """A plugin that reads its secret with timeguard's helper, and declares its options."""
+
+    OPTIONS: ClassVar[set[str]] = {"token", "token_file", "token_env"}
+
+    @classmethod
+    def from_config(cls, name: str, options: dict[str, Any]) -> TokenHook:
+        from timeguard import secrets
+        from timeguard.hooks.webhook import read_secret
+
+        problems: list[tuple[str, str]] = []
+        token = read_secret(options, "token", problems, inline_ok=True)
+        if problems:
+            raise HookConfigError(problems)
+        if token is None:
+            raise secrets.Unresolved("token")
+        return cls(name)
+
+
+class BareHook(GoodHook):
+    """A plugin that declares no options at all."""
+
+    @classmethod
+    def from_config(cls, name: str, options: dict[str, Any]) -> BareHook:
+        return cls(name)
+
+
+@pytest.fixture
+def token_types(installed):
+    return installed(ep("token", "TokenHook"), ep("bare", "BareHook"))
+
+
+def test_options_of_a_type_are_its_own_or_its_module_s():
+    from timeguard.hooks.celery_beat import CeleryBeatHook
+    from timeguard.hooks.command import CommandHook
+    from timeguard.hooks.slack import SlackHook
+
+    assert registry.options_of(TokenHook) == {"token", "token_file", "token_env"}
+    assert "webhook_url_file" in registry.options_of(SlackHook)
+    assert "database_url_env" in registry.options_of(CeleryBeatHook)  # its module's _OPTIONS
+    assert "env" in registry.options_of(CommandHook)  # its module's OPTIONS
+    assert registry.options_of(BareHook) is None
+
+
+def test_a_plugin_s_unreadable_secret_is_a_warning_in_hooks_list_and_an_error_for_the_daemon(
+        token_types, tmp_path, capsys, monkeypatch):
+    from timeguard import config
+
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    path = tmp_path / "timeguard.yaml"
+    path.write_text("hooks:\n  - {type: token, name: t, token_file: /nonexistent/cred/token}\n"
+                    "  - {type: token, name: env, token_env: TG_REGISTRY_UNSET}\n")
+    assert cli.main(["hooks", "list", "--config", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:3] == ["t", "token", "ready"]
+    assert lines[2].strip().startswith("warning: line 2: hooks[0].token_file: cannot read /nonexistent/cred/token")
+    assert lines[4].strip().startswith("warning: line 3: hooks[1].token_env: environment variable TG_REGISTRY_UNSET")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    assert [p.path for p in info.value.problems] == ["hooks[0].token_file", "hooks[1].token_env"]
+
+
+def test_a_plugin_s_inline_secret_is_warned_with_the_way_out_it_declares(token_types, tmp_path):
+    from timeguard import config
+
+    path = tmp_path / "timeguard.yaml"
+    path.write_text("hooks:\n  - {type: token, name: t, token: s3cr3t-value}\n"
+                    "  - {type: bare, name: b, url: x, api_key: s3cr3t-value}\n")
+    warnings = {w.path: w for w in config.load(path).warnings}
+    assert "token_file (a systemd credential" in warnings["hooks[0].token"].message
+    assert "see its documentation" in warnings["hooks[1].api_key"].message
+    result = listing.collect(path)
+    assert [[w.path for w in h.warnings] for h in result.hooks] == [["hooks[0].token"], ["hooks[1].api_key"]]
+    assert "s3cr3t" not in json.dumps(result.to_dict())
+
+
+def test_hooks_list_refuses_an_alias_bomb_at_once(token_types, tmp_path):
+    path = tmp_path / "timeguard.yaml"
+    rows = ['a0: &a0 "x"'] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 13)]
+    path.write_text("\n".join(rows) + "\nhooks: [{type: bare, name: b, url: *a12}]\n")
+    result = listing.collect(path)  # 10**12 values if expanded: it returns because nothing was
+    assert result.readable is False and "alias bomb" in result.config_problems[0].message
