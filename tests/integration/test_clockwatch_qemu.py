@@ -212,3 +212,121 @@ def test_real_steps_in_qemu_guest_are_detected_by_timerfd_within_50ms(
     print(f"  leap second detected by {leaps[0]['detected_by']}")
     assert result["glitches_dropped"] == 0
     assert result["read_errors"] == 0, result["last_error"]
+
+
+# The real `date -s` an operator types, against the real daemon: `timeguard run` (the venv's interpreter) in the
+# guest with three NTP servers on the guest's own loopback, its journal in the guest's tmpfs. Behind the guard too.
+GUEST_DATE_S = r"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, __TIMEGUARD_REPO__)
+from tests.support.fake_ntp import FakeNTPServer
+from timeguard.events import EventKind
+from timeguard.journal import Journal, JournalError
+
+work = os.path.join(os.environ["TMPDIR"], "timeguard")
+os.makedirs(work)
+servers = [FakeNTPServer() for _ in range(3)]
+config = os.path.join(work, "timeguard.yaml")
+with open(config, "w") as f:  # JSON is YAML
+    json.dump({
+        "state_dir": os.path.join(work, "state"),
+        "sources": {"ntp": [{"host": "127.0.0.1", "port": s.port} for s in servers], "http": []},
+        "timeout_s": 3,
+        "daemon": {"ntp_interval_s": 15},
+        "logging": {"format": "json", "level": "debug"},
+    }, f)
+log_path = os.path.join(work, "daemon.log")
+log = open(log_path, "w")
+started = time.monotonic()
+daemon = subprocess.Popen([sys.executable, "-m", "timeguard", "run", "--config", config],
+                          stdout=log, stderr=subprocess.STDOUT, cwd=__TIMEGUARD_REPO__)
+result = {}
+
+
+def finish(failure=None):
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+    result.update(failure=failure, daemon_rc=daemon.returncode, events=journal(lambda j: j.events(), []))
+    if failure:
+        with open(log_path) as f:
+            result["log_tail"] = f.read()[-4000:]
+    print("RESULT " + json.dumps(result, default=lambda e: e.to_dict()))
+    sys.exit(0)
+
+
+def journal(query, empty):
+    try:
+        with Journal(os.path.join(work, "state", "journal.sqlite"), readonly=True) as j:
+            return query(j)
+    except JournalError:  # not created (and migrated) yet
+        return empty
+
+
+def wait(what, probe, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        if daemon.poll() is not None:
+            finish(f"the daemon exited ({daemon.returncode}) while waiting for {what}")
+        time.sleep(0.05)
+    finish(f"timed out after {timeout_s} s waiting for {what}")
+
+
+wait("the daemon's first check", lambda: journal(lambda j: j.check_count(), 0) >= 1, 90)
+result["ready_s"] = time.monotonic() - started
+time.sleep(0.5)
+target = time.time() - 3600
+result["before_monotonic_s"] = time.monotonic()
+date = guest_only(subprocess.run, ["date", "-u", "-s", f"@{target:.6f}"], capture_output=True, text=True)  # guarded
+result["date"] = {"rc": date.returncode, "stdout": date.stdout.strip(), "stderr": date.stderr.strip(),
+                  "target": target}
+wait("the rollback event", lambda: journal(lambda j: j.events(kinds=[EventKind.ROLLBACK]), []), 15)
+time.sleep(1.5)  # a second or spurious event would be in the journal by now
+finish()
+"""
+
+
+def test_date_s_in_qemu_guest_is_one_rollback_in_the_daemon_journal(
+    qemu_guest: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    host_before = realprogs.host_realtime_minus_monotonic_s()
+    t0 = time.monotonic()
+    proc = qemu_guest(GUEST_DATE_S.replace("__TIMEGUARD_REPO__", repr(str(REPO))), 240)
+    run_s = time.monotonic() - t0
+    host_after = realprogs.host_realtime_minus_monotonic_s()
+    assert abs(host_after - host_before) < 1e-3, (host_before, host_after)  # the host clock was never touched
+
+    result_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and result_lines, f"guest failed (rc={proc.returncode}):\n{proc.stdout}{proc.stderr}"
+    result = json.loads(result_lines[-1].removeprefix("RESULT "))
+    assert result["failure"] is None, f"{result['failure']}\n{result.get('log_tail', '')}"
+    date = result["date"]
+    assert date["rc"] == 0, date  # coreutils' date really set the (guest) clock
+    events = result["events"]
+    steps = [e for e in events if e["kind"] in ("rollback", "forward_jump", "rollback_while_down")]
+    rollback = steps[0]
+    latency_s = rollback["monotonic_s"] - result["before_monotonic_s"]  # includes starting `date` under TCG
+    print(f"\nQEMU guest run {run_s:.1f} s (daemon ready after {result['ready_s']:.1f} s); `date -s` printed "
+          f"{date['stdout']!r}; the daemon recorded a rollback of {rollback['step_s']:+.3f} s, detected by "
+          f"{rollback['detail'].get('detected_by')}, {latency_s * 1e3:.0f} ms after `date` was started")
+
+    assert [e["kind"] for e in steps] == ["rollback"], steps  # exactly one step event, and it is a rollback
+    assert rollback["step_s"] == pytest.approx(-3600, abs=0.5)
+    assert rollback["wall_before_s"] - rollback["wall_time_s"] == pytest.approx(3600, abs=0.5)
+    assert rollback["wall_time_s"] == pytest.approx(date["target"], abs=1.0)
+    assert rollback["detail"]["detected_by"] == "timerfd"
+    assert 0 <= latency_s < 1.0
+    assert result["daemon_rc"] == 0  # and it stopped cleanly on SIGTERM

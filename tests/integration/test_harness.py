@@ -281,6 +281,17 @@ def test_qemu_guest_clock_step_fires_cancel_on_set_and_leaves_host_clock_alone(
     assert host_after - host_before == pytest.approx(0, abs=0.001)
 
 
+def test_qemu_guest_that_overruns_its_timeout_is_killed(
+    qemu_guest: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    """A hung guest costs its timeout, not the suite: QEMU is killed by the PID we started (no_leftovers checks)."""
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        qemu_guest("import time\ntime.sleep(600)\n", timeout_s=5)
+    assert time.monotonic() - started < 15
+    assert realprogs.started_pids()[-1].name == "qemu-system-x86_64"
+
+
 @pytest.mark.parametrize("token", ["0" * 32, "f00dfeed" * 4])
 def test_qemu_guest_script_refuses_to_run_outside_the_guest(tmp_path: Any, token: str) -> None:
     """Every guest script carries the guard; run one on the host (and without CAP_SYS_TIME, to be safe): it exits

@@ -988,11 +988,14 @@ GUEST_INIT_SOURCE = r"""/* PID 1 of the timeguard test guest (QEMU, TCG).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -1017,6 +1020,16 @@ static size_t slurp(const char *path, char *buf, size_t size) {
     close(fd);
     buf[n] = 0;
     return n;
+}
+
+static int loopback_up(void) { /* the guest's own lo: guest scripts may serve on 127.0.0.1 */
+    struct ifreq ifr;
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), ok;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    ok = s >= 0 && ioctl(s, SIOCGIFFLAGS, &ifr) == 0 && (ifr.ifr_flags |= IFF_UP, ioctl(s, SIOCSIFFLAGS, &ifr) == 0);
+    if (s >= 0) close(s);
+    return ok;
 }
 
 static char **split0(char *buf, size_t n) { /* "a\0b\0" -> {"a", "b", NULL} */
@@ -1062,6 +1075,7 @@ int main(void) {
         say("mount the guest's own /proc, /sys, /dev and /run");
         power_off(125);
     }
+    if (!loopback_up()) { say("bring lo up"); power_off(125); }
     char **argv = split0(argv_buf, slurp("/argv", argv_buf, sizeof argv_buf));
     char **envp = split0(env_buf, slurp("/env", env_buf, sizeof env_buf));
     if (argv == NULL || argv[0] == NULL || envp == NULL) { fprintf(stderr, "guest-init: no /argv\n"); power_off(125); }
@@ -1109,18 +1123,18 @@ def qemu_guest_script(script_text: str, token: str) -> str:
     """``script_text`` behind the guest guard (``from __future__`` lines stay first, as Python requires).
 
     The guard refuses at once unless ``/proc/cmdline`` carries ``timeguard.guest=<token>`` — true only in the
-    guest booted for this run — and defines ``guest_only(call, *args)``, which checks again and then calls
-    ``call(*args)``: every line of a guest script that sets a clock goes through it, so the guard shows there.
+    guest booted for this run — and defines ``guest_only(call, *args, **kwargs)``, which checks again and then
+    makes that call: every line of a guest script that sets a clock goes through it, so the guard shows there.
     """
     if not re.fullmatch(r"[0-9a-f]{16,64}", token):
         raise ValueError(f"guest token must be 16-64 lowercase hex digits, not {token!r}")
     guard = (
         "import sys as _tg_sys\n"
-        "def guest_only(call, *args):\n"
+        "def guest_only(call, *args, **kwargs):\n"
         "    with open('/proc/cmdline') as _tg_f:\n"
         f"        if {f'{GUEST_MARK}={token}'!r} not in _tg_f.read().split():\n"
         "            _tg_sys.exit('REFUSING: not inside the timeguard QEMU test guest (this script sets the clock)')\n"
-        "    return call(*args)\n"
+        "    return call(*args, **kwargs)\n"
         "guest_only(int)  # refuse at once outside the guest\n"
     )
     lines = script_text.splitlines(keepends=True)
@@ -1215,7 +1229,18 @@ def guest_kernel() -> Path:
 
     Fetched once per kernel ABI into guest_kernel_cache() (70 MB download, ~10 s; .ci/setup does it, a test that
     finds none does it too) and kept there (~75 MB); an older ABI's directory is removed when a newer one arrives.
+    Looked up once per test session (asking apt costs ~0.8 s).
     """
+    global _guest_kernel
+    if _guest_kernel is None or not (_guest_kernel / "kernel").is_file():
+        _guest_kernel = _find_or_fetch_guest_kernel()
+    return _guest_kernel
+
+
+_guest_kernel: Path | None = None
+
+
+def _find_or_fetch_guest_kernel() -> Path:
     cache = guest_kernel_cache()
     package = _current_kernel_package()
     if package is None:  # no apt (or no lists): whatever was fetched before
@@ -1290,10 +1315,10 @@ def qemu_run(
 
     The guest is Debian's kernel with a tiny initramfs (guest_init()): it sees the host's ``/`` read-only over 9p,
     with its own ``/proc``, ``/sys``, ``/dev``, and ``/run`` (tmpfs; ``$TMPDIR=/run/tmp``). Its kernel clock is its
-    own: ``clock_settime`` in there steps only the guest, TFD_TIMER_CANCEL_ON_SET really fires. QEMU runs without
-    CAP_SYS_TIME. ``returncode`` is the script's exit status (125 if the guest died before reporting one),
-    ``stdout`` the guest console, ``stderr`` QEMU's. Raises ``subprocess.TimeoutExpired`` after killing QEMU when
-    it runs longer than ``timeout_s``.
+    own: ``clock_settime`` in there steps only the guest, TFD_TIMER_CANCEL_ON_SET really fires. Its ``lo`` is up
+    (its own loopback; there is no other network device). QEMU runs without CAP_SYS_TIME. ``returncode`` is the
+    script's exit status (125 if the guest died before reporting one), ``stdout`` the guest console, ``stderr``
+    QEMU's. Raises ``subprocess.TimeoutExpired`` after killing QEMU when it runs longer than ``timeout_s``.
     """
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
