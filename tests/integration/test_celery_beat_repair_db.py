@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import secrets
+import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.support.dcb_schema import PREFIX, BeatDB, beat_database, server_problem
 from tests.support.require import need
@@ -405,3 +410,205 @@ def test_cli_database_errors_are_one_line_not_a_traceback(tmp_path: Path) -> Non
     proc = _cli("celery-beat", "--database-url", "postgresql+psycopg://u:pw@127.0.0.1:1/x", "--trust-local-clock",
                 config=config)
     assert proc.returncode == 1 and "cannot connect" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ values the engine cannot read (issue 9)
+
+# Per backend, every class of stored value the engine cannot read, as SQL literals: not a date, another type,
+# ±infinity, the end of the calendar (9999-12-31 23:59:59.999999 converts to year 10000), beyond it, before year 2.
+UNREADABLE = {
+    "sqlite": ["'not a date'", "'9999-12-31 23:59:59.999999'", "1790000000", "1790000000.5", "x'00ff'",
+               "'0001-01-01 00:00:00'", "''"],
+    "postgresql": ["'infinity'", "'-infinity'", "'9999-12-31 23:59:59.999999+00'", "'20000-01-01 00:00:00+00'",
+                   "'0001-01-01 00:00:00+00'"],
+    "mysql": ["'9999-12-31 23:59:59.999999'", "'0000-00-00 00:00:00'", "'0001-01-01 00:00:00'"],
+}
+
+
+def raw_text(db: BeatDB, column: str, table: str = "periodictask", key: str = "name") -> dict[Any, str | None]:
+    """Every row's ``column`` as the database itself shows it (no driver conversion, which may fail)."""
+    expr = {"sqlite": f"quote({column})", "postgresql": f"CAST({column} AS text)",
+            "mysql": f"CAST({column} AS CHAR)"}[db.backend]
+    return {r[0]: r[1] for r in db.sql(f"SELECT {key}, {expr} FROM {PREFIX}{table}")}
+
+
+def store(db: BeatDB, table: str, column: str, literal: str, where: str) -> None:
+    if db.backend == "mysql":  # MariaDB's strict mode refuses the zero date: an old or relaxed server stored it
+        with db.engine().begin() as conn:
+            conn.exec_driver_sql("SET SESSION sql_mode = ''")
+            conn.exec_driver_sql(f"UPDATE {PREFIX}{table} SET {column} = {literal} WHERE {where}")
+        return
+    db.sql(f"UPDATE {PREFIX}{table} SET {column} = {literal} WHERE {where}")
+
+
+def test_unreadable_values_are_reported_and_skipped_every_other_row_repaired(db: BeatDB, journal: Journal) -> None:
+    populate(db)
+    bad: dict[tuple[str, str], str] = {}
+    for i, literal in enumerate(UNREADABLE[db.backend]):
+        for column in ("last_run_at", "date_changed"):
+            name = f"bad-{column}-{i}"
+            # the other column is future: the row would be repaired if the engine did not skip it
+            db.add_task(name, last_run_at=FUTURE, date_changed=FUTURE)
+            store(db, "periodictask", column, literal, f"name = '{name}'")
+            bad[(name, column)] = literal
+    raw_before = {c: raw_text(db, c) for c in ("last_run_at", "date_changed")}
+    engine = repairer(db)
+
+    plan = engine.plan(NOW)
+    assert {(u.name, u.column) for u in plan.unreadable} == set(bad)
+    for u in plan.unreadable:
+        assert u.table == "periodictask" and "left as it is" in u.why and u.raw
+    assert not {c.name for c in plan.changes} & {name for name, _ in bad}
+    assert len(plan.changes) == 9  # populate()'s, as without the bad rows
+
+    outcome = engine.apply(lambda: NOW, journal=journal, incident_id="inc-u", sleep=lambda s: None)
+    assert outcome.clean and outcome.rows_changed() == {"last_run_at": 3, "date_changed": 5, "last_update": 1}
+    assert {(u["name"], u["column"]) for u in outcome.to_dict()["unreadable"]} == set(bad)
+    for column in ("last_run_at", "date_changed"):  # the skipped rows hold exactly what they held
+        after = raw_text(db, column)
+        assert {n: after[n] for n, _ in bad} == {n: raw_before[column][n] for n, _ in bad}
+    assert not {r["name"] for r in journal.repair_undo_records("inc-u")} & {name for name, _ in bad}
+    good = {n: r for n, r in db.sql(f"SELECT name, id FROM {PREFIX}periodictask") if not n.startswith("bad-")}
+    assert good
+    undone = engine.undo(journal, "inc-u", lambda: NOW + 5, sleep=lambda s: None)
+    assert len(undone.restored) == 8 and not undone.skipped
+
+
+def test_unreadable_report_columns_and_reload_signal(db: BeatDB, journal: Journal) -> None:
+    populate(db)
+    literal = UNREADABLE[db.backend][0]
+    store(db, "periodictask", "expires", literal, "name = 'expired-disabled'")
+    store(db, "clockedschedule", "clocked_time", UNREADABLE[db.backend][-1 if db.backend != "sqlite" else 2], "1 = 1")
+    store(db, "periodictasks", "last_update", literal, "ident = 1")
+    plan = repairer(db).plan(NOW)
+    by_column = {u.column: u for u in plan.unreadable}
+    assert set(by_column) >= {"expires", "last_update"}
+    assert "only read for the report" in by_column["expires"].why
+    assert "replaced by the reload signal" in by_column["last_update"].why
+    assert ("(reload signal)", "last_update") in {(c.name, c.column) for c in plan.changes}
+    assert {r.name for r in plan.report} <= {"clocked-fired-early", "expired-disabled"}
+    outcome = repairer(db).apply(lambda: NOW, journal=journal, incident_id="inc-r", sleep=lambda s: None)
+    assert outcome.clean
+    assert db.last_update() == NOW + 1  # phase B replaced the unreadable reload signal: a running beat reads it
+    assert db.tasks()["interval-future"]["last_run_at"] == NOW
+
+
+@pytest.fixture(scope="module")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    with beat_database("sqlite", tmp_path_factory.mktemp("template")) as database:
+        yield database
+
+
+SQLITE_UNREADABLE = st.one_of(
+    st.integers(min_value=-2**63, max_value=2**63 - 1).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr).filter(lambda t: "e" not in t or "." in t),
+    st.binary(min_size=1, max_size=8).map(lambda b: f"x'{b.hex()}'"),
+    st.text(alphabet="abcxyz -:.T0123456789", min_size=1, max_size=30)
+    .filter(lambda t: not _iso(t)).map(lambda t: f"'{t}'"),
+    st.datetimes(min_value=dt.datetime(9999, 1, 1)).map(lambda d: f"'{d}'"),  # noqa: DTZ001 - naive, as Django
+    st.datetimes(max_value=dt.datetime(1, 12, 31, 23, 59, 59)).map(lambda d: f"'{d}'"),  # noqa: DTZ001
+)
+
+
+def _iso(text: str) -> bool:
+    try:
+        dt.datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(literal=SQLITE_UNREADABLE, column=st.sampled_from(["last_run_at", "date_changed"]))
+def test_any_unreadable_sqlite_value_is_skipped_alone(sqlite_template: BeatDB, tmp_path: Path, literal: str,
+                                                      column: str) -> None:
+    path = tmp_path / f"{secrets.token_hex(4)}.sqlite3"
+    shutil.copyfile(Path(sqlite_template.django["NAME"]), path)
+    db = BeatDB("sqlite", f"sqlite:///{path}", {**sqlite_template.django, "NAME": str(path)})
+    db.sql(f"DELETE FROM {PREFIX}periodictask")
+    db.add_task("good", last_run_at=FUTURE, date_changed=FUTURE)
+    db.add_task("bad", last_run_at=FUTURE, date_changed=FUTURE)
+    store(db, "periodictask", column, literal, "name = 'bad'")
+    before = raw_text(db, column)["bad"]
+    engine = repairer(db)
+    plan = engine.plan(NOW)
+    assert [(u.name, u.column) for u in plan.unreadable] == [("bad", column)]
+    outcome = engine.apply(lambda: NOW, journal=None, incident_id="inc", sleep=lambda s: None)
+    assert outcome.clean and outcome.rows_changed()["last_run_at"] == 1
+    assert raw_text(db, column)["bad"] == before
+    [(good,)] = db.sql(f"SELECT last_run_at FROM {PREFIX}periodictask WHERE name = 'good'")
+    assert db.epoch(good) == NOW
+    path.unlink()
+
+
+# ------------------------------------------------------------------------ files, drivers, passwords (issue 9)
+
+def test_dry_run_and_audit_never_create_a_sqlite_file(tmp_path: Path) -> None:
+    config = tmp_path / "timeguard.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    for missing in (tmp_path / "missing.sqlite3", tmp_path / "no-dir" / "beat.sqlite3"):
+        proc = _cli("celery-beat", "--database-url", f"sqlite:///{missing}", "--dry-run", "--trust-local-clock",
+                    config=config)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert f"no such database: {missing} does not exist" in proc.stderr
+        assert not missing.exists() and not missing.with_name(missing.name + "-journal").exists()
+        with pytest.raises(RepairError, match="no such database"):
+            CeleryBeatRepair(f"sqlite:///{missing}").apply(lambda: NOW, journal=None, incident_id="i",
+                                                         sleep=lambda s: None)
+        assert not missing.exists()
+
+
+def test_dry_run_opens_sqlite_read_only(sqlite_db: BeatDB) -> None:
+    populate(sqlite_db)
+    engine = repairer(sqlite_db)
+    with engine._transaction("probe", read_only=True) as conn, pytest.raises(Exception, match="readonly"):
+        conn.exec_driver_sql(f"UPDATE {PREFIX}periodictasks SET ident = ident")
+    assert len(engine.plan(NOW).changes) == 9
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_urls_without_a_driver_reach_the_database(backend: str, tmp_path: Path) -> None:
+    problem = server_problem(backend)
+    need(problem is None, problem or "")
+    with beat_database(backend, tmp_path) as database:
+        populate(database)
+        tail = database.url.split("://", 1)[1]
+        for scheme in (("postgres", "postgresql") if backend == "postgresql" else ("mysql", "mariadb")):
+            plan = CeleryBeatRepair(f"{scheme}://{tail}").plan(NOW)
+            assert len(plan.changes) == 9, scheme
+
+
+def test_a_query_string_password_is_never_stored_or_printed(tmp_path: Path) -> None:
+    import json
+
+    problem = server_problem("postgresql")
+    need(problem is None, problem or "")  # trust authentication: the password is sent and ignored
+    secret = "hunter2-Query-Secret"
+    config = tmp_path / "timeguard.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    with beat_database("postgresql", tmp_path) as database:
+        real_now = time.time()
+        database.add_task("future", last_run_at=real_now + 90 * DAY, date_changed=real_now + 90 * DAY)
+        url = f"{database.url}?password={secret}&application_name=tg"
+        outputs = []
+        for extra in (["--dry-run", "--json"], ["--dry-run"], ["--json", "--beat-max-interval-s", "0"]):
+            proc = _cli("celery-beat", "--database-url", url, "--trust-local-clock", *extra, config=config)
+            assert proc.returncode == 0, proc.stderr
+            outputs.append(proc.stdout + proc.stderr)
+        result = json.loads(proc.stdout)
+        assert "password=***" in result["database"] and "application_name=tg" in result["database"]
+        undo = _cli("undo", result["incident_id"], "--database-url", url, "--beat-max-interval-s", "0",
+                    config=config)
+        assert undo.returncode == 0, undo.stderr
+        outputs.append(undo.stdout + undo.stderr)
+        wrong = _cli("undo", result["incident_id"], "--database-url", f"{database.url}x?password={secret}",
+                     config=config)
+        assert wrong.returncode == 1 and "password=***" in wrong.stderr
+        outputs.append(wrong.stdout + wrong.stderr)
+    for text in outputs:
+        assert secret not in text
+    journal_bytes = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir() if p.is_file())
+    assert secret.encode() not in journal_bytes
+    with Journal(tmp_path / "state" / "journal.sqlite") as j:
+        fingerprints = {r["fingerprint"] for r in j.repair_undo_records(result["incident_id"])}
+    assert fingerprints and all("password=***" in f for f in fingerprints)
