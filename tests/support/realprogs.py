@@ -1190,7 +1190,8 @@ def _unpacked_kernel(bzimage: bytes, config: str) -> bytes:
 
 def _fetch_kernel(package: str, dest: Path) -> None:
     """``apt-get download`` + ``dpkg-deb --fsys-tarfile`` of ``package`` into ``dest``: ``kernel`` and
-    ``modules/<name>.ko`` for GUEST_MODULES. Nothing is installed: no /boot, no bootloader, no package script."""
+    ``modules/<name>.ko`` for each of GUEST_MODULES the kernel does not have built in. Nothing is installed: no
+    /boot, no bootloader, no package script."""
     apt_get, dpkg_deb = shutil.which("apt-get"), shutil.which("dpkg-deb")
     if apt_get is None or dpkg_deb is None:
         raise FileNotFoundError("apt-get and dpkg-deb are needed to fetch Debian's kernel for the QEMU guest")
@@ -1200,25 +1201,31 @@ def _fetch_kernel(package: str, dest: Path) -> None:
         raise RuntimeError(f"apt-get download {package} failed (apt-get update first?): {download.stderr.strip()}")
     wanted = {module: Path(module).name for module in GUEST_MODULES}
     (dest / "modules").mkdir()
-    bzimage, config = b"", ""
+    bzimage, config, builtin = b"", "", ""
     module_path = re.compile(r"(?:usr/)?lib/modules/[^/]+/kernel/(.+)\.ko(\.xz)?")
+    builtin_path = re.compile(r"(?:usr/)?lib/modules/[^/]+/modules\.builtin")
     with subprocess.Popen([dpkg_deb, "--fsys-tarfile", str(debs[0])], stdout=subprocess.PIPE) as unpack:
         assert unpack.stdout is not None
         with tarfile.open(fileobj=unpack.stdout, mode="r|") as tar:
             for member in tar:
                 name = member.name.removeprefix("./")
                 module = module_path.fullmatch(name)
-                if not member.isfile() or not (name.startswith("boot/") or (module and module[1] in wanted)):
+                keep = name.startswith("boot/") or (module and module[1] in wanted) or builtin_path.fullmatch(name)
+                if not member.isfile() or not keep:
                     continue
                 data = tar.extractfile(member).read()  # type: ignore[union-attr]
                 if name.startswith("boot/vmlinuz-"):
                     bzimage = data
                 elif name.startswith("boot/config-"):
                     config = data.decode(errors="replace")
+                elif builtin_path.fullmatch(name):
+                    builtin = data.decode(errors="replace")
                 elif module:
                     ko = lzma.decompress(data) if module[2] else data
                     (dest / "modules" / f"{wanted.pop(module[1])}.ko").write_bytes(ko)
     debs[0].unlink()
+    for line in builtin.splitlines():  # "kernel/fs/9p/9p.ko": compiled in, nothing to load
+        wanted.pop(line.removeprefix("kernel/").removesuffix(".ko"), None)
     if unpack.returncode != 0 or not bzimage or wanted:
         raise RuntimeError(f"{package}: no vmlinuz, or missing modules {sorted(wanted)} (dpkg-deb {unpack.returncode})")
     (dest / "kernel").write_bytes(_unpacked_kernel(bzimage, config))
@@ -1291,7 +1298,7 @@ def _guest_initramfs(kernel_dir: Path, init: Path, token: str, argv: Sequence[st
     def nul_list(items: Sequence[str]) -> bytes:
         return b"".join(item.encode() + b"\0" for item in items)
 
-    names = [Path(m).name for m in GUEST_MODULES]
+    names = [n for m in GUEST_MODULES if (kernel_dir / "modules" / f"{(n := Path(m).name)}.ko").is_file()]
     entries = [(d, stat.S_IFDIR | 0o755, b"", (0, 0)) for d in ("dev", "proc", "host", "modules")]
     entries += [
         ("dev/console", stat.S_IFCHR | 0o600, b"", (5, 1)),
