@@ -312,9 +312,9 @@ Lines = dict[str, int]
 #: A configuration nests a handful of levels (hooks[0].headers.X.env); aliases may repeat a block a few times.
 #: Beyond these the file is refused while it is being composed — before anything is expanded — so a 300-byte
 #: alias bomb ("billion laughs") or 10,000 nested ``[`` cost milliseconds, not minutes, gigabytes or a
-#: RecursionError.
+#: RecursionError. (What is written out costs in proportion to the file's size, so only aliases are budgeted.)
 MAX_DEPTH = 32
-MAX_EXPANDED_VALUES = 10_000
+MAX_ALIAS_VALUES = 10_000  # values that aliases add to the document, all aliases together
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -331,7 +331,7 @@ class _BoundedLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0  # nesting of the node being composed
-        self._expanded = 0  # values in the document so far, aliases expanded
+        self._aliased = 0  # values the aliases so far add to the document (each: the size of what it names)
         self._shape: dict[int, tuple[int, int]] = {}  # id(node) -> (values, height) once the node is complete
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
@@ -343,9 +343,9 @@ class _BoundedLoader(yaml.SafeLoader):
                 raise _Refused(None, None, f"alias *{event.anchor} refers to a value that contains it "
                                "(a recursive alias): refused", event.start_mark)
             values, height = shape
-            self._expanded += values
-            if self._expanded > MAX_EXPANDED_VALUES:
-                raise _Refused(None, None, f"aliases expand the file to more than {MAX_EXPANDED_VALUES:,} values "
+            self._aliased += values
+            if self._aliased > MAX_ALIAS_VALUES:
+                raise _Refused(None, None, f"aliases add more than {MAX_ALIAS_VALUES:,} values to the file "
                                f"(*{event.anchor} adds {values:,}; a YAML alias bomb?): refused", event.start_mark)
             if self._depth + height > MAX_DEPTH:
                 raise _Refused(None, None, f"alias *{event.anchor} nests values more than {MAX_DEPTH} levels deep: "
@@ -355,9 +355,6 @@ class _BoundedLoader(yaml.SafeLoader):
         if self._depth > MAX_DEPTH:
             raise _Refused(None, None, f"values nested more than {MAX_DEPTH} levels deep: refused",
                            event.start_mark)
-        self._expanded += 1
-        if self._expanded > MAX_EXPANDED_VALUES:
-            raise _Refused(None, None, f"more than {MAX_EXPANDED_VALUES:,} values: refused", event.start_mark)
         node = super().compose_node(parent, index)
         self._depth -= 1
         children: list[yaml.Node] = []
