@@ -24,7 +24,10 @@ TRUST_LOCAL_WARNING = (
 
 
 def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
-    repair = sub.add_parser("repair", help="repair application state a wrong clock left behind (celery beat)")
+    repair = sub.add_parser("repair", help="repair application state a wrong clock left behind (celery beat)",
+                            description="Repair what a wrong clock left behind in an application: today the "
+                            "schedule of django-celery-beat (timestamps in the future that keep beat from sending "
+                            "tasks), and undo such a repair.")
     # Plain argparse parsers: a usage error here exits 2, as for any command-line tool (not Nagios 3).
     repair_sub = repair.add_subparsers(dest="repair_command", required=True, parser_class=argparse.ArgumentParser)
 
