@@ -942,11 +942,12 @@ class PythonDateServer:
 # --------------------------------------------------------------------------------------------------------
 #
 # Why QEMU in TCG mode and not User-Mode-Linux: UML runs each guest process as a host process under ptrace and
-# loads its FPU/extended state into the host CPU with PTRACE_SETREGSET, sized and laid out for the host's XSAVE
-# features; on an AVX-512 Xeon with kernel 6.18, Debian 12's UML dies at boot ("userspace - ptrace set fp regs
-# failed, errno = 14"). TCG translates every guest instruction in software and keeps the guest CPU's registers
-# and XSAVE area in QEMU's own memory, for the fixed model QEMU_CPU: the host's extended state is never the
-# guest's, and /dev/kvm is not used. Same kernel, same CPU, same boot on every x86-64 host.
+# moves its FPU/extended state in and out of the host CPU through ptrace calls whose buffer depends on the host
+# CPU's XSAVE features and the host kernel; on an AVX-512 Xeon with kernel 6.18, Debian 12's UML dies at boot
+# ("userspace - ptrace set fp regs failed, errno = 14", EFAULT). TCG translates every guest instruction in software
+# and keeps the guest CPU's registers and XSAVE area in QEMU's own memory, for the fixed model QEMU_CPU: the host's
+# extended state is never the guest's, and /dev/kvm is not used. Same kernel, same CPU, same boot on every x86-64
+# host.
 
 #: A fixed CPU model, identical on every host: qemu64 is the x86-64 baseline (SSE2/SSE3, no AVX, so no XSAVE
 #: feature of the host matters); RDRAND (emulated by TCG from QEMU's own random source) seeds the guest's CRNG at
