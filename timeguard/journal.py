@@ -207,14 +207,19 @@ class JournalUnusable(JournalError):
     configuration matter, restarting cannot fix it."""
 
 
+#: What reading a damaged file can raise: sqlite3 decodes SQLite's texts (its error messages too, which quote the
+#: damaged schema) as UTF-8, and garbage there comes out as UnicodeDecodeError, not as a sqlite3 error.
+_SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
+
+
 def sqlite_code(exc: BaseException) -> int | None:
     """SQLite's primary result code of ``exc`` (None when it carries none)."""
     code = getattr(exc, "sqlite_errorcode", None)
     return None if code is None else int(code) & 0xFF
 
 
-def _as_journal_error(path: Path, exc: sqlite3.Error, doing: str, wait_s: float) -> JournalError:
-    code = sqlite_code(exc)
+def _as_journal_error(path: Path, exc: sqlite3.Error | UnicodeDecodeError, doing: str, wait_s: float) -> JournalError:
+    code = sqlite3.SQLITE_CORRUPT if isinstance(exc, UnicodeDecodeError) else sqlite_code(exc)
     if code in _LOCKED:
         return JournalLocked(
             f"{path}: {doing}: still locked by another process after {wait_s:g} s ({exc}); the journal is left as "
@@ -326,7 +331,7 @@ class Journal:
             self._check_usable()
             try:
                 self._db = sqlite3.connect(self.path, timeout=wait_s, check_same_thread=False, isolation_level=None)
-            except sqlite3.Error as exc:
+            except _SQLITE_ERRORS as exc:
                 raise _as_journal_error(self.path, exc, "cannot open the journal", wait_s) from exc
         try:
             if readonly:
@@ -337,7 +342,7 @@ class Journal:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
             self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
             self._db.close()
             raise _as_journal_error(self.path, exc, "cannot open the journal", wait_s) from exc
         except JournalError:
@@ -393,7 +398,7 @@ class Journal:
         try:
             return sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=LOCK_WAIT_S, check_same_thread=False,
                                    isolation_level=None)
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
             raise _as_journal_error(self.path, exc, "cannot open the journal", LOCK_WAIT_S) from exc
 
     def _check_schema_readable(self) -> None:
@@ -451,7 +456,7 @@ class Journal:
         try:
             with self._transaction() as db:
                 yield db
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
             raise _as_journal_error(self.path, exc, "write failed", LOCK_WAIT_S) from exc
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> None:
@@ -464,7 +469,7 @@ class Journal:
                 cursor = self._db.execute(sql, tuple(params))
                 cursor.row_factory = sqlite3.Row
                 return cursor.fetchall()
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
             raise _as_journal_error(self.path, exc, "read failed", LOCK_WAIT_S) from exc
 
     # -------------------------------------------------------------------------------------------- events
@@ -540,12 +545,17 @@ class Journal:
             first = self._read(f"SELECT seq FROM events{cond} ORDER BY seq DESC LIMIT 1 OFFSET ?",  # noqa: S608
                                [*params, int(limit) - 1])
             after = first[0][0] - 1 if first else 0
-        sql = ("SELECT seq, body FROM events WHERE " + " AND ".join(["seq > ?", *where])  # noqa: S608 — bound values
-               + " ORDER BY seq LIMIT ?")
+        # As bytes: a row whose text is not UTF-8 (damage quick_check cannot see) is named, not a bare sqlite error.
+        sql = ("SELECT seq, CAST(body AS BLOB) FROM events WHERE "  # noqa: S608 — bound values
+               + " AND ".join(["seq > ?", *where]) + " ORDER BY seq LIMIT ?")
         while True:
             rows = self._read(sql, [after, *params, READ_BATCH])
-            for row in rows:
-                yield row[1]
+            for seq, body in rows:
+                try:
+                    yield body.decode()
+                except UnicodeDecodeError as exc:
+                    raise JournalError(f"{self.path}: event row {seq} is unreadable (not UTF-8 text at byte "
+                                       f"{exc.start}: the file is damaged)") from exc
             if len(rows) < READ_BATCH:
                 return
             after = rows[-1][0]
@@ -662,10 +672,11 @@ class Journal:
         try:
             with self._lock:
                 rows = self._db.execute(f"PRAGMA quick_check({int(limit)})").fetchall()
-        except sqlite3.DatabaseError as exc:
-            if sqlite_code(exc) not in _CORRUPT:
-                raise _as_journal_error(self.path, exc, "integrity check failed", LOCK_WAIT_S) from exc
-            return [str(exc)]
+        except _SQLITE_ERRORS as exc:
+            error = _as_journal_error(self.path, exc, "integrity check failed", LOCK_WAIT_S)
+            if not isinstance(error, JournalCorrupt):
+                raise error from exc
+            return [f"text that is not UTF-8 ({exc.reason})" if isinstance(exc, UnicodeDecodeError) else str(exc)]
         return [r[0] for r in rows if r[0] != "ok"]
 
     def health(self) -> dict[str, Any]:
@@ -976,7 +987,7 @@ class Journal:
         try:
             mine = [r[1] for r in self._db.execute(f"PRAGMA table_info({table})")]
             theirs = {r[1] for r in old.execute(f"PRAGMA table_info({table})")}
-        except sqlite3.Error:
+        except _SQLITE_ERRORS:
             return 0, 0
         columns = [c for c in mine if c in theirs]
         if not columns:
@@ -987,18 +998,18 @@ class Journal:
                   f"VALUES ({', '.join('?' for _ in columns)})")
         try:
             (top,) = old.execute(f"SELECT MAX(rowid) FROM {table}").fetchone()  # noqa: S608
-        except sqlite3.Error:
+        except _SQLITE_ERRORS:
             top = None
         copied = lost = misses = 0
         after = 0  # rowids of these tables start at 1
         while top is None or after < top:
             try:
                 rows = old.execute(f"{select} WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, batch)).fetchall()
-            except sqlite3.DatabaseError:
+            except _SQLITE_ERRORS:
                 after += 1  # step over the damaged region one rowid at a time
                 try:
                     rows = old.execute(f"{select} WHERE rowid = ?", (after,)).fetchall()
-                except sqlite3.DatabaseError:
+                except _SQLITE_ERRORS:
                     lost += 1
                     misses += 1
                     if top is None and misses > 1000:  # the table's root is gone: how many rows it held is unknown
@@ -1009,9 +1020,19 @@ class Journal:
                     continue
             if not rows:
                 break
-            with self._writing() as db:
-                db.executemany(insert, [tuple(r[1:]) for r in rows])
-            copied += len(rows)
+            values = [tuple(r[1:]) for r in rows]
+            try:
+                with self._writing() as db:
+                    db.executemany(insert, values)
+                copied += len(rows)
+            except JournalError:  # a row the damage left breaking a constraint (a NULL, a bad state): skip it alone
+                for one in values:
+                    try:
+                        with self._writing() as db:
+                            db.execute(insert, one)
+                        copied += 1
+                    except JournalError:
+                        lost += 1
             after = rows[-1][0]
         return copied, lost
 
@@ -1096,7 +1117,9 @@ def open_for_daemon(state_dir: Path | str) -> tuple[Journal, dict[str, Any] | No
     try:
         journal = Journal(path, lock_wait_s=OPEN_LOCK_WAIT_S)
     except JournalCorrupt as exc:
-        reason = str(exc.__cause__ or exc)
+        cause = exc.__cause__
+        reason = (f"text that is not UTF-8 ({cause.reason})" if isinstance(cause, UnicodeDecodeError)
+                  else str(cause or exc))
     else:
         problems = journal.integrity_problems()
         if not problems:
@@ -1122,7 +1145,7 @@ def salvage(path: Path, reason: str) -> tuple[Journal, dict[str, Any]]:
                               "copied": {}, "lost": {}}
     try:
         old = _open_damaged(aside)
-    except sqlite3.Error as exc:
+    except _SQLITE_ERRORS as exc:
         report["lost"]["*"] = f"nothing readable: {exc}"
     else:
         try:
@@ -1143,12 +1166,12 @@ def _open_damaged(path: Path) -> sqlite3.Connection:
     for flags in ("mode=ro", "immutable=1"):
         try:
             db = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True, timeout=1, isolation_level=None)
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
             last = exc
             continue
         try:
             db.execute("SELECT name FROM sqlite_master").fetchall()
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
             db.close()
             last = exc
             continue

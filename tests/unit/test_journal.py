@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -402,6 +403,14 @@ def test_streamed_events_are_the_events_in_batches_of_any_size(tmp_path_factory,
         assert list(j.iter_event_dicts(**filters)) == [e.to_dict() for e in chosen]
 
 
+def test_an_event_row_that_is_not_utf8_is_named(journal):
+    journal.record_event(ev(id="good"))
+    journal._write("INSERT INTO events (id, incident_id, kind, wall_time_s, monotonic_s, boot_id, body) "
+                   "VALUES ('bad', 'i', 'rollback', 1, 1, 'b', CAST(X'7B22FF' AS TEXT))")
+    with pytest.raises(JournalError, match=r"event row 2 is unreadable \(not UTF-8 text at byte 2"):
+        list(journal.iter_event_dicts())
+
+
 def test_event_dicts_of_an_older_row_shape_go_through_the_event(journal):
     """A stored body without some field (written by an older timeguard) still gives the full hook schema."""
     body = ev(id="old").to_dict()
@@ -410,3 +419,36 @@ def test_event_dicts_of_an_older_row_shape_go_through_the_event(journal):
                    "VALUES ('old', 'i', 'rollback', 1, 1, 'b', ?)", (__import__("json").dumps(body),))
     (got,) = journal.iter_event_dicts()
     assert got == Event.from_dict(body).to_dict() and list(got)[:2] == ["kind", "incident_id"]
+
+
+@pytest.fixture(scope="module")
+def rich_journal_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rich") / jmod.FILENAME
+    _rich_journal(path, events=300)
+    return path
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.floats(0, 1), garbage=st.binary(min_size=1, max_size=4096))
+def test_damage_anywhere_never_stops_the_daemon_nor_loses_the_evidence(tmp_path_factory, rich_journal_file, where,
+                                                                       garbage):
+    """Property: garbage anywhere in the file. open_for_daemon always gives a journal that passes quick_check (it
+    never raises: detection must start); a file it moved aside is kept byte for byte; the events it kept that were
+    in the original are in their original order."""
+    original = rich_journal_file.read_bytes()
+    with Journal(rich_journal_file, readonly=True) as j:
+        ids = [row[0] for row in j._read("SELECT id FROM events ORDER BY seq")]
+    state = tmp_path_factory.mktemp("any")
+    data = bytearray(original)
+    start = min(int(where * len(data)), len(data) - 1)
+    data[start:start + len(garbage)] = garbage[: len(data) - start]
+    (state / jmod.FILENAME).write_bytes(bytes(data))
+    journal, damage = open_for_daemon(state)
+    with journal:
+        assert journal.integrity_problems() == []
+        stored = [row[0].decode(errors="replace") for row in journal._read(
+            "SELECT CAST(id AS BLOB) FROM events ORDER BY seq")]
+        known = [i for i in stored if i in set(ids)]
+        assert known == [i for i in ids if i in set(known)]
+    if damage is not None:
+        assert (state / Path(damage["moved_to"]).name).read_bytes() == bytes(data)
