@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -33,6 +34,7 @@ from tests.support.daemon import (
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import scratch_dir
+from timeguard import logs
 from timeguard.events import EventKind
 
 DAYS_180 = 180 * 86400
@@ -200,6 +202,32 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_usr_signals_do_not_ki
         os.kill(proc.pid, signal.SIGUSR2)
         wait_for("signal_ignored", lambda: log_event(log, "signal_ignored"), 5, proc)
         assert proc.alive()
+
+
+def test_log_lines_carry_journald_priorities_when_stderr_is_the_journal(sources):
+    """Under systemd with ``StandardError=journal``, ``$JOURNAL_STREAM`` names stderr's device:inode; every line
+    then starts with its sd-daemon priority, so ``journalctl -p warning`` finds the warnings and errors."""
+    directory = scratch_dir("daemon")
+    config = write_config(directory, sources)
+    good = config.read_text()
+    log = directory / "daemon.log"
+    log.touch()
+    st = log.stat()
+    env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    with start(config, None, log, env=env) as proc:
+        wait_for("the first check", lambda: log_event(log, "checked"), 15, proc)
+        config.write_text(good.replace(str(directory / "state"), str(directory / "elsewhere")))
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for("reloaded", lambda: log_event(log, "reloaded"), 15, proc)
+        config.write_text(good + "\nthresholds: {warning_s: oops}\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for("reload_refused", lambda: log_event(log, "reload_refused"), 15, proc)
+    lines = log.read_text().splitlines()
+    assert lines and all(re.match(r"<[3467]>\{", line) for line in lines), lines
+    priority = {json.loads(line[3:])["event"]: int(line[1]) for line in reversed(lines)}
+    assert priority["checked"] == 6 and priority["state_dir_change_needs_restart"] == 4
+    assert priority["reload_refused"] == 3 and priority["stopped"] == 6
+    assert all(int(line[1]) == logs.PRIORITIES[json.loads(line[3:])["level"]] for line in lines)
 
 
 def test_sd_notify_ready_status_watchdog_stopping(sources):

@@ -7,6 +7,7 @@ fake_http.running) run in the test process on loopback at real time; the daemon 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -90,9 +91,10 @@ def ntp_requests(sources: dict[str, Any]) -> int:
 
 
 def log_event(log: Path, name: str) -> dict[str, Any] | None:
+    """The first log entry ``name`` (a journald priority prefix ``<N>`` skipped), or None."""
     for line in log.read_text(errors="replace").splitlines():
         try:
-            entry = json.loads(line)
+            entry = json.loads(re.sub(r"\A<[0-7]>", "", line))
         except ValueError:
             continue
         if entry.get("event") == name:
