@@ -647,7 +647,10 @@ class Journal:
             return None
         row = list(rows[0])
         row[9] = None if row[9] is None else bool(row[9])
-        row[11] = json.loads(row[11])
+        try:
+            row[11] = json.loads(row[11])
+        except ValueError as exc:
+            raise JournalCorrupt(f"{self.path}: the last check row is unreadable ({exc})") from exc
         return CheckRecord(*row)
 
     def check_count(self) -> int:
@@ -664,7 +667,10 @@ class Journal:
             )
 
     def meta(self) -> dict[str, Any]:
-        return {row["key"]: json.loads(row["value"]) for row in self._read("SELECT key, value FROM meta")}
+        try:
+            return {row["key"]: json.loads(row["value"]) for row in self._read("SELECT key, value FROM meta")}
+        except ValueError as exc:
+            raise JournalCorrupt(f"{self.path}: a meta row is unreadable ({exc})") from exc
 
     def integrity_problems(self, limit: int = 10) -> list[str]:
         """``PRAGMA quick_check``'s findings, at most ``limit`` (empty: the file is sound); a damage that stops the

@@ -160,3 +160,21 @@ def test_events_json_streams_the_hook_schema(tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out) == expected[-5:]
     assert cli.main(["events", "--config", str(path), "--limit", "0"]) == 0
     assert capsys.readouterr().out == "no events\n"
+
+
+@pytest.mark.parametrize("table", ["meta", "checks", "events"])
+def test_status_shows_the_rest_when_one_part_is_unreadable(tmp_path, capsys, table):
+    """A row whose JSON is garbage (damage SQLite cannot see) spoils that part of status only, named."""
+    from timeguard.journal import CheckRecord
+
+    path = _write_config(tmp_path)
+    with Journal.in_state_dir(tmp_path) as j:
+        _events(j, 3)
+        j.raise_floor(5e9, "b", 1.0)
+        j.set_meta({"version": "x"})
+        j.record_check(CheckRecord(1.0, 1.0, "b", "OK", 0.0, 0.0, 0.0, 3, 3, True, "fine", []))
+        column = {"meta": "value", "checks": "sources", "events": "body"}[table]
+        j._write(f"UPDATE {table} SET {column} = '{{not json'")  # noqa: S608
+    assert cli.main(["status", "--config", str(path)]) == 3
+    out, err = capsys.readouterr()
+    assert "PROBLEMS: " in out and "unreadable" in out and "Floor: " in out and "Traceback" not in err
