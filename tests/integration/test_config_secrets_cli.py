@@ -234,3 +234,37 @@ def test_an_inline_webhook_signing_secret_is_still_refused(inline):
     Path(inline).write_text(yaml.safe_dump(text))
     proc = timeguard("config", "validate", "--config", str(inline))
     assert proc.returncode == 1 and "inline secrets are refused" in proc.stderr and SECRET not in proc.stderr
+
+
+def test_the_daemon_warns_about_inline_secrets_and_never_logs_or_journals_them(ntp):
+    from tests.support.daemon import hook_runs, log_event, start, wait_for, write_config
+
+    silent = FakeNTPServer()
+    silent.blackhole = True  # no answer: the first round ends in sources_unavailable, which the hooks want
+    try:
+        directory = scratch_dir("secrets-daemon")
+        config = write_config(directory, {"ntp": [silent]}, consensus={"min_sources": 1})
+        cfg = yaml.safe_load(config.read_text())
+        cfg["hooks"] = [
+            {"type": "command", "name": "migrate", "on": ["sources_unavailable"], "env": {"DB_PASSWORD": "hunter2-env"},
+             "command": ["/bin/true", "postgresql://app:hunter2-argv@db/app"]},
+            {"type": "slack", "name": "chat", "on": ["sources_unavailable"], "allow_plain_http": True,
+             "webhook_url": "http://127.0.0.1:9/services/T0/B0/XXXXSLACKSECRET"},  # refused: a delivery error
+        ]
+        config.write_text(yaml.safe_dump(cfg))
+        log = directory / "daemon.log"
+        with start(config, None, log) as proc:
+            runs = wait_for("the command hook's run", lambda: hook_runs(config, "migrate"), 20, proc)
+            wait_for("the Slack run", lambda: hook_runs(config, "chat"), 10, proc)
+            wait_for("a warning logged", lambda: log_event(log, "config_warning"), 5, proc)
+        assert runs[0].details["argv"] == ["/bin/true", "postgresql://app:***@db/app"]
+        assert "hunter2" not in runs[0].summary
+        stored = b"".join(p.read_bytes() for p in (directory / "state").iterdir() if p.is_file())
+        logged = log.read_text()
+        for secret in ("hunter2-env", "hunter2-argv", "XXXXSLACKSECRET"):
+            assert secret.encode() not in stored and secret not in logged, secret
+        warned = [json.loads(line[line.index("{"):]) for line in logged.splitlines() if "config_warning" in line]
+        assert {re.search(r": (hooks\S+): ", w["warning"])[1] for w in warned} == {
+            "hooks[0].env.DB_PASSWORD", "hooks[0].command[1]", "hooks[1].webhook_url"}
+    finally:
+        silent.close()
