@@ -236,6 +236,8 @@ class Agent:
     def run(self) -> int:
         self._install_signals()  # first: a SIGHUP's default action during start-up would kill the daemon
         self.journal = open_journal(self.cfg.state_dir, self.log)
+        if self.journal.salvaged is not None:
+            self.journal_errors += 1  # timeguard_journal_errors: a damaged journal was found and salvaged
         self._start_hooks()
         reading = self._reader()
         self._check_while_down(reading)

@@ -323,6 +323,7 @@ class Journal:
         this user cannot use, :class:`JournalError` for anything else."""
         self.path = Path(path)
         self.readonly = readonly
+        self.salvaged: dict[str, Any] | None = None  # set by salvage(): what was found and copied
         self._lock = threading.RLock()
         wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
         if readonly:
@@ -1163,6 +1164,7 @@ def salvage(path: Path, reason: str) -> tuple[Journal, dict[str, Any]]:
         finally:
             old.close()
     journal.set_meta({"journal_damage": report})
+    journal.salvaged = report
     return journal, report
 
 

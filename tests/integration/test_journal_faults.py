@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -224,6 +225,9 @@ def test_run_salvages_a_damaged_page_alerts_and_keeps_detecting(sources):
         found = wait_for("rollback_while_down", lambda: events(config, EventKind.ROLLBACK_WHILE_DOWN), 10, proc)
         status = _timeguard(["status", "--config", str(config), "--events", "0"])
         assert proc.alive()
+        os.kill(proc.popen.pid, signal.SIGUSR1)  # the loop's state line: the salvage is counted as a journal error
+        reported = wait_for("the loop's state line", lambda: log_event(log, "state"), 10, proc)
+    assert reported["journal_errors"] == 1
     assert damaged["level"] == "error" and damaged["moved_to"].startswith(str(state / f"{FILENAME}.corrupt-"))
     assert 1900 <= damaged["salvaged"]["events"] < 2000 and damaged["salvaged"]["floor"] == 1
     assert found[0].step_s < -3000  # measured against the salvaged floor
@@ -245,8 +249,6 @@ def test_damage_that_appears_while_running_is_reported_and_detection_goes_on(sou
     """A page goes bad under the running daemon (20,000 events: more than SQLite's page cache holds). The hourly
     upkeep (here every second) finds it: journal_damaged at error, timeguard_journal_errors counts it, the loop
     still answers (SIGUSR1 → its state line), and `timeguard status` shows the problem."""
-    import signal
-
     from tests.support.realprogs import ManagedProcess
 
     directory = scratch_dir("damaged-live")
