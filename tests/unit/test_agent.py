@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -290,3 +291,110 @@ def test_audit_raises_one_incident_retries_with_backoff_and_only_the_repair_sees
     finally:
         a._stop_hooks(outbox=True)
         a.journal.close()
+
+
+class _Detector:
+    threshold_s = 0.5
+
+
+@pytest.fixture
+def reloading(agent, tmp_path, monkeypatch):
+    """The agent with hooks started and a config file; ``loads`` scripts what config.load does in the worker."""
+    from timeguard import agent as agent_mod
+
+    path = tmp_path / "timeguard.yaml"
+    path.write_text("")
+    agent.config_path = path
+    agent._start_hooks()
+    monkeypatch.setattr(agent_mod, "RELOAD_TIMEOUT_S", 0.3)
+    script: list[Any] = []
+
+    def load(_path):
+        step = script.pop(0)
+        if isinstance(step, threading.Event):
+            step.wait(10)
+            return dataclasses.replace(agent.cfg, origin="late")
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+    monkeypatch.setattr(config, "load", load)
+    yield agent, script
+    agent._stop_hooks(outbox=True)
+
+
+def _reload(agent, timeout_s: float = 5.0) -> None:
+    """SIGHUP as the loop handles it: start, then look each tick until done or refused."""
+    agent._reload_requested = True
+    agent._act_on_signals(_Detector())
+    deadline = time.monotonic() + timeout_s
+    while agent._reload_job is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+        agent._reload_progress(_Detector())
+    assert agent._reload_job is None
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("a validator's bug"), RecursionError("maximum recursion depth exceeded"), MemoryError(),
+    KeyError("hooks"), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+    config.ConfigError("f.yaml", [config.ConfigProblem("thresholds.warning_s", "must be a number", 3)]),
+], ids=lambda e: type(e).__name__)
+def test_a_reload_that_fails_in_any_way_keeps_the_old_config(reloading, failure):
+    from structlog.testing import capture_logs
+
+    agent, script = reloading
+    old_cfg, old_dispatcher = agent.cfg, agent._dispatcher
+    script.append(failure)
+    with capture_logs() as logged:
+        _reload(agent)
+    [refused] = [e for e in logged if e["event"] == "reload_refused"]
+    assert refused["errors"] and refused["keeping"] == old_cfg.origin
+    assert agent.cfg is old_cfg and agent._dispatcher is old_dispatcher
+    # and the next good one is applied
+    script.append(dataclasses.replace(old_cfg, origin="new.yaml"))
+    _reload(agent)
+    assert agent.cfg.origin == "new.yaml" and agent._dispatcher is not old_dispatcher
+
+
+def test_a_reload_past_its_deadline_is_refused_and_its_late_result_never_applied(reloading):
+    from structlog.testing import capture_logs
+
+    agent, script = reloading
+    old_cfg = agent.cfg
+    stuck = [threading.Event() for _ in range(3)]
+    script.extend(stuck[:2])
+    with capture_logs() as logged:
+        _reload(agent)  # the first: stuck, refused at the deadline
+        _reload(agent)  # the second: stuck too
+        _reload(agent)  # the third: refused at once, two are still stuck
+    refused = [e for e in logged if e["event"] == "reload_refused"]
+    assert len(refused) == 3 and "limit 0 s" in refused[0]["errors"][0]
+    assert "2 earlier reloads are still stuck" in refused[2]["errors"][0]
+    assert len(script) == 0 and agent.cfg is old_cfg
+    for event in stuck[:2]:
+        event.set()  # the stuck reads return now: nothing may come of them
+    for thread in agent._stuck_reloads:
+        thread.join(5)
+    assert agent.cfg is old_cfg
+    script.append(dataclasses.replace(old_cfg, origin="good.yaml"))
+    _reload(agent)  # no longer stuck: reloads again
+    assert agent.cfg.origin == "good.yaml"
+
+
+def test_sighups_during_a_reload_are_one_more_reload_after_it(reloading):
+    agent, script = reloading
+    slow = threading.Event()
+    script.extend([slow, dataclasses.replace(agent.cfg, origin="second.yaml")])
+    agent._reload_requested = True
+    agent._act_on_signals(_Detector())
+    first = agent._reload_job
+    for _ in range(5):  # a burst while the first reads
+        agent._on_signal(signal.SIGHUP, None)
+        agent._act_on_signals(_Detector())
+        assert agent._reload_job is first
+    slow.set()
+    first.worker.join(5)
+    agent._reload_progress(_Detector())  # the first's late-ish result ("late") is applied: it was in time
+    assert agent.cfg.origin == "late"
+    _reload(agent)
+    assert agent.cfg.origin == "second.yaml" and script == []
