@@ -278,3 +278,30 @@ def test_damage_that_appears_while_running_is_reported_and_detection_goes_on(sou
     assert damaged["level"] == "error" and damaged["path"] == str(path)
     assert reported["journal_errors"] >= 1
     assert "PROBLEMS: " in status.stdout and "Traceback" not in status.stderr
+
+
+def test_the_daemon_prunes_to_events_max_and_keeps_an_incident_with_an_undelivered_alert(sources):
+    """Item 5, in the real daemon: its upkeep runs at start (then hourly) and deletes the oldest events beyond
+    daemon.events_max in batches, except those of an incident whose alert is still pending."""
+    directory = scratch_dir("retention")
+    config = write_config(directory, sources, daemon={"events_max": 1000})
+    state = Path(yaml.safe_load(config.read_text())["state_dir"])
+    state.mkdir()
+    path = state / FILENAME
+    made = [Event(kind=EventKind.ROLLBACK, incident_id=f"i{n}", wall_time_s=1e9 + n, monotonic_s=1.0, boot_id="b",
+                  id=f"e{n}") for n in range(3000)]
+    with Journal(path) as journal:
+        with journal._writing() as db:
+            db.executemany("INSERT INTO events (id, incident_id, kind, wall_time_s, monotonic_s, boot_id, body) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(e.id, e.incident_id, e.kind.value, e.wall_time_s, e.monotonic_s, e.boot_id, e.to_json())
+                            for e in made])
+        journal.outbox_enqueue("gone-hook", made[5], {"x": 1}, epoch="old-boot", now_mono=1.0, now_wall=1.0,
+                               min_interval_s=0)
+    log = directory / "daemon.log"
+    with start(config, None, log) as proc:
+        pruned = wait_for("journal_pruned", lambda: log_event(log, "journal_pruned"), 30, proc)
+    assert pruned["events"] == 1999
+    with Journal(path, readonly=True) as journal:
+        kept = [e.id for e in journal.events()]
+    assert kept[0] == "e5" and kept[1:1001] == [f"e{n}" for n in range(2000, 3000)]
