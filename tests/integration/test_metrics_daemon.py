@@ -7,6 +7,7 @@ fails, a webhook whose receiver answers 410 (dead at once) and one whose receive
 from __future__ import annotations
 
 import base64
+import math
 import os
 import stat
 import subprocess
@@ -14,27 +15,28 @@ import sys
 from pathlib import Path
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.daemon import checks, events, hook_runs, wait_for, write_config
+from tests.support.daemon import events, hook_runs, wait_for, write_config
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import ManagedProcess, scratch_dir
 from tests.support.receiver import Receiver
 from tests.support.require import need_program
+from tests.unit.test_metrics import samples_of
 from timeguard.events import EventKind
 
 SECRET = "whsec_" + base64.b64encode(b"metrics-test-secret-32-bytes-abc").decode()
 
 
-def _samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(path.read_text()) for s in f.samples}
+def _after_a_check(textfile: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+    values = samples_of(textfile.read_text()) if textfile.exists() else {}
+    last_check = values.get(("timeguard_last_check_timestamp_seconds", ()), float("nan"))
+    return None if math.isnan(last_check) else values
 
 
 def _when_complete(textfile: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
     """The textfile's samples once it shows the rollback and the dead alert (the outbox settles on its own)."""
-    values = _samples(textfile)
+    values = samples_of(textfile.read_text())
     done = (values.get(("timeguard_clock_steps_total", (("direction", "backward"),))) == 1
             and values.get(("timeguard_alerts_dead", (("hook", "gone"),))) == 1)
     return values if done else None
@@ -63,8 +65,8 @@ def test_the_daemon_textfile_is_0644_under_umask_0077_and_counts_alerts_and_hook
             cmd = [sys.executable, "-m", "timeguard", "run", "--config", str(config)]
             with ManagedProcess.start(cmd, clock=fake_clock, log_path=directory / "daemon.log", umask=0o077,
                                       env={**os.environ, "TG_WEBHOOK_SECRET": SECRET}) as proc:
-                wait_for("the first check", lambda: checks(config) >= 1, 15, proc)
-                first = _samples(textfile)
+                # The file written at start-up holds no verdict yet; the one after the first check has every series.
+                first = wait_for("the textfile after the first check", lambda: _after_a_check(textfile), 15, proc)
                 fake_clock.set(3600)
                 wait_for("the forward jump", lambda: events(config, EventKind.FORWARD_JUMP), 5, proc)
                 wait_for("the failed command", lambda: hook_runs(config, "script"), 10, proc)
