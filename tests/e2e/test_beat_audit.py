@@ -230,6 +230,7 @@ def test_database_problem_is_a_clear_error_and_the_repair_happens_once_it_is_gon
             expected, fix = "cannot connect", forwarder.open
         else:
             path = tmp_path / "not-yet-migrated.sqlite3"
+            path.touch()  # an empty database (a file that does not exist is "no such database": never created)
             db = BeatDB("sqlite", f"sqlite:///{path}", {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)})
             url = db.url
             expected = "missing"
