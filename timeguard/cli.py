@@ -196,11 +196,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's own flush at exit
     except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a socket's EPIPE (a receiver, a database) is an error to show, not a reader that left
         # Python flushes stdout again at exit: point it at /dev/null so that flush has nowhere to fail.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_BROKEN_PIPE
+
+
+def _stdout_closed() -> bool:
+    """True when nobody reads stdout any more: poll(2) reports POLLERR on a pipe whose read end is closed."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no usable stdout at all
+        return True
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -67,6 +67,23 @@ def test_a_closed_pipe_ends_quietly_with_141(args, tmp_path):
     assert result.returncode == (0 if "--help" in args else 141)
 
 
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(tmp_path):
+    """EPIPE from a socket (a receiver, a database) deep in a command is an error with its traceback, not exit 141:
+    only a stdout nobody reads any more ends quietly."""
+    script = ("import socket, sys, timeguard.cli as cli\n"
+              "def command(argv):\n"
+              "    print('partial output')\n"
+              "    a, b = socket.socketpair()\n"
+              "    b.close()\n"
+              "    a.sendall(b'x' * 100_000)  # the peer is gone: BrokenPipeError\n"
+              "cli._main = command\n"
+              "raise SystemExit(cli.main([]))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=60, check=False)
+    assert result.returncode == 1 and "BrokenPipeError" in result.stderr and "in command" in result.stderr
+    assert result.stdout == "partial output\n"
+
+
 def test_piped_to_head_in_a_real_shell(tmp_path):
     """`timeguard config generate | head -1` under pipefail: the first line, nothing on stderr, 0 or 141 (the
     output may fit in the pipe before head exits)."""
