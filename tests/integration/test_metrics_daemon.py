@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -93,3 +94,22 @@ def test_the_daemon_textfile_is_0644_under_umask_0077_and_counts_alerts_and_hook
     lint = subprocess.run([promtool, "check", "metrics"], input=textfile.read_bytes(), capture_output=True,
                           timeout=60, check=False)
     assert lint.returncode == 0 and lint.stdout == b"", lint.stdout + lint.stderr
+
+
+def test_the_documented_drop_in_for_the_textfile_is_valid_and_keeps_the_unit_tight(tmp_path):
+    """The two lines the unit and the README give for node_exporter's directory: systemd accepts them, and they
+    do not loosen the sandbox's score."""
+    from tests.integration.test_systemd_unit import UNIT, exposure, runnable_copy, systemd_analyze, verify
+
+    documented = re.findall(r"^#((?:ReadWritePaths|SupplementaryGroups)=.*)$", UNIT.read_text(), re.M)
+    assert documented == ["ReadWritePaths=/var/lib/prometheus/node-exporter", "SupplementaryGroups=prometheus"]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert all(f"\n{line}\n" in readme for line in documented)
+    analyze = systemd_analyze()
+    unit = runnable_copy(tmp_path)
+    unit.write_text(unit.read_text().replace("\nUMask=0077\n", "\nUMask=0077\n" + "".join(f"{line}\n"
+                                                                                        for line in documented)))
+    proc = verify(analyze, unit)
+    assert proc.returncode == 0 and (proc.stdout + proc.stderr).strip() == "", proc.stdout + proc.stderr
+    score, _ = exposure(analyze, unit)
+    assert score <= 2.0
