@@ -167,12 +167,12 @@ class Metrics:
         verdict = agent.verdict
         hooks = agent.cfg.hooks
         failures = {(h.name, h.type): 0 for h in hooks}  # every configured hook's series exists from the start
-        failures.update(getattr(agent, "hook_failures", {}))
+        failures.update(agent.hook_failures)
         data: dict[str, Any] = {
             "steps": dict(agent.steps_total),
             "journal_errors": agent.journal_errors,
             "hook_failures": failures,
-            "future_state_found": dict(getattr(agent, "future_state_found", {})),
+            "future_state_found": dict(agent.future_state_found),
             "outbox": self._outbox(agent.journal, [h.name for h in hooks]),
         }
         if verdict is not None:

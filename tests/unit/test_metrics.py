@@ -40,7 +40,7 @@ def free_port() -> int:
 
 def agent_with(verdict) -> SimpleNamespace:
     return SimpleNamespace(verdict=verdict, steps_total={"backward": 2, "forward": 1}, journal_errors=3,
-                           cfg=SimpleNamespace(hooks=()), journal=None)
+                           hook_failures={}, future_state_found={}, cfg=SimpleNamespace(hooks=()), journal=None)
 
 
 @pytest.fixture
