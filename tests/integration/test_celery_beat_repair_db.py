@@ -612,3 +612,43 @@ def test_a_query_string_password_is_never_stored_or_printed(tmp_path: Path) -> N
     with Journal(tmp_path / "state" / "journal.sqlite") as j:
         fingerprints = {r["fingerprint"] for r in j.repair_undo_records(result["incident_id"])}
     assert fingerprints and all("password=***" in f for f in fingerprints)
+
+
+def test_hook_and_cli_say_which_values_they_could_not_read(sqlite_db: BeatDB, tmp_path: Path) -> None:
+    import json
+
+    from timeguard.events import Event, EventKind
+    from timeguard.hooks.api import AuditOutcome, HookContext, HookStatus
+    from timeguard.hooks.celery_beat import CeleryBeatHook
+
+    real_now = time.time()
+    sqlite_db.add_task("parked", last_run_at=PAST, date_changed=PAST)
+    store(sqlite_db, "periodictask", "last_run_at", "'not a date'", "name = 'parked'")
+    hook = CeleryBeatHook.from_config("beat", {"database_url": sqlite_db.url, "beat_max_interval_s": 0,
+                                               "wait_margin_s": 0})
+    verdict = {"status": "OK", "offset_s": 0.0, "ntp_http_agree": True}
+    ctx = HookContext(dry_run=False, trusted_now=lambda: real_now, verdict=verdict, journal=None, hostname="h")
+    audit = hook.audit(ctx)  # nothing future to repair: clean, and it says what it could not read
+    assert audit.outcome is AuditOutcome.CLEAN
+    assert "parked last_run_at 'not a date': not a date and time" in audit.summary
+    sqlite_db.add_task("future", last_run_at=real_now + 90 * DAY, date_changed=real_now + 90 * DAY)
+    ev = Event(kind=EventKind.ROLLBACK, incident_id="inc", wall_time_s=real_now, monotonic_s=1.0, boot_id="b")
+    result = hook.handle(ev, ctx)
+    assert result.status is HookStatus.CHANGED, result.summary
+    assert "1 value(s) it cannot read, left as they are: parked last_run_at" in result.summary
+    assert [u["name"] for u in result.details["unreadable"]] == ["parked"]
+
+    sqlite_db.add_task("future-2", last_run_at=real_now + 90 * DAY, date_changed=real_now + 90 * DAY)
+    config = tmp_path / "timeguard.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    human = _cli("celery-beat", "--database-url", sqlite_db.url, "--dry-run", "--trust-local-clock", config=config)
+    assert human.returncode == 0, human.stderr
+    assert "values it cannot read" in human.stdout and "parked last_run_at 'not a date'" in human.stdout
+    applied = _cli("celery-beat", "--database-url", sqlite_db.url, "--trust-local-clock", "--json",
+                   "--beat-max-interval-s", "0", config=config)
+    assert applied.returncode == 0, applied.stderr
+    doc = json.loads(applied.stdout)
+    assert doc["clean"] and doc["rows_changed"]["last_run_at"] == 1
+    assert [(u["name"], u["column"], u["raw"]) for u in doc["unreadable"]] == [("parked", "last_run_at",
+                                                                               "'not a date'")]
+    assert raw_text(sqlite_db, "last_run_at")["parked"] == "'not a date'"

@@ -16,10 +16,14 @@
         # tolerance_s: 600              # default 600; 93600 (26 h) with use_tz: false
         beat_max_interval_s: 5          # beat's max_interval (beat_max_loop_interval)
         max_rounds: 3
-        max_offset_s: 1.0               # the host clock must agree with the sources this closely
+        max_offset_s: 1.0               # the host clock must agree with the sources this closely (≤ tolerance_s)
         # beat_service: celery-beat.service   # stop → repair → start with systemctl; or, for anything else,
         # stop_command: [supervisorctl, stop, beat]      # both or neither
         # start_command: [supervisorctl, start, beat]
+
+Every number must be finite and in range (timeguard.repair.celery_beat.NUMERIC_OPTIONS): a NaN would compare False
+with everything and so switch off the check it feeds. A URL without a driver (``mysql://``, ``postgres://``) gets
+the one the extra installs.
 
 Repair only with evidence (DESIGN.md): the hook writes only when the latest verdict is usable (OK, WARNING
 or CRITICAL with an offset), NTP and HTTPS agree, and the host clock now agrees with the sources within
