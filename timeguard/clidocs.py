@@ -41,6 +41,11 @@ class Command:
                 if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
 
     @property
+    def value_flags(self) -> list[str]:
+        """Every option string that takes a value (the word after it is that value, never a command)."""
+        return [flag for action in self.options if takes_value(action) for flag in action.option_strings]
+
+    @property
     def subcommands(self) -> list[tuple[str, str]]:
         """(name, help) of each subcommand, in the parser's order."""
         for action in self.parser._actions:
@@ -188,10 +193,6 @@ def _man_option(action: argparse.Action, parser: argparse.ArgumentParser) -> lis
 # ------------------------------------------------------------------------------------------ bash completion
 
 
-def _words(items: list[str]) -> str:
-    return " ".join(items)
-
-
 def bash_completion(parser: argparse.ArgumentParser) -> str:
     tree = list(commands(parser))
     out = [
@@ -205,9 +206,8 @@ def bash_completion(parser: argparse.ArgumentParser) -> str:
         '        case "$cmd/$word" in',
     ]
     for cmd in tree:
-        valued = [f for a in cmd.options if takes_value(a) for f in a.option_strings]
-        if valued:
-            out.append(f'            {_alternatives(cmd.path, valued)}) ((i++)) ;;')
+        if cmd.value_flags:
+            out.append(f'            {_alternatives(cmd.path, cmd.value_flags)}) ((i++)) ;;')
     for cmd in tree[1:]:
         out.append(f'            {_alternatives(cmd.path[:-1], cmd.path[-1:])}) cmd="{" ".join(cmd.path)}" ;;')
     out += [
@@ -234,9 +234,9 @@ def bash_completion(parser: argparse.ArgumentParser) -> str:
     for cmd in tree:
         opts = [f for a in cmd.options for f in a.option_strings]
         subs = [name for name, _ in cmd.subcommands]
-        line = f'        "{" ".join(cmd.path)}") opts="{_words(opts)}"'
+        line = f'        "{" ".join(cmd.path)}") opts="{" ".join(opts)}"'
         if subs:
-            line += f' subs="{_words(subs)}"'
+            line += f' subs="{" ".join(subs)}"'
         if any(wants_file(a) for a in cmd.positionals):
             line += " file=1"
         out.append(line + " ;;")
@@ -305,9 +305,8 @@ def zsh_completion(parser: argparse.ArgumentParser) -> str:
         '    case "$cmd/$word" in',
     ]
     for cmd in tree:
-        valued = [f for a in cmd.options if takes_value(a) for f in a.option_strings]
-        if valued:
-            out.append(f'      ({_alternatives(cmd.path, valued)}) ((i++)) ;;')
+        if cmd.value_flags:
+            out.append(f'      ({_alternatives(cmd.path, cmd.value_flags)}) ((i++)) ;;')
     for cmd in tree[1:]:
         out.append(f'      ({_alternatives(cmd.path[:-1], cmd.path[-1:])}) cmd="{" ".join(cmd.path)}"; last=$i ;;')
     out += [
