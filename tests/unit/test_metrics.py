@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.require import need_program
-from tests.unit.test_agent import _ScriptedAuditor, reading
+from tests.unit.test_agent import _Alert, _ScriptedAuditor, reading
 from timeguard import config, logs
 from timeguard.agent import Agent
 from timeguard.config import HookSpec, MetricsOptions
@@ -119,9 +119,8 @@ def test_alerts_hook_failures_and_future_state_reach_the_textfile(tmp_path, monk
     """The daemon's own bookkeeping, not a stub: a scripted audit finds future state, the repair hook fails, and
     the outbox holds a dead and a pending alert. Every configured hook has its series from the start (0), so a
     rule's increase() sees the first failure."""
-    monkeypatch.setattr(dispatch_mod, "find_type", lambda name: _ScriptedAuditor)
-    hooks = (HookSpec("audit", "repair", None, 5.0, False, {}), HookSpec("audit", "pager", ("rollback",), 5.0,
-                                                                         False, {}))
+    monkeypatch.setattr(dispatch_mod, "find_type", lambda name: _ScriptedAuditor if name == "audit" else _Alert)
+    hooks = (HookSpec("audit", "repair", None, 5.0, False, {}), HookSpec("alert", "pager", None, 5.0, False, {}))
     textfile = tmp_path / "timeguard.prom"
     cfg = dataclasses.replace(config.load(None), state_dir=str(tmp_path), hooks=hooks,
                               metrics=MetricsOptions(listen=None, textfile=str(textfile)))
@@ -132,6 +131,7 @@ def test_alerts_hook_failures_and_future_state_reach_the_textfile(tmp_path, monk
     _ScriptedAuditor.script[:] = [AuditResult(AuditOutcome.FOUND, "2 timestamp(s) in the future",
                                               {"database": where})]
     try:
+        assert agent._dispatcher.auditors() == ["repair"]
         agent._audit_tick()
         for hook in agent._dispatcher.hooks:
             while hook.pending:
@@ -146,16 +146,16 @@ def test_alerts_hook_failures_and_future_state_reach_the_textfile(tmp_path, monk
         metrics.update(agent)
     finally:
         agent._stop_hooks(outbox=True)
+        agent.journal.close()
     values = samples_of(textfile.read_text())
     assert values[("timeguard_hook_failures_total", (("hook", "repair"), ("type", "audit")))] == 1
-    assert values[("timeguard_hook_failures_total", (("hook", "pager"), ("type", "audit")))] == 0
+    assert values[("timeguard_hook_failures_total", (("hook", "pager"), ("type", "alert")))] == 0  # it alerted
     assert values[("timeguard_future_state_found_total", (("hook", "repair"), ("target", where)))] == 1
     assert values[("timeguard_alerts_dead", (("hook", "pager"),))] == 1
     assert values[("timeguard_alerts_pending", (("hook", "pager"),))] == 0
     assert values[("timeguard_alerts_pending", (("hook", "chat"),))] == 1
     assert values[("timeguard_alerts_dead", (("hook", "chat"),))] == 0
     assert values[("timeguard_alerts_pending", (("hook", "repair"),))] == 0  # configured, nothing queued
-    agent.journal.close()
 
 
 def test_a_test_run_is_not_a_hook_failure(tmp_path):
@@ -219,7 +219,7 @@ def test_a_reader_never_sees_a_partial_textfile(tmp_path, verdict):
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for _ in range(40):
+        for _ in range(20):
             metrics.update(agent_with(verdict))
     finally:
         stop.set()
