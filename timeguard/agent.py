@@ -258,6 +258,7 @@ class Agent:
         return 0
 
     def request_stop(self) -> None:
+        """Stop the daemon (from any thread): the loop sees it at its next tick."""
         self._stop.set()
 
     def _make_detector(self) -> StepDetector:
@@ -323,10 +324,10 @@ class Agent:
         handlers stay: they only note signals, and a signal after the loop ended must not kill a clean exit."""
         if self._wakeup_fds is None:
             return
+        fds, self._wakeup_fds = self._wakeup_fds, None
         signal.set_wakeup_fd(self._previous_wakeup_fd)
-        for fd in self._wakeup_fds:
+        for fd in fds:
             os.close(fd)
-        self._wakeup_fds = None
 
     def _wait(self, detector: StepDetector, timeout_s: float) -> list[ClockStep]:
         """The detector's wait, also woken at once by a signal (the self-pipe)."""

@@ -5,8 +5,8 @@ configure the logs, ``Agent.run``) with the log going to LOG through :class:`Sig
 object ``{"started": ["SIGTERM", ...], ...}``: during the main thread's first write of the line with that
 ``event``, after the first half of the line is written and before the rest, those signals are sent to this very
 process, one by one. A Python signal
-handler runs in the main thread at the next bytecode, so it runs *inside* that write, while structlog's
-PrintLogger holds its (non-reentrant) lock: a handler that logs or takes that lock deadlocks here, every time.
+handler runs in the main thread at the next bytecode, so it runs *inside* that write, while the logger holds its
+(non-reentrant) lock: a handler that logs or takes that lock deadlocks here, every time.
 """
 
 from __future__ import annotations
