@@ -486,8 +486,10 @@ class CeleryBeatRepair:
     def _transaction(self, what: str, *, read_only: bool = False) -> Iterator[Any]:
         sa = _sqlalchemy()
         engine = self._get_engine(read_only)
+        connected = False
         try:
             with engine.begin() as conn:
+                connected = True
                 if self.is_pg:
                     conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(self.lock_timeout_s * 1000)}ms'")
                     # values come back in UTC: the readable range (years 2–9998) is judged the same in Python
@@ -498,6 +500,13 @@ class CeleryBeatRepair:
                 yield conn
         except sa.exc.DBAPIError as exc:
             raise self._db_error(what, exc) from None
+        except Exception as exc:
+            if connected:
+                raise
+            # the driver refused its arguments (a query option of the URL: ?port=x, ?unknown=1, ?charset=0) with
+            # whatever exception it raises (TypeError, ValueError, AttributeError…)
+            raise RepairError(f"{self.where}: cannot connect: the driver refused the URL's options "
+                              f"({self._scrub(str(exc))})") from None
 
     def _db_error(self, what: str, exc: Any) -> RepairError:
         first = str(getattr(exc, "orig", exc)).strip()
