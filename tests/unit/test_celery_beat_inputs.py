@@ -215,3 +215,18 @@ def test_any_url_option_is_a_one_line_error_without_the_password(scheme: str, op
         raise AssertionError("connected to 127.0.0.1:1")
     assert secret not in message and urllib.parse.quote_plus(secret) not in message
     assert "\n" not in message
+
+
+@given(data=st.data())
+def test_a_bad_number_in_the_config_file_names_the_line_and_key(data: st.DataObject) -> None:
+    from timeguard.config import ConfigError, loads
+
+    key = data.draw(st.sampled_from(HOOK_KEYS))
+    literal = data.draw(st.sampled_from([".nan", ".NaN", ".inf", "-.inf", "-1", "-0.5", "1e400", "'5'", "true",
+                                         "null", "[1]"]))
+    text = (f"hooks:\n  - type: celery_beat\n    name: beat\n    database_url_env: TG_BEAT_URL\n"
+            f"    {key}: {literal}\n")
+    with pytest.raises(ConfigError) as info:
+        loads(text, "beat.yaml")
+    [problem] = info.value.problems
+    assert str(problem.path) == f"hooks[0].{key}" and problem.line == 5, problem
