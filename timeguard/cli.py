@@ -303,7 +303,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = config.load(path)
     except config.ConfigError as exc:
-        print(f"timeguard run: invalid configuration, not starting:\n{exc}", file=sys.stderr)
+        print(logs.for_stderr(f"timeguard run: invalid configuration, not starting:\n{exc}"), file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(cfg.logging.level, cfg.logging.format)
     for warning in cfg.warnings:
@@ -313,10 +313,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         return Agent(cfg, config_path=path).run()
     except JournalUnusable as exc:  # the state directory or the journal's files: restarting cannot fix it
-        print(f"timeguard run: cannot use the journal, not starting: {exc}", file=sys.stderr)
+        print(logs.for_stderr(f"timeguard run: cannot use the journal, not starting: {exc}"), file=sys.stderr)
         return EXIT_CONFIG
     except JournalError as exc:  # still locked by another process, an I/O error: never a new, empty journal
-        print(f"timeguard run: cannot use the journal, not starting: {exc}", file=sys.stderr)
+        print(logs.for_stderr(f"timeguard run: cannot use the journal, not starting: {exc}"), file=sys.stderr)
         return 1
 
 

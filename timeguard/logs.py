@@ -56,6 +56,12 @@ def prefixed(text: str, priority: int) -> str:
     return tag + text.replace("\n", "\n" + tag)
 
 
+def for_stderr(text: str, priority: int = 3) -> str:
+    """``text`` to print to stderr before (or without) :func:`configure`, e.g. why the daemon does not start:
+    with its priority on every line when stderr is the journal (default ``<3>``, an error)."""
+    return prefixed(text, priority) if connected_to_journal(sys.stderr) else text
+
+
 class _Lines:
     """The one stream every log line goes through, a whole line per write, under one lock."""
 

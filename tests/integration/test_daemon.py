@@ -233,6 +233,27 @@ def test_log_lines_carry_journald_priorities_when_stderr_is_the_journal(sources)
     assert all(int(line[1]) == logs.PRIORITIES[json.loads(line[3:])["level"]] for line in ours)
 
 
+@pytest.mark.parametrize("journal", [True, False], ids=["stderr-is-the-journal", "variable-inherited-only"])
+def test_why_the_daemon_does_not_start_is_an_error_in_the_journal(journal):
+    """Printed before the logs are set up: each line still carries ``<3>`` when stderr is the journal, and none
+    when the variable was only inherited (stderr redirected elsewhere)."""
+    import subprocess
+
+    directory = scratch_dir("daemon")
+    config = directory / "timeguard.yaml"
+    config.write_text("thresholds: {warning_s: oops, critical_s: []}\n")
+    err = directory / "stderr"
+    err.touch()
+    st = (err if journal else config).stat()
+    env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    with err.open("a") as f:
+        proc = subprocess.run([sys.executable, "-m", "timeguard", "run", "--config", str(config)], stderr=f,
+                              env=env, timeout=60, check=False)
+    lines = err.read_text().splitlines()
+    assert proc.returncode == 78 and len(lines) >= 3 and "invalid configuration, not starting" in lines[0]
+    assert all(line.startswith("<3>") for line in lines) if journal else not any("<3>" in x for x in lines)
+
+
 def test_sd_notify_ready_status_watchdog_stopping(sources):
     directory = scratch_dir("daemon")
     config = write_config(directory, sources)
