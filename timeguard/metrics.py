@@ -118,7 +118,8 @@ class _Snapshot(Collector):
         for direction, count in sorted(d.get("steps", {}).items()):
             steps.add_metric([direction], float(count))
         yield steps
-        yield CounterMetricFamily("timeguard_journal_errors", "Journal writes that failed (kept and retried)",
+        yield CounterMetricFamily("timeguard_journal_errors",
+                                  "Journal writes that failed (kept and retried) and damage found in the journal",
                                   value=float(d.get("journal_errors", 0)))
         yield GaugeMetricFamily("timeguard_last_check_timestamp_seconds",
                                 "Host wall time of the last cross-check (compare with the trusted time)",

@@ -132,6 +132,19 @@ def test_shell_commands_answer_as_if_the_hooks_were_not_there(service_only, comm
         assert got.stdout == baseline.stdout
 
 
+def test_a_repair_from_a_shell_is_not_stopped_by_the_hooks_secrets(service_only):
+    """The repair reads sources, thresholds and state_dir, never a hook's credential: from a shell it gets as far
+    as it would without the hooks (here: to the missing database it was pointed at)."""
+    config, plain, _, _ = service_only
+    args = ("repair", "celery-beat", "--dry-run", "--trust-local-clock",
+            "--database-url", "sqlite:////nonexistent/beat.sqlite3")
+    got = timeguard(*args, "--config", str(config))
+    baseline = timeguard(*args, "--config", str(plain))
+    assert "invalid configuration" not in got.stdout + got.stderr and "Traceback" not in got.stderr
+    assert (got.returncode, got.stdout, got.stderr) == (baseline.returncode, baseline.stdout, baseline.stderr)
+    assert "no such database: /nonexistent/beat.sqlite3 does not exist" in got.stderr
+
+
 def test_hooks_list_shows_them_ready_with_the_warning(service_only):
     config, _, _, _ = service_only
     proc = timeguard("hooks", "list", "--json", "--config", str(config))

@@ -120,7 +120,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def _load_config(explicit: str | None) -> Any:
     from timeguard import config
 
-    return config.load(config.discover(explicit))
+    # The repair uses the sources, thresholds and state_dir, never a hook's secret: a credential that exists only
+    # inside the service (a systemd credential, a variable its unit sets) must not stop a repair run from a shell.
+    return config.load(config.discover(explicit), resolve_secrets=False)
 
 
 def _journal(cfg: Any) -> Any:
