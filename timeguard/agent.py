@@ -378,7 +378,10 @@ class Agent:
             self._act_on_signals(detector)
             if self._stop.is_set():
                 break
-            steps = self._wait(detector, self.cfg.daemon.tick_s)
+            timeout_s = self.cfg.daemon.tick_s
+            if ping_every is not None:  # wake for the ping on time, not up to a tick late
+                timeout_s = min(timeout_s, max(next_ping - time.monotonic(), 0.0))
+            steps = self._wait(detector, timeout_s)
             for step in steps:
                 self._handle_step(step)
             now = time.monotonic()
