@@ -18,7 +18,8 @@ from timeguard.hooks.celery_beat import CeleryBeatHook, evidence_problem
 from timeguard.repair import cli as repair_cli
 from timeguard.repair.celery_beat import NUMERIC_OPTIONS, CeleryBeatRepair, RepairError, checked_now, number_problem
 
-GOOD = {"status": "OK", "offset_s": 0.02, "ntp_http_agree": True, "summary": "ok"}
+GOOD = {"status": "OK", "offset_s": 0.02, "offset_lo_s": 0.0, "offset_hi_s": 0.04, "ntp_http_agree": True,
+        "summary": "ok"}
 T = 1_780_000_000.0
 ENGINE_KEYS = ("tolerance_s", "beat_max_interval_s", "wait_margin_s", "max_rounds", "lock_timeout_s",
                "connect_timeout_s")
@@ -120,9 +121,27 @@ def test_cli_parser_exits_2_naming_the_option(argv: list[str], option: str, caps
 @given(offset=st.floats(allow_nan=True, allow_infinity=True),
        bound=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1.0, 0.0, math.nan])))
 def test_evidence_never_passes_a_nan_or_infinite_offset_or_bound(offset: float, bound: float) -> None:
-    problem = evidence_problem({**GOOD, "offset_s": offset}, bound)
+    problem = evidence_problem({**GOOD, "offset_s": offset, "offset_lo_s": offset - 0.01, "offset_hi_s": offset + 0.01},
+                               bound)
     if problem is None:
-        assert math.isfinite(offset) and math.isfinite(bound) and 0 <= abs(offset) <= bound
+        assert math.isfinite(offset) and math.isfinite(bound) and 0 <= abs(offset) + 0.01 <= bound
+
+
+@given(lo=st.floats(-1e6, 1e6), width=st.floats(0, 1e6), at=st.floats(0, 1), bound=st.floats(0, 10),
+       missing=st.sampled_from([None, "offset_lo_s", "offset_hi_s"]))
+def test_evidence_holds_for_every_point_of_the_interval_not_only_the_estimate(
+        lo: float, width: float, at: float, bound: float, missing: str | None) -> None:
+    """A repair writes the host's now: it needs every offset the sources leave possible within max_offset_s,
+    and a verdict without a finite interval around its estimate is no evidence at all."""
+    hi = lo + width
+    verdict = {**GOOD, "offset_s": lo + at * width, "offset_lo_s": lo, "offset_hi_s": hi}
+    if missing:
+        del verdict[missing]
+    problem = evidence_problem(verdict, bound)
+    if problem is None:
+        assert missing is None and max(abs(lo), abs(hi)) <= bound
+    elif missing is None and abs(verdict["offset_s"]) <= bound:  # the interval, not the estimate, refused it
+        assert max(abs(lo), abs(hi)) > bound and "do not pin the clock down" in problem
 
 
 @pytest.mark.parametrize("trusted", [math.nan, math.inf, -math.inf, 1e300, -1e300])

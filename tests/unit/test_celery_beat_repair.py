@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,9 +50,25 @@ def test_no_repair_without_evidence(verdict, reason) -> None:
 
 def test_evidence_accepts_warning_and_critical_with_a_small_offset() -> None:
     assert evidence_problem(GOOD) is None
-    assert evidence_problem({**GOOD, "status": "CRITICAL", "offset_s": -0.9}) is None
-    assert evidence_problem({**GOOD, "offset_s": 1.5}) is not None
-    assert evidence_problem({**GOOD, "offset_s": 1.5}, max_offset_s=2) is None
+    assert evidence_problem(around(-0.9, status="CRITICAL")) is None
+    assert evidence_problem(around(1.5)) is not None
+    assert evidence_problem(around(1.5), max_offset_s=2) is None
+
+
+def around(offset: float, error: float = 0.01, **more: Any) -> dict[str, Any]:
+    return {**GOOD, "offset_s": offset, "offset_lo_s": offset - error, "offset_hi_s": offset + error, **more}
+
+
+def test_evidence_refuses_an_interval_that_reaches_past_max_offset_s() -> None:
+    """The estimate is within the bound, but the sources leave a true offset beyond it possible (a wide bound, or
+    a split majority whose hull reaches past it): the host's now is not proven good enough to write."""
+    assert evidence_problem(around(0.5, error=0.4)) is None
+    problem = evidence_problem(around(0.5, error=0.6))
+    assert problem is not None and "do not pin the clock down" in problem and "[-0.100000 s, +1.100000 s]" in problem
+    split = {**GOOD, "offset_s": 0.0, "offset_lo_s": -0.001, "offset_hi_s": 2.5, "regions": [[-0.001, 0.001],
+                                                                                              [2.4, 2.5]]}
+    assert "do not pin the clock down" in (evidence_problem(split) or "")
+    assert "no usable error bound" in (evidence_problem({**GOOD, "offset_lo_s": None}) or "")
 
 
 def test_hook_config_lists_every_problem() -> None:

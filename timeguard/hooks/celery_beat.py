@@ -95,6 +95,24 @@ def evidence_problem(verdict: Mapping[str, Any] | None, max_offset_s: float = DE
             return (f"no repair: the host clock is {fmt_duration(offset)} behind the sources — it was rolled "
                     "back into the past; fix the clock first")
         return f"no repair: the host clock is {fmt_duration(offset)} ahead of the sources; fix the clock first"
+    # The estimate is one point; the true offset may be anywhere in the majority's interval (the hull of its
+    # regions when the majority is split). Every point of it must be within max_offset_s, as every point must be
+    # within the thresholds for an OK.
+    bounds = []
+    for key in ("offset_lo_s", "offset_hi_s"):
+        try:
+            bounds.append(float(verdict.get(key)))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            bounds.append(math.nan)
+    lo, hi = bounds
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= offset <= hi):
+        return (f"no repair: the verdict has no usable error bound (true offset in "
+                f"[{verdict.get('offset_lo_s')!r}, {verdict.get('offset_hi_s')!r}])")
+    worst = max(abs(lo), abs(hi))
+    if not worst <= max_offset_s:
+        return (f"no repair: the sources place the true offset in [{lo:+.6f} s, {hi:+.6f} s], up to "
+                f"{fmt_duration(worst)} off, more than max_offset_s ({max_offset_s:g} s): they do not pin the "
+                "clock down closely enough to repair with it")
     return None
 
 
