@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from timeguard.events import SCHEMA_VERSION, Event, EventKind
 from timeguard.hooks.api import HookRun, HookStatus
+from timeguard.secrets import redact_text
 
 FILENAME = "journal.sqlite"
 MAX_CHECKS = 20_000  # ≈ 2 weeks of checks at the default 64 s; older ones are pruned
@@ -39,6 +40,11 @@ READ_BATCH = 1000  # events read per query when streaming (`timeguard events`): 
 _LOCKED = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _DENIED = {sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_AUTH}
+
+def _redact_text(text: object) -> object:
+    """redact_text for SQL: NULL and non-text values pass through unchanged."""
+    return redact_text(text) if isinstance(text, str) else text
+
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -186,6 +192,26 @@ _MIGRATIONS: tuple[str, ...] = (
         FROM repair_undo AS u JOIN repair_round AS r ON r.incident_id = u.incident_id AND r.fingerprint = u.fingerprint
         WHERE u.undone = 1;
     DROP TABLE repair_undo
+    """,
+    # 5: secrets written by earlier versions are scrubbed: a database password given as ``?password=`` in the URL
+    # was kept in the repair fingerprint, and could reach hook summaries, details and output, event bodies and the
+    # audit notes in meta. ``timeguard_redact`` is :func:`timeguard.secrets.redact_text` (registered per
+    # connection by ``_migrate``); it is idempotent, so text that holds no secret is written back unchanged.
+    """
+    UPDATE repair_round SET fingerprint = timeguard_redact(fingerprint)
+        WHERE fingerprint != timeguard_redact(fingerprint);
+    DELETE FROM repair_undone WHERE fingerprint != timeguard_redact(fingerprint) AND EXISTS (
+        SELECT 1 FROM repair_undone AS clean WHERE clean.incident_id = repair_undone.incident_id
+        AND clean.fingerprint = timeguard_redact(repair_undone.fingerprint) AND clean.tbl = repair_undone.tbl
+        AND clean.row_id = repair_undone.row_id AND clean.col = repair_undone.col);
+    UPDATE repair_undone SET fingerprint = timeguard_redact(fingerprint)
+        WHERE fingerprint != timeguard_redact(fingerprint);
+    UPDATE hook_runs SET summary = timeguard_redact(summary), details = timeguard_redact(details),
+        output = timeguard_redact(output)
+        WHERE summary != timeguard_redact(summary) OR details != timeguard_redact(details)
+        OR output != timeguard_redact(output);
+    UPDATE events SET body = timeguard_redact(body) WHERE body != timeguard_redact(body);
+    UPDATE meta SET value = timeguard_redact(value) WHERE value != timeguard_redact(value)
     """,
 )
 
@@ -430,6 +456,9 @@ class Journal:
                 f"{self.path}: written by a newer timeguard (schema {version}, this one knows "
                 f"{len(_MIGRATIONS)}); upgrade timeguard or move the file aside"
             )
+        self._db.create_function("timeguard_redact", 1, _redact_text, deterministic=True)
+        # Migration 5 scrubs secrets: with secure_delete the cells it rewrites are zeroed, not left in free pages.
+        self._db.execute(f"PRAGMA secure_delete = {'ON' if version < 5 else 'OFF'}")
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
             with self._transaction() as db:
                 if db.execute("PRAGMA user_version").fetchone()[0] >= number:

@@ -200,3 +200,47 @@ def test_schema_3_undo_rows_are_carried_over_by_migration_4(tmp_path: Path) -> N
             ("a", "last_run_at", "OLD-a", "NEW-a", 0), ("b", "date_changed", "OLD-b", "NEW-b", 1),
             ("(reload signal)", "last_update", None, "NEW-lu", 0)]
         assert rows[0]["row_id"] == 7 and rows[0]["fingerprint"] == "db#p_"
+
+
+def test_migration_5_scrubs_passwords_older_versions_wrote_and_keeps_the_undo_records(tmp_path: Path) -> None:
+    """A journal written before URL secrets were redacted (schema 4) holds a ``?password=`` in clear in the
+    repair fingerprint and possibly in hook runs, event bodies and audit notes: opening it scrubs every one, the
+    file keeps no copy, and the undo records still belong to the same database."""
+    import json
+    import sqlite3
+
+    from timeguard.journal import _MIGRATIONS
+    from timeguard.secrets import redact_text
+
+    secret = "s3cr3t-Pa55"
+    url = f"postgresql://beat@db.example/beat?password={secret}&sslmode=require"
+    fingerprint = f"{url}#django_celery_beat_"
+    path = tmp_path / "journal.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(_MIGRATIONS[:4], start=1):
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {number}")
+    records = json.dumps([["periodictask", 7, "a", "last_run_at", "OLD-a", "NEW-a"]])
+    db.execute("INSERT INTO repair_round (incident_id, repair_id, fingerprint, applied_wall_s, applied_mono_s, "
+               "records) VALUES ('inc', 'r1', ?, 1.0, 1.0, ?)", (fingerprint, records))
+    db.execute("INSERT INTO repair_undone (incident_id, fingerprint, tbl, row_id, col, round_seq) "
+               "VALUES ('inc', ?, 'periodictask', 7, 'last_run_at', 1)", (fingerprint,))
+    db.execute("INSERT INTO hook_runs (hook, hook_type, event_id, incident_id, event_kind, status, summary, details, "
+               "output, duration_s, dry_run, test, wall_s, monotonic_s) VALUES ('beat', 'celery_beat', 'e', 'inc', "
+               "'rollback', 'failed', ?, ?, ?, 0.1, 0, 0, 1.0, 1.0)",
+               (f"cannot connect to {url}", json.dumps({"database": url}), f"psql password={secret}"))
+    db.execute("INSERT INTO meta (key, value) VALUES ('audit.beat', ?)", (json.dumps({"summary": url}),))
+    db.execute("INSERT INTO meta (key, value) VALUES ('plain', ?)", (json.dumps("see https://example.org/x?a=1"),))
+    db.close()
+    with Journal(path) as journal:
+        rows = journal.repair_undo_records("inc")
+        assert len(rows) == 1 and rows[0]["undone"] == 1 and rows[0]["old_value"] == "OLD-a"
+        assert rows[0]["fingerprint"] == redact_text(fingerprint) and "password=***" in rows[0]["fingerprint"]
+        runs = journal.hook_runs()
+        assert runs and all(secret not in repr(run) for run in runs)
+        meta = journal.meta()
+        assert meta["plain"] == "see https://example.org/x?a=1"  # text without a secret is left as it was
+        assert secret not in meta["audit.beat"]["summary"]
+    assert secret.encode() not in b"".join(f.read_bytes() for f in tmp_path.iterdir() if f.is_file())
