@@ -382,9 +382,9 @@ class CeleryBeatRepair:
         return f"{self.where}#{self.schema + '.' if self.schema else ''}{self.table_prefix}"
 
     def same_database(self, fingerprint: str) -> bool:
-        """Is ``fingerprint`` (from the journal) this database? Journals written before query-string secrets were
-        masked hold them in clear: compared (and shown) redacted."""
-        return fingerprint == self.fingerprint or redact_text(fingerprint) == self.fingerprint
+        """Is ``fingerprint`` (from the journal) this database? Both are redacted: journal migration 5 scrubbed
+        the query-string secrets that older versions kept in clear."""
+        return fingerprint == self.fingerprint
 
     @property
     def is_pg(self) -> bool:

@@ -219,7 +219,6 @@ def _print_report(report: Any, unreadable: Any = ()) -> None:
 
 def _cmd_undo(args: argparse.Namespace) -> int:
     from timeguard.repair.celery_beat import CeleryBeatRepair
-    from timeguard.secrets import redact_text
 
     cfg = _load_config(args.config)
     engine = CeleryBeatRepair(args.database_url, table_prefix=args.table_prefix, schema=args.schema,
@@ -230,8 +229,7 @@ def _cmd_undo(args: argparse.Namespace) -> int:
         if not known:
             return _err(f"no repair recorded for incident {args.incident} in {journal.path}")
         if not any(engine.same_database(r["fingerprint"]) for r in known):
-            # a journal from before query-string secrets were masked may hold them: shown redacted
-            where = ", ".join(sorted({redact_text(r["fingerprint"]) for r in known}))
+            where = ", ".join(sorted({r["fingerprint"] for r in known}))
             return _err(f"incident {args.incident} repaired {where}, not {engine.fingerprint}")
         # The undo's reload signal uses the host clock: undo is for forensics, not for keeping beat running.
         outcome = engine.undo(journal, args.incident, time.time, dry_run=args.dry_run)
