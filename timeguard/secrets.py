@@ -103,7 +103,12 @@ def _redact_match(match: re.Match[str]) -> str:
     if url is None:
         return f"{match.group('name')}{match.group('eq')}{MASK}"
     core = url.rstrip(".,:;!?)]}")  # the sentence's punctuation after a URL is not part of it
-    return redact_url(core) + url[len(core):]
+    shown, tail = redact_url(core), url[len(core):]
+    if shown.endswith(MASK):
+        # ... unless the URL ends in a secret: '.', '!' and '?' may be its last characters (they are legal
+        # unencoded in a value); the mask takes them rather than show part of the secret.
+        tail = tail.lstrip(".!?")
+    return shown + tail
 
 
 def redact(data: Any, *, key: object = None) -> Any:

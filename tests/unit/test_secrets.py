@@ -194,3 +194,14 @@ def test_an_inline_secret_is_warned_with_the_way_out(hook, path, way_out, secret
     assert warning.path == path and "inline" in warning.message and way_out in warning.message
     assert secret not in warning.format("t.yaml")
     assert secret not in yaml.safe_dump(redact(config.to_dict(cfg)))
+
+
+@pytest.mark.parametrize("secret", ["ZQ00000.", "pw!", "why?", "a.b..", "x"])
+@pytest.mark.parametrize("after", ["", ".", ": refused", ".: refused", "!", ", then"])
+def test_a_secret_at_the_end_of_a_url_keeps_no_character_before_the_sentence_goes_on(secret, after):
+    """The sentence's punctuation after a URL is kept, but never at the price of showing the secret's last
+    characters ('.', '!', '?' are legal unencoded in a value)."""
+    masked = "cannot connect to postgresql://u@h/db?password=***"
+    shown = redact_text(f"cannot connect to postgresql://u@h/db?password={secret}{after}")
+    assert shown.startswith(masked) and secret not in shown
+    assert shown.removeprefix(masked) == after.lstrip(".!?")  # what follows is the sentence's, never the secret's
