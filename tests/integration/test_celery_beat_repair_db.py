@@ -229,7 +229,7 @@ def test_hook_repairs_with_evidence_and_records_undo(db: BeatDB, journal: Journa
     populate(db)
     hook = CeleryBeatHook.from_config("beat", {"database_url": db.url, "beat_max_interval_s": 0,
                                                "wait_margin_s": 0.1})
-    verdict = {"status": "OK", "offset_s": 0.01, "ntp_http_agree": True}
+    verdict = {"status": "OK", "offset_s": 0.01, "offset_lo_s": 0.0, "offset_hi_s": 0.02, "ntp_http_agree": True}
     ev = Event(kind=EventKind.ROLLBACK, incident_id="inc-h", wall_time_s=NOW, monotonic_s=1.0, boot_id="b")
     dry = hook.handle(ev, HookContext(dry_run=True, trusted_now=lambda: NOW, verdict=verdict, journal=journal,
                                       hostname="h"))
@@ -286,7 +286,7 @@ def test_hook_audit_finds_future_state_only_with_a_trusted_clock(db: BeatDB, jou
     def ctx(verdict: dict[str, Any]) -> HookContext:
         return HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, journal=journal, hostname="h")
 
-    trusted = {"status": "OK", "offset_s": 0.01, "ntp_http_agree": True}
+    trusted = {"status": "OK", "offset_s": 0.01, "offset_lo_s": 0.0, "offset_hi_s": 0.02, "ntp_http_agree": True}
     assert hook.audit(ctx(trusted)).outcome is AuditOutcome.CLEAN
     populate(db)
     before = db.raw_tasks()
@@ -312,7 +312,8 @@ def test_hook_audit_database_errors_raise_for_the_agent_to_retry(tmp_path: Path)
     (tmp_path / "empty.sqlite3").touch()
     hook = CeleryBeatHook.from_config("beat", {"database_url": f"sqlite:///{tmp_path / 'empty.sqlite3'}"})
     ctx = HookContext(dry_run=False, trusted_now=lambda: NOW, journal=None, hostname="h",
-                      verdict={"status": "OK", "offset_s": 0.0, "ntp_http_agree": True})
+                      verdict={"status": "OK", "offset_s": 0.0, "offset_lo_s": -0.01,
+                               "offset_hi_s": 0.01, "ntp_http_agree": True})
     with pytest.raises(RepairError, match="missing"):
         hook.audit(ctx)
     hook = CeleryBeatHook.from_config("beat", {"database_url": f"sqlite:///{tmp_path / 'missing.sqlite3'}"})
@@ -626,7 +627,7 @@ def test_hook_and_cli_say_which_values_they_could_not_read(sqlite_db: BeatDB, tm
     store(sqlite_db, "periodictask", "last_run_at", "'not a date'", "name = 'parked'")
     hook = CeleryBeatHook.from_config("beat", {"database_url": sqlite_db.url, "beat_max_interval_s": 0,
                                                "wait_margin_s": 0})
-    verdict = {"status": "OK", "offset_s": 0.0, "ntp_http_agree": True}
+    verdict = {"status": "OK", "offset_s": 0.0, "offset_lo_s": -0.01, "offset_hi_s": 0.01, "ntp_http_agree": True}
     ctx = HookContext(dry_run=False, trusted_now=lambda: real_now, verdict=verdict, journal=None, hostname="h")
     audit = hook.audit(ctx)  # nothing future to repair: clean, and it says what it could not read
     assert audit.outcome is AuditOutcome.CLEAN
