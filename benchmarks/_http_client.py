@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timeguard.sources.http import query_http
+from timeguard.measure.http import query_http
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Each FakeDateServer (tests/support/fake_http.py) stamps its Date from this machi
 truncated to the second as real servers do, so the true offset of the host clock against it is known exactly.
 The servers run in a helper process of their own (benchmarks/_date_servers.py), like remote servers.
 
-timeguard: ``timeguard.sources.http.query_http(url, requests_count=N, allow_plain_http=True)`` for N = 4, 7, 10:
+timeguard: ``timeguard.measure.http.query_http(url, requests_count=N, allow_plain_http=True)`` for N = 4, 7, 10:
 |estimate − truth|, the bound it reports (half-width of its interval) and how often the truth fell outside the
 interval (must be 0: the interval is a proof, not a statistic).
 

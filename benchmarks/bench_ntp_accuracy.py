@@ -4,7 +4,7 @@ Servers: FakeNTPServer (tests/support/fake_ntp.py) answering from this machine's
 ones included, which a chronyd under libfaketime cannot serve), one on ::1, and a real chronyd (``-x``,
 ``local stratum 2``) at +0. The truth is exact: every server reads this machine's clock.
 
-timeguard: ``timeguard.sources.ntp.query_ntp(host, port)`` (4 packets, the least-delay reply kept).
+timeguard: ``timeguard.measure.ntp.query_ntp(host, port)`` (4 packets, the least-delay reply kept).
 Peer: ``chronyd -Q -f /dev/null -t 10 "server H port P iburst maxsamples 4" "pidfile ..."`` (query only, under
 setpriv without CAP_SYS_TIME), one chronyd per server, all at the same time; its "System clock wrong by X seconds"
 is the offset in timeguard's sign convention (true − host).
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from _common import LoopbackChrony, Report, chrony_workdir, chronyd_query, cleanup, machine, median, ms, need_programs
 
 from tests.support.fake_ntp import FakeNTPServer
-from timeguard.sources.ntp import query_ntp
+from timeguard.measure.ntp import query_ntp
 
 OFFSETS = [-2.25, -0.71, -0.33, -0.05, 0.0, 0.0004, 0.25, 0.71, 1.5]
 IPV6_OFFSET = -0.4

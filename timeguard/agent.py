@@ -26,9 +26,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from timeguard import __version__, consensus, logs
+from timeguard import __version__, logs
 from timeguard import config as config_mod
-from timeguard.check import Probe, measure_all, probes
 from timeguard.clockwatch import ClockReading, ClockStep, StepDetector, StepKind, read_clocks
 from timeguard.config import Config
 from timeguard.events import Event, EventKind, new_id
@@ -36,9 +35,11 @@ from timeguard.hooks.api import HookRun, HookStatus
 from timeguard.hooks.dispatch import Dispatcher
 from timeguard.journal import CheckRecord, Journal, JournalError, open_for_daemon
 from timeguard.localclock import read_kernel_clock
+from timeguard.measure import consensus
+from timeguard.measure.check import Probe, measure_all, probes
+from timeguard.measure.ntp import PollPolicy
 from timeguard.model import Sample, SourceKind, SourceState, Status, Verdict
 from timeguard.sdnotify import Notifier
-from timeguard.sources.ntp import PollPolicy
 from timeguard.timefmt import iso as _iso
 
 PHI = 15e-6  # RFC 5905: how fast an old sample's error grows (s/s)

@@ -359,8 +359,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     import dataclasses
 
     from timeguard import report
-    from timeguard.check import parse_host, run_check
     from timeguard.config import ConfigError, Sources
+    from timeguard.measure.check import parse_host, run_check
     from timeguard.ranges import Range
 
     try:

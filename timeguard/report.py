@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from timeguard.check import CheckResult
-from timeguard.consensus import fmt_offset
+from timeguard.measure.check import CheckResult
+from timeguard.measure.consensus import fmt_offset
 from timeguard.model import NAGIOS_STATES, SourceState, SourceVerdict, Status
 from timeguard.timefmt import iso as _iso
 

@@ -632,11 +632,11 @@ def test_stop_start_commands_with_real_beat(beat_db: BeatDatabase, beat_clock: F
     the test stamps every call of the hook's trusted_now (the repair's plan, phase A and verification)."""
     from timeguard import config as tg_config
     from timeguard.agent import read_boot_id, verdict_summary
-    from timeguard.check import run_check
     from timeguard.events import Event, EventKind, new_id
     from timeguard.hooks.api import HookContext, HookStatus
     from timeguard.hooks.celery_beat import CeleryBeatHook, evidence_problem
     from timeguard.journal import Journal
+    from timeguard.measure.check import run_check
 
     db, kind = beat_db, beat_db.kind
     cfg = tg_config.load(cli_config(sources))

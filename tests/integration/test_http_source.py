@@ -28,11 +28,11 @@ from cryptography.hazmat.primitives import hashes
 
 from tests.support.fake_http import NO_DATE, FakeDateServer, blackhole, refusing, running
 from tests.support.realprogs import run_under_clock
+from timeguard.measure import net
+from timeguard.measure.http import query_http
+from timeguard.measure.httpdate import parse_http_date
+from timeguard.measure.sanity import EARLIEST_PLAUSIBLE_S, implausible
 from timeguard.model import Sample, SourceKind, SourceState
-from timeguard.sanity import EARLIEST_PLAUSIBLE_S, implausible
-from timeguard.sources import _net
-from timeguard.sources.http import query_http
-from timeguard.sources.httpdate import parse_http_date
 
 #: taken before any test patches it (fake_dns)
 REAL_GETADDRINFO = socket.getaddrinfo
@@ -263,7 +263,7 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Callable[...
 
     Maps a name to what the lookup does (called with getaddrinfo's other arguments: port, family, type, ...);
     other names go to the real getaddrinfo (only loopback ones are used). At teardown, waits for lookups that
-    were left pending in timeguard.sources._net, so none is joined by a later test.
+    were left pending in timeguard.measure.net, so none is joined by a later test.
     """
     behaviours: dict[str, Callable[..., Any]] = {}
 
@@ -276,7 +276,7 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Callable[...
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     yield behaviours
     deadline = time.monotonic() + 5
-    while any(key[0].endswith(".invalid") for key in _net._Lookup._pending) and time.monotonic() < deadline:
+    while any(key[0].endswith(".invalid") for key in net._Lookup._pending) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -292,7 +292,7 @@ def test_dns_failure_for_a_nonexistent_name(fake_dns):
     fake_dns["no-such-host.invalid"] = nxdomain
     sample = query_http("https://no-such-host.invalid/")
     assert sample.failure is SourceState.UNREACHABLE
-    # _net's wording, the same as the NTP source's for the same failure
+    # net's wording, the same as the NTP source's for the same failure
     assert sample.reason == "host name 'no-such-host.invalid' not found in DNS (check the spelling and the resolver)"
     assert sample.address == "no-such-host.invalid:443"
 
@@ -313,7 +313,7 @@ def test_a_resolver_that_hangs_cannot_hold_the_source_past_its_deadline(fake_dns
         release.set()
     assert elapsed <= 0.5 + LATE_S
     assert sample.failure is SourceState.UNREACHABLE
-    # _net.resolve's own deadline (what the connect had left) says it was DNS, not the server
+    # net.resolve's own deadline (what the connect had left) says it was DNS, not the server
     assert sample.reason.startswith("DNS lookup of 'slow-resolver.invalid' did not answer within 0.")
     assert "(resolver stalled or unreachable; check /etc/resolv.conf and the DNS server)" in sample.reason
 
@@ -347,7 +347,7 @@ def test_a_hanging_resolver_holds_one_thread_per_name_not_one_per_poll(fake_dns)
         time.sleep(0.1)
         new_threads = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
         assert new_threads == ["timeguard-dns:hung-resolver.invalid"]
-        assert [key[0] for key in _net._Lookup._pending] == ["hung-resolver.invalid"]
+        assert [key[0] for key in net._Lookup._pending] == ["hung-resolver.invalid"]
     finally:
         release.set()
 
@@ -631,7 +631,7 @@ def test_without_the_time_check_the_chain_and_the_name_are_still_verified(tmp_pa
 CHILD_UNDER_FAKE_CLOCK = r"""
 import json, sys
 import requests
-from timeguard.sources.http import query_http
+from timeguard.measure.http import query_http
 url, bundle = sys.argv[1], sys.argv[2]
 try:
     requests.head(url, verify=bundle, timeout=5)

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.support.fake_ntp import FakeNTPServer
+from timeguard.measure import net
+from timeguard.measure.ntp import ntp_to_unix_ns, query_ntp
 from timeguard.model import Sample, SourceKind, SourceState
-from timeguard.sources import _net
-from timeguard.sources.ntp import ntp_to_unix_ns, query_ntp
 
 NS = 1_000_000_000
 #: Slack for "returns within the deadline": the promise is timeout + 50 ms.
@@ -374,11 +374,11 @@ def stalled_dns(monkeypatch) -> Iterator[list[str]]:
         release.wait(30)
         return real("127.0.0.1", *args, **kwargs)
 
-    monkeypatch.setattr(_net.socket, "getaddrinfo", hang)
+    monkeypatch.setattr(net.socket, "getaddrinfo", hang)
     yield asked
     release.set()
     deadline = time.monotonic() + 5
-    while _net._Lookup._pending and time.monotonic() < deadline:
+    while net._Lookup._pending and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -399,7 +399,7 @@ def test_unknown_host_fails_fast_with_a_clear_reason(monkeypatch):
     def nxdomain(*args, **kwargs):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    monkeypatch.setattr(_net.socket, "getaddrinfo", nxdomain)
+    monkeypatch.setattr(net.socket, "getaddrinfo", nxdomain)
     start = time.monotonic()
     sample = query_ntp("no-such-host.invalid", 123, timeout_s=2.0)
     assert time.monotonic() - start < 0.1
@@ -409,7 +409,7 @@ def test_unknown_host_fails_fast_with_a_clear_reason(monkeypatch):
 
 def test_host_name_is_resolved(server):
     """A name, not only a literal: 'localhost' comes from /etc/hosts, no DNS server involved."""
-    addresses = _net.resolve("localhost", server.port, timeout_s=1.0)
+    addresses = net.resolve("localhost", server.port, timeout_s=1.0)
     if not any(a.ip == "127.0.0.1" for a in addresses) or addresses[0].ip != "127.0.0.1":
         pytest.skip(f"localhost does not resolve to 127.0.0.1 first here: {[str(a) for a in addresses]}")
     sample = query_ntp("localhost", server.port)
@@ -419,10 +419,10 @@ def test_host_name_is_resolved(server):
 
 def test_next_address_is_tried_when_sending_to_the_first_fails(server, monkeypatch):
     """A host with an address we cannot send to (say IPv6 without a route) still gets asked on the next."""
-    from timeguard.sources import ntp
+    from timeguard.measure import ntp
 
-    unsendable = _net.ResolvedAddress(socket.AF_INET6, ("127.0.0.1", server.port, 0, 0))  # wrong family: no traffic
-    good = _net.ResolvedAddress(socket.AF_INET, ("127.0.0.1", server.port))
+    unsendable = net.ResolvedAddress(socket.AF_INET6, ("127.0.0.1", server.port, 0, 0))  # wrong family: no traffic
+    good = net.ResolvedAddress(socket.AF_INET, ("127.0.0.1", server.port))
     monkeypatch.setattr(ntp, "resolve", lambda *args, **kwargs: (unsendable, good))
     sample = query_ntp("dual.test", server.port)
     assert_contains(sample, 0.0)
@@ -430,9 +430,9 @@ def test_next_address_is_tried_when_sending_to_the_first_fails(server, monkeypat
 
 
 def test_no_address_can_be_sent_to(server, monkeypatch):
-    from timeguard.sources import ntp
+    from timeguard.measure import ntp
 
-    unsendable = _net.ResolvedAddress(socket.AF_INET6, ("127.0.0.1", server.port, 0, 0))
+    unsendable = net.ResolvedAddress(socket.AF_INET6, ("127.0.0.1", server.port, 0, 0))
     monkeypatch.setattr(ntp, "resolve", lambda *args, **kwargs: (unsendable,))
     sample = query_ntp("broken.test", server.port)
     assert sample.failure is SourceState.UNREACHABLE

@@ -11,13 +11,13 @@ import pytest
 
 from timeguard import config
 from timeguard.agent import Agent, _Latest, rebase, steady_interval
-from timeguard.check import Probe
 from timeguard.clockwatch import ClockReading
 from timeguard.config import HookSpec
 from timeguard.events import Event, EventKind
 from timeguard.hooks import dispatch as dispatch_mod
 from timeguard.hooks.api import AuditOutcome, AuditResult, HookContext, HookResult
 from timeguard.journal import Journal
+from timeguard.measure.check import Probe
 from timeguard.model import Sample, SourceKind, SourceState
 
 
@@ -98,7 +98,7 @@ def test_forward_jump_while_down_and_nothing_when_steady(agent):
 
 
 def test_conditions_are_recorded_on_transitions_only(agent):
-    from timeguard.consensus import decide
+    from timeguard.measure.consensus import decide
 
     agent._probes = [type("P", (), {"kind": SourceKind.NTP})()]
     agent._rounds_done = {SourceKind.NTP}
@@ -171,7 +171,7 @@ def test_no_condition_before_every_configured_class_finished_its_first_round(age
 
 def test_a_stale_verdict_never_overrides_a_newer_one(agent):
     """Two rounds of the same condition machine: the older verdict, judged last, is ignored."""
-    from timeguard.consensus import decide
+    from timeguard.measure.consensus import decide
 
     agent._probes = [type("P", (), {"kind": SourceKind.NTP})()]
     agent._rounds_done = {SourceKind.NTP}

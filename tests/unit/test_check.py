@@ -8,7 +8,7 @@ import time
 import pytest
 
 from timeguard import config, report
-from timeguard.check import Probe, measure_all, parse_host, run_check
+from timeguard.measure.check import Probe, measure_all, parse_host, run_check
 from timeguard.model import Sample, SourceKind, SourceState, Status
 from timeguard.ranges import Range
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from timeguard.consensus import decide, fmt_offset, select
+from timeguard.measure.consensus import decide, fmt_offset, select
 from timeguard.model import Sample, SourceKind, SourceState, Status
 from timeguard.ranges import Range
 

@@ -20,9 +20,9 @@ import requests
 import trustme
 
 from tests.support.fake_http import FakeDateServer, running
-from timeguard.sanity import EARLIEST_PLAUSIBLE_S
-from timeguard.sources import http
-from timeguard.sources.http import _date_outside, _expired_before_release, _tls_context, _Validity
+from timeguard.measure import http
+from timeguard.measure.http import _date_outside, _expired_before_release, _tls_context, _Validity
+from timeguard.measure.sanity import EARLIEST_PLAUSIBLE_S
 
 NO_CHECK_TIME = 0x200000  # OpenSSL's X509_V_FLAG_NO_CHECK_TIME, written out here on purpose
 

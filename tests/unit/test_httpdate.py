@@ -14,13 +14,13 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from timeguard.sanity import EARLIEST_PLAUSIBLE_S
-from timeguard.sources.httpdate import (
+from timeguard.measure.httpdate import (
     RFC850_REFERENCE_YEAR,
     HttpDateError,
     format_imf_fixdate,
     parse_http_date,
 )
+from timeguard.measure.sanity import EARLIEST_PLAUSIBLE_S
 
 RFC_EXAMPLE_S = 784111777  # Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110 §5.6.7)
 WEEKDAYS_LONG = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")

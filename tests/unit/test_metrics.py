@@ -22,12 +22,12 @@ from tests.unit.test_agent import _Alert, _ScriptedAuditor, reading
 from timeguard import config, logs
 from timeguard.agent import Agent
 from timeguard.config import HookSpec, MetricsOptions
-from timeguard.consensus import decide
 from timeguard.events import Event, EventKind
 from timeguard.hooks import dispatch as dispatch_mod
 from timeguard.hooks.api import AuditOutcome, AuditResult, DeliveryResult
 from timeguard.hooks.outbox import Outbox
 from timeguard.journal import Journal
+from timeguard.measure.consensus import decide
 from timeguard.metrics import CATALOGUE, TEXTFILE_MODE, Metrics, write_textfile
 from timeguard.model import Sample, SourceKind, SourceState
 

@@ -16,10 +16,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tests.support.fake_ntp import build_packet, to_ntp
-from timeguard.model import Sample, SourceKind, SourceState
-from timeguard.sources import _net
-from timeguard.sources._net import ResolveError, resolve
-from timeguard.sources.ntp import (
+from timeguard.measure import net
+from timeguard.measure.net import ResolveError, resolve
+from timeguard.measure.ntp import (
     DEFAULT_MAX_ROOT_DISTANCE_S,
     ERA_NS,
     LOCAL_READ_PRECISION_S,
@@ -39,6 +38,7 @@ from timeguard.sources.ntp import (
     origin_of,
     unix_ns_to_ntp,
 )
+from timeguard.model import Sample, SourceKind, SourceState
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -466,11 +466,11 @@ def stalled_dns(monkeypatch):
         release.wait(30)
         return real("127.0.0.1", *args, **kwargs)
 
-    monkeypatch.setattr(_net.socket, "getaddrinfo", hang)
+    monkeypatch.setattr(net.socket, "getaddrinfo", hang)
     yield calls
     release.set()
     deadline = time.monotonic() + 5
-    while _net._Lookup._pending and time.monotonic() < deadline:  # let the lookup threads finish
+    while net._Lookup._pending and time.monotonic() < deadline:  # let the lookup threads finish
         time.sleep(0.01)
 
 
@@ -489,7 +489,7 @@ def test_resolve_unknown_name_is_a_clear_error(monkeypatch):
     def nxdomain(*args, **kwargs):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    monkeypatch.setattr(_net.socket, "getaddrinfo", nxdomain)
+    monkeypatch.setattr(net.socket, "getaddrinfo", nxdomain)
     with pytest.raises(ResolveError, match=r"host name 'no-such\.invalid' not found in DNS"):
         resolve("no-such.invalid", 123, timeout_s=1)
 
@@ -498,7 +498,7 @@ def test_resolve_temporary_failure_says_so(monkeypatch):
     def again(*args, **kwargs):
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
-    monkeypatch.setattr(_net.socket, "getaddrinfo", again)
+    monkeypatch.setattr(net.socket, "getaddrinfo", again)
     with pytest.raises(ResolveError, match="failed temporarily"):
         resolve("flaky.test", 123, timeout_s=1)
 

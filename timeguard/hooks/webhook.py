@@ -46,7 +46,7 @@ from timeguard import __version__, secrets
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext, HookResult
 from timeguard.hooks.outbox import split_payload
-from timeguard.sources.httpdate import HttpDateError, parse_http_date
+from timeguard.measure.httpdate import HttpDateError, parse_http_date
 from timeguard.timefmt import iso
 
 DEFAULT_REQUEST_TIMEOUT_S = 15.0

@@ -151,7 +151,7 @@ def _cmd_celery_beat(args: argparse.Namespace) -> int:
         offset_s = 0.0
     else:
         from timeguard.agent import verdict_summary
-        from timeguard.check import run_check
+        from timeguard.measure.check import run_check
 
         result = run_check(cfg)
         problem = evidence_problem(verdict_summary(result.verdict))

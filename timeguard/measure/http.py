@@ -21,7 +21,7 @@ and the host name against the configured CA bundle (or the system store), but is
 (``X509_V_FLAG_NO_CHECK_TIME``); instead, with evidence that does not come from the host clock:
 
 * no certificate of the verified chain may have expired before this release was built
-  (:data:`timeguard.sanity.EARLIEST_PLAUSIBLE_S`): whoever holds such a key could forge any Date;
+  (:data:`timeguard.measure.sanity.EARLIEST_PLAUSIBLE_S`): whoever holds such a key could forge any Date;
   refused right after the handshake, before a request is sent;
 * every Date the source measures must lie inside the validity of every certificate of the chain: an honest server
   never serves a time outside its own certificate's validity (so an expired certificate is still refused, and a
@@ -32,7 +32,7 @@ as ``SSLSocket.get_verified_chain()``), which gives the chain OpenSSL verified, 
 missing only the leaf (``getpeercert()``) can be judged. Verification is never switched off: a source whose
 certificate fails any of these checks gives no time at all.
 
-Names are resolved with :func:`timeguard.sources._net.resolve` (a deadline of its own, one pending lookup per name
+Names are resolved with :func:`timeguard.measure.net.resolve` (a deadline of its own, one pending lookup per name
 shared by every caller), not inside urllib3, whose ``getaddrinfo`` has no timeout; the connection then goes to the
 resolved address while SNI, the certificate's name check and ``Host`` keep the URL's host name.
 
@@ -61,10 +61,10 @@ import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
 
+from timeguard.measure.httpdate import HttpDateError, parse_http_date
+from timeguard.measure.net import ResolveError, resolve
+from timeguard.measure.sanity import EARLIEST_PLAUSIBLE_S, implausible
 from timeguard.model import Sample, SourceKind, SourceState
-from timeguard.sanity import EARLIEST_PLAUSIBLE_S, implausible
-from timeguard.sources._net import ResolveError, resolve
-from timeguard.sources.httpdate import HttpDateError, parse_http_date
 from timeguard.timefmt import iso
 
 __all__ = ["query_http"]
@@ -486,7 +486,7 @@ class _Prober:
 
 
 class _StampedConnection:
-    """Records when urllib3 starts sending a request and when the answer's headers are in; resolves with _net.
+    """Records when urllib3 starts sending a request and when the answer's headers are in; resolves with net.
 
     ``requests`` spends about half a millisecond of Python before it sends and after it receives (environment
     proxies, netrc, cookies, hooks); stamping at the connection keeps that, the TLS handshake and the DNS lookup
@@ -511,10 +511,10 @@ class _StampedConnection:
         return response
 
     def _new_conn(self) -> socket.socket:
-        """A TCP connection to the host's addresses from :func:`_net.resolve`, tried in the resolver's order.
+        """A TCP connection to the host's addresses from :func:`net.resolve`, tried in the resolver's order.
 
         Replaces urllib3's, which calls ``getaddrinfo`` without a timeout, in this worker: a resolver that hangs for
-        good would then hold one thread per probe for ever. ``_net.resolve`` waits at most the connect timeout and
+        good would then hold one thread per probe for ever. ``net.resolve`` waits at most the connect timeout and
         shares one lookup per name. ``self.host`` stays the URL's host, so SNI, the certificate's name check and
         the ``Host`` header do not change; only the socket goes to the resolved address.
         """

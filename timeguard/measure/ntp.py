@@ -29,9 +29,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from timeguard.measure.net import ResolvedAddress, ResolveError, format_address, resolve
+from timeguard.measure.sanity import implausible
 from timeguard.model import Sample, SourceKind, SourceState
-from timeguard.sanity import implausible
-from timeguard.sources._net import ResolvedAddress, ResolveError, format_address, resolve
 
 NTP_PORT = 123
 HEADER_LEN = 48

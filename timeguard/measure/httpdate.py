@@ -17,7 +17,7 @@ Choices where the RFC leaves room, made for a time source rather than a browser:
 * Second 60 is accepted only as the leap second ``23:59:60`` and read as ``23:59:59``, the UNIX second the
   Linux kernel repeats while the leap second is inserted; so the value never runs ahead of the server.
 * A two-digit rfc850 year that would lie more than 50 years after the reference year (the year of
-  :data:`timeguard.sanity.EARLIEST_PLAUSIBLE_S`, not the host clock, which may be the thing that is wrong)
+  :data:`timeguard.measure.sanity.EARLIEST_PLAUSIBLE_S`, not the host clock, which may be the thing that is wrong)
   is in the previous century.
 * No ``strptime`` (locale), no ``email.utils`` (lenient, returns None, guesses zones).
 """
@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import time
 
-from timeguard.sanity import EARLIEST_PLAUSIBLE_S
+from timeguard.measure.sanity import EARLIEST_PLAUSIBLE_S
 
 __all__ = ["HttpDateError", "format_imf_fixdate", "parse_http_date"]
 

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from timeguard import consensus
 from timeguard.config import Config, HttpServer, NtpServer
 from timeguard.localclock import LocalClockState, read_local_clock
+from timeguard.measure import consensus
 from timeguard.model import Sample, SourceKind, SourceState, Verdict
 from timeguard.ranges import Range
 
@@ -79,11 +79,11 @@ def probes(cfg: Config) -> list[Probe]:
     configured: ``timeguard --help`` loads neither, and an NTP-only daemon never loads requests (~7 MiB)."""
     out = []
     if cfg.sources.ntp:
-        from timeguard.sources.ntp import query_ntp
+        from timeguard.measure.ntp import query_ntp
 
         out += [Probe(ntp.label, SourceKind.NTP, _ntp_measure(query_ntp, ntp, cfg)) for ntp in cfg.sources.ntp]
     if cfg.sources.http:
-        from timeguard.sources.http import query_http
+        from timeguard.measure.http import query_http
 
         out += [Probe(h.label, SourceKind.HTTP, _http_measure(query_http, h, cfg)) for h in cfg.sources.http]
     return out
