@@ -64,7 +64,7 @@ TIMERFD_TARGET_S = 0.050
 GUEST = r"""
 import json, sys, threading, time
 sys.path.insert(0, __REPO__)
-from timeguard.clockwatch import ClockSetWatcher, StepDetector
+from timeguard.watch.clockwatch import ClockSetWatcher, StepDetector
 
 found, stop = [], threading.Event()
 detector = StepDetector(ClockSetWatcher())

@@ -28,19 +28,19 @@ from typing import Any
 
 from timeguard import __version__, logs
 from timeguard import config as config_mod
-from timeguard.clockwatch import ClockReading, ClockStep, StepDetector, StepKind, read_clocks
 from timeguard.config import Config
 from timeguard.events import Event, EventKind, new_id
 from timeguard.hooks.api import HookRun, HookStatus
 from timeguard.hooks.dispatch import Dispatcher
 from timeguard.journal import CheckRecord, Journal, JournalError, open_for_daemon
-from timeguard.localclock import read_kernel_clock
 from timeguard.measure import consensus
 from timeguard.measure.check import Probe, measure_all, probes
 from timeguard.measure.ntp import PollPolicy
 from timeguard.model import Sample, SourceKind, SourceState, Status, Verdict
 from timeguard.sdnotify import Notifier
 from timeguard.timefmt import iso as _iso
+from timeguard.watch.clockwatch import ClockReading, ClockStep, StepDetector, StepKind, read_clocks
+from timeguard.watch.localclock import read_kernel_clock
 
 PHI = 15e-6  # RFC 5905: how fast an old sample's error grows (s/s)
 HEARTBEAT_S = 10.0  # how often `timeguard status` can see the daemon is alive

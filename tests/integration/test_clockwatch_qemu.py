@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.real
 
 # Runs inside the guest as root, behind realprogs' guard (it refuses outside the guest and defines guest_only).
-# Keep imports to the stdlib and timeguard.clockwatch: every import costs ~10x more under TCG.
+# Keep imports to the stdlib and timeguard.watch.clockwatch: every import costs ~10x more under TCG.
 GUEST_SCRIPT = r"""
 import ctypes
 import json
@@ -43,7 +43,7 @@ import threading
 import time
 
 sys.path.insert(0, __TIMEGUARD_REPO__)
-from timeguard.clockwatch import ClockSetWatcher, StepDetector, read_clocks
+from timeguard.watch.clockwatch import ClockSetWatcher, StepDetector, read_clocks
 
 ADJ_STATUS, ADJ_TICK = 0x0010, 0x4000
 STA_INS, STA_DEL = 0x0010, 0x0020

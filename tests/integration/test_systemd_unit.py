@@ -280,7 +280,7 @@ PR_MDWE_REFUSE_EXEC_GAIN = 1
 
 MDWE_PROBE = r"""
 import ctypes, mmap
-from timeguard.localclock import read_local_clock
+from timeguard.watch.localclock import read_local_clock
 state = read_local_clock()
 assert state.kernel is not None, state.kernel_error
 cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1)
@@ -293,8 +293,8 @@ spec = (ctypes.c_long * 4)(0, 0, 2**40, 0)
 assert libc.timerfd_settime(fd, 1 | 2, spec, None) == 0, ctypes.get_errno()
 import os; os.close(fd)
 import importlib.util
-if importlib.util.find_spec("timeguard.clockwatch"):
-    import timeguard.clockwatch
+if importlib.util.find_spec("timeguard.watch.clockwatch"):
+    import timeguard.watch.clockwatch
 import hashlib, sqlite3, ssl
 ssl.create_default_context()
 sqlite3.connect(":memory:").execute("select 1")

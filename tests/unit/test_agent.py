@@ -11,7 +11,6 @@ import pytest
 
 from timeguard import config
 from timeguard.agent import Agent, _Latest, rebase, steady_interval
-from timeguard.clockwatch import ClockReading
 from timeguard.config import HookSpec
 from timeguard.events import Event, EventKind
 from timeguard.hooks import dispatch as dispatch_mod
@@ -19,6 +18,7 @@ from timeguard.hooks.api import AuditOutcome, AuditResult, HookContext, HookResu
 from timeguard.journal import Journal
 from timeguard.measure.check import Probe
 from timeguard.model import Sample, SourceKind, SourceState
+from timeguard.watch.clockwatch import ClockReading
 
 
 def reading(real: float, boot: float, mono: float | None = None) -> ClockReading:

@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.require import need
-from timeguard import clockwatch
-from timeguard.clockwatch import (
+from timeguard.watch import clockwatch
+from timeguard.watch.clockwatch import (
     DEFAULT_MAX_SLEW_PPM,
     GLITCH_2_32_S,
     ClockReading,

@@ -4,8 +4,8 @@ import errno
 
 import pytest
 
-from timeguard import localclock
-from timeguard.localclock import STA_INS, STA_NANO, STA_UNSYNC, _Timex, decode_timex
+from timeguard.watch import localclock
+from timeguard.watch.localclock import STA_INS, STA_NANO, STA_UNSYNC, _Timex, decode_timex
 
 
 def test_struct_timex_matches_the_kernel_abi():

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from timeguard.config import Config, HttpServer, NtpServer
-from timeguard.localclock import LocalClockState, read_local_clock
 from timeguard.measure import consensus
 from timeguard.model import Sample, SourceKind, SourceState, Verdict
 from timeguard.ranges import Range
+from timeguard.watch.localclock import LocalClockState, read_local_clock
 
 #: How much earlier than the check's deadline each source is told to finish on its own.
 SOURCE_MARGIN_S = 0.05
