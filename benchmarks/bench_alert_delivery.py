@@ -30,7 +30,7 @@ from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookContext
 from timeguard.hooks.outbox import Outbox
 from timeguard.hooks.webhook import WebhookHook
-from timeguard.journal import Journal
+from timeguard.store.journal import Journal
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 

@@ -21,8 +21,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.support.dcb_schema import PREFIX, beat_database, server_problem  # noqa: E402
-from timeguard.journal import Journal  # noqa: E402
 from timeguard.repair.celery_beat import CeleryBeatRepair  # noqa: E402
+from timeguard.store.journal import Journal  # noqa: E402
 
 
 def main() -> int:

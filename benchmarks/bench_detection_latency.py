@@ -55,7 +55,7 @@ from tests.support.realprogs import (
     scratch_dir,
 )
 from timeguard.events import EventKind
-from timeguard.journal import Journal, JournalError
+from timeguard.store.journal import Journal, JournalError
 
 STEP_S = 3600.0
 POLL_TARGET_S = 1.1

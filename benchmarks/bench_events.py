@@ -30,7 +30,7 @@ from _common import SETPRIV, Report, cleanup, machine, mib, program, ratio, run_
 
 from tests.support.realprogs import scratch_dir
 from timeguard.events import Event, EventKind
-from timeguard.journal import Journal
+from timeguard.store.journal import Journal
 
 
 def _event(i: int) -> Event:

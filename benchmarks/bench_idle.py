@@ -31,7 +31,7 @@ from _common import REPO, Report, cleanup, machine, mib, need_programs, ratio
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import ChronyServer, ManagedProcess, scratch_dir
-from timeguard.journal import Journal, JournalError
+from timeguard.store.journal import Journal, JournalError
 
 CPU_TARGET_PCT = 0.1
 RSS_TARGET_MIB = 35.0

@@ -32,12 +32,12 @@ from timeguard.config import Config
 from timeguard.events import Event, EventKind, new_id
 from timeguard.hooks.api import HookRun, HookStatus
 from timeguard.hooks.dispatch import Dispatcher
-from timeguard.journal import CheckRecord, Journal, JournalError, open_for_daemon
 from timeguard.measure import consensus
 from timeguard.measure.check import Probe, measure_all, probes
 from timeguard.measure.ntp import PollPolicy
 from timeguard.model import Sample, SourceKind, SourceState, Status, Verdict
 from timeguard.sdnotify import Notifier
+from timeguard.store.journal import CheckRecord, Journal, JournalError, open_for_daemon
 from timeguard.timefmt import iso as _iso
 from timeguard.watch.clockwatch import ClockReading, ClockStep, StepDetector, StepKind, read_clocks
 from timeguard.watch.localclock import read_kernel_clock
@@ -73,7 +73,7 @@ def read_boot_id() -> str:
 
 def open_journal(state_dir: str, log: Any) -> Journal:
     """Open the journal. Only a damaged file is moved aside (kept, never deleted), what is readable in it salvaged
-    into a new one (timeguard.journal.open_for_daemon); a lock or an unusable state directory raises."""
+    into a new one (timeguard.store.journal.open_for_daemon); a lock or an unusable state directory raises."""
     journal, damage = open_for_daemon(state_dir)
     if damage is not None:
         log.error("journal_damaged", error=damage["reason"], moved_to=damage["moved_to"], salvaged=damage["copied"],

@@ -308,7 +308,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logs.configure(cfg.logging.level, cfg.logging.format)
     for warning in cfg.warnings:
         logs.get().warning("config_warning", warning=warning.format(cfg.origin))
-    from timeguard.journal import JournalError, JournalUnusable
+    from timeguard.store.journal import JournalError, JournalUnusable
 
     try:
         return Agent(cfg, config_path=path).run()

@@ -98,7 +98,7 @@ class DaemonOptions:
     floor_interval_s: float = _f(lo=1, hi=3600)
     audit_interval_s: float = _f(lo=10, hi=86400)
     audit_retry_s: float = _f(lo=1, hi=86400)
-    events_retention_days: float = _f(lo=1, hi=36500)  # journal retention (timeguard.journal.Journal.prune_events)
+    events_retention_days: float = _f(lo=1, hi=36500)  # retention (timeguard.store.journal.Journal.prune_events)
     events_max: int = _f(lo=1000)
 
 

@@ -27,8 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from timeguard import __version__
-from timeguard.journal import JournalError
 from timeguard.model import SourceState, Status
+from timeguard.store.journal import JournalError
 
 if TYPE_CHECKING:
     from timeguard.agent import Agent

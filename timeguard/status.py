@@ -18,8 +18,8 @@ from typing import Any, TextIO
 
 from timeguard.cli import load_config_or_exit
 from timeguard.events import Event, EventKind
-from timeguard.journal import FILENAME, Journal, JournalError
 from timeguard.measure.consensus import fmt_offset
+from timeguard.store.journal import FILENAME, Journal, JournalError
 from timeguard.timefmt import iso as _iso
 
 #: A heartbeat older than this (it is written every 10 s) means the daemon is not running.

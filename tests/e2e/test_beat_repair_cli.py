@@ -410,7 +410,7 @@ def test_two_agents_at_once(beat_db: BeatDatabase, beat_clock: FakeClock, source
         assert lose["clean"] is True and lose["rounds"] == [], lose
         assert lose["rows_changed"] == {"last_run_at": 0, "date_changed": 0, "last_update": 0}, lose
 
-        from timeguard.journal import Journal
+        from timeguard.store.journal import Journal
 
         with Journal.in_state_dir(state_dir(configs[winners[0]])) as j:
             assert len(j.repair_undo_records(win["incident_id"])) == len(expected), "winner's undo records"
@@ -635,8 +635,8 @@ def test_stop_start_commands_with_real_beat(beat_db: BeatDatabase, beat_clock: F
     from timeguard.events import Event, EventKind, new_id
     from timeguard.hooks.api import HookContext, HookStatus
     from timeguard.hooks.celery_beat import CeleryBeatHook, evidence_problem
-    from timeguard.journal import Journal
     from timeguard.measure.check import run_check
+    from timeguard.store.journal import Journal
 
     db, kind = beat_db, beat_db.kind
     cfg = tg_config.load(cli_config(sources))

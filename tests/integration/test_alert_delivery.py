@@ -29,7 +29,7 @@ from timeguard.hooks.api import HookContext, HookStatus
 from timeguard.hooks.outbox import Outbox
 from timeguard.hooks.slack import SlackHook
 from timeguard.hooks.webhook import WebhookHook
-from timeguard.journal import Journal
+from timeguard.store.journal import Journal
 
 SECRET = "whsec_" + base64.b64encode(b"timeguard-integration-secret-32b").decode()
 DAY = 86400.0
@@ -234,7 +234,7 @@ from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookContext
 from timeguard.hooks.outbox import Outbox
 from timeguard.hooks.webhook import WebhookHook
-from timeguard.journal import Journal
+from timeguard.store.journal import Journal
 
 args = json.loads(sys.argv[1])
 out = open(args["out"], "a", buffering=1)

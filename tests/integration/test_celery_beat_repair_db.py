@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from tests.support.dcb_schema import PREFIX, BeatDB, beat_database, server_problem
 from tests.support.require import need
-from timeguard.journal import Journal
 from timeguard.repair.celery_beat import CeleryBeatRepair, RepairError
+from timeguard.store.journal import Journal
 
 pytestmark = pytest.mark.real
 

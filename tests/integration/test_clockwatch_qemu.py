@@ -227,7 +227,7 @@ import time
 sys.path.insert(0, __TIMEGUARD_REPO__)
 from tests.support.fake_ntp import FakeNTPServer
 from timeguard.events import EventKind
-from timeguard.journal import Journal, JournalError
+from timeguard.store.journal import Journal, JournalError
 
 work = os.path.join(os.environ["TMPDIR"], "timeguard")
 os.makedirs(work)

@@ -101,7 +101,7 @@ def test_no_spurious_condition_at_start_up_with_a_slow_journal(sources):
     verdict must not become ``sources_unavailable`` (then ``recovered``), each paging the hooks."""
     import sqlite3
 
-    from timeguard.journal import Journal
+    from timeguard.store.journal import Journal
 
     directory = scratch_dir("daemon")
     config = write_config(directory, {"ntp": sources["ntp"], "http": None},

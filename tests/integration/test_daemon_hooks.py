@@ -15,7 +15,7 @@ from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import FakeClock, scratch_dir
 from tests.support.receiver import Receiver
 from timeguard.events import EventKind
-from timeguard.journal import Journal
+from timeguard.store.journal import Journal
 
 DAYS_180 = 180 * 86400
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

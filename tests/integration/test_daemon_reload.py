@@ -162,7 +162,7 @@ def test_sighup_with_any_bad_file_keeps_the_old_config_and_detection_going(fake_
 
 def _jumps(directory: Path) -> list[Any]:
     """The forward jumps in the journal, read without the config file (it is a FIFO just now)."""
-    from timeguard.journal import Journal, JournalError
+    from timeguard.store.journal import Journal, JournalError
 
     try:
         with Journal(directory / "state" / "journal.sqlite", readonly=True) as j:

@@ -10,13 +10,13 @@ import sys
 import textwrap
 import time
 
-from timeguard.journal import Journal
+from timeguard.store.journal import Journal
 
 WRITER = textwrap.dedent(
     """
     import sys, time
     from timeguard.events import Event, EventKind
-    from timeguard.journal import CheckRecord, Journal
+    from timeguard.store.journal import CheckRecord, Journal
     j = Journal(sys.argv[1])
     start = int(sys.argv[2])
     for i in range(start, start + 100000):

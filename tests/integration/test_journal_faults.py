@@ -20,7 +20,7 @@ from tests.support.daemon import checks, events, log_event, start, wait_for, wri
 from tests.support.realprogs import SETPRIV_NO_SYS_TIME, scratch_dir
 from tests.support.require import need, need_program
 from timeguard.events import Event, EventKind
-from timeguard.journal import FILENAME, Journal
+from timeguard.store.journal import FILENAME, Journal
 
 EX_CONFIG = 78
 sources = test_daemon.sources  # the fixture: three fake NTP servers and an HTTP Date server on loopback
@@ -168,8 +168,8 @@ sys.stdin.read()
 
 RUN_WITH_SHORT_WAIT = """
 import sys
-import timeguard.journal
-timeguard.journal.OPEN_LOCK_WAIT_S = 1.0
+import timeguard.store.journal
+timeguard.store.journal.OPEN_LOCK_WAIT_S = 1.0
 from timeguard.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -20,7 +20,7 @@ import yaml
 from tests.support.realprogs import FakeClock, ManagedProcess, run_under_clock
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookRun
-from timeguard.journal import Journal, JournalError
+from timeguard.store.journal import Journal, JournalError
 
 
 def write_config(directory: Path, sources: dict[str, Any], **overrides: Any) -> Path:

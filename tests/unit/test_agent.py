@@ -15,9 +15,9 @@ from timeguard.config import HookSpec
 from timeguard.events import Event, EventKind
 from timeguard.hooks import dispatch as dispatch_mod
 from timeguard.hooks.api import AuditOutcome, AuditResult, HookContext, HookResult
-from timeguard.journal import Journal
 from timeguard.measure.check import Probe
 from timeguard.model import Sample, SourceKind, SourceState
+from timeguard.store.journal import Journal
 from timeguard.watch.clockwatch import ClockReading
 
 

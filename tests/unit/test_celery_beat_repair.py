@@ -11,8 +11,8 @@ import pytest
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookConfigError, HookContext, HookStatus
 from timeguard.hooks.celery_beat import CeleryBeatHook, evidence_problem
-from timeguard.journal import Journal
 from timeguard.repair.celery_beat import CeleryBeatRepair, RepairError
+from timeguard.store.journal import Journal
 
 GOOD = {"status": "OK", "offset_s": 0.02, "offset_lo_s": 0.0, "offset_hi_s": 0.04, "ntp_http_agree": True,
         "summary": "ok"}
@@ -179,7 +179,7 @@ def test_a_later_round_makes_an_undone_entry_undoable_again(tmp_path: Path) -> N
 def test_schema_3_undo_rows_are_carried_over_by_migration_4(tmp_path: Path) -> None:
     import sqlite3
 
-    from timeguard.journal import _MIGRATIONS
+    from timeguard.store.journal import _MIGRATIONS
 
     path = tmp_path / "journal.sqlite"
     db = sqlite3.connect(path, isolation_level=None)
@@ -209,8 +209,8 @@ def test_migration_5_scrubs_passwords_older_versions_wrote_and_keeps_the_undo_re
     import json
     import sqlite3
 
-    from timeguard.journal import _MIGRATIONS
     from timeguard.secrets import redact_text
+    from timeguard.store.journal import _MIGRATIONS
 
     secret = "s3cr3t-Pa55"
     url = f"postgresql://beat@db.example/beat?password={secret}&sslmode=require"

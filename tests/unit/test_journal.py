@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from timeguard import journal as jmod
 from timeguard.events import Event, EventKind
-from timeguard.journal import CheckRecord, Journal, JournalCorrupt, JournalError, JournalUnusable
+from timeguard.store import journal as jmod
+from timeguard.store.journal import CheckRecord, Journal, JournalCorrupt, JournalError, JournalUnusable
 
 
 def ev(kind=EventKind.ROLLBACK, incident="inc1", wall=1000.0, trusted=None, **kw) -> Event:
@@ -171,7 +171,7 @@ import time  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from timeguard.journal import JournalLocked, open_for_daemon  # noqa: E402
+from timeguard.store.journal import JournalLocked, open_for_daemon  # noqa: E402
 
 LOCKER = """
 import sqlite3, sys, time

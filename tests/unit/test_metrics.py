@@ -26,10 +26,10 @@ from timeguard.events import Event, EventKind
 from timeguard.hooks import dispatch as dispatch_mod
 from timeguard.hooks.api import AuditOutcome, AuditResult, DeliveryResult
 from timeguard.hooks.outbox import Outbox
-from timeguard.journal import Journal
 from timeguard.measure.consensus import decide
 from timeguard.metrics import CATALOGUE, TEXTFILE_MODE, Metrics, write_textfile
 from timeguard.model import Sample, SourceKind, SourceState
+from timeguard.store.journal import Journal
 
 
 def free_port() -> int:

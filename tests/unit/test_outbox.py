@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from timeguard import journal as jmod
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import Delivery, DeliveryResult, HookRun, HookStatus
 from timeguard.hooks.outbox import OUTBOX_KEY, Outbox, backoff_s, split_payload
-from timeguard.journal import Journal, JournalError
+from timeguard.store import journal as jmod
+from timeguard.store.journal import Journal, JournalError
 
 
 class Clock:

@@ -4,8 +4,8 @@ import pytest
 
 from timeguard import cli
 from timeguard.events import Event, EventKind
-from timeguard.journal import Journal
 from timeguard.status import event_line, parse_since
+from timeguard.store.journal import Journal
 
 
 def test_parse_since():
@@ -73,9 +73,9 @@ import json  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from timeguard import journal as jmod  # noqa: E402
-from timeguard.journal import open_for_daemon  # noqa: E402
 from timeguard.status import write_json_array  # noqa: E402
+from timeguard.store import journal as jmod  # noqa: E402
+from timeguard.store.journal import open_for_daemon  # noqa: E402
 
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
@@ -165,7 +165,7 @@ def test_events_json_streams_the_hook_schema(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("table", ["meta", "checks", "events"])
 def test_status_shows_the_rest_when_one_part_is_unreadable(tmp_path, capsys, table):
     """A row whose JSON is garbage (damage SQLite cannot see) spoils that part of status only, named."""
-    from timeguard.journal import CheckRecord
+    from timeguard.store.journal import CheckRecord
 
     path = _write_config(tmp_path)
     with Journal.in_state_dir(tmp_path) as j:

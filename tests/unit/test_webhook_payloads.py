@@ -23,7 +23,7 @@ from timeguard.hooks.webhook import (
     retry_after_s,
     sign,
 )
-from timeguard.journal import Journal
+from timeguard.store.journal import Journal
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 HOST_T = 1_700_000_000.0  # what the host clock said

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 from timeguard.events import Event, EventKind
 
 if TYPE_CHECKING:
-    from timeguard.journal import Journal
+    from timeguard.store.journal import Journal
 
 #: Increment when Hook/HookType/HookContext change incompatibly; a plugin may check it.
 API_VERSION = 1

@@ -29,7 +29,7 @@ from timeguard.hooks.api import (
     HookStatus,
 )
 from timeguard.hooks.registry import UnknownHookType, find_type
-from timeguard.journal import Journal, JournalError
+from timeguard.store.journal import Journal, JournalError
 
 MAX_OUTPUT = 64 * 1024
 

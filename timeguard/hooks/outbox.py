@@ -41,7 +41,7 @@ from typing import Any
 
 from timeguard.events import Event
 from timeguard.hooks.api import Deliverer, Delivery, DeliveryResult
-from timeguard.journal import Journal, JournalError, OutboxEntry
+from timeguard.store.journal import Journal, JournalError, OutboxEntry
 
 DEFAULT_MIN_INTERVAL_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 200

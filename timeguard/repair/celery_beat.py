@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from timeguard.secrets import MASK, redact_text, redact_url
 
 if TYPE_CHECKING:
-    from timeguard.journal import Journal
+    from timeguard.store.journal import Journal
 
 DEFAULT_TABLE_PREFIX = "django_celery_beat_"
 #: Future means beyond now + tolerance: 10 min when the storage convention is known (USE_TZ=True), 26 h for

@@ -126,8 +126,8 @@ def _load_config(explicit: str | None) -> Any:
 
 
 def _journal(cfg: Any) -> Any:
-    from timeguard.journal import Journal, JournalError
     from timeguard.repair.celery_beat import RepairError
+    from timeguard.store.journal import Journal, JournalError
 
     try:
         return Journal.in_state_dir(cfg.state_dir)
