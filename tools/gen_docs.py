@@ -4,7 +4,7 @@
     .venv/bin/python tools/gen_docs.py          # docs/man/timeguard.1, contrib/completion/{timeguard.bash,_timeguard}
     .venv/bin/python tools/gen_docs.py --check  # exit 1 and name the files that differ (the tests do the same)
 
-Run it after changing a command, an option or a help text in timeguard/cli.py or timeguard/repair/cli.py.
+Run it after changing a command, an option or a help text in timeguard/cli/main.py or timeguard/cli/repair.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from timeguard.cli import build_parser  # noqa: E402 - after the path is set
-from timeguard.clidocs import OUTPUTS  # noqa: E402
+from timeguard.cli.docs import OUTPUTS  # noqa: E402
+from timeguard.cli.main import build_parser  # noqa: E402 - after the path is set
 
 
 def main() -> int:

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from timeguard.cli import repair as repair_cli
 from timeguard.hooks.api import HookConfigError, HookContext, HookStatus
 from timeguard.hooks.celery_beat import CeleryBeatHook, evidence_problem
-from timeguard.repair import cli as repair_cli
 from timeguard.repair.celery_beat import NUMERIC_OPTIONS, CeleryBeatRepair, RepairError, checked_now, number_problem
 
 GOOD = {"status": "OK", "offset_s": 0.02, "offset_lo_s": 0.0, "offset_hi_s": 0.04, "ntp_http_agree": True,

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from timeguard import config, report
+from timeguard import config
+from timeguard.cli import report
 from timeguard.measure.check import Probe, measure_all, parse_host, run_check
 from timeguard.model import Sample, SourceKind, SourceState, Status
 from timeguard.ranges import Range

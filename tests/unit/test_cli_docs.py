@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.require import need_program
-from timeguard.cli import build_parser
-from timeguard.clidocs import OUTPUTS, Command, commands, takes_value, wants_file
+from timeguard.cli.docs import OUTPUTS, Command, commands, takes_value, wants_file
+from timeguard.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = list(commands(build_parser()))
@@ -70,7 +70,8 @@ def test_a_closed_pipe_ends_quietly_with_141(args, tmp_path):
 def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(tmp_path):
     """EPIPE from a socket (a receiver, a database) deep in a command is an error with its traceback, not exit 141:
     only a stdout nobody reads any more ends quietly."""
-    script = ("import socket, sys, timeguard.cli as cli\n"
+    script = ("import importlib, socket\n"
+              "cli = importlib.import_module('timeguard.cli.main')  # the module; the attribute is main()\n"
               "def command(argv):\n"
               "    print('partial output')\n"
               "    a, b = socket.socketpair()\n"

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from timeguard import cli
+from timeguard.cli.status import event_line, parse_since
 from timeguard.events import Event, EventKind
-from timeguard.status import event_line, parse_since
 from timeguard.store.journal import Journal
 
 
@@ -73,7 +73,7 @@ import json  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from timeguard.status import write_json_array  # noqa: E402
+from timeguard.cli.status import write_json_array  # noqa: E402
 from timeguard.store import journal as jmod  # noqa: E402
 from timeguard.store.journal import open_for_daemon  # noqa: E402
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from timeguard.cli import load_config_or_exit
+from timeguard.cli.main import load_config_or_exit
 from timeguard.events import Event, EventKind
 from timeguard.measure.consensus import fmt_offset
 from timeguard.store.journal import FILENAME, Journal, JournalError

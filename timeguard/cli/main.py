@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the default configuration with every key documented; save it as "
                        "/etc/timeguard/timeguard.yaml and edit it.")
 
-    from timeguard.repair.cli import add_parser as add_repair_parser
+    from timeguard.cli.repair import add_parser as add_repair_parser
 
     add_repair_parser(sub, _config_arg)
     return parser
@@ -226,11 +226,11 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "status":
-        from timeguard.status import cmd_status
+        from timeguard.cli.status import cmd_status
 
         return cmd_status(args)
     if args.command == "events":
-        from timeguard.status import cmd_events
+        from timeguard.cli.status import cmd_events
 
         return cmd_events(args)
     if args.command == "hooks" and args.hooks_command == "list":
@@ -240,7 +240,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "hooks" and args.hooks_command == "test":
         return _cmd_hooks_test(args)
     if args.command == "repair":
-        from timeguard.repair.cli import cmd_repair
+        from timeguard.cli.repair import cmd_repair
 
         return cmd_repair(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only admits the commands above
@@ -250,10 +250,10 @@ def _cmd_hooks_test(args: argparse.Namespace) -> int:
     import socket
     import time
 
+    from timeguard.cli.status import _boot_id
     from timeguard.events import Event, EventKind
     from timeguard.hooks.api import HookStatus
     from timeguard.hooks.dispatch import Dispatcher
-    from timeguard.status import _boot_id
 
     cfg = load_config_or_exit(args.config)
     try:
@@ -358,7 +358,7 @@ def _port(text: str) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from timeguard import report
+    from timeguard.cli import report
     from timeguard.config import ConfigError, Sources
     from timeguard.measure.check import parse_host, run_check
     from timeguard.ranges import Range
