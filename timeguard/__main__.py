@@ -1,3 +1,3 @@
-from timeguard.cli import main
+from timeguard.cli.main import main
 
 raise SystemExit(main())

@@ -170,7 +170,7 @@ RUN_WITH_SHORT_WAIT = """
 import sys
 import timeguard.store.journal
 timeguard.store.journal.OPEN_LOCK_WAIT_S = 1.0
-from timeguard.cli import main
+from timeguard.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -240,7 +240,7 @@ RUN_WITH_SHORT_UPKEEP = """
 import sys
 import timeguard.agent
 timeguard.agent.PRUNE_INTERVAL_S = 1.0
-from timeguard.cli import main
+from timeguard.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -2,9 +2,6 @@
 and ``events`` (read the store), ``hooks``, ``repair``, ``config``.
 
 In: the command line and the configuration. Out: exit codes, tables, JSON and Nagios lines. The parser lives in
-``main``; heavy imports stay inside the commands so ``--help`` is instant.
+``main`` (the console script is ``timeguard.cli.main:main``); heavy imports stay inside the commands so
+``--help`` is instant.
 """
-
-from timeguard.cli.main import main
-
-__all__ = ["main"]
