@@ -11,6 +11,7 @@ import enum
 import json
 import socket
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,3 +72,32 @@ class Event:
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["kind"] = EventKind(fields["kind"])
         return cls(**fields)
+
+
+class HookStatus(enum.StrEnum):
+    """How one hook run ended (plugins import it from :mod:`timeguard.hooks.api`, their contract)."""
+
+    OK = "ok"  # did its job (an alert was queued or sent)
+    CHANGED = "changed"  # did its job and changed something (a repair wrote rows)
+    SKIPPED = "skipped"  # nothing to do, or refused by policy (e.g. no evidence to repair): says why
+    FAILED = "failed"  # could not do its job: says why; retried where the hook can be
+
+
+@dataclass(frozen=True, slots=True)
+class HookRun:
+    """One run of one hook for one event, as the journal records it (beside the event it answers)."""
+
+    hook: str
+    hook_type: str
+    event_id: str
+    incident_id: str
+    event_kind: str
+    status: HookStatus
+    summary: str
+    details: Mapping[str, Any]
+    output: str
+    duration_s: float
+    dry_run: bool
+    test: bool
+    wall_s: float
+    monotonic_s: float

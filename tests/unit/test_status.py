@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from timeguard import cli
+from timeguard.cli import main as cli
 from timeguard.cli.status import event_line, parse_since
 from timeguard.events import Event, EventKind
 from timeguard.store.journal import Journal

@@ -7,16 +7,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from timeguard import __version__
-
-if TYPE_CHECKING:
-    from timeguard.config import Config
+from timeguard.cli.common import EXIT_CONFIG_INVALID, load_config, load_config_or_exit
 
 #: Nagios UNKNOWN: what `check` exits with when it cannot even start (bad config, bad arguments).
 EXIT_UNKNOWN = 3
-EXIT_CONFIG_INVALID = 1
 #: EX_CONFIG from sysexits.h: the unit's RestartPreventExitStatus keeps systemd from restarting in a loop.
 EXIT_CONFIG = 78
 
@@ -250,7 +247,7 @@ def _cmd_hooks_test(args: argparse.Namespace) -> int:
     import socket
     import time
 
-    from timeguard.cli.status import _boot_id
+    from timeguard.cli.common import boot_id
     from timeguard.events import Event, EventKind
     from timeguard.hooks.api import HookStatus
     from timeguard.hooks.dispatch import Dispatcher
@@ -266,7 +263,7 @@ def _cmd_hooks_test(args: argparse.Namespace) -> int:
     step = {EventKind.ROLLBACK: -3600.0, EventKind.ROLLBACK_WHILE_DOWN: -3600.0, EventKind.FORWARD_JUMP: 3600.0,
             EventKind.LEAP: -1.0}.get(kind)
     event = Event(kind=kind, incident_id=f"test-{int(now)}", wall_time_s=now, monotonic_s=time.monotonic(),
-                  boot_id=_boot_id(), step_s=step, wall_before_s=None if step is None else now - step,
+                  boot_id=boot_id(), step_s=step, wall_before_s=None if step is None else now - step,
                   detail={"synthetic": True, "note": "sent by `timeguard hooks test`"}, test=True)
     dispatcher = Dispatcher(cfg.hooks, journal=None, trusted_now=lambda: None, verdict=lambda: None,
                             hostname=socket.gethostname())
@@ -320,25 +317,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
-def load_config_or_exit(explicit: str | None) -> Config:
-    """For status/events: a bad configuration is reported with every error, exit 1."""
-    from timeguard import config
-
-    try:
-        return _load_config(explicit)
-    except config.ConfigError as exc:
-        print(f"timeguard: invalid configuration:\n{exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG_INVALID) from exc
-
-
-def _load_config(explicit: str | None) -> Config:
-    """For commands that do not use the hooks' secrets: one that exists only inside the service (a systemd
-    credential, a variable its unit sets) is not an error here (timeguard.config.load, resolve_secrets)."""
-    from timeguard import config
-
-    return config.load(config.discover(explicit), resolve_secrets=False)
-
-
 def _threshold(text: str) -> Any:
     """A Nagios range over |offset| (check_ntp_time's -w/-c)."""
     from timeguard.ranges import Range, RangeError
@@ -364,7 +342,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from timeguard.ranges import Range
 
     try:
-        cfg = _load_config(args.config)
+        cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"TIMEGUARD UNKNOWN - invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_UNKNOWN

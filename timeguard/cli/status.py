@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from timeguard.cli.main import load_config_or_exit
+from timeguard.cli.common import boot_id as _boot_id
+from timeguard.cli.common import load_config_or_exit
 from timeguard.events import Event, EventKind
 from timeguard.measure.consensus import fmt_offset
 from timeguard.store.journal import FILENAME, Journal, JournalError
@@ -41,13 +42,6 @@ def parse_since(text: str, now_s: float) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 def _pid_is_timeguard(pid: int) -> bool:

@@ -23,10 +23,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from timeguard.events import Event, EventKind
+# HookStatus and HookRun are values the journal stores too, so they are defined below the plugin API, in events;
+# this module is where plugins import them from (the contract names them).
+from timeguard.events import Event, EventKind, HookRun, HookStatus
 
 if TYPE_CHECKING:
     from timeguard.store.journal import Journal
+
+__all__ = [
+    "ALL_REAL_KINDS", "API_VERSION", "COMMON_OPTIONS", "DEFAULT_TIMEOUT_S", "AuditOutcome", "AuditResult", "Auditor",
+    "Deliverer", "Delivery", "DeliveryResult", "Hook", "HookConfigError", "HookContext", "HookResult", "HookRun",
+    "HookStatus", "HookType",
+]
 
 #: Increment when Hook/HookType/HookContext change incompatibly; a plugin may check it.
 API_VERSION = 1
@@ -34,13 +42,6 @@ API_VERSION = 1
 #: Options every hook has, handled by timeguard itself (a type's from_config never sees them).
 COMMON_OPTIONS = frozenset({"type", "name", "on", "timeout_s", "dry_run"})
 DEFAULT_TIMEOUT_S = 10.0
-
-
-class HookStatus(enum.StrEnum):
-    OK = "ok"  # did its job (an alert was queued or sent)
-    CHANGED = "changed"  # did its job and changed something (a repair wrote rows)
-    SKIPPED = "skipped"  # nothing to do, or refused by policy (e.g. no evidence to repair): says why
-    FAILED = "failed"  # could not do its job: says why; retried where the hook can be
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,26 +85,6 @@ class HookContext:
     #: Queue a message for at-least-once delivery by the outbox: ``enqueue(hook_name, event, payload)`` returns
     #: the delivery id (stable across retries: the receiver's idempotency key). None where there is no outbox.
     enqueue: Callable[[str, Event, Mapping[str, Any]], str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HookRun:
-    """One run of one hook for one event, as the journal records it."""
-
-    hook: str
-    hook_type: str
-    event_id: str
-    incident_id: str
-    event_kind: str
-    status: HookStatus
-    summary: str
-    details: Mapping[str, Any]
-    output: str
-    duration_s: float
-    dry_run: bool
-    test: bool
-    wall_s: float
-    monotonic_s: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from timeguard.events import SCHEMA_VERSION, Event, EventKind
-from timeguard.hooks.api import HookRun, HookStatus
+from timeguard.events import SCHEMA_VERSION, Event, EventKind, HookRun, HookStatus
 from timeguard.secrets import redact_text
 
 FILENAME = "journal.sqlite"
