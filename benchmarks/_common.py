@@ -27,11 +27,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.support import realprogs
 
-from tests.support import realprogs  # noqa: E402  (after the sys.path line, so `python benchmarks/x.py` works)
+REPO = Path(__file__).resolve().parents[1]
 
 SETPRIV: tuple[str, ...] = realprogs.SETPRIV_NO_SYS_TIME
 

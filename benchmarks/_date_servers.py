@@ -1,6 +1,6 @@
 """Helper process for bench_http_accuracy: FakeDateServers (tests/support/fake_http.py) at the offsets given.
 
-``python _date_servers.py 0.25 -1.3 ...`` prints one JSON line ``[[offset, port], ...]`` and serves until its
+``python -m benchmarks._date_servers 0.25 -1.3 ...`` prints one JSON line ``[[offset, port], ...]`` and serves until its
 stdin closes (or it is signalled). The servers live in their own process, like a remote server: the client
 being measured does not share an interpreter (and a GIL) with them.
 """
@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.fake_http import FakeDateServer
 

@@ -1,6 +1,6 @@
 """Alert delivery figures: how fast an alert reaches a receiver, and how the outbox copes with a slow one.
 
-    .venv/bin/python benchmarks/bench_alert_delivery.py [--quick]
+    .venv/bin/python -m benchmarks.bench_alert_delivery [--quick]
 
 1. Latency: ``hook.handle`` (which enqueues: one SQLite transaction, synchronous=FULL) with the worker running,
    to the loopback receiver having read and verified the signed request. Target ≤ 1 s (issue 4).
@@ -17,13 +17,10 @@ import argparse
 import base64
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.receiver import Receiver
 from timeguard.events import Event, EventKind

@@ -17,7 +17,7 @@ beat sends in an observation window after the step (``--window``, default 30 s) 
 the wall clock passes the future ``last_run_at``, i.e. in 180 days (its 5-minute forced resync is dead after a
 backward step too: research/celery_beat.md §1.4).
 
-Run: ``.venv/bin/python benchmarks/bench_beat_resume.py [--reps 3] [--kinds sqlite,postgresql,mariadb]
+Run: ``.venv/bin/python -m benchmarks.bench_beat_resume [--reps 3] [--kinds sqlite,postgresql,mariadb]
 [--window 30]`` (~8 min with the defaults). Safety: every process runs under setpriv without CAP_SYS_TIME and is
 stopped by its PID; only the libfaketime rc file moves, never this machine's clock.
 """
@@ -30,8 +30,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from _common import Report, cleanup, machine, median, need_programs
-
+from benchmarks._common import Report, cleanup, machine, median, need_programs
 from tests.support import beat as beatlib
 from tests.support import beatdaemon
 from tests.support.beat import BeatDatabase, running_beat

@@ -3,7 +3,7 @@
 
 Target: ≤ 2 s per round (set-based statements, no per-row round trips). Reports seconds per phase-A round, the
 whole apply (waits excluded: beat_max_interval_s=0, no margin), the verify, and the process's peak RSS.
-Run: ``.venv/bin/python benchmarks/bench_celery_beat_repair.py [--tasks 100000] [--future 50000]``.
+Run: ``.venv/bin/python -m benchmarks.bench_celery_beat_repair [--tasks 100000] [--future 50000]``.
 """
 
 from __future__ import annotations
@@ -11,18 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.support.dcb_schema import PREFIX, beat_database, server_problem  # noqa: E402
-from timeguard.repair.celery_beat import CeleryBeatRepair  # noqa: E402
-from timeguard.store.journal import Journal  # noqa: E402
+from tests.support.dcb_schema import PREFIX, beat_database, server_problem
+from timeguard.repair.celery_beat import CeleryBeatRepair
+from timeguard.store.journal import Journal
 
 
 def main() -> int:

@@ -15,7 +15,7 @@ Peer: ``chronyd -Q -f /dev/null -t <timeout>`` with the same 5 NTP servers (4 li
 HTTP source, so the HTTPS servers are not part of its run). chrony keys sources by IP address, which is why each
 NTP server has its own loopback address.
 
-Run: .venv/bin/python benchmarks/bench_check_latency.py [--runs 10] [--chrony-runs 3] [--timeouts 2.0 5.0]
+Run: .venv/bin/python -m benchmarks.bench_check_latency [--runs 10] [--chrony-runs 3] [--timeouts 2.0 5.0]
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import socket
 import sys
 
 import yaml
-from _common import (
+
+from benchmarks._common import (
     SETPRIV,
     LoopbackChrony,
     Report,
@@ -41,7 +42,6 @@ from _common import (
     sec,
     timeguard_cmd,
 )
-
 from tests.support.fake_http import blackhole
 from tests.support.realprogs import NginxServer, make_test_ca, scratch_dir
 

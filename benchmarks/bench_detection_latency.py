@@ -1,6 +1,6 @@
 """How fast the daemon notices a clock step: polling under libfaketime, and the timerfd path in a real kernel.
 
-1. Polling (REALTIME − BOOTTIME every tick): ``timeguard run`` under libfaketime (tests/support/realprogs.py
+1. Polling (REALTIME − BOOTTIME every tick): ``timeguard run`` under libfaketime (tests/support/realprogs/
    FakeClock + run_under_clock: its wall clock follows an rc file, its CLOCK_MONOTONIC stays real and shared with
    this process), with a minimal config (one FakeNTPServer, journal in a scratch state_dir, default tick 1 s).
    20 steps alternate +3600 s and back to +0 every 1.2–1.8 s (a seeded-random gap, so the steps fall at every phase
@@ -18,7 +18,7 @@ poll (64–1024 s). Shown in the same run: a chronyd ``-x`` server under its own
 back to +0, and +5 s; its log is watched for "Forward/Backward time jump detected!" for 5 s, then one NTP query
 wakes it and it gets 0.5 s more.
 
-Run: .venv/bin/python benchmarks/bench_detection_latency.py [--steps 20] [--no-guest]
+Run: .venv/bin/python -m benchmarks.bench_detection_latency [--steps 20] [--no-guest]
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import sys
 import time
 
 import yaml
-from _common import (
+
+from benchmarks._common import (
     REPO,
     LoopbackChrony,
     Report,
@@ -44,7 +45,6 @@ from _common import (
     need_programs,
     percentile,
 )
-
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import (
     FakeClock,

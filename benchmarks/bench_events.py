@@ -12,7 +12,7 @@ table in the same run, at two journal sizes (memory must stay flat: it may not g
 Targets: peak RSS of ``events --json`` ≤ 40 MiB at 200,000 events and within 5 MiB of the figure at 20,000 (flat);
 ≤ 10 s for 200,000 events on this 2-CPU machine (the issue measured 20 s and ~1 GB before streaming).
 
-Run: .venv/bin/python benchmarks/bench_events.py [--events 200000] [--pythonpath DIR]
+Run: .venv/bin/python -m benchmarks.bench_events [--events 200000] [--pythonpath DIR]
 ``--pythonpath DIR`` runs ``python -m timeguard`` from another checkout (e.g. a ``git worktree`` of an older
 commit) for a before/after comparison with the same data.
 """
@@ -26,8 +26,7 @@ import shutil
 import sys
 import time
 
-from _common import SETPRIV, Report, cleanup, machine, mib, program, ratio, run_measured, sec, timeguard_cmd
-
+from benchmarks._common import SETPRIV, Report, cleanup, machine, mib, program, ratio, run_measured, sec, timeguard_cmd
 from tests.support.realprogs import scratch_dir
 from timeguard.events import Event, EventKind
 from timeguard.store.journal import Journal

@@ -19,7 +19,7 @@ error than htpdate at N = 7 — smaller for real: timeguard's error is also smal
 not (one-sided paired sign test, p < 0.05), since with 15 servers the medians of two equally good methods differ by
 ±1 ms by luck alone.
 
-Run: .venv/bin/python benchmarks/bench_http_accuracy.py [--jobs 5]
+Run: .venv/bin/python -m benchmarks.bench_http_accuracy [--jobs 5]
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from _common import (
+from benchmarks._common import (
     REPO,
     SETPRIV,
     Report,
@@ -49,7 +48,6 @@ from _common import (
     run_measured,
     sec,
 )
-
 from tests.support.realprogs import ManagedProcess
 
 # 12 offsets spread over ±3 s (one in each half second, at a seeded-random fraction), and the fractional ones the
@@ -83,7 +81,7 @@ class Clients:
     def __init__(self, jobs: int) -> None:
         self.free: queue.Queue[ManagedProcess] = queue.Queue()
         for i in range(jobs):
-            proc = ManagedProcess.start([sys.executable, str(Path(__file__).with_name("_http_client.py"))],
+            proc = ManagedProcess.start([sys.executable, "-m", "benchmarks._http_client"],
                                         name=f"http-client-{i}", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, cwd=str(REPO))
             assert proc.popen.stdout is not None
@@ -136,9 +134,9 @@ def main() -> None:
 
     report = Report("bench_http_accuracy", "2. HTTP Date accuracy at known sub-second offsets")
     with cleanup():
-        helper = ManagedProcess.start([sys.executable, str(Path(__file__).with_name("_date_servers.py")),
+        helper = ManagedProcess.start([sys.executable, "-m", "benchmarks._date_servers",
                                        *map(str, offsets_s)], name="date-servers", stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE)
+                                      stdout=subprocess.PIPE, cwd=str(REPO))
         assert helper.popen.stdout is not None
         servers = [(float(o), int(p)) for o, p in json.loads(helper.popen.stdout.readline())]
         print(f"{len(servers)} Date servers (one helper process, pid {helper.pid}) at offsets {offsets_s}")

@@ -14,7 +14,7 @@ chronyd ``-x`` running as an NTP *server* (``local stratum 2``, loopback, under 
 
 Targets (time_anchors.md §8(b) P6/P7 as set for this issue): CPU ≤ 0.1 % of one core, RSS ≤ 35 MiB.
 
-Run: .venv/bin/python benchmarks/bench_idle.py [--seconds 600]
+Run: .venv/bin/python -m benchmarks.bench_idle [--seconds 600]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import REPO, Report, cleanup, machine, mib, need_programs, ratio
 
+from benchmarks._common import REPO, Report, cleanup, machine, mib, need_programs, ratio
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import ChronyServer, ManagedProcess, scratch_dir

@@ -11,7 +11,7 @@ is the offset in timeguard's sign convention (true − host).
 
 Target: |timeguard − chronyd| ≤ 1 ms on every server, and both within 1 ms of the injected offset.
 
-Run: .venv/bin/python benchmarks/bench_ntp_accuracy.py
+Run: .venv/bin/python -m benchmarks.bench_ntp_accuracy
 """
 
 from __future__ import annotations
@@ -20,8 +20,17 @@ import argparse
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
-from _common import LoopbackChrony, Report, chrony_workdir, chronyd_query, cleanup, machine, median, ms, need_programs
-
+from benchmarks._common import (
+    LoopbackChrony,
+    Report,
+    chrony_workdir,
+    chronyd_query,
+    cleanup,
+    machine,
+    median,
+    ms,
+    need_programs,
+)
 from tests.support.fake_ntp import FakeNTPServer
 from timeguard.measure.ntp import query_ntp
 

@@ -12,7 +12,7 @@
 Targets: peak RSS of one check ≤ 35 MiB (the memory target of time_anchors.md §8(b) P7 as set for the daemon);
 the wall times are reported without a target (§8(b) sets none for the CLI's start-up).
 
-Run: .venv/bin/python benchmarks/bench_startup.py [--runs 20]
+Run: .venv/bin/python -m benchmarks.bench_startup [--runs 20]
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import re
 import sys
 
 import yaml
-from _common import (
+
+from benchmarks._common import (
     REPO,
     SETPRIV,
     LoopbackChrony,
@@ -40,7 +41,6 @@ from _common import (
     run_measured,
     timeguard_cmd,
 )
-
 from tests.support.realprogs import NginxServer, make_test_ca, scratch_dir
 
 RSS_TARGET_MIB = 35.0

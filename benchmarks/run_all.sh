@@ -19,7 +19,7 @@ failed=()
 run() {
     local name=$1; shift
     echo "=============================== $name $* ==============================="
-    if ! "$PY" "benchmarks/$name.py" "$@"; then
+    if ! "$PY" -m "benchmarks.$name" "$@"; then
         failed+=("$name")
         [ -f "$BENCH_RESULTS_DIR/$name.md" ] || printf '**%s**: did not complete\n' "$name" > "$BENCH_RESULTS_DIR/$name.md"
     fi

@@ -1,4 +1,4 @@
-"""Proof that the real-program harness (tests/support/realprogs.py) does what every integration test relies on.
+"""Proof that the real-program harness (tests/support/realprogs/) does what every integration test relies on.
 
 Only plain clients here (ntplib, requests, a child Python, ctypes in a QEMU guest), never timeguard code: if one of
 these fails, the harness is broken, not timeguard.
