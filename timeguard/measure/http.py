@@ -9,7 +9,8 @@ because the server stamped D at some moment between t0 and t1 and truncates to t
 the constraints of several probes, each sent so that the server's second should tick over in the middle of the
 interval known so far, halves the interval per probe: 7 probes on loopback give about ±8 ms, and the interval is
 a hard bound, not an estimate. An empty intersection proves the answers cannot all be true (a stepped server
-clock, or a load balancer mixing servers) instead of averaging them into a wrong number.
+clock, or a load balancer mixing servers) instead of averaging them into a wrong number. That arithmetic is pure
+and lives in :mod:`timeguard.measure.narrowing`; this module does the I/O around it.
 
 Local times are ``wall0 + (monotonic − mono0)`` from one wall-clock reading, so a host clock step during the
 measurement cannot corrupt it; the result is the offset of the host clock as read at the start.
@@ -45,7 +46,6 @@ import os
 import queue
 import socket
 import ssl
-import statistics
 import sys
 import threading
 import time
@@ -62,6 +62,8 @@ import urllib3.connectionpool
 import urllib3.exceptions
 
 from timeguard.measure.httpdate import HttpDateError, parse_http_date
+from timeguard.measure.narrowing import NS as _NS
+from timeguard.measure.narrowing import Interval, date_constraint, rtt_estimate_ns, send_at_ns
 from timeguard.measure.net import ResolveError, resolve
 from timeguard.measure.sanity import EARLIEST_PLAUSIBLE_S, implausible
 from timeguard.model import Sample, SourceKind, SourceState
@@ -69,7 +71,6 @@ from timeguard.timefmt import iso
 
 __all__ = ["query_http"]
 
-_NS = 1_000_000_000
 #: Time the worker needs to wake up and send after its scheduled moment (a scheduling margin, not a bound).
 _SEND_MARGIN_NS = 2_000_000
 #: A probe is sent only if its answer is expected this long before the deadline.
@@ -202,8 +203,7 @@ def query_http(
     verify: str | bool = ca_bundle or True
     prober = _Prober(http, url, verify, own_session)
 
-    lo_ns: int | None = None  # offset ≥ lo
-    hi_ns: int | None = None  # offset < hi
+    known: Interval | None = None  # what the answers so far prove
     rtts_ns: list[int] = []
     lateness_ns: list[int] = []
     deferred = 0
@@ -217,10 +217,7 @@ def query_http(
 
     def result() -> Sample:
         """The interval achieved so far (there is at least one constraint)."""
-        assert lo_ns is not None
-        assert hi_ns is not None
-        width_ns = hi_ns - lo_ns
-        mid_ns = (lo_ns + hi_ns) // 2  # integers: exact even for offsets of years
+        assert known is not None
         tail = "".join(f"; {note}" for note in notes)
         if deferred:
             tail += f"; {deferred} s spent waiting again after late wake-ups"
@@ -232,40 +229,35 @@ def query_http(
             name=label,
             kind=SourceKind.HTTP,
             address=address,
-            offset_s=mid_ns / _NS,
-            offset_lo_s=lo_ns / _NS,
-            offset_hi_s=hi_ns / _NS,
+            offset_s=known.mid_ns / _NS,
+            offset_lo_s=known.lo_ns / _NS,
+            offset_hi_s=known.hi_ns / _NS,
             delay_s=min(rtts_ns) / _NS,
             requests=sent,
             monotonic_s=None if last_mid_mono_ns is None else last_mid_mono_ns / _NS,
-            reason=f"{sent} requests, bound ±{width_ns / 2 / 1e6:.1f} ms{tail}",
+            reason=f"{sent} requests, bound ±{known.width_ns / 2 / 1e6:.1f} ms{tail}",
         )
 
     try:
         while measured < requests_count:
             now_mono = time.monotonic_ns()
-            if lo_ns is None or hi_ns is None:
+            if known is None:
                 send = _Send(now_mono)
             else:
-                # Send so that the server's processing moment (≈ t0 + rtt/2) meets its second tick-over at
-                # the interval's midpoint: the answer then tells which half holds the offset.
-                half_rtt = _rtt_estimate(rtts_ns) // 2
-                mid = (lo_ns + hi_ns) // 2
                 # A thread wakes up late by a fairly steady amount, plus spikes when the CPU is busy; aim
                 # earlier by the steady part (the least lateness seen).
                 wake_early = min(*lateness_ns, 5_000_000) if lateness_ns else 0
-                earliest = local_ns(now_mono + wake_early + _SEND_MARGIN_NS) + mid + half_rtt
-                tick = -(-earliest // _NS) * _NS  # the first server second boundary after "earliest"
-                send_mono = mono0_ns + (tick - mid - half_rtt - wall0_ns)
-                answer_ns = 2 * _rtt_estimate(rtts_ns) + _DEADLINE_GUARD_NS
+                rtt_ns = rtt_estimate_ns(rtts_ns)
+                send_local = send_at_ns(known, rtt_ns // 2, local_ns(now_mono + wake_early + _SEND_MARGIN_NS))
+                send_mono = mono0_ns + (send_local - wall0_ns)
+                answer_ns = 2 * rtt_ns + _DEADLINE_GUARD_NS
                 if send_mono + answer_ns > deadline_ns:
                     stop_note = f"stopped after {measured} of {requests_count}: the next would pass the timeout"
                     break
                 send = _Send(
                     send_mono,
                     wake_early_ns=wake_early,
-                    # Sent later than an eighth of the interval, the answer would mostly repeat what is known.
-                    max_late_ns=max((hi_ns - lo_ns) // 8, 1_000_000),
+                    max_late_ns=known.max_late_ns(),
                     answer_ns=answer_ns,
                 )
 
@@ -273,7 +265,7 @@ def query_http(
             if outcome is None:  # no answer by the deadline; the worker is abandoned
                 sent += 1
                 reason = f"no answer within the {timeout_s:g} s timeout"
-                if lo_ns is None:
+                if known is None:
                     return failed(
                         SourceState.UNREACHABLE, f"{reason} ({_what_was_slow(url)})", address=address, requests=sent
                     )
@@ -282,7 +274,7 @@ def query_http(
             sent += 1
             if isinstance(outcome, _Failure):
                 state, reason = _describe_failure(outcome.error, host, address, ca_bundle, timeout_s)
-                if lo_ns is None:
+                if known is None:
                     return failed(state, reason, address=address, requests=sent)
                 stop_note = f"stopped: {reason}"
                 break
@@ -342,11 +334,9 @@ def query_http(
                 )
             if outcome.validity is not None and (why := _date_outside(outcome.validity, date_s, outcome.date)):
                 return failed(SourceState.UNUSABLE, why, address=address, requests=sent, delay_s=min(rtts_ns) / _NS)
-            probe_lo = date_s * _NS - local_ns(t1)
-            probe_hi = (date_s + 1) * _NS - local_ns(t0)
-            lo_ns = probe_lo if lo_ns is None else max(lo_ns, probe_lo)
-            hi_ns = probe_hi if hi_ns is None else min(hi_ns, probe_hi)
-            if lo_ns >= hi_ns:
+            proved = date_constraint(date_s, local_ns(t0), local_ns(t1))
+            known = proved if known is None else known.intersect(proved)
+            if known is None:
                 return failed(
                     SourceState.UNUSABLE,
                     f"{_INCONSISTENT}: answer {measured} (Date {outcome.date!r}) contradicts the earlier ones",
@@ -357,7 +347,7 @@ def query_http(
     finally:
         prober.finish()
 
-    if lo_ns is None:
+    if known is None:
         if age_dropped:
             return failed(
                 SourceState.UNUSABLE,
@@ -369,13 +359,6 @@ def query_http(
             )
         return failed(SourceState.UNREACHABLE, stop_note or "no answer", address=address, requests=sent)
     return result()
-
-
-def _rtt_estimate(rtts_ns: list[int]) -> int:
-    # The first exchange also paid for the TCP (and TLS) handshake; later ones on the kept-alive connection
-    # show the RTT the next probe will see.
-    later = rtts_ns[1:] or rtts_ns
-    return int(statistics.median(later))
 
 
 class _Prober:
