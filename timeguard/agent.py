@@ -39,7 +39,7 @@ from timeguard.model import Sample, SourceKind, SourceState, Status, Verdict
 from timeguard.sdnotify import Notifier
 from timeguard.store.journal import CheckRecord, Journal, JournalError, open_for_daemon
 from timeguard.timefmt import iso as _iso
-from timeguard.watch.clockwatch import ClockReading, ClockStep, StepDetector, StepKind, read_clocks
+from timeguard.watch.clockwatch import ClockReading, ClockStep, StepDetector, StepKind, read_boot_id, read_clocks
 from timeguard.watch.localclock import read_kernel_clock
 
 PHI = 15e-6  # RFC 5905: how fast an old sample's error grows (s/s)
@@ -62,13 +62,6 @@ _CONDITIONS: dict[Status, EventKind | None] = {
 }
 _STEP_EVENTS = {StepKind.ROLLBACK: EventKind.ROLLBACK, StepKind.FORWARD_JUMP: EventKind.FORWARD_JUMP,
                 StepKind.LEAP: EventKind.LEAP}
-
-
-def read_boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 def open_journal(state_dir: str, log: Any) -> Journal:

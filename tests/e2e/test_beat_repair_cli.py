@@ -631,7 +631,8 @@ def test_stop_start_commands_with_real_beat(beat_db: BeatDatabase, beat_clock: F
     no reload dance (nothing runs to reload) → start. Asserted on CLOCK_MONOTONIC: beatctl stamps its stop/start,
     the test stamps every call of the hook's trusted_now (the repair's plan, phase A and verification)."""
     from timeguard import config as tg_config
-    from timeguard.agent import read_boot_id, verdict_summary
+    from timeguard.agent import verdict_summary
+    from timeguard.watch.clockwatch import read_boot_id
     from timeguard.events import Event, EventKind, new_id
     from timeguard.hooks.api import HookContext, HookStatus
     from timeguard.hooks.celery_beat import CeleryBeatHook, evidence_problem

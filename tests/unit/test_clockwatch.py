@@ -660,3 +660,41 @@ def test_step_detector_open_owns_and_closes_its_watcher() -> None:
         assert det.wait(0.1) == []
         assert 0.09 <= time.monotonic() - t0 < 1.0
     assert det.watcher.closed
+
+
+# ---------------------------------------------------------------------------------------------- the boot id
+
+
+@given(st.binary(max_size=64))
+def test_read_boot_id_is_the_kernels_text_or_one_unknown_value(content: bytes) -> None:
+    """Whatever the file holds: its text stripped, else (empty, not text) the one UNKNOWN_BOOT_ID."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        path = Path(tmp) / "boot_id"
+        path.write_bytes(content)
+        mp.setattr(clockwatch, "BOOT_ID_PATH", path)
+        try:
+            expected = content.decode().strip() or clockwatch.UNKNOWN_BOOT_ID
+        except UnicodeDecodeError:
+            expected = clockwatch.UNKNOWN_BOOT_ID
+        assert clockwatch.read_boot_id() == expected
+
+
+def test_an_unreadable_boot_id_is_the_same_for_the_outbox_the_daemon_and_status(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox writes its rows under its epoch and `status` counts this boot's rows by its own boot id: with no
+    readable boot id both must still name the same boot (the outbox used to say "unknown-boot", status "unknown")."""
+    from pathlib import Path
+
+    from timeguard.cli import status
+    from timeguard.hooks.outbox import Outbox
+    from timeguard.store.journal import Journal
+
+    monkeypatch.setattr(clockwatch, "BOOT_ID_PATH", Path(str(tmp_path)) / "missing")
+    with Journal(Path(str(tmp_path)) / "journal.sqlite") as journal:
+        epoch = Outbox(journal, {}, trusted_now=lambda: None).epoch
+    assert epoch == clockwatch.read_boot_id() == clockwatch.UNKNOWN_BOOT_ID
+    assert status.read_boot_id is clockwatch.read_boot_id

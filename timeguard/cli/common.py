@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -30,11 +29,3 @@ def load_config_or_exit(explicit: str | None) -> Config:
     except config.ConfigError as exc:
         print(f"timeguard: invalid configuration:\n{exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_INVALID) from exc
-
-
-def boot_id() -> str:
-    """The kernel's boot id ("unknown" when it cannot be read): names the boot of CLOCK_MONOTONIC readings."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"

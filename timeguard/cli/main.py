@@ -247,10 +247,10 @@ def _cmd_hooks_test(args: argparse.Namespace) -> int:
     import socket
     import time
 
-    from timeguard.cli.common import boot_id
     from timeguard.events import Event, EventKind
     from timeguard.hooks.api import HookStatus
     from timeguard.hooks.dispatch import Dispatcher
+    from timeguard.watch.clockwatch import read_boot_id
 
     cfg = load_config_or_exit(args.config)
     try:
@@ -263,7 +263,7 @@ def _cmd_hooks_test(args: argparse.Namespace) -> int:
     step = {EventKind.ROLLBACK: -3600.0, EventKind.ROLLBACK_WHILE_DOWN: -3600.0, EventKind.FORWARD_JUMP: 3600.0,
             EventKind.LEAP: -1.0}.get(kind)
     event = Event(kind=kind, incident_id=f"test-{int(now)}", wall_time_s=now, monotonic_s=time.monotonic(),
-                  boot_id=boot_id(), step_s=step, wall_before_s=None if step is None else now - step,
+                  boot_id=read_boot_id(), step_s=step, wall_before_s=None if step is None else now - step,
                   detail={"synthetic": True, "note": "sent by `timeguard hooks test`"}, test=True)
     dispatcher = Dispatcher(cfg.hooks, journal=None, trusted_now=lambda: None, verdict=lambda: None,
                             hostname=socket.gethostname())

@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from timeguard.cli.common import boot_id as _boot_id
 from timeguard.cli.common import load_config_or_exit
 from timeguard.events import Event, EventKind
 from timeguard.measure.consensus import fmt_offset
 from timeguard.store.journal import FILENAME, Journal, JournalError
 from timeguard.timefmt import iso as _iso
+from timeguard.watch.clockwatch import read_boot_id
 
 #: A heartbeat older than this (it is written every 10 s) means the daemon is not running.
 STALE_AFTER_S = 35.0
@@ -56,7 +56,7 @@ def daemon_state(meta: dict[str, Any]) -> dict[str, Any]:
     heartbeat = meta.get("heartbeat")
     if not isinstance(heartbeat, dict):
         return {"running": False, "why": "the daemon has never written a heartbeat"}
-    if heartbeat.get("boot_id") != _boot_id():
+    if heartbeat.get("boot_id") != read_boot_id():
         return {"running": False, "why": "its last heartbeat is from a previous boot", "pid": heartbeat.get("pid")}
     age = time.clock_gettime(time.CLOCK_BOOTTIME) - float(heartbeat["boottime_s"])
     pid = int(heartbeat.get("pid", 0))
@@ -148,7 +148,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         recent = read("events", lambda: journal.events(limit=args.events), []) if args.events else []
         health = read("health", journal.health, {"path": str(path), "ok": False, "problems": [], "size_bytes": 0,
                                                  "events": None, "checks": None, "schema": None})
-        outbox = read("alerts", lambda: journal.outbox_stats(epoch=_boot_id(), now_mono=time.monotonic()),
+        outbox = read("alerts", lambda: journal.outbox_stats(epoch=read_boot_id(), now_mono=time.monotonic()),
                       {"pending": None, "delivered": None, "dead": None, "oldest_pending_age_s": None})
     health["problems"] = [*health["problems"], *read.problems]
     health["ok"] = health["ok"] and not read.problems

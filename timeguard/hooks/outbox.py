@@ -36,12 +36,12 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from timeguard.events import Event
 from timeguard.hooks.api import Deliverer, Delivery, DeliveryResult
 from timeguard.store.journal import Journal, JournalError, OutboxEntry
+from timeguard.watch.clockwatch import read_boot_id
 
 DEFAULT_MIN_INTERVAL_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 200
@@ -54,14 +54,6 @@ JOURNAL_RETRY_S = 1.0
 
 #: The key under which a delivery's payload says what the message carries (a deliverer pops it).
 OUTBOX_KEY = "_outbox"
-
-
-def read_boot_id() -> str:
-    """The kernel's boot id: names the boot whose CLOCK_MONOTONIC the outbox's times are on."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or "unknown-boot"
-    except OSError:
-        return "unknown-boot"
 
 
 def backoff_s(attempts: int, *, base_s: float, cap_s: float, rng: random.Random | None = None) -> float:

@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
@@ -112,6 +113,21 @@ class ClockReading:
     def suspended_total_s(self) -> float:
         """Time spent suspended since boot (BOOTTIME counts it, MONOTONIC does not)."""
         return self.boottime_s - self.monotonic_s
+
+
+#: Where the kernel names the current boot (a random UUID per boot).
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+#: The boot id when the kernel's cannot be read: one value for the daemon, the outbox and the CLI, so what one
+#: writes under it the others still find as "this boot".
+UNKNOWN_BOOT_ID = "unknown"
+
+
+def read_boot_id() -> str:
+    """The kernel's boot id: names the boot whose CLOCK_MONOTONIC readings (events, heartbeat, outbox) are on."""
+    try:
+        return BOOT_ID_PATH.read_text().strip() or UNKNOWN_BOOT_ID
+    except (OSError, UnicodeDecodeError):
+        return UNKNOWN_BOOT_ID
 
 
 def read_clocks() -> ClockReading:
