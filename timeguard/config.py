@@ -9,7 +9,6 @@ key path and the line it is on, as ``config validate`` shows them.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
@@ -24,6 +23,7 @@ from typing import Any
 import yaml
 
 from timeguard import secrets
+from timeguard.hints import did_you_mean
 
 DEFAULT_PATH = Path("/etc/timeguard/timeguard.yaml")
 ENV_VAR = "TIMEGUARD_CONFIG"
@@ -152,9 +152,7 @@ class HookSpec:
             else:
                 for i, k in enumerate(on):
                     if k not in known:
-                        close = difflib.get_close_matches(k, known, n=1)
-                        bad(f"on[{i}]", f"unknown event kind {k!r}" + (f" (did you mean {close[0]!r}?)" if close
-                                                                          else f"; known: {', '.join(known)}"))
+                        bad(f"on[{i}]", f"unknown event kind {k!r}{did_you_mean(k, known)}")
                 kinds = tuple(on)
         timeout = value.get("timeout_s", DEFAULT_TIMEOUT_S)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
@@ -547,8 +545,7 @@ def _convert(tp: Any, value: Any, path: str, lines: Lines, problems: list[Config
         for key in value:
             if key not in fields:
                 sub = f"{path}.{key}" if path else key
-                close = difflib.get_close_matches(key, fields, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(fields)}"
+                hint = did_you_mean(key, fields, listing="known keys")
                 problems.append(ConfigProblem(sub, f"unknown key{hint}", _line(lines, sub)))
         kwargs = {}
         for name, f in fields.items():

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import difflib
 import json
 import os
 import re
@@ -68,6 +67,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from timeguard.events import Event, EventKind
+from timeguard.hints import did_you_mean
 from timeguard.hooks.api import DEFAULT_TIMEOUT_S, HookConfigError, HookContext, HookResult, HookStatus
 from timeguard.sdnotify import child_env
 from timeguard.secrets import redact_text
@@ -146,9 +146,8 @@ class CommandHook:
         problems: list[tuple[str, str]] = []
         for key in options:
             if key not in OPTIONS:
-                close = difflib.get_close_matches(str(key), OPTIONS, n=1)
-                problems.append((str(key), "unknown option of a command hook" + (
-                    f" (did you mean {close[0]!r}?)" if close else f"; its options: {', '.join(OPTIONS)}")))
+                hint = did_you_mean(str(key), OPTIONS, listing="its options")
+                problems.append((str(key), f"unknown option of a command hook{hint}"))
 
         flags: dict[str, bool] = {}
         for key in ("shell", "run_in_dry_run"):

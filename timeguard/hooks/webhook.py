@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 from timeguard import __version__, secrets
 from timeguard.events import Event, EventKind
+from timeguard.hints import did_you_mean
 from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext, HookResult
 from timeguard.hooks.outbox import split_payload
 from timeguard.measure.httpdate import HttpDateError, parse_http_date
@@ -374,13 +375,9 @@ def check_common(options: Mapping[str, Any], problems: list[tuple[str, str]]) ->
 
 
 def check_unknown(options: Mapping[str, Any], known: set[str], problems: list[tuple[str, str]]) -> None:
-    import difflib
-
     for key in options:
         if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(sorted(known))}"
-            problems.append((str(key), f"unknown option{hint}"))
+            problems.append((str(key), f"unknown option{did_you_mean(str(key), sorted(known))}"))
 
 
 def _read_headers(value: Any, problems: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
