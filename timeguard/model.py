@@ -8,14 +8,42 @@ offset_s``.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from timeguard.ranges import Range
 
 
+class TrustClass(enum.StrEnum):
+    """Sources that fail together: a class's majority is checked against every other class's, so one way of
+    lying (a spoofed NTP path, a forged Date) cannot move the verdict unseen (``SOURCES_INCONSISTENT``)."""
+
+    NTP = "ntp"  # plain NTP: unauthenticated, anyone on the path can move it
+    HTTP = "http"  # HTTPS Date headers: authenticated by TLS, one-second resolution
+
+    @property
+    def label(self) -> str:
+        """How a person names the class: "NTP", "HTTPS"."""
+        return _CLASS_LABELS[self]
+
+
+_CLASS_LABELS = {TrustClass.NTP: "NTP", TrustClass.HTTP: "HTTPS"}
+
+
 class SourceKind(enum.StrEnum):
+    """A protocol a source speaks; each declares its :class:`TrustClass` (a new kind: a member, its class here,
+    its measuring module and its config)."""
+
     NTP = "ntp"
     HTTP = "http"
+
+    @property
+    def trust_class(self) -> TrustClass:
+        return _TRUST_CLASSES[self]
+
+
+_TRUST_CLASSES = {SourceKind.NTP: TrustClass.NTP, SourceKind.HTTP: TrustClass.HTTP}
 
 
 class SourceState(enum.StrEnum):
@@ -133,20 +161,46 @@ class SourceVerdict:
     state: SourceState
     reason: str
 
+    def brief_dict(self) -> dict[str, Any]:
+        """What the journal keeps and the metrics show of a source."""
+        s = self.sample
+        return {"name": s.name, "kind": s.kind.value, "state": self.state.value, "offset_s": s.offset_s,
+                "reason": self.reason}
+
+    def to_dict(self) -> dict[str, Any]:
+        """All of it (``check --json``)."""
+        s = self.sample
+        return {
+            **self.brief_dict(),
+            "address": s.address,
+            "offset_lo_s": s.offset_lo_s,
+            "offset_hi_s": s.offset_hi_s,
+            "delay_s": s.delay_s,
+            "stratum": s.stratum,
+            "leap": s.leap,
+            "requests": s.requests,
+            "kiss_code": s.kiss_code,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class ClassAgreement:
-    """The selection run over one class of sources alone (only NTP, only HTTP)."""
+    """The selection run over one trust class of sources alone (only NTP, only HTTPS)."""
 
-    kind: SourceKind
+    trust_class: TrustClass
     usable: int
     agreeing: int  # the largest number of mutually overlapping intervals
-    offset_lo_s: float | None  # the class's majority interval, None without a majority
+    offset_lo_s: float | None  # the class's majority interval (the hull of ``regions``), None without a majority
     offset_hi_s: float | None
+    regions: tuple[tuple[float, float], ...] = ()  # every point covered by a majority of the class
 
     @property
     def has_majority(self) -> bool:
         return self.offset_lo_s is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"usable": self.usable, "agreeing": self.agreeing, "offset_lo_s": self.offset_lo_s,
+                "offset_hi_s": self.offset_hi_s}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +213,11 @@ class Verdict:
     sources: tuple[SourceVerdict, ...]
     usable: int
     agreeing: int
-    ntp: ClassAgreement
-    http: ClassAgreement
-    ntp_http_agree: bool | None  # None when one class has no majority of its own (nothing to compare)
+    #: Every trust class, in :class:`TrustClass` order, with or without sources.
+    classes: Mapping[TrustClass, ClassAgreement]
+    #: Whether the majorities of the classes overlap, every pair of them; None when fewer than two classes have
+    #: a majority of their own (nothing to compare).
+    classes_agree: bool | None
     warning: Range  # applied to |offset| at every point of ``regions``
     critical: Range
     monotonic_s: float = field(default=0.0)  # when the verdict was formed
@@ -169,6 +225,11 @@ class Verdict:
     #: order (``offset_lo_s``/``offset_hi_s`` are their hull). More than one: the majority is split, and the
     #: true offset lies in one of them — which one, the sources cannot tell.
     regions: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def ntp_http_agree(self) -> bool | None:
+        """The name the outputs (JSON, journal, hooks, metrics) have always given :attr:`classes_agree`."""
+        return self.classes_agree
 
     @property
     def warning_s(self) -> float | None:
@@ -190,3 +251,26 @@ class Verdict:
         if self.offset_s is None:
             return None
         return host_now_s + self.offset_s
+
+
+def verdict_summary(verdict: Verdict) -> dict[str, Any]:
+    """What events, hooks, the daemon's log and the repair's evidence rule read of a verdict."""
+    return {
+        "status": verdict.status.value,
+        "offset_s": verdict.offset_s,
+        "offset_lo_s": verdict.offset_lo_s,
+        "offset_hi_s": verdict.offset_hi_s,
+        "ntp_http_agree": verdict.ntp_http_agree,
+        "summary": verdict.summary,
+    }
+
+
+def verdict_record(verdict: Verdict) -> dict[str, Any]:
+    """:func:`verdict_summary` with the counts and the sources in brief: what the journal keeps (a
+    ``CheckRecord``'s fields), the metrics show and ``check --json`` starts from."""
+    return {
+        **verdict_summary(verdict),
+        "usable": verdict.usable,
+        "agreeing": verdict.agreeing,
+        "sources": [sv.brief_dict() for sv in verdict.sources],
+    }

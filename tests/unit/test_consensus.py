@@ -1,12 +1,24 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from timeguard.measure.consensus import decide, fmt_offset, select
-from timeguard.model import Sample, SourceKind, SourceState, Status
+from timeguard.measure.consensus import _classes_agree, decide, fmt_offset, select
+from timeguard.model import (
+    ClassAgreement,
+    Sample,
+    SourceKind,
+    SourceState,
+    Status,
+    TrustClass,
+    verdict_record,
+    verdict_summary,
+)
 from timeguard.ranges import Range
+from timeguard.store.journal import CheckRecord
 
 
 def ntp(name: str, offset: float, err: float = 0.001, kind: SourceKind = SourceKind.NTP) -> Sample:
@@ -77,7 +89,7 @@ def test_colluding_ntp_majority_is_caught_by_https():
     assert v.status is Status.SOURCES_INCONSISTENT
     assert v.status.exit_code == 2
     assert v.ntp_http_agree is False
-    assert v.ntp.has_majority and v.http.has_majority
+    assert v.classes[TrustClass.NTP].has_majority and v.classes[TrustClass.HTTP].has_majority
     assert v.offset_s is None
     assert "one class is lying" in v.summary
 
@@ -318,10 +330,15 @@ sample_st = st.one_of(
 )
 
 
+def build(raw) -> list[Sample]:
+    """Samples from ``sample_st`` draws: an interval and a kind, or only a kind (a source that did not answer)."""
+    return [ntp(f"s{i}", item[0][0], item[0][1], item[1]) if isinstance(item, tuple) else dead(f"s{i}", item)
+            for i, item in enumerate(raw)]
+
+
 @given(st.lists(sample_st, min_size=1, max_size=9), threshold_st, threshold_st, st.integers(1, 4), st.data())
 def test_status_is_never_better_than_any_point_of_the_reported_interval(raw, warning, critical, min_sources, data):
-    samples = [ntp(f"s{i}", item[0][0], item[0][1], item[1]) if isinstance(item, tuple) else dead(f"s{i}", item)
-               for i, item in enumerate(raw)]
+    samples = build(raw)
     v = run(samples, warning_s=warning, critical_s=critical, min_sources=min_sources)
     if v.status not in _RANK:
         assert v.offset_s is None and v.regions == ()
@@ -360,3 +377,71 @@ def test_regions_are_exactly_the_points_a_strict_majority_covers(raw, data):
         if covered(x) >= quorum:
             assert any(lo <= x <= hi for lo, hi in sel.regions), x
     assert sel.has_majority == bool(sel.regions)
+
+
+@given(st.lists(sample_st, min_size=1, max_size=9), st.integers(1, 4))
+def test_every_trust_class_is_judged_alone_and_against_every_other(raw, min_sources):
+    """Each class's agreement is the selection over its own sources (each kind declares its class); the classes
+    agree iff every two with a majority overlap somewhere; ntp_http_agree is that, and a disagreement is
+    SOURCES_INCONSISTENT (unless too few sources answered)."""
+    samples = build(raw)
+    v = run(samples, min_sources=min_sources)
+    assert list(v.classes) == list(TrustClass)
+    for trust_class, agreement in v.classes.items():
+        own = select([(s.offset_lo_s, s.offset_hi_s) for s in samples
+                      if s.usable and s.kind.trust_class is trust_class])
+        assert agreement.trust_class is trust_class
+        assert (agreement.usable, agreement.agreeing, agreement.regions) == (own.usable, own.depth, own.regions)
+        assert (agreement.offset_lo_s, agreement.offset_hi_s) == (own.lo_s, own.hi_s)
+    judged = [c for c in v.classes.values() if c.has_majority]
+    if len(judged) < 2:
+        expected = None
+    else:
+        expected = all(any(x_lo <= y_hi and y_lo <= x_hi for x_lo, x_hi in a.regions for y_lo, y_hi in b.regions)
+                       for i, a in enumerate(judged) for b in judged[i + 1:])
+    assert v.classes_agree is expected and v.ntp_http_agree is expected
+    if expected is False:
+        assert v.status in (Status.SOURCES_INCONSISTENT, Status.UNKNOWN)
+        if v.status is Status.SOURCES_INCONSISTENT:
+            assert v.summary.startswith("NTP sources (") and "but HTTPS sources (" in v.summary
+    else:
+        assert v.status is not Status.SOURCES_INCONSISTENT
+    if v.status.offset_found and v.status is not Status.SOURCES_INCONSISTENT:
+        assert ("NTP and HTTPS agree" in v.summary) is (expected is True)
+
+
+def test_classes_agree_pairwise_not_by_a_chain():
+    """Three classes where the outer two miss each other do not agree, though each overlaps the middle one."""
+    def agreement(lo: float, hi: float) -> ClassAgreement:
+        return ClassAgreement(TrustClass.NTP, 1, 1, lo, hi, ((lo, hi),))
+
+    chain = [agreement(0, 1), agreement(0.9, 2), agreement(1.9, 3)]
+    agree, pair = _classes_agree(chain)
+    assert agree is False and pair == (chain[0], chain[2])
+    assert _classes_agree([agreement(0, 1), agreement(0.5, 2), agreement(0.9, 3)]) == (True, None)
+    assert _classes_agree([agreement(0, 1), ClassAgreement(TrustClass.HTTP, 2, 1, None, None)]) == (None, None)
+
+
+def test_a_source_kind_declares_its_trust_class():
+    assert {kind: kind.trust_class for kind in SourceKind} == {SourceKind.NTP: TrustClass.NTP,
+                                                               SourceKind.HTTP: TrustClass.HTTP}
+    assert [c.label for c in TrustClass] == ["NTP", "HTTPS"]
+
+
+@given(st.lists(sample_st, min_size=1, max_size=6))
+def test_the_verdict_dicts_have_one_shape_for_every_reader(raw):
+    """Events, hooks and the evidence rule read verdict_summary; the journal's CheckRecord, the metrics and
+    check --json start from verdict_record: same keys, same values as the verdict's."""
+    samples = build(raw)
+    v = run(samples)
+    summary = verdict_summary(v)
+    assert summary == {"status": v.status.value, "offset_s": v.offset_s, "offset_lo_s": v.offset_lo_s,
+                       "offset_hi_s": v.offset_hi_s, "ntp_http_agree": v.ntp_http_agree, "summary": v.summary}
+    record = verdict_record(v)
+    own = {f.name for f in dataclasses.fields(CheckRecord)} - {"wall_s", "monotonic_s", "boot_id"}
+    assert set(record) == own and summary.items() <= record.items()
+    assert (record["usable"], record["agreeing"]) == (v.usable, v.agreeing)
+    assert record["sources"] == [
+        {"name": sv.sample.name, "kind": sv.sample.kind.value, "state": sv.state.value,
+         "offset_s": sv.sample.offset_s, "reason": sv.reason} for sv in v.sources]
+    CheckRecord(wall_s=0.0, monotonic_s=0.0, boot_id="b", **record)  # the journal takes it as it is

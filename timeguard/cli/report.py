@@ -7,7 +7,7 @@ from typing import Any
 
 from timeguard.measure.check import CheckResult
 from timeguard.measure.consensus import fmt_offset
-from timeguard.model import NAGIOS_STATES, SourceState, SourceVerdict, Status
+from timeguard.model import NAGIOS_STATES, SourceState, Status, verdict_record
 from timeguard.timefmt import iso as _iso
 
 _STATE_MARK = {
@@ -68,55 +68,21 @@ def human(result: CheckResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _source_json(sv: SourceVerdict) -> dict[str, Any]:
-    s = sv.sample
-    return {
-        "name": s.name,
-        "kind": s.kind.value,
-        "address": s.address,
-        "offset_s": s.offset_s,
-        "offset_lo_s": s.offset_lo_s,
-        "offset_hi_s": s.offset_hi_s,
-        "delay_s": s.delay_s,
-        "stratum": s.stratum,
-        "leap": s.leap,
-        "requests": s.requests,
-        "state": sv.state.value,
-        "reason": sv.reason,
-        "kiss_code": s.kiss_code,
-    }
-
-
 def as_dict(result: CheckResult) -> dict[str, Any]:
     v = result.verdict
     local = result.local
     return {
-        "status": v.status.value,
+        **verdict_record(v),
         "exit_code": result.exit_code,
-        "summary": v.summary,
-        "offset_s": v.offset_s,
-        "offset_lo_s": v.offset_lo_s,
-        "offset_hi_s": v.offset_hi_s,
         "regions": [list(region) for region in v.regions],
         "error_s": v.error_s,
-        "ntp_http_agree": v.ntp_http_agree,
-        "usable": v.usable,
-        "agreeing": v.agreeing,
         "thresholds": {"warning_s": v.warning_s, "critical_s": v.critical_s, "warning": v.warning.text,
                        "critical": v.critical.text},
         "host_time_s": result.host_time_s,
         "trusted_time_s": v.trusted_now(result.host_time_s),
         "duration_s": result.duration_s,
-        "classes": {
-            c.kind.value: {
-                "usable": c.usable,
-                "agreeing": c.agreeing,
-                "offset_lo_s": c.offset_lo_s,
-                "offset_hi_s": c.offset_hi_s,
-            }
-            for c in (v.ntp, v.http)
-        },
-        "sources": [_source_json(sv) for sv in v.sources],
+        "classes": {name.value: c.to_dict() for name, c in v.classes.items()},
+        "sources": [sv.to_dict() for sv in v.sources],
         "local": None
         if local is None
         else {

@@ -1,8 +1,9 @@
 """Source selection: which sources tell the truth, and what the host clock's offset is.
 
 This is RFC 5905's selection (Marzullo's intersection, as chrony's ``SRC_SelectSource`` applies it) over
-*all* usable samples, NTP and HTTP alike, plus a separate check that the NTP class and the HTTP class agree
-with each other (a spoofed NTP majority must never be trusted; research/time_anchors.md §8, T7).
+*all* usable samples, NTP and HTTP alike, plus a separate check that the trust classes (:class:`TrustClass`: each
+source kind declares one) agree with each other: the same selection over each class alone, and every two classes'
+majorities must overlap (a spoofed NTP majority must never be trusted; research/time_anchors.md §8, T7).
 
 The reported interval is sound against the largest tolerable number of liars: with ``n`` usable sources
 and at most ``f = ⌊(n−1)/2⌋`` of them lying, the true offset is covered by at least ``q = n − f`` intervals,
@@ -15,6 +16,7 @@ pin it down.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -23,10 +25,10 @@ from dataclasses import dataclass
 from timeguard.model import (
     ClassAgreement,
     Sample,
-    SourceKind,
     SourceState,
     SourceVerdict,
     Status,
+    TrustClass,
     Verdict,
 )
 from timeguard.ranges import Range
@@ -124,13 +126,10 @@ def decide(
     needed = max(min(min_sources, len(samples)), 1)
     usable = [s for s in samples if s.usable]
     overall = select([_interval(s) for s in usable])
-    ntp_sel = select([_interval(s) for s in usable if s.kind == SourceKind.NTP])
-    http_sel = select([_interval(s) for s in usable if s.kind == SourceKind.HTTP])
-    ntp = _class_agreement(SourceKind.NTP, ntp_sel)
-    http = _class_agreement(SourceKind.HTTP, http_sel)
-    agree: bool | None = None
-    if ntp_sel.has_majority and http_sel.has_majority:
-        agree = any(_overlap(*a, *b) for a in ntp_sel.regions for b in http_sel.regions)
+    classes = {
+        c: _class_agreement(c, select([_interval(s) for s in usable if s.kind.trust_class is c])) for c in TrustClass
+    }
+    agree, disagreeing = _classes_agree(classes.values())
 
     verdicts = tuple(_source_verdict(s, overall) for s in samples)
     offset = lo = hi = None
@@ -159,8 +158,8 @@ def decide(
         offset=offset,
         regions=regions,
         overall=overall,
-        ntp=ntp,
-        http=http,
+        classes=classes,
+        disagreeing=disagreeing,
         agree=agree,
         total=len(samples),
         needed=needed,
@@ -176,9 +175,8 @@ def decide(
         sources=verdicts,
         usable=len(usable),
         agreeing=overall.depth,
-        ntp=ntp,
-        http=http,
-        ntp_http_agree=agree,
+        classes=classes,
+        classes_agree=agree,
         warning=warning,
         critical=critical,
         monotonic_s=monotonic_s,
@@ -213,8 +211,22 @@ def _overlap(a_lo: float, a_hi: float, b_lo: float, b_hi: float) -> bool:
     return a_lo <= b_hi and b_lo <= a_hi
 
 
-def _class_agreement(kind: SourceKind, sel: Selection) -> ClassAgreement:
-    return ClassAgreement(kind, sel.usable, sel.depth, sel.lo_s, sel.hi_s)
+def _class_agreement(trust_class: TrustClass, sel: Selection) -> ClassAgreement:
+    return ClassAgreement(trust_class, sel.usable, sel.depth, sel.lo_s, sel.hi_s, sel.regions)
+
+
+def _classes_agree(
+    classes: Iterable[ClassAgreement],
+) -> tuple[bool | None, tuple[ClassAgreement, ClassAgreement] | None]:
+    """Whether every two classes with a majority of their own overlap somewhere (None: fewer than two to
+    compare), and the first pair that does not."""
+    judged = [c for c in classes if c.has_majority]
+    if len(judged) < 2:
+        return None, None
+    for a, b in itertools.combinations(judged, 2):
+        if not any(_overlap(*x, *y) for x in a.regions for y in b.regions):
+            return False, (a, b)
+    return True, None
 
 
 def fmt_regions(regions: Sequence[tuple[float, float]]) -> str:
@@ -262,8 +274,8 @@ def _summary(
     offset: float | None,
     regions: Sequence[tuple[float, float]],
     overall: Selection,
-    ntp: ClassAgreement,
-    http: ClassAgreement,
+    classes: dict[TrustClass, ClassAgreement],
+    disagreeing: tuple[ClassAgreement, ClassAgreement] | None,
     agree: bool | None,
     total: int,
     needed: int,
@@ -276,12 +288,14 @@ def _summary(
             "the clock cannot be checked"
         )
     if status is Status.SOURCES_INCONSISTENT:
-        assert ntp.offset_lo_s is not None and ntp.offset_hi_s is not None
-        assert http.offset_lo_s is not None and http.offset_hi_s is not None
+        assert disagreeing is not None
+        a, b = disagreeing
+        assert a.offset_lo_s is not None and a.offset_hi_s is not None
+        assert b.offset_lo_s is not None and b.offset_hi_s is not None
         return (
-            f"NTP sources ({ntp.agreeing} of {ntp.usable}) say offset [{fmt_offset(ntp.offset_lo_s)}, "
-            f"{fmt_offset(ntp.offset_hi_s)}] but HTTPS sources ({http.agreeing} of {http.usable}) say "
-            f"[{fmt_offset(http.offset_lo_s)}, {fmt_offset(http.offset_hi_s)}]: one class is lying"
+            f"{a.trust_class.label} sources ({a.agreeing} of {a.usable}) say offset [{fmt_offset(a.offset_lo_s)}, "
+            f"{fmt_offset(a.offset_hi_s)}] but {b.trust_class.label} sources ({b.agreeing} of {b.usable}) say "
+            f"[{fmt_offset(b.offset_lo_s)}, {fmt_offset(b.offset_hi_s)}]: one class is lying"
         )
     if status is Status.NO_MAJORITY:
         return (
@@ -290,17 +304,19 @@ def _summary(
         )
     assert offset is not None and regions
     direction = "ahead" if offset < 0 else "behind"
-    classes = {True: "; NTP and HTTPS agree", False: "", None: ""}[agree]
-    if agree is None:
-        missing = [k.value.upper() for k, c in ((SourceKind.NTP, ntp), (SourceKind.HTTP, http)) if c.usable]
-        classes = f"; only {'/'.join(missing) or 'no'} sources, no cross-check"
+    if agree:
+        labels = [c.trust_class.label for c in classes.values() if c.has_majority]
+        cross = f"; {', '.join(labels[:-1])} and {labels[-1]} agree"
+    else:  # (False is SOURCES_INCONSISTENT, above)
+        present = [c.trust_class.value.upper() for c in classes.values() if c.usable]
+        cross = f"; only {'/'.join(present) or 'no'} sources, no cross-check"
     split = ""
     if len(regions) > 1:
         split = f": the majority is split into {len(regions)} regions and the sources cannot tell which holds"
     text = (
         f"host clock {direction} by {fmt_offset(abs(offset))[1:]} (offset {offset:+.6f} s, "
         f"true offset in {fmt_regions(regions)}{split}), "
-        f"{overall.depth} of {overall.usable} usable sources agree{classes}"
+        f"{overall.depth} of {overall.usable} usable sources agree{cross}"
     )
     if overall.usable == 1:
         text += "; a single source cannot be outvoted: if it is wrong, nothing here can tell"
