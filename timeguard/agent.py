@@ -560,7 +560,7 @@ class Agent:
     def _make_dispatcher(self, cfg: Config) -> Dispatcher:
         import socket
 
-        return Dispatcher(cfg.hooks, journal=self.journal, trusted_now=self.trusted_now,
+        return Dispatcher(cfg.hooks, journal=self.journal, recorder=self.journal, trusted_now=self.trusted_now,
                           verdict=self._verdict_summary, hostname=socket.gethostname(), log=self.log,
                           enqueue=self._outbox.enqueue, on_run=self._after_hook_run)
 

@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from timeguard import __version__
+from timeguard.hooks.outbox import OutboxStore
 from timeguard.model import SourceState, Status
 from timeguard.store.journal import JournalError
 
@@ -194,7 +195,7 @@ class Metrics:
         if journal is None:
             return counts
         try:
-            counts.update(journal.outbox_stats()["by_hook"])
+            counts.update(OutboxStore(journal).stats()["by_hook"])
         except JournalError as exc:
             self._log.error("metrics_outbox_unreadable", error=str(exc))
         return counts

@@ -26,7 +26,7 @@ from tests.support.receiver import Receiver
 from tests.support.require import need_program
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookContext, HookStatus
-from timeguard.hooks.outbox import Outbox
+from timeguard.hooks.outbox import Outbox, OutboxStore
 from timeguard.hooks.slack import SlackHook
 from timeguard.hooks.webhook import WebhookHook
 from timeguard.store.journal import Journal
@@ -152,7 +152,7 @@ def test_dead_letter_after_the_attempt_limit_and_after_the_age_limit(journal, re
         assert wait_until(lambda: box.stats()["dead"] == 3, 10)
     finally:
         box.stop()
-    dead = journal.outbox_entries(state="dead")
+    dead = OutboxStore(journal).entries(state="dead")
     assert all(e.attempts == 3 and "gave up after 3 attempts" in e.last_error for e in dead)
     assert all("refused" in e.last_error.lower() for e in dead), [e.last_error for e in dead]
     assert sum(1 for name, _ in log.entries if name == "alert_dead") == 3
@@ -170,7 +170,7 @@ def test_dead_letter_after_the_attempt_limit_and_after_the_age_limit(journal, re
         assert time.monotonic() - started < 3
     finally:
         aged.stop()
-    [last] = journal.outbox_entries(state="dead", incident_id="aging")
+    [last] = OutboxStore(journal).entries(state="dead", incident_id="aging")
     assert "age limit" in last.last_error and last.attempts >= 3
     stats = aged.stats()
     assert stats["dead"] == 4 and stats["pending"] == 0 and stats["last_dead"]["id"] == last.id
@@ -220,7 +220,7 @@ def test_with_the_default_interval_ten_events_in_two_seconds_are_one_message(jou
     finally:
         box.stop()
     assert len(receiver.accepted()) == 1
-    [held] = journal.outbox_entries(state="pending")
+    [held] = OutboxStore(journal).entries(state="pending")
     assert held.events == 9 and held.message == 2  # the update, waiting for its minute
 
 
@@ -232,7 +232,7 @@ import json, os, sys, time
 
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookContext
-from timeguard.hooks.outbox import Outbox
+from timeguard.hooks.outbox import Outbox, OutboxStore
 from timeguard.hooks.webhook import WebhookHook
 from timeguard.store.journal import Journal
 
@@ -304,7 +304,7 @@ def test_kill_9_mid_delivery_then_restart_delivers_everything_with_the_same_ids(
         queued = [line["queued"] for line in lines(out) if "queued" in line]
         assert len(queued) == 5
         with Journal(state, readonly=True) as j:
-            assert j.outbox_stats()["in_flight"] == 4 and j.outbox_stats()["pending"] == 5
+            assert OutboxStore(j).stats()["in_flight"] == 4 and OutboxStore(j).stats()["pending"] == 5
         os.kill(first.pid, signal.SIGKILL)  # mid-delivery: the process we started, by its PID
         first.popen.wait(10)
         assert first.returncode == -signal.SIGKILL

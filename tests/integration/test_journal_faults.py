@@ -20,6 +20,7 @@ from tests.support.daemon import checks, events, log_event, start, wait_for, wri
 from tests.support.realprogs import SETPRIV_NO_SYS_TIME, scratch_dir
 from tests.support.require import need, need_program
 from timeguard.events import Event, EventKind
+from timeguard.hooks.outbox import OutboxStore
 from timeguard.store.journal import FILENAME, Journal
 
 EX_CONFIG = 78
@@ -256,7 +257,7 @@ def test_damage_that_appears_while_running_is_reported_and_detection_goes_on(sou
     state = Path(yaml.safe_load(config.read_text())["state_dir"])
     state.mkdir()
     path = state / FILENAME
-    with Journal(path) as journal, journal._writing() as db:
+    with Journal(path) as journal, journal.transaction() as db:
         db.executemany("INSERT INTO events (id, incident_id, kind, wall_time_s, monotonic_s, boot_id, body) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        [(e.id, e.incident_id, e.kind.value, e.wall_time_s, e.monotonic_s, e.boot_id, e.to_json())
@@ -291,12 +292,12 @@ def test_the_daemon_prunes_to_events_max_and_keeps_an_incident_with_an_undeliver
     made = [Event(kind=EventKind.ROLLBACK, incident_id=f"i{n}", wall_time_s=1e9 + n, monotonic_s=1.0, boot_id="b",
                   id=f"e{n}") for n in range(3000)]
     with Journal(path) as journal:
-        with journal._writing() as db:
+        with journal.transaction() as db:
             db.executemany("INSERT INTO events (id, incident_id, kind, wall_time_s, monotonic_s, boot_id, body) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [(e.id, e.incident_id, e.kind.value, e.wall_time_s, e.monotonic_s, e.boot_id, e.to_json())
                             for e in made])
-        journal.outbox_enqueue("gone-hook", made[5], {"x": 1}, epoch="old-boot", now_mono=1.0, now_wall=1.0,
+        OutboxStore(journal).enqueue("gone-hook", made[5], {"x": 1}, epoch="old-boot", now_mono=1.0, now_wall=1.0,
                                min_interval_s=0)
     log = directory / "daemon.log"
     with start(config, None, log) as proc:

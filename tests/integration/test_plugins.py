@@ -259,8 +259,8 @@ def test_the_example_through_the_dispatcher_records_its_runs(plugin, tmp_path):
     spec = HookSpec(type="logfile", name="clock-audit", on=None, timeout_s=5.0, dry_run=False,
                     options={"path": str(log)})
     journal = Recorder()
-    d = Dispatcher([spec], journal=journal, trusted_now=lambda: 1_700_086_401.0, verdict=lambda: {"status": "OK"},
-                   hostname="h")
+    d = Dispatcher([spec], journal=None, recorder=journal, trusted_now=lambda: 1_700_086_401.0,
+                   verdict=lambda: {"status": "OK"}, hostname="h")
     try:
         assert d.hooks[0].kinds == ALL_REAL_KINDS  # the plugin's default_on
         real = event()

@@ -68,9 +68,9 @@ def event(kind=EventKind.ROLLBACK, **kw) -> Event:
     return Event(kind=kind, incident_id="inc", wall_time_s=1000.0, monotonic_s=1.0, boot_id="b", **kw)
 
 
-def make(specs, journal=None) -> Dispatcher:
-    return Dispatcher(specs, journal=journal, trusted_now=lambda: 12345.0, verdict=lambda: {"status": "OK"},
-                      hostname="h")
+def make(specs, recorder=None) -> Dispatcher:
+    return Dispatcher(specs, journal=None, recorder=recorder, trusted_now=lambda: 12345.0,
+                      verdict=lambda: {"status": "OK"}, hostname="h")
 
 
 def test_a_raising_a_hanging_and_a_junk_hook_do_not_delay_a_good_one():

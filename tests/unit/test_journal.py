@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from timeguard.events import Event, EventKind
+from timeguard.hooks.outbox import OutboxStore
 from timeguard.store import journal as jmod
 from timeguard.store.journal import CheckRecord, Journal, JournalCorrupt, JournalError, JournalUnusable
 
@@ -270,11 +271,11 @@ def _rich_journal(path, events=600):
     with Journal(path) as j:
         j.raise_floor(5e9, "boot-a", 1.0)
         j.set_meta({"last_clock": {"wall_s": 5e9}})
-        j.outbox_enqueue("ops", ev(incident="pending-inc"), {"x": 1}, epoch="b", now_mono=1.0, now_wall=1.0,
+        OutboxStore(j).enqueue("ops", ev(incident="pending-inc"), {"x": 1}, epoch="b", now_mono=1.0, now_wall=1.0,
                          min_interval_s=0)
         j.repair_undo_record("repaired-inc", "r1", "sqlite:///x", [("t", 1, "n", "c", "old", "new")],
                              applied_wall_s=1.0, applied_mono_s=1.0)
-        with j._writing() as db:
+        with j.transaction() as db:
             db.executemany(
                 "INSERT INTO events (id, incident_id, kind, wall_time_s, monotonic_s, boot_id, body) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -298,7 +299,7 @@ def test_a_damaged_page_is_moved_aside_and_everything_readable_salvaged(tmp_path
         aside = tmp_path / damage["moved_to"].rsplit("/", 1)[1]
         assert _digest(aside) == damaged  # evidence kept as it was
         assert journal.floor().wall_s == 5e9 and journal.meta()["last_clock"] == {"wall_s": 5e9}
-        assert [e.incident_id for e in journal.outbox_entries(state="pending")] == ["pending-inc"]
+        assert [e.incident_id for e in OutboxStore(journal).entries(state="pending")] == ["pending-inc"]
         assert len(journal.repair_undo_records("repaired-inc")) == 1
         kept = [e.id for e in journal.events()]
         assert kept == [i for i in ids if i in set(kept)]  # in order, nothing invented
@@ -354,12 +355,12 @@ def test_retention_deletes_exactly_the_old_and_the_surplus_never_what_is_still_n
             j.record_event(event)
             recorded.append(event)
             if state in ("pending", "dead", "delivered"):
-                got = j.outbox_enqueue("ops", event, {}, epoch="b", now_mono=1.0, now_wall=1.0, min_interval_s=0)
+                got = OutboxStore(j).enqueue("ops", event, {}, epoch="b", now_mono=1.0, now_wall=1.0, min_interval_s=0)
                 if state == "dead":
-                    j.outbox_dead(got.id, error="gone", now_wall=1.0)
+                    OutboxStore(j).dead(got.id, error="gone", now_wall=1.0)
                 elif state == "delivered":
-                    j.outbox_claim(got.id, attempts=0, epoch="b", now_mono=1.0, now_wall=1.0)
-                    j.outbox_delivered(got.id, epoch="b", now_mono=1.0, now_wall=1.0, min_interval_s=0)
+                    OutboxStore(j).claim(got.id, attempts=0, epoch="b", now_mono=1.0, now_wall=1.0)
+                    OutboxStore(j).delivered(got.id, epoch="b", now_mono=1.0, now_wall=1.0, min_interval_s=0)
             if state in ("pending", "dead"):
                 protected.add(inc)
             if state == "repair":
@@ -437,7 +438,7 @@ def test_damage_anywhere_never_stops_the_daemon_nor_loses_the_evidence(tmp_path_
     in the original are in their original order."""
     original = rich_journal_file.read_bytes()
     with Journal(rich_journal_file, readonly=True) as j:
-        ids = [row[0] for row in j._read("SELECT id FROM events ORDER BY seq")]
+        ids = [row[0] for row in j.read("SELECT id FROM events ORDER BY seq")]
     state = tmp_path_factory.mktemp("any")
     data = bytearray(original)
     start = min(int(where * len(data)), len(data) - 1)
@@ -446,7 +447,7 @@ def test_damage_anywhere_never_stops_the_daemon_nor_loses_the_evidence(tmp_path_
     journal, damage = open_for_daemon(state)
     with journal:
         assert journal.integrity_problems() == []
-        stored = [row[0].decode(errors="replace") for row in journal._read(
+        stored = [row[0].decode(errors="replace") for row in journal.read(
             "SELECT CAST(id AS BLOB) FROM events ORDER BY seq")]
         known = [i for i in stored if i in set(ids)]
         assert known == [i for i in ids if i in set(known)]

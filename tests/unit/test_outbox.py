@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import Delivery, DeliveryResult, HookRun, HookStatus
-from timeguard.hooks.outbox import OUTBOX_KEY, Outbox, backoff_s, split_payload
+from timeguard.hooks import outbox as outbox_mod
+from timeguard.hooks.outbox import OUTBOX_KEY, Outbox, OutboxStore, backoff_s, split_payload
 from timeguard.store import journal as jmod
 from timeguard.store.journal import Journal, JournalError
 
@@ -84,7 +85,7 @@ def test_enqueue_commits_before_it_returns(journal, tmp_path):
     delivery_id = box.enqueue("hook", event, {"n": 1})
     assert delivery_id == f"{event.id}.hook"
     with Journal(tmp_path / "journal.sqlite") as other:  # another connection sees the committed row
-        [entry] = other.outbox_entries()
+        [entry] = OutboxStore(other).entries()
     assert entry.id == delivery_id and entry.state == "pending" and entry.payload == {"n": 1}
 
 
@@ -100,7 +101,7 @@ def test_delivery_id_is_stable_and_enqueue_is_idempotent(journal):
         clock.advance(5)
     assert [c.id for c in hook.calls] == [first] * 3
     assert [c.attempts for c in hook.calls] == [0, 1, 2]
-    assert journal.outbox_entries()[0].state == "delivered"
+    assert OutboxStore(journal).entries()[0].state == "delivered"
 
 
 def test_one_delivery_id_per_event_per_hook(journal):
@@ -116,7 +117,7 @@ def test_a_payload_that_is_not_json_is_refused_before_any_write(journal):
     box = make(journal, FakeDeliverer("hook"))
     with pytest.raises(TypeError):
         box.enqueue("hook", ev(), {"x": object()})
-    assert journal.outbox_entries() == []
+    assert OutboxStore(journal).entries() == []
 
 
 # ------------------------------------------------------------------------------------------------- retries
@@ -130,15 +131,15 @@ def test_backoff_with_full_jitter_then_delivered(journal):
     waits = []
     for _ in range(3):
         assert box.run_once() == 1
-        entry = journal.outbox_entries()[0]
+        entry = OutboxStore(journal).entries()[0]
         waits.append(entry.next_mono - clock.t)
         if entry.next_mono > clock.t:
             assert box.run_once() == 0  # not before its time
         clock.t = entry.next_mono
     assert box.run_once() == 1
     assert 0 <= waits[0] <= 2 and 0 <= waits[1] <= 4 and 0 <= waits[2] <= 8
-    assert journal.outbox_entries()[0].state == "delivered"
-    assert journal.outbox_entries()[0].attempts == 4
+    assert OutboxStore(journal).entries()[0].state == "delivered"
+    assert OutboxStore(journal).entries()[0].attempts == 4
 
 
 @given(attempts=st.integers(1, 80), base=st.floats(0.01, 10), cap=st.floats(0.01, 1000))
@@ -165,7 +166,7 @@ def test_permanent_failure_is_dead_at_once(journal):
     box = make(journal, hook, log=log)
     box.enqueue("hook", ev(), {})
     box.run_once()
-    [entry] = journal.outbox_entries()
+    [entry] = OutboxStore(journal).entries()
     assert entry.state == "dead" and "HTTP 410 Gone" in entry.last_error
     stats = box.stats()
     assert stats["dead"] == 1 and stats["pending"] == 0 and stats["last_dead"]["id"] == entry.id
@@ -181,7 +182,7 @@ def test_dead_after_max_attempts(journal):
         box.run_once()
         clock.advance(1)
     assert len(hook.calls) == 3
-    [entry] = journal.outbox_entries()
+    [entry] = OutboxStore(journal).entries()
     assert entry.state == "dead" and entry.attempts == 3 and "gave up after 3 attempts" in entry.last_error
 
 
@@ -191,13 +192,13 @@ def test_dead_after_max_age_with_a_last_attempt_at_the_limit(journal):
     box = make(journal, hook, clock=clock, max_age_s=100, base_backoff_s=60, max_backoff_s=60,
                rng=random.Random(1))
     box.enqueue("hook", ev(), {})
-    while journal.outbox_entries()[0].state == "pending" and clock.t < 2000:
+    while OutboxStore(journal).entries()[0].state == "pending" and clock.t < 2000:
         box.run_once()
-        entry = journal.outbox_entries()[0]
+        entry = OutboxStore(journal).entries()[0]
         if entry.state == "pending":
             assert entry.next_mono <= 1000 + 100  # never scheduled past the age limit
             clock.t = max(entry.next_mono, clock.t)
-    entry = journal.outbox_entries()[0]
+    entry = OutboxStore(journal).entries()[0]
     assert entry.state == "dead" and "age limit" in entry.last_error
     assert clock.t == pytest.approx(1100)  # the last attempt was made at the limit
 
@@ -207,7 +208,7 @@ def test_a_retry_after_past_the_age_limit_is_dead_now(journal):
     box = make(journal, hook, max_age_s=3600)
     box.enqueue("hook", ev(), {})
     box.run_once()
-    entry = journal.outbox_entries()[0]
+    entry = OutboxStore(journal).entries()[0]
     assert entry.state == "dead" and "asked to wait 7200 s, past the age limit" in entry.last_error
 
 
@@ -220,13 +221,13 @@ def test_a_deliverer_that_raises_or_returns_junk_is_a_failed_attempt(journal):
     box = make(journal, hook, clock=clock, base_backoff_s=0.1, max_backoff_s=0.1)
     box.enqueue("hook", ev(), {})
     box.run_once()
-    assert "deliver() raised RuntimeError: bug" in journal.outbox_entries()[0].last_error
+    assert "deliver() raised RuntimeError: bug" in OutboxStore(journal).entries()[0].last_error
     clock.advance(1)
     box.run_once()
-    assert "not a DeliveryResult" in journal.outbox_entries()[0].last_error
+    assert "not a DeliveryResult" in OutboxStore(journal).entries()[0].last_error
     clock.advance(1)
     box.run_once()
-    assert journal.outbox_entries()[0].state == "delivered"
+    assert OutboxStore(journal).entries()[0].state == "delivered"
 
 
 # ---------------------------------------------------------------------------------------------- coalescing
@@ -324,10 +325,10 @@ def test_a_crash_mid_attempt_is_resent_with_the_same_id(journal, tmp_path):
     clock = Clock()
     box = make(journal, FakeDeliverer("hook"), clock=clock)
     delivery_id = box.enqueue("hook", ev(), {})
-    entry = journal.outbox_eligible(epoch="boot-A")[0]
-    assert journal.outbox_claim(entry.id, attempts=0, epoch="boot-A", now_mono=clock.t, now_wall=0) is not None
+    entry = OutboxStore(journal).eligible(epoch="boot-A")[0]
+    assert OutboxStore(journal).claim(entry.id, attempts=0, epoch="boot-A", now_mono=clock.t, now_wall=0) is not None
     # ... the process dies here, mid-request. A new one on the same journal:
-    assert journal.outbox_eligible(epoch="boot-A") == []  # in flight in this boot: not eligible...
+    assert OutboxStore(journal).eligible(epoch="boot-A") == []  # in flight in this boot: not eligible...
     hook = FakeDeliverer("hook")
     again = make(journal, hook, clock=clock)
     again.start()  # ...until a start resumes it
@@ -338,7 +339,7 @@ def test_a_crash_mid_attempt_is_resent_with_the_same_id(journal, tmp_path):
     finally:
         again.stop()
     assert [c.id for c in hook.calls] == [delivery_id] and hook.calls[0].attempts == 1
-    assert journal.outbox_entries()[0].state == "delivered"
+    assert OutboxStore(journal).entries()[0].state == "delivered"
 
 
 def test_after_a_reboot_the_age_so_far_is_kept_and_the_downtime_not_counted(journal):
@@ -353,7 +354,7 @@ def test_after_a_reboot_the_age_so_far_is_kept_and_the_downtime_not_counted(jour
     after = Outbox(journal, {"hook": hook}, trusted_now=lambda: None, clock=boot_b, epoch="boot-B",
                    max_age_s=1000, base_backoff_s=100, max_backoff_s=100, rng=random.Random(3), log=Log())
     assert after.run_once() == 1  # another boot's times can't be compared: due now
-    entry = journal.outbox_entries()[0]
+    entry = OutboxStore(journal).entries()[0]
     assert entry.epoch == "boot-B" and entry.enqueued_mono == pytest.approx(50 - 300)
     assert after.stats()["oldest_pending_age_s"] == pytest.approx(300)
 
@@ -372,24 +373,24 @@ def test_stats_for_status(journal):
     assert stats["oldest_pending_age_s"] == pytest.approx(42)
     assert stats["by_hook"] == {"a": {"pending": 1, "delivered": 1, "dead": 0},
                                 "b": {"pending": 0, "delivered": 0, "dead": 1}}
-    assert journal.outbox_stats()["oldest_pending_age_s"] is None  # no clock given: no age
+    assert OutboxStore(journal).stats()["oldest_pending_age_s"] is None  # no clock given: no age
 
 
 def test_the_readonly_cli_reads_outbox_stats(journal, tmp_path):
     box = make(journal, FakeDeliverer("hook"))
     box.enqueue("hook", ev(), {})
     with Journal(tmp_path / "journal.sqlite", readonly=True) as ro:
-        assert ro.outbox_stats()["pending"] == 1
+        assert OutboxStore(ro).stats()["pending"] == 1
 
 
 def test_delivered_rows_are_pruned_pending_and_dead_never(journal, monkeypatch):
-    monkeypatch.setattr(jmod, "MAX_DELIVERED", 3)
-    monkeypatch.setattr(jmod, "PRUNE_EVERY", 1)
+    monkeypatch.setattr(outbox_mod, "MAX_DELIVERED", 3)
+    monkeypatch.setattr(outbox_mod, "PRUNE_EVERY", 1)
     box = make(journal, FakeDeliverer("hook", [DeliveryResult(False, "x", permanent=True)]))
     for i in range(6):
         box.enqueue("hook", ev(f"i{i}"), {})
     box.run_once()
-    states = [e.state for e in journal.outbox_entries()]
+    states = [e.state for e in OutboxStore(journal).entries()]
     assert states.count("dead") == 1 and states.count("delivered") == 3
 
 
@@ -442,16 +443,16 @@ def test_the_worker_survives_journal_errors(journal, monkeypatch):
     log = Log()
     hook = FakeDeliverer("hook")
     box = Outbox(journal, {"hook": hook}, trusted_now=lambda: None, epoch="boot-A", log=log)
-    real = journal.outbox_eligible
+    real = OutboxStore.eligible
     calls = {"n": 0}
 
-    def flaky(**kw: Any) -> Any:
+    def flaky(store: OutboxStore, **kw: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise JournalError("disk full (simulated)")
-        return real(**kw)
+        return real(store, **kw)
 
-    monkeypatch.setattr(journal, "outbox_eligible", flaky)
+    monkeypatch.setattr(OutboxStore, "eligible", flaky)
     box.enqueue("hook", ev(), {})
     box.start()
     try:
@@ -470,7 +471,7 @@ def test_stop_reports_abandoned_attempts_which_resume_later(journal):
     box.enqueue("hook", ev(), {})
     assert gate.started.acquire(timeout=5)
     assert box.stop(timeout=0.1) == 1
-    assert journal.outbox_stats()["in_flight"] == 1
+    assert OutboxStore(journal).stats()["in_flight"] == 1
     gate.release.set()
 
 
@@ -512,4 +513,4 @@ def test_a_schema_1_journal_is_upgraded_in_place(tmp_path, monkeypatch):
     with Journal(path) as upgraded:
         assert upgraded.health()["schema"] == len(jmod._MIGRATIONS) and len(upgraded.events()) == 1
         make(upgraded, FakeDeliverer("hook")).enqueue("hook", ev(), {})
-        assert upgraded.outbox_stats()["pending"] == 1
+        assert OutboxStore(upgraded).stats()["pending"] == 1

@@ -12,7 +12,7 @@ import pytest
 from tests.support.receiver import Receiver, verify
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import Delivery, HookConfigError, HookContext, HookStatus
-from timeguard.hooks.outbox import OUTBOX_KEY
+from timeguard.hooks.outbox import OUTBOX_KEY, OutboxStore
 from timeguard.hooks.slack import SlackHook
 from timeguard.hooks.webhook import (
     AM_ZERO_TIME,
@@ -221,7 +221,7 @@ def test_recovered_is_sent_only_after_an_alert_for_that_incident(tmp_path):
     with Journal(tmp_path / "j.sqlite") as journal:
         result = hook().handle(recovered, ctx(journal=journal, enqueue=lambda *a: "x"))
         assert result.status is HookStatus.SKIPPED and "sent no message" in result.summary
-        journal.outbox_enqueue("ops", ev(EventKind.OFFSET_CRITICAL), {}, epoch="e", now_mono=1, now_wall=1,
+        OutboxStore(journal).enqueue("ops", ev(EventKind.OFFSET_CRITICAL), {}, epoch="e", now_mono=1, now_wall=1,
                                min_interval_s=60)
         assert hook().handle(recovered, ctx(journal=journal, enqueue=lambda *a: "x")).status is HookStatus.OK
 

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from timeguard.cli.common import load_config_or_exit
 from timeguard.events import Event, EventKind
+from timeguard.hooks.outbox import OutboxStore
 from timeguard.measure.consensus import fmt_offset
 from timeguard.store.journal import FILENAME, Journal, JournalError
 from timeguard.timefmt import iso as _iso
@@ -148,7 +149,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         recent = read("events", lambda: journal.events(limit=args.events), []) if args.events else []
         health = read("health", journal.health, {"path": str(path), "ok": False, "problems": [], "size_bytes": 0,
                                                  "events": None, "checks": None, "schema": None})
-        outbox = read("alerts", lambda: journal.outbox_stats(epoch=read_boot_id(), now_mono=time.monotonic()),
+        outbox = read("alerts", lambda: OutboxStore(journal).stats(epoch=read_boot_id(), now_mono=time.monotonic()),
                       {"pending": None, "delivered": None, "dead": None, "oldest_pending_age_s": None})
     health["problems"] = [*health["problems"], *read.problems]
     health["ok"] = health["ok"] and not read.problems

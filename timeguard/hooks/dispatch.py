@@ -3,8 +3,8 @@
 A hook that raises is a FAILED run; one that hangs is abandoned at its timeout (FAILED, "timed out") and
 its worker moves on — the thread cannot be killed, so while it is still stuck the hook's later runs are
 recorded as FAILED "not run: a previous run is still stuck" rather than piling up threads. Detection and the
-other hooks never wait for any of it. Every run is recorded in the journal (hook, event, incident, result,
-duration, output).
+other hooks never wait for any of it. Every run (hook, event, incident, result, duration, output) goes to the
+dispatcher's :class:`HookRunRecorder` — in the daemon, the journal.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from timeguard.config import HookSpec
 from timeguard.events import Event, EventKind
@@ -32,6 +32,13 @@ from timeguard.hooks.registry import UnknownHookType, find_type
 from timeguard.store.journal import Journal, JournalError
 
 MAX_OUTPUT = 64 * 1024
+
+
+class HookRunRecorder(Protocol):
+    """Where the dispatcher records every run: all it needs of the journal (:meth:`Journal.record_hook_run`)."""
+
+    def record_hook_run(self, run: HookRun) -> None:
+        """Keep ``run``; raise JournalError when it cannot be written (the dispatcher logs it and goes on)."""
 
 
 @dataclass
@@ -79,6 +86,7 @@ class Dispatcher:
         specs: Sequence[HookSpec],
         *,
         journal: Journal | None,
+        recorder: HookRunRecorder | None = None,
         trusted_now: Callable[[], float | None],
         verdict: Callable[[], Mapping[str, Any] | None],
         hostname: str,
@@ -89,7 +97,8 @@ class Dispatcher:
     ) -> None:
         self.hooks = [build(spec) for spec in specs]
         self._on_run = on_run
-        self._journal = journal
+        self._journal = journal  # handed to the hooks (HookContext.journal)
+        self._recorder = recorder
         self._trusted_now = trusted_now
         self._verdict = verdict
         self._hostname = hostname
@@ -242,10 +251,10 @@ class Dispatcher:
             level = log.warning if run.status is HookStatus.FAILED else log.info
             level("hook_run", hook=run.hook, kind=run.event_kind, incident=run.incident_id, status=run.status.value,
                   summary=run.summary, duration_s=round(run.duration_s, 3), dry_run=run.dry_run, test=run.test)
-        if self._journal is None:
+        if self._recorder is None:
             return
         try:
-            self._journal.record_hook_run(run)
+            self._recorder.record_hook_run(run)
         except JournalError as exc:
             if log is not None:
                 log.error("journal_write_failed", error=str(exc), what="hook run")

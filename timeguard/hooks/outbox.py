@@ -31,16 +31,18 @@ What a message carries is in its payload under ``"_outbox"`` (see :func:`split_p
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from timeguard.events import Event
 from timeguard.hooks.api import Deliverer, Delivery, DeliveryResult
-from timeguard.store.journal import Journal, JournalError, OutboxEntry
+from timeguard.store.journal import Journal, JournalError
 from timeguard.watch.clockwatch import read_boot_id
 
 DEFAULT_MIN_INTERVAL_S = 60.0
@@ -51,9 +53,293 @@ DEFAULT_MAX_BACKOFF_S = 900.0  # mean wait 7.5 min once capped: with 200 attempt
 DEFAULT_PER_HOOK_IN_FLIGHT = 4
 IDLE_POLL_S = 30.0  # also how soon rows queued by another process (``timeguard hooks test``) are seen
 JOURNAL_RETRY_S = 1.0
+MAX_DELIVERED = 10_000  # delivered outbox rows kept for inspection; pending and dead ones are never pruned
+PRUNE_EVERY = 64  # delivered rows are pruned when the seq of the one just delivered is a multiple of this
+MAX_EVENT_IDS = 50  # event ids a coalesced message lists (its count is exact)
 
 #: The key under which a delivery's payload says what the message carries (a deliverer pops it).
 OUTBOX_KEY = "_outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One outbox message as stored. ``*_mono`` are CLOCK_MONOTONIC readings of the boot ``epoch``."""
+
+    id: str  # the delivery id: "<first event id>.<hook>", stable across retries and restarts
+    hook: str
+    incident_id: str
+    event_id: str  # the event that opened the message (the id names it)
+    last_event_id: str  # the newest event folded in (its payload is the one sent)
+    event_ids: list[str]  # the events it carries (the first and the newest MAX_EVENT_IDS)
+    kinds: list[str]  # distinct kinds among them, in order
+    events: int  # how many events it carries: 1 + the updates coalesced into it
+    message: int  # its number among this hook's messages for the incident (1 = the first)
+    state: str  # pending | delivered | dead
+    payload: dict[str, Any]  # the hook's payload for the newest event
+    attempts: int
+    epoch: str
+    enqueued_mono: float
+    next_mono: float
+    last_mono: float
+    sending_since: float | None  # set while an attempt is in flight (or was, when the process died)
+    sent_mono: float | None
+    enqueued_wall: float
+    last_attempt_wall: float | None
+    done_wall: float | None
+    last_error: str
+    test: bool
+
+
+class Enqueued(NamedTuple):
+    id: str
+    outcome: str  # "queued" | "held" (waits for an earlier message or the rate limit) | "coalesced" | "duplicate"
+    due_in_s: float
+
+
+_OUTBOX_COLUMNS = (
+    "id, hook, incident_id, event_id, last_event_id, event_ids, kinds, events, message, state, payload, attempts, "
+    "epoch, enqueued_mono, next_mono, last_mono, sending_since, sent_mono, enqueued_wall, last_attempt_wall, "
+    "done_wall, last_error, test"
+)
+
+
+
+class OutboxStore:
+    """The outbox's rows in the journal: the atomic steps :class:`Outbox`'s policy (backoff, limits, rate) is made
+    of. Each is one transaction of the journal's, so a kill -9 between any two leaves a state the next start
+    resumes from. The table itself is created by the journal's migrations (2)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def enqueue(self, hook: str, event: Event, payload: dict[str, Any], *, epoch: str, now_mono: float,
+                       now_wall: float, min_interval_s: float) -> Enqueued:
+        """Queue ``payload`` (for ``event``) for ``hook``, coalescing per incident, in one short transaction.
+
+        * A message of this (hook, incident) that no attempt has touched yet absorbs the event: its payload is
+          replaced, its event count goes up, it keeps its id (nobody has seen that id, so nothing is lost).
+        * Otherwise a new message ``"<event id>.<hook>"``: due now, or — after a delivered one — not before
+          ``min_interval_s`` after that send; it is never sent before an earlier message of the incident is
+          delivered or dead (an update must not overtake what it updates).
+        """
+        body = json.dumps(payload, sort_keys=True)  # TypeError here: a hook's bug, before any write
+        delivery_id = f"{event.id}.{hook}"
+        with self._journal.transaction() as db:
+            if db.execute("SELECT 1 FROM outbox WHERE id = ?", (delivery_id,)).fetchone():
+                return Enqueued(delivery_id, "duplicate", 0.0)
+            open_row = db.execute(
+                "SELECT id, last_event_id, event_ids, kinds, next_mono, epoch FROM outbox WHERE hook = ? AND "
+                "incident_id = ? AND state = 'pending' AND attempts = 0 AND sending_since IS NULL "
+                "ORDER BY seq DESC LIMIT 1",
+                (hook, event.incident_id),
+            ).fetchone()
+            if open_row is not None:
+                open_id, last_event_id, ids_json, kinds_json, next_mono, row_epoch = open_row
+                ids: list[str] = json.loads(ids_json)
+                if event.id == last_event_id or event.id in ids:
+                    return Enqueued(open_id, "duplicate", 0.0)
+                ids.append(event.id)
+                if len(ids) > MAX_EVENT_IDS:
+                    ids = [ids[0], *ids[-(MAX_EVENT_IDS - 1):]]
+                kinds: list[str] = json.loads(kinds_json)
+                if event.kind.value not in kinds:
+                    kinds.append(event.kind.value)
+                db.execute(
+                    "UPDATE outbox SET payload = ?, last_event_id = ?, event_ids = ?, kinds = ?, events = events + 1 "
+                    "WHERE id = ?",
+                    (body, event.id, json.dumps(ids), json.dumps(kinds), open_id),
+                )
+                due_in = max(next_mono - now_mono, 0.0) if row_epoch == epoch else 0.0
+                return Enqueued(open_id, "coalesced", due_in)
+            earlier = db.execute(
+                "SELECT 1 FROM outbox WHERE hook = ? AND incident_id = ? AND state = 'pending' LIMIT 1",
+                (hook, event.incident_id),
+            ).fetchone()
+            due = now_mono
+            if earlier is None:
+                (last_sent,) = db.execute(
+                    "SELECT MAX(sent_mono) FROM outbox WHERE hook = ? AND incident_id = ? AND state = 'delivered' "
+                    "AND epoch = ?",
+                    (hook, event.incident_id, epoch),
+                ).fetchone()
+                if last_sent is not None:
+                    due = max(now_mono, last_sent + min_interval_s)
+            (message,) = db.execute(
+                "SELECT COUNT(*) + 1 FROM outbox WHERE hook = ? AND incident_id = ?", (hook, event.incident_id)
+            ).fetchone()
+            db.execute(
+                f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES "  # noqa: S608 — constant columns, bound values
+                "(?, ?, ?, ?, ?, ?, ?, 1, ?, 'pending', ?, 0, ?, ?, ?, ?, NULL, NULL, ?, NULL, NULL, '', ?)",
+                (delivery_id, hook, event.incident_id, event.id, event.id, json.dumps([event.id]),
+                 json.dumps([event.kind.value]), message, body, epoch, now_mono, due, now_mono, now_wall,
+                 int(event.test)),
+            )
+        held = earlier is not None or due > now_mono
+        return Enqueued(delivery_id, "held" if held else "queued", due - now_mono)
+
+    def eligible(self, *, epoch: str, hooks: Iterable[str] | None = None, ids: Iterable[str] | None = None,
+                        limit: int = 100) -> list[OutboxEntry]:
+        """Pending messages that may be attempted (soonest first, due or not): not in flight, and no earlier
+        message of their (hook, incident) still pending. Rows of another boot count as due now (their times
+        cannot be compared) and as not in flight (that process is gone)."""
+        where = ["o.state = 'pending'", "(o.sending_since IS NULL OR o.epoch != ?)",
+                 "NOT EXISTS (SELECT 1 FROM outbox p WHERE p.hook = o.hook AND p.incident_id = o.incident_id "
+                 "AND p.state = 'pending' AND p.seq < o.seq)"]
+        params: list[Any] = [epoch]
+        for column, values in (("hook", hooks), ("id", ids)):
+            if values is not None:
+                listed = list(values)
+                if not listed:
+                    return []
+                where.append(f"o.{column} IN ({', '.join('?' for _ in listed)})")
+                params.extend(listed)
+        sql = (f"SELECT {', '.join('o.' + c.strip() for c in _OUTBOX_COLUMNS.split(','))} FROM outbox o "  # noqa: S608
+               f"WHERE {' AND '.join(where)} "
+               "ORDER BY CASE WHEN o.epoch = ? THEN o.next_mono ELSE -1e308 END, o.seq LIMIT ?")
+        return [self._entry(r) for r in self._journal.read(sql, [*params, epoch, int(limit)])]
+
+    def claim(self, delivery_id: str, *, attempts: int, epoch: str, now_mono: float,
+                     now_wall: float) -> OutboxEntry | None:
+        """Mark an attempt as started *before* it is made (a crash mid-send leaves it in flight: resent, same id).
+
+        ``attempts`` is what the caller saw: a row someone else claimed or changed meanwhile is not claimed
+        again (None). A row from another boot is re-based here: its age so far (enqueue to its last attempt,
+        on that boot's monotonic clock) is kept, the time the host was down is not counted — nothing can
+        measure it (CLOCK_MONOTONIC restarts at boot, the wall clock is the suspect).
+        """
+        with self._journal.transaction() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, sending_since = :now, last_mono = :now, "
+                "last_attempt_wall = :wall, "
+                "enqueued_mono = CASE WHEN epoch = :epoch THEN enqueued_mono "
+                "ELSE :now - MAX(last_mono - enqueued_mono, 0) END, "
+                "sent_mono = CASE WHEN epoch = :epoch THEN sent_mono ELSE NULL END, "
+                "next_mono = CASE WHEN epoch = :epoch THEN next_mono ELSE :now END, "
+                "epoch = :epoch "
+                "WHERE id = :id AND state = 'pending' AND attempts = :attempts "
+                "AND (sending_since IS NULL OR epoch != :epoch)",
+                {"now": now_mono, "wall": now_wall, "epoch": epoch, "id": delivery_id, "attempts": attempts},
+            )
+            if cursor.rowcount != 1:
+                return None
+            row = db.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id = ?",  # noqa: S608 — constant columns
+                             (delivery_id,)).fetchone()
+        return self._entry(row)
+
+    def delivered(self, delivery_id: str, *, epoch: str, now_mono: float, now_wall: float,
+                         min_interval_s: float) -> bool:
+        """Delivered: the incident's next message (if one is waiting) goes no sooner than ``min_interval_s``."""
+        with self._journal.transaction() as db:
+            row = db.execute("SELECT hook, incident_id, seq FROM outbox WHERE id = ? AND state = 'pending'",
+                             (delivery_id,)).fetchone()
+            if row is None:
+                return False
+            db.execute(
+                "UPDATE outbox SET state = 'delivered', sending_since = NULL, sent_mono = ?, done_wall = ?, "
+                "last_error = '' WHERE id = ?",
+                (now_mono, now_wall, delivery_id),
+            )
+            db.execute(
+                "UPDATE outbox SET next_mono = MAX(next_mono, ?) WHERE hook = ? AND incident_id = ? "
+                "AND state = 'pending' AND epoch = ?",
+                (now_mono + min_interval_s, row[0], row[1], epoch),
+            )
+            if row[2] % PRUNE_EVERY == 0:  # now and then: pruning scans the delivered rows
+                db.execute(
+                    "DELETE FROM outbox WHERE state = 'delivered' AND seq < (SELECT seq FROM outbox "
+                    "WHERE state = 'delivered' ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                    (MAX_DELIVERED - 1,),
+                )
+        return True
+
+    def retry(self, delivery_id: str, *, next_mono: float, error: str) -> bool:
+        with self._journal.transaction() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET sending_since = NULL, next_mono = ?, last_error = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (next_mono, error, delivery_id),
+            )
+        return cursor.rowcount == 1
+
+    def dead(self, delivery_id: str, *, error: str, now_wall: float) -> bool:
+        """Dead-letter: kept (never pruned), counted by :meth:`stats`; an operator reads ``last_error``."""
+        with self._journal.transaction() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET state = 'dead', sending_since = NULL, done_wall = ?, last_error = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (now_wall, error, delivery_id),
+            )
+        return cursor.rowcount == 1
+
+    def resume(self, *, epoch: str, now_mono: float) -> int:
+        """At start-up: attempts of this boot left in flight by a dead process are due again now (their outcome
+        is unknown; the receiver dedupes on the id). Returns how many."""
+        with self._journal.transaction() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET sending_since = NULL, next_mono = ? "
+                "WHERE state = 'pending' AND sending_since IS NOT NULL AND epoch = ?",
+                (now_mono, epoch),
+            )
+        return cursor.rowcount
+
+    def entries(self, *, state: str | None = None, hook: str | None = None, incident_id: str | None = None,
+                       limit: int | None = None) -> list[OutboxEntry]:
+        """Messages in the order they were queued; ``limit`` keeps the newest (still oldest first)."""
+        where, params = [], []
+        for column, value in (("state", state), ("hook", hook), ("incident_id", incident_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {_OUTBOX_COLUMNS} FROM outbox"  # noqa: S608 — constant columns, bound values
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        if limit is not None:
+            rows = list(reversed(self._journal.read(sql + " ORDER BY seq DESC LIMIT ?", [*params, int(limit)])))
+        else:
+            rows = self._journal.read(sql + " ORDER BY seq", params)
+        return [self._entry(r) for r in rows]
+
+    def stats(self, *, epoch: str | None = None, now_mono: float | None = None) -> dict[str, Any]:
+        """What ``timeguard status`` shows: counts by state, in flight, the oldest pending message's age.
+
+        The age is on the monotonic clock: give this boot's id and ``time.monotonic()`` (it is system-wide, so
+        the CLI can read the daemon's rows). A row last touched in another boot counts the age it had reached
+        there (a lower bound). Without ``now_mono`` the age is None.
+        """
+        counts = {"pending": 0, "delivered": 0, "dead": 0}
+        for row in self._journal.read("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
+            counts[row[0]] = int(row[1])
+        in_flight = int(self._journal.read(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND sending_since IS NOT NULL")[0][0])
+        oldest: float | None = None
+        if now_mono is not None:
+            (oldest,) = self._journal.read(
+                "SELECT MAX(CASE WHEN epoch = ? THEN ? - enqueued_mono ELSE last_mono - enqueued_mono END) "
+                "FROM outbox WHERE state = 'pending'",
+                (epoch, now_mono),
+            )[0]
+        by_hook: dict[str, dict[str, int]] = {}
+        for row in self._journal.read("SELECT hook, state, COUNT(*) FROM outbox GROUP BY hook, state ORDER BY hook"):
+            by_hook.setdefault(row[0], {"pending": 0, "delivered": 0, "dead": 0})[row[1]] = int(row[2])
+        last_dead = self._journal.read("SELECT id, hook, last_error, done_wall FROM outbox WHERE state = 'dead' "
+                               "ORDER BY seq DESC LIMIT 1")
+        return {
+            **counts,
+            "in_flight": in_flight,
+            "oldest_pending_age_s": None if oldest is None else max(float(oldest), 0.0),
+            "by_hook": by_hook,
+            "last_dead": dict(last_dead[0]) if last_dead else None,
+        }
+
+    def _entry(self, row: Any) -> OutboxEntry:
+        values = dict(zip([c.strip() for c in _OUTBOX_COLUMNS.split(",")], tuple(row), strict=True))
+        try:
+            for key in ("event_ids", "kinds", "payload"):
+                values[key] = json.loads(values[key])
+        except ValueError as exc:
+            raise JournalError(f"{self._journal.path}: outbox row {values['id']!r} is unreadable ({exc})") from exc
+        values["test"] = bool(values["test"])
+        return OutboxEntry(**values)
 
 
 def backoff_s(attempts: int, *, base_s: float, cap_s: float, rng: random.Random | None = None) -> float:
@@ -134,7 +420,7 @@ class Outbox:
     ) -> None:
         if max_attempts < 1 or per_hook_in_flight < 1:
             raise ValueError("max_attempts and per_hook_in_flight must be ≥ 1")
-        self._journal = journal
+        self._store = OutboxStore(journal)
         self._deliverers = dict(deliverers)
         self._trusted_now = trusted_now
         self._clock = clock
@@ -176,7 +462,7 @@ class Outbox:
 
         One short transaction: never waits for a receiver. Raises JournalError when the journal cannot be
         written (the caller — a hook — may then try a direct, non-durable send)."""
-        result = self._journal.outbox_enqueue(
+        result = self._store.enqueue(
             hook_name, event, dict(payload), epoch=self.epoch, now_mono=self._clock(), now_wall=self._wall(),
             min_interval_s=self.min_interval_s,
         )
@@ -193,7 +479,7 @@ class Outbox:
         if self._worker is not None and self._worker.is_alive():
             return
         self._stopping.clear()
-        resumed = self._journal.outbox_resume(epoch=self.epoch, now_mono=self._clock())
+        resumed = self._store.resume(epoch=self.epoch, now_mono=self._clock())
         stats = self.stats()
         orphans = sorted(set(stats["by_hook"]) - set(self._deliverers))
         orphans = [h for h in orphans if stats["by_hook"][h]["pending"]]
@@ -235,7 +521,7 @@ class Outbox:
         now = self._clock()
         with self._lock:
             hooks = list(self._deliverers)
-        for entry in self._journal.outbox_eligible(epoch=self.epoch, hooks=hooks, ids=ids, limit=10_000):
+        for entry in self._store.eligible(epoch=self.epoch, hooks=hooks, ids=ids, limit=10_000):
             if ids is None and self._due(entry) > now:
                 break  # soonest first: the rest are later still
             with self._lock:
@@ -249,7 +535,7 @@ class Outbox:
 
     def stats(self) -> dict[str, Any]:
         """Journal counts (pending, delivered, dead, in_flight, oldest_pending_age_s, by_hook, last_dead)."""
-        return self._journal.outbox_stats(epoch=self.epoch, now_mono=self._clock())
+        return self._store.stats(epoch=self.epoch, now_mono=self._clock())
 
     # ------------------------------------------------------------------------------------------- worker
 
@@ -277,7 +563,7 @@ class Outbox:
                 free = self.per_hook_in_flight - len(self._in_flight[hook])
             if free <= 0:
                 continue  # a finishing attempt wakes the loop
-            for entry in self._journal.outbox_eligible(epoch=self.epoch, hooks=[hook], limit=free):
+            for entry in self._store.eligible(epoch=self.epoch, hooks=[hook], limit=free):
                 due = self._due(entry)
                 if due > now:
                     next_due = min(next_due, due)
@@ -291,7 +577,7 @@ class Outbox:
         return entry.next_mono if entry.epoch == self.epoch else -math.inf
 
     def _claim(self, entry: OutboxEntry) -> OutboxEntry | None:
-        return self._journal.outbox_claim(entry.id, attempts=entry.attempts, epoch=self.epoch,
+        return self._store.claim(entry.id, attempts=entry.attempts, epoch=self.epoch,
                                           now_mono=self._clock(), now_wall=self._wall())
 
     def _spawn(self, entry: OutboxEntry) -> None:
@@ -351,7 +637,7 @@ class Outbox:
         if duration_s is not None:
             where["duration_s"] = round(duration_s, 3)
         if result.ok:
-            self._journal.outbox_delivered(entry.id, epoch=self.epoch, now_mono=now, now_wall=self._wall(),
+            self._store.delivered(entry.id, epoch=self.epoch, now_mono=now, now_wall=self._wall(),
                                            min_interval_s=self.min_interval_s)
             self._log.info("alert_delivered", **where)
             return
@@ -375,10 +661,10 @@ class Outbox:
                 else:
                     delay = self.max_age_s - age  # one last attempt at the limit
             if reason is None:
-                self._journal.outbox_retry(entry.id, next_mono=now + delay, error=result.error)
+                self._store.retry(entry.id, next_mono=now + delay, error=result.error)
                 self._log.warning("alert_retry", **where, error=result.error, retry_in_s=round(delay, 3),
                                   retry_after_s=result.retry_after_s)
                 return
-        self._journal.outbox_dead(entry.id, error=reason, now_wall=self._wall())
+        self._store.dead(entry.id, error=reason, now_wall=self._wall())
         self._log.error("alert_dead", **where, error=reason,
                         note="kept in the journal as dead; timeguard status counts it")

@@ -46,7 +46,7 @@ from timeguard import __version__, secrets
 from timeguard.events import Event, EventKind
 from timeguard.hints import did_you_mean
 from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext, HookResult
-from timeguard.hooks.outbox import split_payload
+from timeguard.hooks.outbox import OutboxStore, split_payload
 from timeguard.measure.httpdate import HttpDateError, parse_http_date
 from timeguard.timefmt import iso
 
@@ -215,11 +215,10 @@ def repairs(event: Event) -> list[str]:
 def already_alerted(hook: str, event: Event, ctx: HookContext) -> bool:
     """Did ``hook`` queue anything for this incident? (A ``recovered`` is only news to those who heard the alarm.)
     Without a journal to ask: yes."""
-    entries = getattr(ctx.journal, "outbox_entries", None)
-    if entries is None:
+    if ctx.journal is None:
         return True
     try:
-        return bool(entries(hook=hook, incident_id=event.incident_id, limit=1))
+        return bool(OutboxStore(ctx.journal).entries(hook=hook, incident_id=event.incident_id, limit=1))
     except Exception:  # noqa: BLE001 — when unsure, send
         return True
 

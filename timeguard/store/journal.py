@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from timeguard.events import SCHEMA_VERSION, Event, EventKind, HookRun, HookStatus
 from timeguard.secrets import redact_text
@@ -25,9 +25,6 @@ from timeguard.secrets import redact_text
 FILENAME = "journal.sqlite"
 MAX_CHECKS = 20_000  # ≈ 2 weeks of checks at the default 64 s; older ones are pruned
 MAX_HOOK_RUNS = 20_000  # older hook runs are pruned
-MAX_DELIVERED = 10_000  # delivered outbox rows kept for inspection; pending and dead ones are never pruned
-PRUNE_EVERY = 64  # delivered rows are pruned when the seq of the one just delivered is a multiple of this
-MAX_EVENT_IDS = 50  # event ids a coalesced message lists (its count is exact)
 #: At start-up, how long the daemon waits for another process's lock on the journal before it gives up (the unit's
 #: TimeoutStartSec is 60 s). A lock is never a reason to start a new journal.
 OPEN_LOCK_WAIT_S = 30.0
@@ -292,51 +289,9 @@ class CheckRecord:
     sources: list[dict[str, Any]]
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """One outbox message as stored. ``*_mono`` are CLOCK_MONOTONIC readings of the boot ``epoch``."""
-
-    id: str  # the delivery id: "<first event id>.<hook>", stable across retries and restarts
-    hook: str
-    incident_id: str
-    event_id: str  # the event that opened the message (the id names it)
-    last_event_id: str  # the newest event folded in (its payload is the one sent)
-    event_ids: list[str]  # the events it carries (the first and the newest MAX_EVENT_IDS)
-    kinds: list[str]  # distinct kinds among them, in order
-    events: int  # how many events it carries: 1 + the updates coalesced into it
-    message: int  # its number among this hook's messages for the incident (1 = the first)
-    state: str  # pending | delivered | dead
-    payload: dict[str, Any]  # the hook's payload for the newest event
-    attempts: int
-    epoch: str
-    enqueued_mono: float
-    next_mono: float
-    last_mono: float
-    sending_since: float | None  # set while an attempt is in flight (or was, when the process died)
-    sent_mono: float | None
-    enqueued_wall: float
-    last_attempt_wall: float | None
-    done_wall: float | None
-    last_error: str
-    test: bool
-
-
-class Enqueued(NamedTuple):
-    id: str
-    outcome: str  # "queued" | "held" (waits for an earlier message or the rate limit) | "coalesced" | "duplicate"
-    due_in_s: float
-
-
 _EVENT_FIELDS = tuple(Event.__dataclass_fields__)
 _EVENT_FIELD_SET = frozenset(_EVENT_FIELDS)
 _EVENT_KINDS = frozenset(k.value for k in EventKind)
-
-_OUTBOX_COLUMNS = (
-    "id, hook, incident_id, event_id, last_event_id, event_ids, kinds, events, message, state, payload, attempts, "
-    "epoch, enqueued_mono, next_mono, last_mono, sending_since, sent_mono, enqueued_wall, last_attempt_wall, "
-    "done_wall, last_error, test"
-)
-
 
 class Journal:
     """``readonly=True`` is for the CLI (status, events): it never creates or changes a file, so root reading
@@ -479,8 +434,11 @@ class Journal:
                     self._db.execute("ROLLBACK")
                 raise
 
+    # The journal's public primitives: what the stores built on it (the outbox, the undo log) use. ``transaction``
+    # is one write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on any exception); ``read`` one query.
+
     @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; SQLite's errors (disk full, read-only, locked) become a JournalError."""
         try:
             with self._transaction() as db:
@@ -489,10 +447,11 @@ class Journal:
             raise _as_journal_error(self.path, exc, "write failed", LOCK_WAIT_S) from exc
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> None:
-        with self._writing() as db:
+        with self.transaction() as db:
             db.execute(sql, tuple(params))
 
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    def read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """The rows of one query (as ``sqlite3.Row``); SQLite's errors become a JournalError."""
         try:
             with self._lock:
                 cursor = self._db.execute(sql, tuple(params))
@@ -571,14 +530,14 @@ class Journal:
             if limit <= 0:
                 return
             cond = " WHERE " + " AND ".join(where) if where else ""
-            first = self._read(f"SELECT seq FROM events{cond} ORDER BY seq DESC LIMIT 1 OFFSET ?",  # noqa: S608
+            first = self.read(f"SELECT seq FROM events{cond} ORDER BY seq DESC LIMIT 1 OFFSET ?",  # noqa: S608
                                [*params, int(limit) - 1])
             after = first[0][0] - 1 if first else 0
         # As bytes: a row whose text is not UTF-8 (damage quick_check cannot see) is named, not a bare sqlite error.
         sql = ("SELECT seq, CAST(body AS BLOB) FROM events WHERE "  # noqa: S608 — bound values
                + " AND ".join(["seq > ?", *where]) + " ORDER BY seq LIMIT ?")
         while True:
-            rows = self._read(sql, [after, *params, READ_BATCH])
+            rows = self.read(sql, [after, *params, READ_BATCH])
             for seq, body in rows:
                 try:
                     yield body.decode()
@@ -590,7 +549,7 @@ class Journal:
             after = rows[-1][0]
 
     def event_count(self) -> int:
-        return int(self._read("SELECT COUNT(*) FROM events")[0][0])
+        return int(self.read("SELECT COUNT(*) FROM events")[0][0])
 
     def prune_events(self, *, max_events: int | None, retention_s: float | None, now_s: float | None,
                      batch: int = PRUNE_BATCH, pause_s: float = 0.0, stop: Callable[[], bool] | None = None) -> int:
@@ -614,7 +573,7 @@ class Journal:
                "UNION SELECT incident_id FROM repair_round) ORDER BY seq LIMIT ?)")
         removed = 0
         while stop is None or not stop():
-            with self._writing() as db:
+            with self.transaction() as db:
                 count = db.execute(sql, [*params, int(batch)]).rowcount
             removed += count
             if count < batch:
@@ -632,7 +591,7 @@ class Journal:
     # --------------------------------------------------------------------------------------------- floor
 
     def floor(self) -> Floor | None:
-        rows = self._read("SELECT wall_s, boot_id, boottime_s, reason FROM floor")
+        rows = self.read("SELECT wall_s, boot_id, boottime_s, reason FROM floor")
         return Floor(*rows[0]) if rows else None
 
     def raise_floor(self, wall_s: float, boot_id: str, boottime_s: float, reason: str = "raised") -> Floor:
@@ -656,7 +615,7 @@ class Journal:
     # -------------------------------------------------------------------------------------------- checks
 
     def record_check(self, record: CheckRecord) -> None:
-        with self._writing() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO checks (wall_s, monotonic_s, boot_id, status, offset_s, offset_lo_s, offset_hi_s, "
                 "usable, agreeing, ntp_http_agree, summary, sources) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -668,7 +627,7 @@ class Journal:
             db.execute("DELETE FROM checks WHERE seq <= (SELECT MAX(seq) FROM checks) - ?", (MAX_CHECKS,))
 
     def last_check(self) -> CheckRecord | None:
-        rows = self._read(
+        rows = self.read(
             "SELECT wall_s, monotonic_s, boot_id, status, offset_s, offset_lo_s, offset_hi_s, usable, agreeing, "
             "ntp_http_agree, summary, sources FROM checks ORDER BY seq DESC LIMIT 1"
         )
@@ -683,12 +642,12 @@ class Journal:
         return CheckRecord(*row)
 
     def check_count(self) -> int:
-        return int(self._read("SELECT COUNT(*) FROM checks")[0][0])
+        return int(self.read("SELECT COUNT(*) FROM checks")[0][0])
 
     # ---------------------------------------------------------------------------------------------- meta
 
     def set_meta(self, values: dict[str, Any]) -> None:
-        with self._writing() as db:
+        with self.transaction() as db:
             db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -697,7 +656,7 @@ class Journal:
 
     def meta(self) -> dict[str, Any]:
         try:
-            return {row["key"]: json.loads(row["value"]) for row in self._read("SELECT key, value FROM meta")}
+            return {row["key"]: json.loads(row["value"]) for row in self.read("SELECT key, value FROM meta")}
         except ValueError as exc:
             raise JournalCorrupt(f"{self.path}: a meta row is unreadable ({exc})") from exc
 
@@ -733,13 +692,13 @@ class Journal:
             "problems": problems[:10],
             "size_bytes": size,
             **counts,
-            "schema": int(self._read("PRAGMA user_version")[0][0]),
+            "schema": int(self.read("PRAGMA user_version")[0][0]),
         }
 
     # ----------------------------------------------------------------------------------------- hook runs
 
     def record_hook_run(self, run: HookRun) -> None:
-        with self._writing() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO hook_runs (hook, hook_type, event_id, incident_id, event_kind, status, summary, details, "
                 "output, duration_s, dry_run, test, wall_s, monotonic_s) "
@@ -769,9 +728,9 @@ class Journal:
         if where:
             sql += " WHERE " + " AND ".join(where)
         if limit is not None:
-            rows = list(reversed(self._read(sql + " ORDER BY seq DESC LIMIT ?", [*params, int(limit)])))
+            rows = list(reversed(self.read(sql + " ORDER BY seq DESC LIMIT ?", [*params, int(limit)])))
         else:
-            rows = self._read(sql + " ORDER BY seq", params)
+            rows = self.read(sql + " ORDER BY seq", params)
         return [
             HookRun(hook=r["hook"], hook_type=r["hook_type"], event_id=r["event_id"], incident_id=r["incident_id"],
                     event_kind=r["event_kind"], status=HookStatus(r["status"]), summary=r["summary"],
@@ -780,240 +739,6 @@ class Journal:
                     monotonic_s=r["monotonic_s"])
             for r in rows
         ]
-
-    # -------------------------------------------------------------------------------------------- outbox
-    #
-    # The policy (backoff, limits, rate) lives in timeguard.hooks.outbox; these methods are its atomic steps.
-    # Each is one transaction, so a kill -9 between any two leaves a state the next start resumes from.
-
-    def outbox_enqueue(self, hook: str, event: Event, payload: dict[str, Any], *, epoch: str, now_mono: float,
-                       now_wall: float, min_interval_s: float) -> Enqueued:
-        """Queue ``payload`` (for ``event``) for ``hook``, coalescing per incident, in one short transaction.
-
-        * A message of this (hook, incident) that no attempt has touched yet absorbs the event: its payload is
-          replaced, its event count goes up, it keeps its id (nobody has seen that id, so nothing is lost).
-        * Otherwise a new message ``"<event id>.<hook>"``: due now, or — after a delivered one — not before
-          ``min_interval_s`` after that send; it is never sent before an earlier message of the incident is
-          delivered or dead (an update must not overtake what it updates).
-        """
-        body = json.dumps(payload, sort_keys=True)  # TypeError here: a hook's bug, before any write
-        delivery_id = f"{event.id}.{hook}"
-        with self._writing() as db:
-            if db.execute("SELECT 1 FROM outbox WHERE id = ?", (delivery_id,)).fetchone():
-                return Enqueued(delivery_id, "duplicate", 0.0)
-            open_row = db.execute(
-                "SELECT id, last_event_id, event_ids, kinds, next_mono, epoch FROM outbox WHERE hook = ? AND "
-                "incident_id = ? AND state = 'pending' AND attempts = 0 AND sending_since IS NULL "
-                "ORDER BY seq DESC LIMIT 1",
-                (hook, event.incident_id),
-            ).fetchone()
-            if open_row is not None:
-                open_id, last_event_id, ids_json, kinds_json, next_mono, row_epoch = open_row
-                ids: list[str] = json.loads(ids_json)
-                if event.id == last_event_id or event.id in ids:
-                    return Enqueued(open_id, "duplicate", 0.0)
-                ids.append(event.id)
-                if len(ids) > MAX_EVENT_IDS:
-                    ids = [ids[0], *ids[-(MAX_EVENT_IDS - 1):]]
-                kinds: list[str] = json.loads(kinds_json)
-                if event.kind.value not in kinds:
-                    kinds.append(event.kind.value)
-                db.execute(
-                    "UPDATE outbox SET payload = ?, last_event_id = ?, event_ids = ?, kinds = ?, events = events + 1 "
-                    "WHERE id = ?",
-                    (body, event.id, json.dumps(ids), json.dumps(kinds), open_id),
-                )
-                due_in = max(next_mono - now_mono, 0.0) if row_epoch == epoch else 0.0
-                return Enqueued(open_id, "coalesced", due_in)
-            earlier = db.execute(
-                "SELECT 1 FROM outbox WHERE hook = ? AND incident_id = ? AND state = 'pending' LIMIT 1",
-                (hook, event.incident_id),
-            ).fetchone()
-            due = now_mono
-            if earlier is None:
-                (last_sent,) = db.execute(
-                    "SELECT MAX(sent_mono) FROM outbox WHERE hook = ? AND incident_id = ? AND state = 'delivered' "
-                    "AND epoch = ?",
-                    (hook, event.incident_id, epoch),
-                ).fetchone()
-                if last_sent is not None:
-                    due = max(now_mono, last_sent + min_interval_s)
-            (message,) = db.execute(
-                "SELECT COUNT(*) + 1 FROM outbox WHERE hook = ? AND incident_id = ?", (hook, event.incident_id)
-            ).fetchone()
-            db.execute(
-                f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES "  # noqa: S608 — constant columns, bound values
-                "(?, ?, ?, ?, ?, ?, ?, 1, ?, 'pending', ?, 0, ?, ?, ?, ?, NULL, NULL, ?, NULL, NULL, '', ?)",
-                (delivery_id, hook, event.incident_id, event.id, event.id, json.dumps([event.id]),
-                 json.dumps([event.kind.value]), message, body, epoch, now_mono, due, now_mono, now_wall,
-                 int(event.test)),
-            )
-        held = earlier is not None or due > now_mono
-        return Enqueued(delivery_id, "held" if held else "queued", due - now_mono)
-
-    def outbox_eligible(self, *, epoch: str, hooks: Iterable[str] | None = None, ids: Iterable[str] | None = None,
-                        limit: int = 100) -> list[OutboxEntry]:
-        """Pending messages that may be attempted (soonest first, due or not): not in flight, and no earlier
-        message of their (hook, incident) still pending. Rows of another boot count as due now (their times
-        cannot be compared) and as not in flight (that process is gone)."""
-        where = ["o.state = 'pending'", "(o.sending_since IS NULL OR o.epoch != ?)",
-                 "NOT EXISTS (SELECT 1 FROM outbox p WHERE p.hook = o.hook AND p.incident_id = o.incident_id "
-                 "AND p.state = 'pending' AND p.seq < o.seq)"]
-        params: list[Any] = [epoch]
-        for column, values in (("hook", hooks), ("id", ids)):
-            if values is not None:
-                listed = list(values)
-                if not listed:
-                    return []
-                where.append(f"o.{column} IN ({', '.join('?' for _ in listed)})")
-                params.extend(listed)
-        sql = (f"SELECT {', '.join('o.' + c.strip() for c in _OUTBOX_COLUMNS.split(','))} FROM outbox o "  # noqa: S608
-               f"WHERE {' AND '.join(where)} "
-               "ORDER BY CASE WHEN o.epoch = ? THEN o.next_mono ELSE -1e308 END, o.seq LIMIT ?")
-        return [self._outbox_entry(r) for r in self._read(sql, [*params, epoch, int(limit)])]
-
-    def outbox_claim(self, delivery_id: str, *, attempts: int, epoch: str, now_mono: float,
-                     now_wall: float) -> OutboxEntry | None:
-        """Mark an attempt as started *before* it is made (a crash mid-send leaves it in flight: resent, same id).
-
-        ``attempts`` is what the caller saw: a row someone else claimed or changed meanwhile is not claimed
-        again (None). A row from another boot is re-based here: its age so far (enqueue to its last attempt,
-        on that boot's monotonic clock) is kept, the time the host was down is not counted — nothing can
-        measure it (CLOCK_MONOTONIC restarts at boot, the wall clock is the suspect).
-        """
-        with self._writing() as db:
-            cursor = db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, sending_since = :now, last_mono = :now, "
-                "last_attempt_wall = :wall, "
-                "enqueued_mono = CASE WHEN epoch = :epoch THEN enqueued_mono "
-                "ELSE :now - MAX(last_mono - enqueued_mono, 0) END, "
-                "sent_mono = CASE WHEN epoch = :epoch THEN sent_mono ELSE NULL END, "
-                "next_mono = CASE WHEN epoch = :epoch THEN next_mono ELSE :now END, "
-                "epoch = :epoch "
-                "WHERE id = :id AND state = 'pending' AND attempts = :attempts "
-                "AND (sending_since IS NULL OR epoch != :epoch)",
-                {"now": now_mono, "wall": now_wall, "epoch": epoch, "id": delivery_id, "attempts": attempts},
-            )
-            if cursor.rowcount != 1:
-                return None
-            row = db.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id = ?",  # noqa: S608 — constant columns
-                             (delivery_id,)).fetchone()
-        return self._outbox_entry(row)
-
-    def outbox_delivered(self, delivery_id: str, *, epoch: str, now_mono: float, now_wall: float,
-                         min_interval_s: float) -> bool:
-        """Delivered: the incident's next message (if one is waiting) goes no sooner than ``min_interval_s``."""
-        with self._writing() as db:
-            row = db.execute("SELECT hook, incident_id, seq FROM outbox WHERE id = ? AND state = 'pending'",
-                             (delivery_id,)).fetchone()
-            if row is None:
-                return False
-            db.execute(
-                "UPDATE outbox SET state = 'delivered', sending_since = NULL, sent_mono = ?, done_wall = ?, "
-                "last_error = '' WHERE id = ?",
-                (now_mono, now_wall, delivery_id),
-            )
-            db.execute(
-                "UPDATE outbox SET next_mono = MAX(next_mono, ?) WHERE hook = ? AND incident_id = ? "
-                "AND state = 'pending' AND epoch = ?",
-                (now_mono + min_interval_s, row[0], row[1], epoch),
-            )
-            if row[2] % PRUNE_EVERY == 0:  # now and then: pruning scans the delivered rows
-                db.execute(
-                    "DELETE FROM outbox WHERE state = 'delivered' AND seq < (SELECT seq FROM outbox "
-                    "WHERE state = 'delivered' ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                    (MAX_DELIVERED - 1,),
-                )
-        return True
-
-    def outbox_retry(self, delivery_id: str, *, next_mono: float, error: str) -> bool:
-        with self._writing() as db:
-            cursor = db.execute(
-                "UPDATE outbox SET sending_since = NULL, next_mono = ?, last_error = ? "
-                "WHERE id = ? AND state = 'pending'",
-                (next_mono, error, delivery_id),
-            )
-        return cursor.rowcount == 1
-
-    def outbox_dead(self, delivery_id: str, *, error: str, now_wall: float) -> bool:
-        """Dead-letter: kept (never pruned), counted by ``outbox_stats``; an operator reads ``last_error``."""
-        with self._writing() as db:
-            cursor = db.execute(
-                "UPDATE outbox SET state = 'dead', sending_since = NULL, done_wall = ?, last_error = ? "
-                "WHERE id = ? AND state = 'pending'",
-                (now_wall, error, delivery_id),
-            )
-        return cursor.rowcount == 1
-
-    def outbox_resume(self, *, epoch: str, now_mono: float) -> int:
-        """At start-up: attempts of this boot left in flight by a dead process are due again now (their outcome
-        is unknown; the receiver dedupes on the id). Returns how many."""
-        with self._writing() as db:
-            cursor = db.execute(
-                "UPDATE outbox SET sending_since = NULL, next_mono = ? "
-                "WHERE state = 'pending' AND sending_since IS NOT NULL AND epoch = ?",
-                (now_mono, epoch),
-            )
-        return cursor.rowcount
-
-    def outbox_entries(self, *, state: str | None = None, hook: str | None = None, incident_id: str | None = None,
-                       limit: int | None = None) -> list[OutboxEntry]:
-        """Messages in the order they were queued; ``limit`` keeps the newest (still oldest first)."""
-        where, params = [], []
-        for column, value in (("state", state), ("hook", hook), ("incident_id", incident_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        sql = f"SELECT {_OUTBOX_COLUMNS} FROM outbox"  # noqa: S608 — constant columns, bound values
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        if limit is not None:
-            rows = list(reversed(self._read(sql + " ORDER BY seq DESC LIMIT ?", [*params, int(limit)])))
-        else:
-            rows = self._read(sql + " ORDER BY seq", params)
-        return [self._outbox_entry(r) for r in rows]
-
-    def outbox_stats(self, *, epoch: str | None = None, now_mono: float | None = None) -> dict[str, Any]:
-        """What ``timeguard status`` shows: counts by state, in flight, the oldest pending message's age.
-
-        The age is on the monotonic clock: give this boot's id and ``time.monotonic()`` (it is system-wide, so
-        the CLI can read the daemon's rows). A row last touched in another boot counts the age it had reached
-        there (a lower bound). Without ``now_mono`` the age is None.
-        """
-        counts = {"pending": 0, "delivered": 0, "dead": 0}
-        for row in self._read("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
-            counts[row[0]] = int(row[1])
-        in_flight = int(self._read(
-            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND sending_since IS NOT NULL")[0][0])
-        oldest: float | None = None
-        if now_mono is not None:
-            (oldest,) = self._read(
-                "SELECT MAX(CASE WHEN epoch = ? THEN ? - enqueued_mono ELSE last_mono - enqueued_mono END) "
-                "FROM outbox WHERE state = 'pending'",
-                (epoch, now_mono),
-            )[0]
-        by_hook: dict[str, dict[str, int]] = {}
-        for row in self._read("SELECT hook, state, COUNT(*) FROM outbox GROUP BY hook, state ORDER BY hook"):
-            by_hook.setdefault(row[0], {"pending": 0, "delivered": 0, "dead": 0})[row[1]] = int(row[2])
-        last_dead = self._read("SELECT id, hook, last_error, done_wall FROM outbox WHERE state = 'dead' "
-                               "ORDER BY seq DESC LIMIT 1")
-        return {
-            **counts,
-            "in_flight": in_flight,
-            "oldest_pending_age_s": None if oldest is None else max(float(oldest), 0.0),
-            "by_hook": by_hook,
-            "last_dead": dict(last_dead[0]) if last_dead else None,
-        }
-
-    def _outbox_entry(self, row: Any) -> OutboxEntry:
-        values = dict(zip([c.strip() for c in _OUTBOX_COLUMNS.split(",")], tuple(row), strict=True))
-        try:
-            for key in ("event_ids", "kinds", "payload"):
-                values[key] = json.loads(values[key])
-        except ValueError as exc:
-            raise JournalError(f"{self.path}: outbox row {values['id']!r} is unreadable ({exc})") from exc
-        values["test"] = bool(values["test"])
-        return OutboxEntry(**values)
 
     def _copy_readable(self, old: sqlite3.Connection, table: str, *, batch: int = 500) -> tuple[int, int | None]:
         """Copy the rows of ``table`` still readable in the damaged ``old`` into this journal, in rowid order: a
@@ -1057,13 +782,13 @@ class Journal:
                 break
             values = [tuple(r[1:]) for r in rows]
             try:
-                with self._writing() as db:
+                with self.transaction() as db:
                     db.executemany(insert, values)
                 copied += len(rows)
             except JournalError:  # a row the damage left breaking a constraint (a NULL, a bad state): skip it alone
                 for one in values:
                     try:
-                        with self._writing() as db:
+                        with self.transaction() as db:
                             db.execute(insert, one)
                         copied += 1
                     except JournalError:
@@ -1078,7 +803,7 @@ class Journal:
         """Record the old/new values of one repair round: ``records`` are (table, row_id, name, column, old, new)
         tuples, stored as one row (see migration 4)."""
         text = json.dumps([list(r) for r in records], separators=(",", ":"))
-        with self._writing() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO repair_round (incident_id, repair_id, fingerprint, applied_wall_s, applied_mono_s, "
                 "records) VALUES (?, ?, ?, ?, ?, ?)",
@@ -1095,8 +820,8 @@ class Journal:
         if fingerprint is not None:
             sql += " AND fingerprint = ?"
             params.append(fingerprint)
-        rounds = self._read(sql + " ORDER BY seq", params)
-        marks = {(r["fingerprint"], r["tbl"], r["row_id"], r["col"]): r["round_seq"] for r in self._read(
+        rounds = self.read(sql + " ORDER BY seq", params)
+        marks = {(r["fingerprint"], r["tbl"], r["row_id"], r["col"]): r["round_seq"] for r in self.read(
             "SELECT fingerprint, tbl, row_id, col, round_seq FROM repair_undone WHERE incident_id = ?", [incident_id])}
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
         for rnd in rounds:
@@ -1124,7 +849,7 @@ class Journal:
 
     def repair_undo_mark_undone(self, incident_id: str, keys: Iterable[tuple[Any, ...]]) -> None:
         """Mark entries (their ``key``) restored, as of the incident's newest round."""
-        with self._writing() as db:
+        with self.transaction() as db:
             newest = db.execute("SELECT MAX(seq) FROM repair_round WHERE incident_id = ?", (incident_id,)).fetchone()[0]
             db.executemany(
                 "INSERT INTO repair_undone (incident_id, fingerprint, tbl, row_id, col, round_seq) "
