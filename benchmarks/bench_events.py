@@ -45,7 +45,7 @@ def _event(i: int) -> Event:
 
 
 def fill(path: str, count: int) -> None:
-    with Journal(path) as journal, journal._writing() as db:  # one transaction: a fill, not the daemon's writes
+    with Journal(path) as journal, journal.transaction() as db:  # one transaction: a fill, not the daemon's writes
         db.executemany(
             "INSERT INTO events (id, incident_id, kind, wall_time_s, trusted_time_s, monotonic_s, boot_id, step_s, "
             "test, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
