@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from timeguard import __version__
 from timeguard.hooks.outbox import OutboxStore
-from timeguard.model import SourceState, Status
+from timeguard.model import SourceState, Status, verdict_record
 from timeguard.store.journal import JournalError
 
 if TYPE_CHECKING:
@@ -178,13 +178,7 @@ class Metrics:
             "outbox": self._outbox(agent.journal, [h.name for h in hooks]),
         }
         if verdict is not None:
-            data.update(
-                status=verdict.status.value, offset_s=verdict.offset_s, offset_lo_s=verdict.offset_lo_s,
-                offset_hi_s=verdict.offset_hi_s, ntp_http_agree=verdict.ntp_http_agree, usable=verdict.usable,
-                agreeing=verdict.agreeing, last_check_wall_s=time.time(),
-                sources=[{"name": sv.sample.name, "kind": sv.sample.kind.value, "state": sv.state.value,
-                          "offset_s": sv.sample.offset_s} for sv in verdict.sources],
-            )
+            data.update(verdict_record(verdict), last_check_wall_s=time.time())
         self._snapshot.set(data)
         self.write_textfile()
 
