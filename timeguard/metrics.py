@@ -19,8 +19,8 @@ import contextlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -32,8 +32,22 @@ from timeguard.model import SourceState, Status, verdict_record
 from timeguard.store.journal import JournalError
 
 if TYPE_CHECKING:
-    from timeguard.agent import Agent
-    from timeguard.config import MetricsOptions
+    from timeguard.config import Config, MetricsOptions
+    from timeguard.model import Verdict
+    from timeguard.store.journal import Journal
+
+
+class MetricsSource(Protocol):
+    """What a snapshot is made of: the agent's counters and latest verdict (the agent is one; metrics sits beside
+    it and never imports it)."""
+
+    cfg: Config
+    verdict: Verdict | None
+    journal: Journal | None
+    journal_errors: int
+    steps_total: Mapping[str, int]
+    hook_failures: Mapping[tuple[str, str], int]
+    future_state_found: Mapping[tuple[str, str], int]
 
 #: Every metric timeguard exports; tests fail if one is emitted that is not listed (Datadog's catalogue rule).
 CATALOGUE = {
@@ -163,7 +177,7 @@ class Metrics:
             log.info("metrics_listening", address=options.listen)
         self.write_textfile()
 
-    def update(self, agent: Agent) -> None:
+    def update(self, agent: MetricsSource) -> None:
         import time
 
         verdict = agent.verdict
