@@ -5,8 +5,9 @@
 ``--seconds`` (default 600; ``--seconds 60`` for a quick run): CPU = Δ(utime + stime) of /proc/<pid>/stat (every
 thread, dead ones included) as % of one core; memory = VmRSS (sampled every second, max kept) and VmHWM at the end.
 
-In the same window, for information: a second daemon whose config adds one HTTP Date source (loopback, plain
-http; its default interval is 900 s, so it is queried at start-up only) — the HTTP stack is what costs memory.
+In the same window, a second daemon whose config adds one HTTPS Date source (a loopback FakeDateServer with a test
+CA, named by ``ca_bundle``; its default interval is 900 s, so it is queried at start-up only): the HTTP and TLS stack
+is what costs memory, and the RSS target holds for this daemon too.
 
 Peer: chronyd cannot run as an NTP *client* here without being allowed to set the clock, so the peer is a real
 chronyd ``-x`` running as an NTP *server* (``local stratum 2``, loopback, under setpriv), idle over the same window
@@ -28,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks._common import REPO, Report, cleanup, machine, mib, need_programs, ratio
-from tests.support.fake_http import running
+from tests.support.fake_http import FakeDateServer, running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import ChronyServer, ManagedProcess, scratch_dir
 from timeguard.store.journal import Journal, JournalError
@@ -68,13 +69,13 @@ def threads(pid: int) -> int:
     return status_kb(pid, "Threads")
 
 
-def start_daemon(name: str, ntp: list[FakeNTPServer], http_url: str | None) -> tuple[ManagedProcess, Path]:
+def start_daemon(name: str, ntp: list[FakeNTPServer], https: FakeDateServer | None) -> tuple[ManagedProcess, Path]:
     directory = scratch_dir(name)
     state = directory / "state"
     sources: dict[str, list[dict[str, object]]] = {"ntp": [{"host": "127.0.0.1", "port": s.port} for s in ntp],
                                                    "http": []}
-    if http_url:
-        sources["http"] = [{"url": http_url, "allow_plain_http": True}]
+    if https is not None:
+        sources["http"] = [{"url": https.url, "ca_bundle": https.ca_bundle}]
     config = directory / "timeguard.yaml"
     config.write_text(yaml.safe_dump({"state_dir": str(state), "sources": sources,
                                       "logging": {"format": "json", "level": "info"}}))
@@ -107,17 +108,17 @@ def main() -> None:
     need_programs("chronyd", "setpriv")
     print(f"machine: {machine()}")
     report = Report("bench_idle", f"6. Idle daemon over {args.seconds:g} s")
-    with cleanup(), running() as http:
+    with cleanup(), running(tls=True) as https:
         ntp = [FakeNTPServer() for _ in range(3)]
         ntp_b = [FakeNTPServer() for _ in range(3)]
         try:
             chrony = ChronyServer().start()
             daemon, journal = start_daemon("idle-ntp", ntp, None)
-            daemon_b, journal_b = start_daemon("idle-ntp-http", ntp_b, http.url)
+            daemon_b, journal_b = start_daemon("idle-ntp-https", ntp_b, https)
             wait_first_check(daemon, journal)
             wait_first_check(daemon_b, journal_b)
             time.sleep(2.0)  # let the start-up check's threads finish
-            procs = {"timeguard": daemon.pid, "timeguard+http": daemon_b.pid, "chronyd": chrony.process.pid}
+            procs = {"timeguard": daemon.pid, "timeguard+https": daemon_b.pid, "chronyd": chrony.process.pid}
             print(f"pids {procs}; idle window {args.seconds:g} s starting now")
             cpu0 = {k: cpu_s(p) for k, p in procs.items()}
             sched0 = schedstat_s(procs["chronyd"])
@@ -161,9 +162,14 @@ def main() -> None:
                f"≤ {RSS_TARGET_MIB:g} MiB", max(rss_max["timeguard"], hwm["timeguard"]) / 1024 <= RSS_TARGET_MIB,
                f"chronyd: {mib(rss_max['chronyd'])} / {mib(hwm['chronyd'])}",
                ratio(rss_max["timeguard"], rss_max["chronyd"]))
-    report.row("… with 1 HTTP Date source added: CPU / VmRSS max / VmHWM",
-               f"{pct['timeguard+http']:.4f} % / {mib(rss_max['timeguard+http'])} / {mib(hwm['timeguard+http'])}",
-               "—", None, "-", "-")
+    report.row("RSS: VmRSS max / VmHWM (3 NTP + 1 HTTPS source)",
+               f"{mib(rss_max['timeguard+https'])} / {mib(hwm['timeguard+https'])}",
+               f"≤ {RSS_TARGET_MIB:g} MiB",
+               max(rss_max["timeguard+https"], hwm["timeguard+https"]) / 1024 <= RSS_TARGET_MIB,
+               f"chronyd: {mib(rss_max['chronyd'])} / {mib(hwm['chronyd'])}",
+               ratio(rss_max["timeguard+https"], rss_max["chronyd"]))
+    report.row("CPU, % of one core (3 NTP + 1 HTTPS source)", f"{pct['timeguard+https']:.4f} %", "—", None, "-",
+               "-")
     report.row("threads (3 NTP sources)", str(nthreads["timeguard"]), "—", None, f"chronyd: {nthreads['chronyd']}",
                "-")
     report.note("The peer is chronyd -x as an idle NTP server (chrony as a client would need to set the clock). "
