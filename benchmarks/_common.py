@@ -299,6 +299,26 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}×"
 
 
+def wait_first_check(proc: realprogs.ManagedProcess, journal: Path) -> None:
+    """Until the daemon ``proc`` has written its first check into ``journal`` (30 s at most; its log if not)."""
+    from timeguard.store.journal import Journal, JournalError
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise SystemExit(f"{proc.name} exited ({proc.returncode}):\n{proc.log_tail(40)}")
+        if journal.exists():
+            try:
+                with Journal(journal, readonly=True) as j:
+                    checked = j.check_count() >= 1
+            except JournalError:  # created but not yet initialised by the daemon
+                checked = False
+            if checked:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"{proc.name} made no check within 30 s:\n{proc.log_tail(40)}")
+
+
 @contextlib.contextmanager
 def cleanup() -> Iterator[None]:
     """Stop (by PID) everything the harness started, whatever happens."""

@@ -44,6 +44,7 @@ from benchmarks._common import (
     ms,
     need_programs,
     percentile,
+    wait_first_check,
 )
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import (
@@ -55,7 +56,7 @@ from tests.support.realprogs import (
     scratch_dir,
 )
 from timeguard.events import EventKind
-from timeguard.store.journal import Journal, JournalError
+from timeguard.store.journal import Journal
 
 STEP_S = 3600.0
 POLL_TARGET_S = 1.1
@@ -109,21 +110,7 @@ def polling(report: Report, steps: int) -> None:
         proc = run_under_clock([sys.executable, "-m", "timeguard", "run", "--config", str(config)], clock,
                                log_path=directory / "daemon.log", cwd=str(REPO))
         journal = state / "journal.sqlite"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise SystemExit(f"the daemon exited ({proc.returncode}):\n{proc.log_tail(40)}")
-            if journal.exists():
-                try:
-                    with Journal(journal, readonly=True) as j:
-                        checked = j.check_count() >= 1
-                except JournalError:  # created but not yet initialised by the daemon
-                    checked = False
-                if checked:
-                    break
-            time.sleep(0.1)
-        else:
-            raise SystemExit(f"the daemon made no check within 30 s:\n{proc.log_tail(40)}")
+        wait_first_check(proc, journal)
         print(f"daemon pid {proc.pid} ready (first check in the journal); stepping its clock {steps} times")
         marks: list[tuple[float, float]] = []
         for i in range(steps):

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks._common import REPO, Report, cleanup, machine, mib, need_programs, ratio
+from benchmarks._common import REPO, Report, cleanup, machine, mib, need_programs, ratio, wait_first_check
 from tests.support.fake_http import FakeDateServer, running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import ChronyServer, ManagedProcess, scratch_dir
-from timeguard.store.journal import Journal, JournalError
 
 CPU_TARGET_PCT = 0.1
 RSS_TARGET_MIB = 35.0
@@ -82,23 +81,6 @@ def start_daemon(name: str, ntp: list[FakeNTPServer], https: FakeDateServer | No
     proc = ManagedProcess.start([sys.executable, "-m", "timeguard", "run", "--config", str(config)], name=name,
                                 log_path=directory / "daemon.log", cwd=str(REPO))
     return proc, state / "journal.sqlite"
-
-
-def wait_first_check(proc: ManagedProcess, journal: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise SystemExit(f"{proc.name} exited ({proc.returncode}):\n{proc.log_tail(40)}")
-        if journal.exists():
-            try:
-                with Journal(journal, readonly=True) as j:
-                    checked = j.check_count() >= 1
-            except JournalError:  # created but not yet initialised by the daemon
-                checked = False
-            if checked:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"{proc.name} made no check within 30 s:\n{proc.log_tail(40)}")
 
 
 def main() -> None:
