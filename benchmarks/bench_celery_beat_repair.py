@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tests.support.dcb_schema import PREFIX, beat_database, server_problem
 from timeguard.repair.celery_beat import CeleryBeatRepair
+from timeguard.repair.undo import UndoLog
 from timeguard.store.journal import Journal
 
 
@@ -50,9 +51,9 @@ def main() -> int:
             plan = engine.plan(now)
             t_plan = time.monotonic() - t0
             t0 = time.monotonic()
-            outcome = engine.apply(lambda: now, journal=journal, incident_id="bench", sleep=lambda s: None)
+            outcome = engine.apply(lambda: now, undo_log=UndoLog(journal), incident_id="bench", sleep=lambda s: None)
             t_apply = time.monotonic() - t0
-            undo_rows = len(journal.repair_undo_records("bench"))
+            undo_rows = len(UndoLog(journal).records("bench"))
         engine.close()
         figures = {
             "tasks": args.tasks, "future": args.future, "planned_changes": len(plan.changes),

@@ -410,13 +410,14 @@ def test_two_agents_at_once(beat_db: BeatDatabase, beat_clock: FakeClock, source
         assert lose["clean"] is True and lose["rounds"] == [], lose
         assert lose["rows_changed"] == {"last_run_at": 0, "date_changed": 0, "last_update": 0}, lose
 
+        from timeguard.repair.undo import UndoLog
         from timeguard.store.journal import Journal
 
         with Journal.in_state_dir(state_dir(configs[winners[0]])) as j:
-            assert len(j.repair_undo_records(win["incident_id"])) == len(expected), "winner's undo records"
+            assert len(UndoLog(j).records(win["incident_id"])) == len(expected), "winner's undo records"
         loser_journal = state_dir(configs[1 - winners[0]])
         with Journal.in_state_dir(loser_journal) as j:
-            assert j.repair_undo_records(lose["incident_id"]) == [], "the loser recorded an undo"
+            assert UndoLog(j).records(lose["incident_id"]) == [], "the loser recorded an undo"
 
         reload = beat.wait_log(RELOAD, since=released, timeout_s=10)
         first = assert_resumed(beat, released, "after two agents")
@@ -631,13 +632,15 @@ def test_stop_start_commands_with_real_beat(beat_db: BeatDatabase, beat_clock: F
     no reload dance (nothing runs to reload) → start. Asserted on CLOCK_MONOTONIC: beatctl stamps its stop/start,
     the test stamps every call of the hook's trusted_now (the repair's plan, phase A and verification)."""
     from timeguard import config as tg_config
-    from timeguard.agent import verdict_summary
-    from timeguard.watch.clockwatch import read_boot_id
     from timeguard.events import Event, EventKind, new_id
     from timeguard.hooks.api import HookContext, HookStatus
-    from timeguard.hooks.celery_beat import CeleryBeatHook, evidence_problem
     from timeguard.measure.check import run_check
+    from timeguard.model import verdict_summary
+    from timeguard.repair.evidence import evidence_problem
+    from timeguard.repair.hook import CeleryBeatHook
+    from timeguard.repair.undo import UndoLog
     from timeguard.store.journal import Journal
+    from timeguard.watch.clockwatch import read_boot_id
 
     db, kind = beat_db, beat_db.kind
     cfg = tg_config.load(cli_config(sources))
@@ -710,7 +713,7 @@ def test_stop_start_commands_with_real_beat(beat_db: BeatDatabase, beat_clock: F
               f" start → first send {new.wait_sent('every-1s', 1, timeout_s=30)[0].mono - start['done']:.2f} s")
 
         with Journal.in_state_dir(cfg.state_dir) as j:
-            assert len(j.repair_undo_records(event.incident_id)) == len(expected)
+            assert len(UndoLog(j).records(event.incident_id)) == len(expected)
 
         new.started_mono = start["done"]
         new.check_alive()

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from tests.support.dcb_schema import PREFIX, BeatDB, beat_database, server_problem
 from tests.support.require import need
 from timeguard.repair.celery_beat import CeleryBeatRepair, RepairError
+from timeguard.repair.undo import UndoLog
 from timeguard.store.journal import Journal
 
 pytestmark = pytest.mark.real
@@ -93,7 +94,7 @@ def test_apply_clamps_exactly_and_is_idempotent_and_undo_restores(db: BeatDB, jo
     before = db.tasks()
     raw_before = db.raw_tasks()
     engine = repairer(db)
-    outcome = engine.apply(lambda: NOW, journal=journal, incident_id="inc-1", sleep=lambda s: None)
+    outcome = engine.apply(lambda: NOW, undo_log=UndoLog(journal), incident_id="inc-1", sleep=lambda s: None)
     assert outcome.clean
     assert outcome.rows_changed() == {"last_run_at": 3, "date_changed": 5, "last_update": 1}
     assert len(outcome.rounds) == 1
@@ -109,22 +110,23 @@ def test_apply_clamps_exactly_and_is_idempotent_and_undo_restores(db: BeatDB, jo
     assert db.last_update() == NOW + 1  # phase B: strictly greater than phase A
     no_future(db, NOW)
 
-    records = journal.repair_undo_records("inc-1")
+    records = UndoLog(journal).records("inc-1")
     assert len(records) == 9
-    assert len({(r["row_id"], r["col"], r["tbl"]) for r in records}) == 9
+    assert len({(r["item"], r["field"]) for r in records}) == 9
+    assert {r["target"] for r in records} == {"celery_beat"}
 
-    again = engine.apply(lambda: NOW, journal=journal, incident_id="inc-2", sleep=lambda s: None)
+    again = engine.apply(lambda: NOW, undo_log=UndoLog(journal), incident_id="inc-2", sleep=lambda s: None)
     assert not again.changed and again.clean and again.plan.empty
     assert db.tasks() == after
-    assert journal.repair_undo_records("inc-2") == []
+    assert UndoLog(journal).records("inc-2") == []
 
-    dry = engine.undo(journal, "inc-1", lambda: NOW + 5, dry_run=True, sleep=lambda s: None)
+    dry = engine.undo(UndoLog(journal), "inc-1", lambda: NOW + 5, dry_run=True, sleep=lambda s: None)
     assert len(dry.restored) == 8 and db.tasks() == after
-    undone = engine.undo(journal, "inc-1", lambda: NOW + 5, sleep=lambda s: None)
+    undone = engine.undo(UndoLog(journal), "inc-1", lambda: NOW + 5, sleep=lambda s: None)
     assert len(undone.restored) == 8 and not undone.skipped
     assert db.raw_tasks() == raw_before  # the exact original values
     assert db.last_update() == NOW + 6  # bumped twice so a running beat reloads
-    assert engine.undo(journal, "inc-1", lambda: NOW + 9, sleep=lambda s: None).restored == ()
+    assert engine.undo(UndoLog(journal), "inc-1", lambda: NOW + 9, sleep=lambda s: None).restored == ()
 
 
 def test_stale_write_back_between_rounds_is_fixed_by_round_two(db: BeatDB, journal: Journal) -> None:
@@ -138,11 +140,11 @@ def test_stale_write_back_between_rounds_is_fixed_by_round_two(db: BeatDB, journ
             db.sql(f"UPDATE {PREFIX}periodictask SET last_run_at = :t, date_changed = :t "
                    "WHERE name = 'interval-future'", {"t": stamp})
 
-    outcome = repairer(db).apply(lambda: NOW, journal=journal, incident_id="inc", sleep=beat_flushes_dirty)
+    outcome = repairer(db).apply(lambda: NOW, undo_log=UndoLog(journal), incident_id="inc", sleep=beat_flushes_dirty)
     assert outcome.clean and len(outcome.rounds) == 2
     assert (outcome.rounds[1].last_run_at, outcome.rounds[1].date_changed) == (1, 1)
     no_future(db, NOW)
-    rows = [r for r in journal.repair_undo_records("inc") if r["name"] == "interval-future"]
+    rows = [r for r in UndoLog(journal).records("inc") if r["name"] == "interval-future"]
     assert len(rows) == 2  # one per column: the first-seen original kept, no duplicate
     assert all(abs(db.epoch(r["old_value"]) - FUTURE) < 1 for r in rows)
 
@@ -157,9 +159,9 @@ def test_two_concurrent_agents_one_applies(db: BeatDB, tmp_path: Path) -> None:
         try:
             with Journal(tmp_path / f"agent{index}" / "journal.sqlite") as j:
                 barrier.wait()
-                results.append((index, j, repairer(db).apply(lambda: NOW, journal=j, incident_id="inc",
+                results.append((index, j, repairer(db).apply(lambda: NOW, undo_log=UndoLog(j), incident_id="inc",
                                                             sleep=lambda s: time.sleep(0.2))))
-                results[-1] = (index, j.repair_undo_records("inc"), results[-1][2])
+                results[-1] = (index, UndoLog(j).records("inc"), results[-1][2])
         except BaseException as exc:
             errors.append(exc)
 
@@ -211,12 +213,12 @@ def test_locked_tables_are_a_clear_error(db: BeatDB, journal: Journal) -> None:
         else:
             holder.execute(sa.text(f"SELECT * FROM {PREFIX}periodictasks WHERE ident = 1 FOR UPDATE"))
         with pytest.raises(RepairError, match="locked"):
-            repairer(db, lock_timeout_s=1).apply(lambda: NOW, journal=journal, incident_id="inc",
+            repairer(db, lock_timeout_s=1).apply(lambda: NOW, undo_log=UndoLog(journal), incident_id="inc",
                                                  sleep=lambda s: None)
     finally:
         tx.rollback()
         holder.close()
-    assert journal.repair_undo_records("inc") == []
+    assert UndoLog(journal).records("inc") == []
 
 
 # ------------------------------------------------------------------------------------ the hook, the CLI
@@ -224,7 +226,7 @@ def test_locked_tables_are_a_clear_error(db: BeatDB, journal: Journal) -> None:
 def test_hook_repairs_with_evidence_and_records_undo(db: BeatDB, journal: Journal) -> None:
     from timeguard.events import Event, EventKind
     from timeguard.hooks.api import HookContext, HookStatus
-    from timeguard.hooks.celery_beat import CeleryBeatHook
+    from timeguard.repair.hook import CeleryBeatHook
 
     populate(db)
     hook = CeleryBeatHook.from_config("beat", {"database_url": db.url, "beat_max_interval_s": 0,
@@ -241,7 +243,7 @@ def test_hook_repairs_with_evidence_and_records_undo(db: BeatDB, journal: Journa
     assert result.details["rows_changed"] == {"last_run_at": 3, "date_changed": 5, "last_update": 1}
     assert "2 task(s) ran early or expired during the false period" in result.summary
     no_future(db, NOW)
-    assert len(journal.repair_undo_records("inc-h")) == 9
+    assert len(UndoLog(journal).records("inc-h")) == 9
     again = hook.handle(ev, HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, journal=journal,
                                         hostname="h"))
     assert again.status is HookStatus.OK and again.summary.startswith("nothing to repair")
@@ -266,7 +268,7 @@ def test_cancel_cuts_the_wait_short_and_still_sends_the_reload_signal(sqlite_db:
     started = time.monotonic()
     clock = iter(range(10))
     outcome = repairer(sqlite_db, beat_max_interval_s=30).apply(
-        lambda: NOW + next(clock), journal=journal, incident_id="inc-c", cancelled=cancel.is_set)
+        lambda: NOW + next(clock), undo_log=UndoLog(journal), incident_id="inc-c", cancelled=cancel.is_set)
     took = time.monotonic() - started
     assert took < 5, f"the 32-s wait was not cut short ({took:.1f} s)"
     assert not outcome.clean and len(outcome.rounds) == 1
@@ -279,7 +281,7 @@ def test_cancel_cuts_the_wait_short_and_still_sends_the_reload_signal(sqlite_db:
 
 def test_hook_audit_finds_future_state_only_with_a_trusted_clock(db: BeatDB, journal: Journal) -> None:
     from timeguard.hooks.api import AuditOutcome, HookContext
-    from timeguard.hooks.celery_beat import CeleryBeatHook
+    from timeguard.repair.hook import CeleryBeatHook
 
     hook = CeleryBeatHook.from_config("beat", {"database_url": db.url})
 
@@ -307,7 +309,7 @@ def test_hook_audit_finds_future_state_only_with_a_trusted_clock(db: BeatDB, jou
 
 def test_hook_audit_database_errors_raise_for_the_agent_to_retry(tmp_path: Path) -> None:
     from timeguard.hooks.api import HookContext
-    from timeguard.hooks.celery_beat import CeleryBeatHook
+    from timeguard.repair.hook import CeleryBeatHook
 
     (tmp_path / "empty.sqlite3").touch()
     hook = CeleryBeatHook.from_config("beat", {"database_url": f"sqlite:///{tmp_path / 'empty.sqlite3'}"})
@@ -462,16 +464,16 @@ def test_unreadable_values_are_reported_and_skipped_every_other_row_repaired(db:
     assert not {c.name for c in plan.changes} & {name for name, _ in bad}
     assert len(plan.changes) == 9  # populate()'s, as without the bad rows
 
-    outcome = engine.apply(lambda: NOW, journal=journal, incident_id="inc-u", sleep=lambda s: None)
+    outcome = engine.apply(lambda: NOW, undo_log=UndoLog(journal), incident_id="inc-u", sleep=lambda s: None)
     assert outcome.clean and outcome.rows_changed() == {"last_run_at": 3, "date_changed": 5, "last_update": 1}
     assert {(u["name"], u["column"]) for u in outcome.to_dict()["unreadable"]} == set(bad)
     for column in ("last_run_at", "date_changed"):  # the skipped rows hold exactly what they held
         after = raw_text(db, column)
         assert {n: after[n] for n, _ in bad} == {n: raw_before[column][n] for n, _ in bad}
-    assert not {r["name"] for r in journal.repair_undo_records("inc-u")} & {name for name, _ in bad}
+    assert not {r["name"] for r in UndoLog(journal).records("inc-u")} & {name for name, _ in bad}
     good = {n: r for n, r in db.sql(f"SELECT name, id FROM {PREFIX}periodictask") if not n.startswith("bad-")}
     assert good
-    undone = engine.undo(journal, "inc-u", lambda: NOW + 5, sleep=lambda s: None)
+    undone = engine.undo(UndoLog(journal), "inc-u", lambda: NOW + 5, sleep=lambda s: None)
     assert len(undone.restored) == 8 and not undone.skipped
 
 
@@ -488,7 +490,7 @@ def test_unreadable_report_columns_and_reload_signal(db: BeatDB, journal: Journa
     assert "replaced by the reload signal" in by_column["last_update"].why
     assert ("(reload signal)", "last_update") in {(c.name, c.column) for c in plan.changes}
     assert {r.name for r in plan.report} <= {"clocked-fired-early", "expired-disabled"}
-    outcome = repairer(db).apply(lambda: NOW, journal=journal, incident_id="inc-r", sleep=lambda s: None)
+    outcome = repairer(db).apply(lambda: NOW, undo_log=UndoLog(journal), incident_id="inc-r", sleep=lambda s: None)
     assert outcome.clean
     assert db.last_update() == NOW + 1  # phase B replaced the unreadable reload signal: a running beat reads it
     assert db.tasks()["interval-future"]["last_run_at"] == NOW
@@ -534,7 +536,7 @@ def test_any_unreadable_sqlite_value_is_skipped_alone(sqlite_template: BeatDB, t
     engine = repairer(db)
     plan = engine.plan(NOW)
     assert [(u.name, u.column) for u in plan.unreadable] == [("bad", column)]
-    outcome = engine.apply(lambda: NOW, journal=None, incident_id="inc", sleep=lambda s: None)
+    outcome = engine.apply(lambda: NOW, undo_log=None, incident_id="inc", sleep=lambda s: None)
     assert outcome.clean and outcome.rows_changed()["last_run_at"] == 1
     assert raw_text(db, column)["bad"] == before
     [(good,)] = db.sql(f"SELECT last_run_at FROM {PREFIX}periodictask WHERE name = 'good'")
@@ -554,7 +556,7 @@ def test_dry_run_and_audit_never_create_a_sqlite_file(tmp_path: Path) -> None:
         assert f"no such database: {missing} does not exist" in proc.stderr
         assert not missing.exists() and not missing.with_name(missing.name + "-journal").exists()
         with pytest.raises(RepairError, match="no such database"):
-            CeleryBeatRepair(f"sqlite:///{missing}").apply(lambda: NOW, journal=None, incident_id="i",
+            CeleryBeatRepair(f"sqlite:///{missing}").apply(lambda: NOW, undo_log=None, incident_id="i",
                                                          sleep=lambda s: None)
         assert not missing.exists()
 
@@ -611,7 +613,7 @@ def test_a_query_string_password_is_never_stored_or_printed(tmp_path: Path) -> N
     journal_bytes = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir() if p.is_file())
     assert secret.encode() not in journal_bytes
     with Journal(tmp_path / "state" / "journal.sqlite") as j:
-        fingerprints = {r["fingerprint"] for r in j.repair_undo_records(result["incident_id"])}
+        fingerprints = {r["fingerprint"] for r in UndoLog(j).records(result["incident_id"])}
     assert fingerprints and all("password=***" in f for f in fingerprints)
 
 
@@ -620,7 +622,7 @@ def test_hook_and_cli_say_which_values_they_could_not_read(sqlite_db: BeatDB, tm
 
     from timeguard.events import Event, EventKind
     from timeguard.hooks.api import AuditOutcome, HookContext, HookStatus
-    from timeguard.hooks.celery_beat import CeleryBeatHook
+    from timeguard.repair.hook import CeleryBeatHook
 
     real_now = time.time()
     sqlite_db.add_task("parked", last_run_at=PAST, date_changed=PAST)

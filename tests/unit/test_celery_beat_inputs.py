@@ -15,8 +15,17 @@ from hypothesis import strategies as st
 
 from timeguard.cli import repair as repair_cli
 from timeguard.hooks.api import HookConfigError, HookContext, HookStatus
-from timeguard.hooks.celery_beat import CeleryBeatHook, evidence_problem
-from timeguard.repair.celery_beat import NUMERIC_OPTIONS, CeleryBeatRepair, RepairError, checked_now, number_problem
+from timeguard.repair.celery_beat import (
+    NUMERIC_OPTIONS,
+    URL_ENV,
+    CeleryBeatRepair,
+    RepairError,
+    checked_now,
+    number_arg,
+    number_problem,
+)
+from timeguard.repair.evidence import evidence_problem
+from timeguard.repair.hook import CeleryBeatHook
 
 GOOD = {"status": "OK", "offset_s": 0.02, "offset_lo_s": 0.0, "offset_hi_s": 0.04, "ntp_http_agree": True,
         "summary": "ok"}
@@ -92,7 +101,7 @@ def test_every_cli_number_is_a_usage_error(data: st.DataObject) -> None:
         st.sampled_from(["nan", "NaN", "inf", "-inf", "1e400", "-1", "-0.001", "", "five", "1e9"]),
         bad_numbers(key).filter(lambda v: isinstance(v, int | float) and not isinstance(v, bool)).map(repr)))
     with pytest.raises(argparse.ArgumentTypeError, match="must be"):
-        repair_cli._number(key)(text)
+        number_arg(key)(text)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +114,7 @@ def test_every_cli_number_is_a_usage_error(data: st.DataObject) -> None:
 )
 def test_cli_parser_exits_2_naming_the_option(argv: list[str], option: str, capsys: pytest.CaptureFixture[str],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(repair_cli.URL_ENV, raising=False)
+    monkeypatch.delenv(URL_ENV, raising=False)
     parser = argparse.ArgumentParser(prog="timeguard")
     repair_cli.add_parser(parser.add_subparsers(dest="command"), lambda p: p.add_argument("--config"))
     with pytest.raises(SystemExit) as info:

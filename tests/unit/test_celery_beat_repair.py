@@ -10,8 +10,10 @@ import pytest
 
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookConfigError, HookContext, HookStatus
-from timeguard.hooks.celery_beat import CeleryBeatHook, evidence_problem
 from timeguard.repair.celery_beat import CeleryBeatRepair, RepairError
+from timeguard.repair.evidence import evidence_problem
+from timeguard.repair.hook import CeleryBeatHook
+from timeguard.repair.undo import UndoLog
 from timeguard.store.journal import Journal
 
 GOOD = {"status": "OK", "offset_s": 0.02, "offset_lo_s": 0.0, "offset_hi_s": 0.04, "ntp_http_agree": True,
@@ -152,28 +154,30 @@ def test_password_never_shown() -> None:
 
 def test_journal_keeps_the_first_seen_old_value_and_the_latest_new_value(tmp_path: Path) -> None:
     with Journal(tmp_path / "j.sqlite") as journal:
-        rec = ("periodictask", 3, "t", "last_run_at")
-        journal.repair_undo_record("inc", "r1", "db#p_", [(*rec, "A", "N1")], applied_wall_s=1.0, applied_mono_s=1.0)
-        journal.repair_undo_record("inc", "r1", "db#p_", [(*rec, "B", "N2")], applied_wall_s=2.0, applied_mono_s=2.0)
-        rows = journal.repair_undo_records("inc")
+        log = UndoLog(journal)
+        rec = ("periodictask:3", "t", "last_run_at")
+        log.record("celery_beat", "inc", "r1", "db#p_", [(*rec, "A", "N1")], applied_wall_s=1.0, applied_mono_s=1.0)
+        log.record("celery_beat", "inc", "r1", "db#p_", [(*rec, "B", "N2")], applied_wall_s=2.0, applied_mono_s=2.0)
+        rows = log.records("inc")
         assert [(r["old_value"], r["new_value"], r["undone"]) for r in rows] == [("A", "N2", 0)]
-        journal.repair_undo_mark_undone("inc", [rows[0]["key"]])
-        assert journal.repair_undo_records("inc", undone=False) == []
-        assert journal.repair_undo_records("other") == []
+        log.mark_undone("inc", [rows[0]["key"]])
+        assert log.records("inc", undone=False) == []
+        assert log.records("other") == []
 
 
 def test_a_later_round_makes_an_undone_entry_undoable_again(tmp_path: Path) -> None:
     with Journal(tmp_path / "j.sqlite") as journal:
-        rec = ("periodictask", 3, "t", "last_run_at")
-        journal.repair_undo_record("inc", "r1", "db#p_", [(*rec, "A", "N1")], applied_wall_s=1.0, applied_mono_s=1.0)
-        [row] = journal.repair_undo_records("inc")
-        journal.repair_undo_mark_undone("inc", [row["key"]])
-        assert journal.repair_undo_records("inc", undone=True)[0]["old_value"] == "A"
+        log = UndoLog(journal)
+        rec = ("periodictask:3", "t", "last_run_at")
+        log.record("celery_beat", "inc", "r1", "db#p_", [(*rec, "A", "N1")], applied_wall_s=1.0, applied_mono_s=1.0)
+        [row] = log.records("inc")
+        log.mark_undone("inc", [row["key"]])
+        assert log.records("inc", undone=True)[0]["old_value"] == "A"
         # beat wrote the future value back, the audit repaired again within the same incident
-        journal.repair_undo_record("inc", "r2", "db#p_", [(*rec, "B", "N3")], applied_wall_s=3.0, applied_mono_s=3.0)
-        [again] = journal.repair_undo_records("inc", undone=False)
+        log.record("celery_beat", "inc", "r2", "db#p_", [(*rec, "B", "N3")], applied_wall_s=3.0, applied_mono_s=3.0)
+        [again] = log.records("inc", undone=False)
         assert (again["old_value"], again["new_value"]) == ("A", "N3")  # still the first-seen original
-        assert journal.repair_undo_records("inc", fingerprint="other#p_") == []
+        assert log.records("inc", fingerprint="other#p_") == []
 
 
 def test_schema_3_undo_rows_are_carried_over_by_migration_4(tmp_path: Path) -> None:
@@ -195,11 +199,12 @@ def test_schema_3_undo_rows_are_carried_over_by_migration_4(tmp_path: Path) -> N
     db.execute(insert, ("inc", "r1", "db#p_", "periodictasks", 1, "(reload signal)", "last_update", None, "NEW-lu", 0))
     db.close()
     with Journal(path) as journal:
-        rows = journal.repair_undo_records("inc")
-        assert [(r["name"], r["col"], r["old_value"], r["new_value"], r["undone"]) for r in rows] == [
+        rows = UndoLog(journal).records("inc")
+        assert [(r["name"], r["field"], r["old_value"], r["new_value"], r["undone"]) for r in rows] == [
             ("a", "last_run_at", "OLD-a", "NEW-a", 0), ("b", "date_changed", "OLD-b", "NEW-b", 1),
             ("(reload signal)", "last_update", None, "NEW-lu", 0)]
-        assert rows[0]["row_id"] == 7 and rows[0]["fingerprint"] == "db#p_"
+        assert rows[0]["item"] == "periodictask:7" and rows[0]["fingerprint"] == "db#p_"
+        assert {r["target"] for r in rows} == {"celery_beat"}
 
 
 def test_migration_5_scrubs_passwords_older_versions_wrote_and_keeps_the_undo_records(tmp_path: Path) -> None:
@@ -235,7 +240,7 @@ def test_migration_5_scrubs_passwords_older_versions_wrote_and_keeps_the_undo_re
     db.execute("INSERT INTO meta (key, value) VALUES ('plain', ?)", (json.dumps("see https://example.org/x?a=1"),))
     db.close()
     with Journal(path) as journal:
-        rows = journal.repair_undo_records("inc")
+        rows = UndoLog(journal).records("inc")
         assert len(rows) == 1 and rows[0]["undone"] == 1 and rows[0]["old_value"] == "OLD-a"
         assert rows[0]["fingerprint"] == redact_text(fingerprint) and "password=***" in rows[0]["fingerprint"]
         runs = journal.hook_runs()

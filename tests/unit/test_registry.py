@@ -333,9 +333,9 @@ def token_types(installed):
 
 
 def test_options_of_a_type_are_its_own_or_its_module_s():
-    from timeguard.hooks.celery_beat import CeleryBeatHook
     from timeguard.hooks.command import CommandHook
     from timeguard.hooks.slack import SlackHook
+    from timeguard.repair.hook import CeleryBeatHook
 
     assert registry.options_of(TokenHook) == {"token", "token_file", "token_env"}
     assert "webhook_url_file" in registry.options_of(SlackHook)

@@ -1,7 +1,3 @@
-"""Repairs of application state that a wrong wall clock left behind (issue 5): django-celery-beat first."""
-
-from __future__ import annotations
-
-from timeguard.repair.celery_beat import CeleryBeatRepair, RepairError, RepairOutcome, RepairPlan
-
-__all__ = ["CeleryBeatRepair", "RepairError", "RepairOutcome", "RepairPlan"]
+"""Repairs of application state that a wrong wall clock left behind: the RepairTarget protocol (target.py), the
+one evidence rule (evidence.py), the undo log (undo.py), the generic hook (hook.py) and the targets, found through
+the entry-point group ``timeguard.repair_targets`` (django-celery-beat is the first: celery_beat.py)."""

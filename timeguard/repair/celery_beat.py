@@ -21,24 +21,45 @@ The trusted now is always passed in (``now_s`` / ``now_fn``): this module never 
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
-import math
 import os
 import sqlite3
 import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from timeguard.repair.evidence import MAX_OFFSET_RANGE_S
+from timeguard.repair.target import (
+    READABLE_BEFORE,
+    READABLE_FROM,
+    UTC,
+    Audit,
+    Plan,
+    RepairError,
+    TargetKind,
+    UndoOutcome,
+    cancellable_sleep,
+    checked_now,
+    fmt_duration,
+    fmt_utc,
+    format_table,
+    range_problem,
+    unreadable_note,
+)
 from timeguard.secrets import MASK, redact_text, redact_url
 
 if TYPE_CHECKING:
-    from timeguard.store.journal import Journal
+    from timeguard.repair.undo import UndoLog
+
+TARGET = "celery_beat"  # the kind's name: the hook's type, the undo log's key
 
 DEFAULT_TABLE_PREFIX = "django_celery_beat_"
 #: Future means beyond now + tolerance: 10 min when the storage convention is known (USE_TZ=True), 26 h for
@@ -63,48 +84,20 @@ NUMERIC_OPTIONS: dict[str, tuple[float, float, bool]] = {
     "wait_margin_s": (0.0, 3600.0, False),
     "lock_timeout_s": (0.1, 3600.0, False),
     "connect_timeout_s": (0.1, 3600.0, False),
-    "max_offset_s": (0.0, 366 * 86400.0, False),
+    "max_offset_s": (*MAX_OFFSET_RANGE_S, False),
     "max_rounds": (1, 100, True),
 }
-#: Timestamps the engine reads: from year 2 up to (not into) year 9999. Outside it (PostgreSQL ±infinity, a
-#: 9999-12-31 sentinel, MySQL's zero date) no clock error put it there, and converting it can leave the calendar.
-_READABLE_FROM = dt.datetime(2, 1, 1, tzinfo=dt.UTC)
-_READABLE_BEFORE = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
-
-UTC = dt.UTC
 _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # Which convention a column follows: "lr" = last_run_at (beat's _default_now), "dc" = Django's now()
 # (date_changed, last_update, expires, clocked_time).
 _COLUMN_KIND = {"last_run_at": "lr", "date_changed": "dc", "last_update": "dc", "expires": "dc", "clocked_time": "dc"}
 
 
-class RepairError(Exception):
-    """The repair could not run: what went wrong and where (the database, without its password)."""
-
-
 def number_problem(key: str, value: Any) -> str | None:
     """None when ``value`` is acceptable for the numeric option ``key`` (:data:`NUMERIC_OPTIONS`), else why not,
     for a person. Booleans, strings, NaN, ±inf and values out of range are refused."""
     low, high, whole = NUMERIC_OPTIONS[key]
-    kind = "a whole number" if whole else "a finite number"
-    wanted = f"must be {kind} from {low:.15g} to {high:.15g}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"{wanted} (got {value!r})"
-    if not math.isfinite(value) or not low <= value <= high or (whole and value != int(value)):
-        return f"{wanted} (got {value!r})"
-    return None
-
-
-def checked_now(now_s: Any) -> float:
-    """The trusted now, or a RepairError: a NaN or out-of-range now would make every comparison False."""
-    try:
-        value = float(now_s)
-        dt.datetime.fromtimestamp(value, UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        raise RepairError(f"the trusted now ({now_s!r}) is not a usable time: nothing was read or changed") from None
-    if not _READABLE_FROM.timestamp() < value < _READABLE_BEFORE.timestamp():
-        raise RepairError(f"the trusted now ({now_s!r}) is not a usable time: nothing was read or changed")
-    return value
+    return range_problem(value, low, high, whole=whole)
 
 
 class _Race(Exception):
@@ -116,7 +109,7 @@ class _Recorder:
     while the database runs the UPDATE (for 50,000 rows each takes most of a second). ``wait`` returns the records
     or re-raises the failure."""
 
-    def __init__(self, build: Callable[[], list[tuple[Any, ...]]], journal: Journal | None, *, incident_id: str,
+    def __init__(self, build: Callable[[], list[tuple[Any, ...]]], undo_log: UndoLog | None, *, incident_id: str,
                  repair_id: str, fingerprint: str, wall_s: float, mono_s: float) -> None:
         self.error: BaseException | None = None
         self.records: list[tuple[Any, ...]] = []
@@ -124,9 +117,9 @@ class _Recorder:
         def run() -> None:
             try:
                 self.records = build()
-                if journal is not None:
-                    journal.repair_undo_record(incident_id, repair_id, fingerprint, self.records,
-                                               applied_wall_s=wall_s, applied_mono_s=mono_s)
+                if undo_log is not None:
+                    undo_log.record(TARGET, incident_id, repair_id, fingerprint, self.records,
+                                    applied_wall_s=wall_s, applied_mono_s=mono_s)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 self.error = exc
 
@@ -152,6 +145,14 @@ class PlannedChange:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def item(self) -> str:
+        return f"{self.table}:{self.row_id}"
+
+    @property
+    def field(self) -> str:
+        return self.column
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,29 +186,13 @@ class UnreadableValue:
     def describe(self) -> str:
         return f"{self.name} {self.column} {self.raw}: {self.why}"
 
-
-@dataclass(frozen=True, slots=True)
-class RepairPlan:
-    now_s: float
-    tolerance_s: float
-    changes: tuple[PlannedChange, ...]
-    report: tuple[ReportItem, ...]
-    unreadable: tuple[UnreadableValue, ...] = ()
+    @property
+    def item(self) -> str:
+        return f"{self.table}:{self.row_id}"
 
     @property
-    def empty(self) -> bool:
-        return not self.changes
-
-    def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for change in self.changes:
-            counts[change.column] = counts.get(change.column, 0) + 1
-        return counts
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"now_s": self.now_s, "tolerance_s": self.tolerance_s, "counts": self.counts(),
-                "changes": [c.to_dict() for c in self.changes], "report": [r.to_dict() for r in self.report],
-                "unreadable": [u.to_dict() for u in self.unreadable]}
+    def field(self) -> str:
+        return self.column
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +210,7 @@ class RoundResult:
 class RepairOutcome:
     incident_id: str
     repair_id: str
-    plan: RepairPlan  # what was future before round 1 (the report comes from it)
+    plan: Plan  # what was future before round 1 (the report comes from it)
     rounds: tuple[RoundResult, ...]
     clean: bool  # the last look found no future timestamp
 
@@ -246,18 +231,6 @@ class RepairOutcome:
                 "rows_changed": self.rows_changed(), "rounds": [asdict(r) for r in self.rounds],
                 "report": [r.to_dict() for r in self.plan.report],
                 "unreadable": [u.to_dict() for u in self.plan.unreadable], "plan": self.plan.to_dict()}
-
-
-@dataclass(frozen=True, slots=True)
-class UndoOutcome:
-    incident_id: str
-    restored: tuple[dict[str, Any], ...]  # row_id, name, column, from_s, to_s
-    skipped: tuple[dict[str, Any], ...] = field(default=())  # rows changed since: left alone, with why
-    dry_run: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"incident_id": self.incident_id, "dry_run": self.dry_run, "restored": list(self.restored),
-                "skipped": list(self.skipped)}
 
 
 def _sqlalchemy() -> Any:
@@ -284,17 +257,6 @@ def _url_secrets(url: str) -> list[str]:
         pass
     # Short ones are left to redact_text (URLs, password=… in messages): replacing every "ab" would garble text.
     return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
-
-
-def fmt_duration(seconds: float) -> str:
-    s = abs(seconds)
-    if s >= 2 * 86400:
-        return f"{s / 86400:.0f} days"
-    if s >= 2 * 3600:
-        return f"{s / 3600:.0f} h"
-    if s >= 120:
-        return f"{s / 60:.0f} min"
-    return f"{s:.1f} s"
 
 
 class CeleryBeatRepair:
@@ -574,7 +536,7 @@ class CeleryBeatRepair:
     def unreadable_why(value: Any) -> str | None:
         """None when the engine can read ``value`` (a stored timestamp, not NULL), else why not, for a person."""
         if isinstance(value, _Raw):
-            return (f"beyond the years {_READABLE_FROM.year}–{_READABLE_BEFORE.year - 1} the repair reads "
+            return (f"beyond the years {READABLE_FROM.year}–{READABLE_BEFORE.year - 1} the repair reads "
                     "(infinity, or a sentinel at the end of the calendar): not a time a clock error leaves")
         if isinstance(value, str):
             try:
@@ -585,8 +547,8 @@ class CeleryBeatRepair:
             what = {bytes: "a blob", int: "an integer", float: "a real number"}.get(type(value),
                                                                                      type(value).__name__)
             return f"{what} in a datetime column, not a date and time"
-        if not _READABLE_FROM.year <= value.year < _READABLE_BEFORE.year:
-            return (f"year {value.year}: beyond the years {_READABLE_FROM.year}–{_READABLE_BEFORE.year - 1} the "
+        if not READABLE_FROM.year <= value.year < READABLE_BEFORE.year:
+            return (f"year {value.year}: beyond the years {READABLE_FROM.year}–{READABLE_BEFORE.year - 1} the "
                     "repair reads (a sentinel at the end of the calendar, not a time a clock error leaves)")
         return None
 
@@ -610,8 +572,8 @@ class CeleryBeatRepair:
 
     def _readable_bounds(self) -> tuple[Any, Any]:
         if self.is_pg:
-            return _READABLE_FROM, _READABLE_BEFORE
-        low, high = _READABLE_FROM.replace(tzinfo=None), _READABLE_BEFORE.replace(tzinfo=None)
+            return READABLE_FROM, READABLE_BEFORE
+        low, high = READABLE_FROM.replace(tzinfo=None), READABLE_BEFORE.replace(tzinfo=None)
         return (low.strftime(_SQLITE_FORMAT), high.strftime(_SQLITE_FORMAT)) if self.is_sqlite else (low, high)
 
     def _bad(self, col: Any) -> Any:
@@ -748,14 +710,14 @@ class CeleryBeatRepair:
                                         "as expired during the false period — left disabled"))
         return items, unreadable
 
-    def plan(self, now_s: float) -> RepairPlan:
+    def plan(self, now_s: float) -> Plan:
         """Read-only (a SQLite file is opened read-only): every timestamp the repair would bring back to
         ``now_s``, the report, and the values it cannot read (their rows are left as they are)."""
         now_s = checked_now(now_s)
         with self._transaction("reading the beat tables", read_only=True) as conn:
             return self._plan(conn, now_s)
 
-    def _plan(self, conn: Any, now_s: float) -> RepairPlan:
+    def _plan(self, conn: Any, now_s: float) -> Plan:
         changes: list[PlannedChange] = []
         rows, unreadable = self._future_rows(conn, now_s, lock=False)
         for row_id, name, lr, dc, lr_future, dc_future in rows:
@@ -779,7 +741,7 @@ class CeleryBeatRepair:
         report, report_unreadable = self._report(conn, now_s)
         seen = {(u.table, u.row_id, u.column) for u in unreadable}
         unreadable += [u for u in report_unreadable if (u.table, u.row_id, u.column) not in seen]
-        return RepairPlan(now_s, self.tolerance_s, tuple(changes), tuple(report), tuple(unreadable))
+        return Plan(now_s, self.tolerance_s, tuple(changes), tuple(report), tuple(unreadable))
 
     # ----------------------------------------------------------------------------------------- writing
 
@@ -801,7 +763,7 @@ class CeleryBeatRepair:
             stmt = mysql_insert(table).values(ident=1, last_update=value)
             conn.execute(stmt.on_duplicate_key_update(last_update=value))
 
-    def _phase_a(self, now_s: float, *, number: int, journal: Journal | None, incident_id: str,
+    def _phase_a(self, now_s: float, *, number: int, undo_log: UndoLog | None, incident_id: str,
                  repair_id: str, mono: Callable[[], float]) -> RoundResult | None:
         sa = _sqlalchemy()
         started = mono()
@@ -819,23 +781,23 @@ class CeleryBeatRepair:
                 return None
             new_lr_text, new_dc_text = self.to_text(new_lr), self.to_text(new_dc)
             text = self.to_text
-            lu_record = ("periodictasks", 1, "(reload signal)", "last_update",
+            lu_record = ("periodictasks:1", "(reload signal)", "last_update",
                          self.to_text(last_update) if present else None, new_dc_text)
 
             def build() -> list[tuple[Any, ...]]:
-                """(table, row_id, name, column, old, new) for Journal.repair_undo_record, from the database's own
+                """(item, name, column, old, new) for UndoLog.record, from the database's own
                 comparison (the UPDATE's), so the counts agree with it exactly; one pass over plain tuples."""
                 lr: list[tuple[Any, ...]] = []
                 dc: list[tuple[Any, ...]] = []
                 for row_id, name, old_lr, old_dc, lr_f, dc_f in rows:
                     if lr_f:
-                        lr.append(("periodictask", row_id, name, "last_run_at", text(old_lr), new_lr_text))
+                        lr.append((f"periodictask:{row_id}", name, "last_run_at", text(old_lr), new_lr_text))
                     if dc_f:
-                        dc.append(("periodictask", row_id, name, "date_changed", text(old_dc), new_dc_text))
+                        dc.append((f"periodictask:{row_id}", name, "date_changed", text(old_dc), new_dc_text))
                 return [*lr, *dc, lu_record]
 
             # Recorded before COMMIT: a failed journal write rolls the round back.
-            recorder = _Recorder(build, journal, incident_id=incident_id, repair_id=repair_id,
+            recorder = _Recorder(build, undo_log, incident_id=incident_id, repair_id=repair_id,
                                  fingerprint=self.fingerprint, wall_s=now_s, mono_s=mono())
             # One set-based compare-and-set statement (one new row version per row, not two): each column is
             # clamped only if it is still in the future, never to NULL. Rows holding a value the engine cannot read
@@ -855,7 +817,7 @@ class CeleryBeatRepair:
                 records = recorder.wait()
             if n_rows != len(rows):  # a row became future after the locking read: redo the round
                 raise _Race(f"locked {len(rows)} rows, updated {n_rows}")
-            n_lr = sum(1 for r in records if r[3] == "last_run_at")
+            n_lr = sum(1 for r in records if r[2] == "last_run_at")
             n_dc = len(records) - 1 - n_lr
             self._upsert_last_update(conn, new_dc)
         return RoundResult(number, n_lr, n_dc, 1, now_s, None, mono() - started)
@@ -870,21 +832,21 @@ class CeleryBeatRepair:
         self,
         now_fn: Callable[[], float],
         *,
-        journal: Journal | None,
+        undo_log: UndoLog | None,
         incident_id: str,
         sleep: Callable[[float], None] | None = None,
         cancelled: Callable[[], bool] = lambda: False,
-        beat_stopped: bool = False,
+        owner_stopped: bool = False,
         mono: Callable[[], float] = time.monotonic,
     ) -> RepairOutcome:
         """Repair in rounds until a round finds nothing. ``now_fn`` gives the *trusted* now (epoch s).
 
-        ``beat_stopped``: no beat runs (the operator stopped it), so one round without the reload dance.
+        ``owner_stopped``: no beat runs (the operator stopped it), so one round without the reload dance.
         ``cancelled()`` (the hook timed out, the daemon stops) cuts a wait short: a round whose phase A is
         committed still writes its phase B (a running beat may then reload, and whatever it writes back is
         found by the next audit), and no further round starts. The outcome is then not clean."""
         if sleep is None:
-            sleep = _cancellable_sleep(cancelled)
+            sleep = cancellable_sleep(cancelled)
         given_now = now_fn
 
         def now_fn() -> float:  # a NaN now would make every "is it future?" comparison False
@@ -903,7 +865,7 @@ class CeleryBeatRepair:
             result = None
             for _attempt in range(3):
                 try:
-                    result = self._phase_a(now_a, number=number, journal=journal, incident_id=incident_id,
+                    result = self._phase_a(now_a, number=number, undo_log=undo_log, incident_id=incident_id,
                                            repair_id=repair_id, mono=mono)
                     break
                 except _Race:
@@ -913,7 +875,7 @@ class CeleryBeatRepair:
             if result is None:
                 clean = True
                 break
-            if beat_stopped:
+            if owner_stopped:
                 rounds.append(result)
                 clean = not self._future_count(now_fn())
                 break
@@ -936,16 +898,75 @@ class CeleryBeatRepair:
             _, last_update = self._last_update(conn, lock=False)
         return len(rows) + int(self._last_update_state(last_update, now_s + self.tolerance_s)[1])
 
+    # ------------------------------------------------------------------------------- RepairTarget protocol
+
+    where_key = "database"  # names ``where`` in the command line's JSON
+    what = "beat tables"  # what a wrong trusted now would write wrong times into
+    report_heading = "left as they are (the false period disabled them; re-enabling could run them twice):"
+    unreadable_heading = "values it cannot read (those rows are left as they are; fix them by hand):"
+    not_clean_message = "future timestamps remain after the last round: restart celery beat and run the repair again"
+
+    def same_store(self, fingerprint: str) -> bool:
+        return self.same_database(fingerprint)
+
+    def audit(self, now_s: float) -> Audit:
+        """Future timestamps with the trusted now, changing nothing. A RepairError (database unreachable, locked,
+        tables missing) propagates."""
+        plan = self.plan(now_s)
+        note = unreadable_note(plan.unreadable)
+        details = {"database": self.where, "unreadable": [u.to_dict() for u in plan.unreadable]}
+        if plan.empty:
+            return Audit(False, f"no future timestamp in {self.where}{note}", details)
+        known = [c.old_s for c in plan.changes if c.old_s is not None]
+        ahead = max(known) - now_s if known else 0.0
+        tasks = sorted({c.name for c in plan.changes if c.table == "periodictask"})
+        return Audit(
+            True,
+            f"{len(plan.changes)} timestamp(s) in the future in {self.where}, up to {fmt_duration(ahead)} ahead"
+            f" ({len(tasks)} task(s): beat will not run them before then){note}",
+            {**details, "counts": plan.counts(), "max_ahead_s": ahead, "tasks": tasks[:50], "tasks_total": len(tasks)},
+        )
+
+    def format_plan(self, changes: Sequence[PlannedChange]) -> str:
+        return format_beat_table(changes)
+
+    def applying_note(self, incident_id: str) -> str:
+        return (f"applying (incident {incident_id}; waits {self.wait_s:g} s twice per round so a running beat "
+                "reloads) …")
+
+    def outcome_line(self, outcome: RepairOutcome) -> str:
+        counts = outcome.rows_changed()
+        return (f"{'repaired' if outcome.clean else 'NOT CLEAN'}: last_run_at {counts['last_run_at']}, date_changed "
+                f"{counts['date_changed']} row(s), last_update bumped, {len(outcome.rounds)} round(s)")
+
+    def outcome_summary(self, outcome: RepairOutcome) -> tuple[str, str]:
+        """(``failed`` | ``ok`` | ``changed``, the hook's summary)."""
+        report = (f"; {len(outcome.plan.report)} task(s) ran early or expired during the false period (reported, "
+                  "left as they are)") if outcome.plan.report else ""
+        report += unreadable_note(outcome.plan.unreadable)
+        if not outcome.clean:
+            return "failed", (f"future timestamps remain after {len(outcome.rounds)} round(s) in {self.where}: "
+                              f"restart celery beat, then run the repair again{report}")
+        if not outcome.changed:
+            return "ok", f"nothing to repair in {self.where}{report}"
+        counts = outcome.rows_changed()
+        return "changed", (f"repaired {self.where}: last_run_at {counts['last_run_at']}, date_changed "
+                           f"{counts['date_changed']} row(s) in {len(outcome.rounds)} round(s){report}")
+
+    def undo_hint(self, incident_id: str) -> str:
+        return f"undo: timeguard repair undo {incident_id} --database-url URL"
+
     # -------------------------------------------------------------------------------------------- undo
 
-    def undo(self, journal: Journal, incident_id: str, now_fn: Callable[[], float], *, dry_run: bool = False,
+    def undo(self, undo_log: UndoLog, incident_id: str, now_fn: Callable[[], float], *, dry_run: bool = False,
              sleep: Callable[[float], None] = time.sleep) -> UndoOutcome:
         """Restore the first-seen old values of ``incident_id``'s repair on this database, only where a row
         still holds the value the repair wrote; then bump last_update twice so a running beat reloads."""
         sa = _sqlalchemy()
-        records = [r for r in journal.repair_undo_records(incident_id, undone=False)
+        records = [{**r, "row_id": _row_id(r["item"])}
+                   for r in undo_log.records(incident_id, target=TARGET, undone=False)
                    if self.same_database(r["fingerprint"])]
-        task_records = [r for r in records if r["tbl"] == "periodictask"]
+        task_records = [r for r in records if r["item"].startswith("periodictask:")]
         if not records:
             return UndoOutcome(incident_id, (), (), dry_run)
         restored: list[dict[str, Any]] = []
@@ -966,7 +987,7 @@ class CeleryBeatRepair:
             done_keys: list[tuple[Any, ...]] = []
             for r in task_records:
                 row = current.get(r["row_id"])
-                column = r["col"]
+                column = r["field"]
                 entry = {"row_id": r["row_id"], "name": r["name"], "column": column,
                          "from_s": None, "to_s": self.epoch(self.from_text(r["old_value"]), column)}
                 if row is None:
@@ -989,7 +1010,7 @@ class CeleryBeatRepair:
                     stmt = (sa.update(t).where(t.c.id == sa.bindparam("b_id")).where(col == sa.bindparam("b_new"))
                             .values({column: sa.bindparam("b_old")}))
                     conn.execute(stmt, params)
-            journal.repair_undo_mark_undone(incident_id, done_keys)
+            undo_log.mark_undone(incident_id, done_keys)
             now_a = checked_now(now_fn())
             self._upsert_last_update(conn, self.db_value(now_a, "last_update"))
         sleep(self.wait_s)
@@ -997,18 +1018,9 @@ class CeleryBeatRepair:
         return UndoOutcome(incident_id, tuple(restored), tuple(skipped), False)
 
 
-def _cancellable_sleep(cancelled: Callable[[], bool], slice_s: float = 0.2) -> Callable[[float], None]:
-    """time.sleep that returns early (within ``slice_s``) once ``cancelled()`` is true."""
-
-    def sleep(seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not cancelled():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            time.sleep(min(slice_s, remaining))
-
-    return sleep
+def _row_id(item: str) -> int:
+    """The row id of an undo record's item ("periodictask:7")."""
+    return int(item.rpartition(":")[2])
 
 
 class _Raw(str):
@@ -1026,12 +1038,6 @@ def _show_raw(value: Any) -> str:
     return text if len(text) <= 80 else text[:79] + "…"
 
 
-def fmt_utc(epoch_s: float | None) -> str:
-    if epoch_s is None:
-        return "-"
-    return dt.datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def _why(column: str, ahead_s: float) -> str:
     ahead = fmt_duration(ahead_s)
     if column == "last_run_at":
@@ -1041,13 +1047,195 @@ def _why(column: str, ahead_s: float) -> str:
     return f"{ahead} in the future: a running beat would ignore every reload signal until then"
 
 
-def format_table(changes: Sequence[PlannedChange]) -> str:
+def format_beat_table(changes: Sequence[PlannedChange]) -> str:
     """The human table of planned changes: task, column, old → new, why."""
-    if not changes:
-        return "nothing to repair: no timestamp in the beat tables lies in the future\n"
-    width = min(max(len(c.name) for c in changes), 40)
-    lines = [f"{'TASK':<{width}}  {'COLUMN':<12}  {'OLD':<20} → {'NEW':<20}  WHY"]
-    for c in changes:
-        old, new = fmt_utc(c.old_s), fmt_utc(c.new_s)
-        lines.append(f"{c.name[:width]:<{width}}  {c.column:<12}  {old:<20} → {new:<20}  {c.why}")
-    return "\n".join(lines) + "\n"
+    return format_table(changes, item_heading="TASK", field_heading="COLUMN",
+                        empty="nothing to repair: no timestamp in the beat tables lies in the future")
+
+
+# ------------------------------------------------------------------------------------------- the target kind
+
+URL_ENV = "TIMEGUARD_BEAT_DATABASE_URL"
+_KIND_OPTIONS = frozenset({
+    "database_url", "database_url_env", "database_url_file", "table_prefix", "schema", "use_tz", "tz_aware",
+    "time_zone", "tolerance_s", "beat_max_interval_s", "wait_margin_s", "max_rounds", "lock_timeout_s",
+})
+
+
+def _problems_to_error(problems: list[tuple[str, str]]) -> Exception:
+    from timeguard.hooks.api import HookConfigError
+
+    return HookConfigError(problems)
+
+
+class CeleryBeatKind(TargetKind):
+    """django-celery-beat's database (``type: celery_beat``, ``timeguard repair celery-beat``)."""
+
+    name = TARGET
+    cli_name = "celery-beat"
+    help = "bring future timestamps in a django-celery-beat database back to now"
+    description = ("Find every last_run_at, date_changed and last_update in the future and bring it back to the "
+                   "trusted now, so a running beat sends the tasks again. Without --trust-local-clock the time "
+                   "sources of the configuration are asked first, and the repair is refused unless NTP and HTTPS "
+                   "agree with this clock.")
+    options = _KIND_OPTIONS
+    service_option = "beat_service"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
+        self.database_url: str | None = options.get("database_url")
+        self.database_url_env: str | None = options.get("database_url_env")
+        self.database_url_file: str | None = options.get("database_url_file")
+        self.repair_options: dict[str, Any] = {}
+        self.tolerance_s = DEFAULT_TOLERANCE_S
+
+    @classmethod
+    def validate(cls, options: Mapping[str, Any]) -> tuple[list[tuple[str, str]], CeleryBeatKind]:
+        """The problems of the hook's database options (in the order a person fixes them), and the kind."""
+        problems: list[tuple[str, str]] = []
+        sources = [k for k in ("database_url", "database_url_env", "database_url_file") if options.get(k)]
+        if len(sources) != 1:
+            problems.append(("database_url", "give exactly one of database_url, database_url_env, database_url_file"))
+        for key in sources:
+            if not isinstance(options[key], str):
+                problems.append((key, "must be a string"))
+        for key in ("use_tz", "tz_aware"):
+            if key in options and not isinstance(options[key], bool):
+                problems.append((key, "must be true or false"))
+        for key in ("table_prefix", "schema", "time_zone"):
+            if key in options and not isinstance(options[key], str):
+                problems.append((key, "must be a string"))
+        numbers: dict[str, float] = {}
+        for key in ("tolerance_s", "beat_max_interval_s", "wait_margin_s", "lock_timeout_s", "max_rounds"):
+            if key in options:
+                problem = number_problem(key, options[key])
+                if problem is not None:  # NaN compares False with everything: it would switch a check off
+                    problems.append((key, problem))
+                else:
+                    numbers[key] = options[key]
+        kind = cls(options)
+        use_tz = options.get("use_tz", True) is not False
+        kind.tolerance_s = numbers.get("tolerance_s", DEFAULT_TOLERANCE_S if use_tz else DEFAULT_TOLERANCE_NAIVE_S)
+        kind.repair_options = {
+            "table_prefix": options.get("table_prefix", DEFAULT_TABLE_PREFIX),
+            "schema": options.get("schema"),
+            "use_tz": options.get("use_tz", True),
+            "tz_aware": options.get("tz_aware", True),
+            "time_zone": options.get("time_zone", "UTC"),
+            "tolerance_s": numbers.get("tolerance_s"),
+            "beat_max_interval_s": numbers.get("beat_max_interval_s", DEFAULT_BEAT_MAX_INTERVAL_S),
+            "wait_margin_s": numbers.get("wait_margin_s", DEFAULT_WAIT_MARGIN_S),
+            "max_rounds": int(numbers.get("max_rounds", DEFAULT_MAX_ROUNDS)),
+        }
+        if "lock_timeout_s" in numbers:
+            kind.repair_options["lock_timeout_s"] = numbers["lock_timeout_s"]
+        return problems, kind
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> CeleryBeatKind:
+        problems, kind = cls.validate(options)
+        if problems:
+            raise _problems_to_error(problems)
+        if kind.database_url:
+            try:  # validate the URL and the time zone now, without connecting
+                CeleryBeatRepair(kind.database_url, **kind.repair_options)
+            except RepairError as exc:
+                raise _problems_to_error([("database_url", str(exc))]) from None
+        return kind
+
+    def check_max_offset(self, max_offset_s: float) -> str | None:
+        if max_offset_s > self.tolerance_s:
+            return (f"must not exceed tolerance_s ({self.tolerance_s:g}): a host clock that far off would make beat "
+                    "see the repaired times as future or past again")
+        return None
+
+    def max_run_s(self) -> float:
+        """Rounds × two waits, plus slack for the statements: the dispatcher waits this long for the result."""
+        wait = self.repair_options["beat_max_interval_s"] + self.repair_options["wait_margin_s"]
+        return self.repair_options["max_rounds"] * (2 * wait + 30) + 30
+
+    def _url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        if self.database_url_env:
+            value = os.environ.get(self.database_url_env, "")
+            if not value:
+                raise RepairError(f"database_url_env: ${self.database_url_env} is not set")
+            return value
+        assert self.database_url_file is not None
+        try:
+            return Path(self.database_url_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise RepairError(f"database_url_file {self.database_url_file}: {exc.strerror}") from None
+
+    def open(self) -> CeleryBeatRepair:
+        return CeleryBeatRepair(self._url(), **self.repair_options)
+
+    # ------------------------------------------------------------------------------------- command line
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        _database_args(parser)
+        parser.add_argument("--tolerance-s", type=number_arg("tolerance_s"), metavar="N",
+                            help="future means more than N s ahead (default 600; 93600 with --no-use-tz)")
+        parser.add_argument("--no-use-tz", action="store_true", help="the project runs with Django USE_TZ=False")
+        parser.add_argument("--no-tz-aware", action="store_true", help="DJANGO_CELERY_BEAT_TZ_AWARE=False")
+        parser.add_argument("--time-zone", default="UTC", help="Django TIME_ZONE (only matters with --no-use-tz)")
+        parser.add_argument("--beat-max-interval-s", type=number_arg("beat_max_interval_s"), default=5.0,
+                            metavar="S", help="beat's max_interval: how long to wait between the reload signals "
+                            "(default 5)")
+        parser.add_argument("--max-rounds", type=number_arg("max_rounds"), default=3, metavar="N",
+                            help="rounds at most (default 3)")
+
+    @classmethod
+    def add_undo_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        _database_args(parser, required=False)
+        parser.add_argument("--beat-max-interval-s", type=number_arg("beat_max_interval_s"), default=5.0,
+                            metavar="S", help="beat's max_interval: how long to wait between the reload signals "
+                            "(default 5)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> CeleryBeatRepair:
+        return CeleryBeatRepair(
+            args.database_url, table_prefix=args.table_prefix, schema=args.schema, use_tz=not args.no_use_tz,
+            tz_aware=not args.no_tz_aware, time_zone=args.time_zone, tolerance_s=args.tolerance_s,
+            beat_max_interval_s=args.beat_max_interval_s, max_rounds=args.max_rounds,
+        )
+
+    @classmethod
+    def undo_target(cls, args: argparse.Namespace, fingerprints: Sequence[str]) -> CeleryBeatRepair:
+        if not args.database_url:
+            raise RepairError(f"a celery_beat repair is undone in its database: give --database-url (or "
+                              f"${URL_ENV}); it repaired {', '.join(sorted(set(fingerprints)))}")
+        return CeleryBeatRepair(args.database_url, table_prefix=args.table_prefix, schema=args.schema,
+                                beat_max_interval_s=args.beat_max_interval_s)
+
+
+def number_arg(key: str) -> Callable[[str], float]:
+    """An argparse type for the repair's numeric option ``key``: the engine's own rule (no NaN, inf, negative
+    or out-of-range value), so a bad value is a usage error (exit 2) naming the option."""
+
+    def parse(text: str) -> float:
+        try:
+            value: float = float(text)
+        except ValueError:
+            value = text  # type: ignore[assignment]  # number_problem says what is wanted
+        if NUMERIC_OPTIONS[key][2] and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        problem = number_problem(key, value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = key  # argparse names the type in "invalid <name> value" messages
+    return parse
+
+
+def _database_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    from_env = os.environ.get(URL_ENV) or None
+    # A password on the command line is visible in ps: the environment variable is the better place for it.
+    parser.add_argument("--database-url", required=required and from_env is None, default=from_env, metavar="URL",
+                        help=f"SQLAlchemy URL: postgresql+psycopg://…, mysql+pymysql://…, sqlite:///… "
+                        f"(default: ${URL_ENV})")
+    parser.add_argument("--table-prefix", default="django_celery_beat_", metavar="P")
+    parser.add_argument("--schema", help="database schema holding the tables (PostgreSQL)")

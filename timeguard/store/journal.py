@@ -209,6 +209,32 @@ _MIGRATIONS: tuple[str, ...] = (
     UPDATE events SET body = timeguard_redact(body) WHERE body != timeguard_redact(body);
     UPDATE meta SET value = timeguard_redact(value) WHERE value != timeguard_redact(value)
     """,
+    # 6: undo records keyed by target (timeguard.repair.undo): the target kind's name, the store's fingerprint,
+    # an item key the target defines and the field. celery_beat's (table, row_id) become the item "table:row_id";
+    # a round's records become [item, name, field, old, new]. Rows written before are celery_beat's.
+    """
+    ALTER TABLE repair_round ADD COLUMN target TEXT NOT NULL DEFAULT 'celery_beat';
+    UPDATE repair_round SET records = (
+        SELECT json_group_array(json_array(json_extract(value, '$[0]') || ':' || json_extract(value, '$[1]'),
+               json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),
+               json_extract(value, '$[5]')))
+        FROM json_each(repair_round.records)) WHERE json_valid(records);
+    DROP INDEX repair_round_incident;
+    CREATE INDEX repair_round_incident ON repair_round (incident_id, target, seq);
+    CREATE TABLE repair_undone_by_target (
+        incident_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        item TEXT NOT NULL,
+        field TEXT NOT NULL,
+        round_seq INTEGER NOT NULL,  -- the incident's newest round when it was undone
+        PRIMARY KEY (incident_id, target, fingerprint, item, field)
+    );
+    INSERT INTO repair_undone_by_target (incident_id, target, fingerprint, item, field, round_seq)
+        SELECT incident_id, 'celery_beat', fingerprint, tbl || ':' || row_id, col, round_seq FROM repair_undone;
+    DROP TABLE repair_undone;
+    ALTER TABLE repair_undone_by_target RENAME TO repair_undone
+    """,
 )
 
 
@@ -795,68 +821,6 @@ class Journal:
                         lost += 1
             after = rows[-1][0]
         return copied, lost
-
-    # -------------------------------------------------------------------------------------- repair undo
-
-    def repair_undo_record(self, incident_id: str, repair_id: str, fingerprint: str,
-                           records: Iterable[tuple[Any, ...]], *, applied_wall_s: float, applied_mono_s: float) -> None:
-        """Record the old/new values of one repair round: ``records`` are (table, row_id, name, column, old, new)
-        tuples, stored as one row (see migration 4)."""
-        text = json.dumps([list(r) for r in records], separators=(",", ":"))
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO repair_round (incident_id, repair_id, fingerprint, applied_wall_s, applied_mono_s, "
-                "records) VALUES (?, ?, ?, ?, ?, ?)",
-                (incident_id, repair_id, fingerprint, applied_wall_s, applied_mono_s, text),
-            )
-
-    def repair_undo_records(self, incident_id: str, *, fingerprint: str | None = None,
-                            undone: bool | None = None) -> list[dict[str, Any]]:
-        """One entry per (database, table, row, column) the incident's repairs changed, in the order first changed:
-        ``old_value`` is the first-seen original, ``new_value`` the latest value written (undo compares against
-        it); ``key`` identifies it for :meth:`repair_undo_mark_undone`."""
-        sql = "SELECT seq, repair_id, fingerprint, applied_wall_s, records FROM repair_round WHERE incident_id = ?"
-        params: list[Any] = [incident_id]
-        if fingerprint is not None:
-            sql += " AND fingerprint = ?"
-            params.append(fingerprint)
-        rounds = self.read(sql + " ORDER BY seq", params)
-        marks = {(r["fingerprint"], r["tbl"], r["row_id"], r["col"]): r["round_seq"] for r in self.read(
-            "SELECT fingerprint, tbl, row_id, col, round_seq FROM repair_undone WHERE incident_id = ?", [incident_id])}
-        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for rnd in rounds:
-            try:
-                records = json.loads(rnd["records"])
-            except ValueError as exc:
-                raise JournalError(f"{self.path}: repair round {rnd['seq']} of {incident_id} is unreadable "
-                                   f"({exc})") from exc
-            for tbl, row_id, name, col, old, new in records:
-                key = (rnd["fingerprint"], tbl, row_id, col)
-                entry = merged.get(key)
-                if entry is None:
-                    merged[key] = {"key": key, "incident_id": incident_id, "repair_id": rnd["repair_id"],
-                                   "fingerprint": rnd["fingerprint"], "tbl": tbl, "row_id": row_id, "name": name,
-                                   "col": col, "old_value": old, "new_value": new,
-                                   "applied_wall_s": rnd["applied_wall_s"], "last_round": rnd["seq"]}
-                else:
-                    entry.update(new_value=new, applied_wall_s=rnd["applied_wall_s"], last_round=rnd["seq"])
-        out = []
-        for key, entry in merged.items():
-            entry["undone"] = int(key in marks and marks[key] >= entry.pop("last_round"))
-            if undone is None or entry["undone"] == int(undone):
-                out.append(entry)
-        return out
-
-    def repair_undo_mark_undone(self, incident_id: str, keys: Iterable[tuple[Any, ...]]) -> None:
-        """Mark entries (their ``key``) restored, as of the incident's newest round."""
-        with self.transaction() as db:
-            newest = db.execute("SELECT MAX(seq) FROM repair_round WHERE incident_id = ?", (incident_id,)).fetchone()[0]
-            db.executemany(
-                "INSERT INTO repair_undone (incident_id, fingerprint, tbl, row_id, col, round_seq) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (incident_id, fingerprint, tbl, row_id, col) "
-                "DO UPDATE SET round_seq = excluded.round_seq",
-                [(incident_id, *key, newest or 0) for key in keys],
-            )
 
 
 # ------------------------------------------------------------------------------------------ the daemon's open
