@@ -24,7 +24,7 @@ from tests.support.daemon import log_event, start, wait_for, write_config
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import scratch_dir
-from timeguard.agent import RELOAD_TIMEOUT_S
+from timeguard.daemon.reload import RELOAD_TIMEOUT_S
 from timeguard.events import EventKind
 
 WATCHDOG_S = 3.0  # WatchdogSec as the test's "systemd" announces it: pings every 1.5 s, checked once per 1-s tick

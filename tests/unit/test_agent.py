@@ -10,8 +10,10 @@ from typing import Any, ClassVar
 import pytest
 
 from timeguard import config
-from timeguard.agent import Agent, _Latest, rebase, steady_interval
+from timeguard.agent import Agent
 from timeguard.config import HookSpec
+from timeguard.daemon.jobs import steady_interval
+from timeguard.daemon.recorder import Recorder
 from timeguard.events import Event, EventKind
 from timeguard.hooks import dispatch as dispatch_mod
 from timeguard.hooks.api import AuditOutcome, AuditResult, HookContext, HookResult
@@ -29,23 +31,6 @@ def sample(offset: float, err: float = 0.001) -> Sample:
     return Sample("s", SourceKind.NTP, offset_s=offset, offset_lo_s=offset - err, offset_hi_s=offset + err)
 
 
-def test_rebase_follows_the_step_and_widens_with_age():
-    measured = reading(1000.0, 100.0)
-    latest = _Latest(sample(0.002), measured.boot_epoch_s, measured.monotonic_s)
-    now = reading(1000.0 + 60 - 3600, 160.0)  # 60 s later, after a -3600 s rollback
-    rebased = rebase(latest, now, max_age_s=600)
-    assert rebased.offset_s == pytest.approx(3600.002)  # true - host grew by the rollback
-    widen = 15e-6 * 60
-    assert rebased.offset_lo_s == pytest.approx(3600.001 - widen)
-    assert rebased.offset_hi_s == pytest.approx(3600.003 + widen)
-
-
-def test_rebase_drops_samples_that_are_too_old():
-    latest = _Latest(sample(0.0), 900.0, 100.0)
-    old = rebase(latest, reading(2000.0, 1100.0), max_age_s=300)
-    assert old.failure is SourceState.UNREACHABLE and "too old" in old.reason
-
-
 def test_steady_interval_never_enumerates_or_waits_after_jumps():
     trigger = steady_interval(15)
     now = datetime(2026, 11, 23, tzinfo=UTC)
@@ -61,60 +46,40 @@ def test_steady_interval_never_enumerates_or_waits_after_jumps():
 def agent(tmp_path):
     cfg = dataclasses.replace(config.load(None), state_dir=str(tmp_path))
     a = Agent(cfg, probe_factory=lambda c: [])
-    a.journal = Journal.in_state_dir(tmp_path)
     a.boot_id = "boot-now"
+    a.recorder = Recorder(Journal.in_state_dir(tmp_path), boot_id=a.boot_id, log=a.log)
     yield a
-    a.journal.close()
+    a.recorder.journal.close()
 
 
 def test_rollback_across_a_reboot_is_a_lower_bound(agent):
-    agent.journal.set_floor(10_000.0, "boot-before", 500.0, "shutdown")
-    agent.journal.set_meta({"last_clock": {"wall_s": 10_000.0, "boottime_s": 500.0, "boot_id": "boot-before"}})
+    agent.recorder.journal.set_floor(10_000.0, "boot-before", 500.0, "shutdown")
+    agent.recorder.journal.set_meta({"last_clock": {"wall_s": 10_000.0, "boottime_s": 500.0, "boot_id": "boot-before"}})
     agent._check_while_down(reading(6_000.0, 20.0))
-    [event] = agent.journal.events()
+    [event] = agent.recorder.journal.events()
     assert event.kind is EventKind.ROLLBACK_WHILE_DOWN
     assert event.step_s == pytest.approx(-4000.0)
     assert event.detail["lower_bound"] is True and event.detail["previous_boot_id"] == "boot-before"
-    assert agent.journal.floor().wall_s == 6_000.0  # lowered to the new truth once recorded
+    assert agent.recorder.journal.floor().wall_s == 6_000.0  # lowered to the new truth once recorded
 
 
 def test_same_boot_sees_a_rollback_the_floor_cannot(agent):
     # down for 2 h, clock set back 1 h meanwhile: the wall clock is still above the floor, the epoch is not
-    agent.journal.set_floor(10_000.0, "boot-now", 500.0, "shutdown")
-    agent.journal.set_meta({"last_clock": {"wall_s": 10_000.0, "boottime_s": 500.0, "boot_id": "boot-now"}})
+    agent.recorder.journal.set_floor(10_000.0, "boot-now", 500.0, "shutdown")
+    agent.recorder.journal.set_meta({"last_clock": {"wall_s": 10_000.0, "boottime_s": 500.0, "boot_id": "boot-now"}})
     agent._check_while_down(reading(10_000.0 + 7200 - 3600, 500.0 + 7200))
-    [event] = agent.journal.events()
+    [event] = agent.recorder.journal.events()
     assert event.kind is EventKind.ROLLBACK_WHILE_DOWN and event.step_s == pytest.approx(-3600.0)
     assert event.detail["exact"] is True and event.detail["down_for_s"] == pytest.approx(7200.0)
 
 
 def test_forward_jump_while_down_and_nothing_when_steady(agent):
-    agent.journal.set_meta({"last_clock": {"wall_s": 10_000.0, "boottime_s": 500.0, "boot_id": "boot-now"}})
+    agent.recorder.journal.set_meta({"last_clock": {"wall_s": 10_000.0, "boottime_s": 500.0, "boot_id": "boot-now"}})
     agent._check_while_down(reading(10_100.0, 600.0))  # 100 s later, no step
-    assert agent.journal.events() == []
+    assert agent.recorder.journal.events() == []
     agent._check_while_down(reading(10_100.0 + 86400, 600.0))
-    [event] = agent.journal.events()
+    [event] = agent.recorder.journal.events()
     assert event.kind is EventKind.FORWARD_JUMP and event.detail["while_down"] is True
-
-
-def test_conditions_are_recorded_on_transitions_only(agent):
-    from timeguard.measure.consensus import decide
-
-    agent._probes = [type("P", (), {"kind": SourceKind.NTP})()]
-    agent._rounds_done = {SourceKind.NTP}
-    now = reading(1000.0, 10.0)
-
-    def verdict(offset):
-        return decide([sample(offset), dataclasses.replace(sample(offset), name="t")], warning_s=0.5, critical_s=5)
-
-    for offset in (0.0, 0.0, 0.7, 0.8, 6.0, 0.0, 0.0):
-        agent._verdict, agent._verdict_complete = verdict(offset), True  # what _run_checks does, under its lock
-        agent._transition(agent._verdict, now)
-    kinds = [e.kind for e in agent.journal.events()]
-    assert kinds == [EventKind.OFFSET_WARNING, EventKind.OFFSET_CRITICAL, EventKind.RECOVERED]
-    events = agent.journal.events()
-    assert len({e.incident_id for e in events}) == 1  # one condition incident until recovered
-    assert events[0].trusted_time_s == pytest.approx(1000.7)
 
 
 def _probe(name: str, kind: SourceKind, healthy: bool) -> Probe:
@@ -138,7 +103,7 @@ def test_no_condition_before_every_configured_class_finished_its_first_round(age
     agent._probe_factory = lambda cfg: [_probe(n, k, healthy) for k in sorted(configured) for n in names[k]]
     agent._rebuild_probes()
     other_done = threading.Event()
-    record_check = agent.journal.record_check
+    record_check = agent.recorder.journal.record_check
     held_records = []
 
     def slow_record_check(record):
@@ -147,7 +112,7 @@ def test_no_condition_before_every_configured_class_finished_its_first_round(age
             assert other_done.wait(10)
         record_check(record)
 
-    agent.journal.record_check = slow_record_check
+    agent.recorder.journal.record_check = slow_record_check
     rounds = {k: threading.Thread(target=agent._run_checks, args=(k,), name=f"round-{k.value}")
               for k in (SourceKind.NTP, SourceKind.HTTP)}
     rounds[held].start()
@@ -159,41 +124,25 @@ def test_no_condition_before_every_configured_class_finished_its_first_round(age
     other_done.set()
     rounds[held].join(10)
 
-    kinds = [e.kind for e in agent.journal.events()]
+    kinds = [e.kind for e in agent.recorder.journal.events()]
     assert EventKind.RECOVERED not in kinds  # nothing had been raised that could recover
     if healthy:
         assert kinds == []
     else:  # a real condition, once both rounds are over: raised once, with the full verdict
-        [event] = agent.journal.events()
+        [event] = agent.recorder.journal.events()
         assert event.kind is EventKind.SOURCES_UNAVAILABLE
         assert f"0 of {sum(len(names[k]) for k in configured)}" in event.verdict["summary"]
-
-
-def test_a_stale_verdict_never_overrides_a_newer_one(agent):
-    """Two rounds of the same condition machine: the older verdict, judged last, is ignored."""
-    from timeguard.measure.consensus import decide
-
-    agent._probes = [type("P", (), {"kind": SourceKind.NTP})()]
-    agent._rounds_done = {SourceKind.NTP}
-    now = reading(1000.0, 10.0)
-    bad = decide([sample(6.0), dataclasses.replace(sample(6.0), name="t")], warning_s=0.5, critical_s=5)
-    good = decide([sample(0.0), dataclasses.replace(sample(0.0), name="t")], warning_s=0.5, critical_s=5)
-    agent._verdict, agent._verdict_complete = good, True  # the newest
-    agent._transition(bad, now)  # formed earlier, judged later
-    agent._transition(good, now)
-    assert agent.journal.events() == []
 
 
 def test_a_corrupt_journal_is_moved_aside_and_kept(tmp_path):
     from structlog.testing import capture_logs
 
     from timeguard import logs
-    from timeguard.agent import open_journal
-
     (tmp_path / "journal.sqlite").write_bytes(b"garbage" * 1000)
     with capture_logs() as logged:
-        journal = open_journal(str(tmp_path), logs.get())
-    journal.close()
+        recorder = Recorder.open(str(tmp_path), boot_id="boot-now", log=logs.get())
+    recorder.journal.close()
+    assert recorder.errors == 1  # timeguard_journal_errors counts the salvage
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("journal.sqlite.corrupt-")]
     assert len(aside) == 1 and aside[0].read_bytes() == b"garbage" * 1000  # nothing lost
     assert logged[0]["event"] == "journal_damaged" and logged[0]["moved_to"] == str(aside[0])
@@ -203,11 +152,11 @@ def test_a_corrupt_journal_is_moved_aside_and_kept(tmp_path):
 def test_hooks_see_the_verdict_rebased_to_the_clock_now(agent):
     # measured while the host was 180 days ahead: true - host = -180 d
     ahead = reading(1000.0 + 15552000, 100.0)
-    agent._probes = [type("P", (), {"kind": SourceKind.NTP, "name": n})() for n in ("a", "b")]
-    agent._policies = {n: type("Pol", (), {"interval_s": 64.0})() for n in ("a", "b")}
+    agent._probe_factory = lambda cfg: [_probe(n, SourceKind.NTP, True) for n in ("a", "b")]
+    agent._rebuild_probes()
     for name in ("a", "b"):
         measured = dataclasses.replace(sample(-15552000.0), name=name)
-        agent._latest[name] = _Latest(measured, ahead.boot_epoch_s, ahead.monotonic_s)
+        agent.tracker.record(name, measured, ahead)
     agent._reader = lambda: reading(1005.0, 105.0)  # 5 s later, after the rollback to the real time
     summary = agent._verdict_summary()
     assert summary["offset_s"] == pytest.approx(0.0, abs=0.01)  # the repair gate sees a correct clock now
@@ -250,9 +199,9 @@ def test_audit_raises_one_incident_retries_with_backoff_and_only_the_repair_sees
     cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, audit_retry_s=30, audit_interval_s=600))
     clock = {"mono": 100.0}
     a = Agent(cfg, probe_factory=lambda c: [], reader=lambda: reading(1e9 + clock["mono"], clock["mono"]))
-    a.journal = Journal.in_state_dir(tmp_path)
+    a.recorder = Recorder(Journal.in_state_dir(tmp_path), boot_id=a.boot_id, log=a.log)
     a._start_hooks()
-    assert a._dispatcher is not None and a._dispatcher.auditors() == ["repair"]
+    assert a.hooks.dispatcher is not None and a.hooks.dispatcher.auditors() == ["repair"]
     found = AuditResult(AuditOutcome.FOUND, "3 timestamp(s) in the future", {"counts": {"last_run_at": 3}})
     _ScriptedAuditor.script[:] = [
         AuditResult(AuditOutcome.SKIPPED, "no repair: NTP and HTTPS do not agree"),
@@ -262,8 +211,8 @@ def test_audit_raises_one_incident_retries_with_backoff_and_only_the_repair_sees
 
     def tick(at: float) -> None:
         clock["mono"] = at
-        a._audit_tick()
-        for hook in a._dispatcher.hooks:  # let the hook workers finish what the tick queued
+        a._audit_job()
+        for hook in a.hooks.dispatcher.hooks:  # let the hook workers finish what the tick queued
             while hook.pending:
                 time.sleep(0.01)
 
@@ -272,25 +221,26 @@ def test_audit_raises_one_incident_retries_with_backoff_and_only_the_repair_sees
         tick(129.0)  # not due yet: nothing runs
         assert len(_ScriptedAuditor.script) == 4
         tick(130.0)  # the error → retry in 60 s
-        assert a.journal.meta()["audit:repair"]["outcome"] == "error"
-        assert "cannot connect" in a.journal.meta()["audit:repair"]["summary"]
+        assert a.recorder.journal.meta()["audit:repair"]["outcome"] == "error"
+        assert "cannot connect" in a.recorder.journal.meta()["audit:repair"]["summary"]
         tick(190.0)  # found: one event to every hook; the repair fails → retried after the back-off (120 s)
-        [event] = a.journal.events(kinds=[EventKind.FUTURE_STATE_FOUND])
+        [event] = a.recorder.journal.events(kinds=[EventKind.FUTURE_STATE_FOUND])
         assert event.detail["hook"] == "repair" and event.detail["counts"] == {"last_run_at": 3}
         assert sorted(name for name, _ in _ScriptedAuditor.handled) == ["ops", "repair"]
         tick(309.0)
         assert len(_ScriptedAuditor.script) == 2
         tick(310.0)  # found again: same incident, only the repair runs (a retry, not a second alert)
-        second = a.journal.events(kinds=[EventKind.FUTURE_STATE_FOUND])
+        second = a.recorder.journal.events(kinds=[EventKind.FUTURE_STATE_FOUND])
         assert len(second) == 2 and second[1].incident_id == event.incident_id and second[1].detail["finding"] == 2
         assert [name for name, _ in _ScriptedAuditor.handled[2:]] == ["repair"]
         tick(550.0)  # clean: the incident closes, next regular audit in 600 s
-        assert a.journal.meta()["audit:repair"] == {"wall_s": 1e9 + 550.0, "outcome": "clean", "summary": "nothing",
-                                                    "next_in_s": 600}
-        assert a._audits["repair"].incident is None and a._audits["repair"].next_due_s == 1150.0
+        assert a.recorder.journal.meta()["audit:repair"] == {"wall_s": 1e9 + 550.0, "outcome": "clean",
+                                                             "summary": "nothing", "next_in_s": 600}
+        assert a.hooks.audits.states["repair"].incident is None
+        assert a.hooks.audits.states["repair"].next_due_s == 1150.0
     finally:
-        a._stop_hooks(outbox=True)
-        a.journal.close()
+        a.hooks.stop(outbox=True)
+        a.recorder.journal.close()
 
 
 class _Detector:
@@ -300,13 +250,14 @@ class _Detector:
 @pytest.fixture
 def reloading(agent, tmp_path, monkeypatch):
     """The agent with hooks started and a config file; ``loads`` scripts what config.load does in the worker."""
-    from timeguard import agent as agent_mod
+    from timeguard.daemon import reload as reload_mod
 
     path = tmp_path / "timeguard.yaml"
     path.write_text("")
-    agent.config_path = path
+    agent.config_path = agent.reloader.config_path = path
+    agent.clockwatch = _Detector()
     agent._start_hooks()
-    monkeypatch.setattr(agent_mod, "RELOAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(reload_mod, "RELOAD_TIMEOUT_S", 0.3)
     script: list[Any] = []
 
     def load(_path):
@@ -320,18 +271,18 @@ def reloading(agent, tmp_path, monkeypatch):
 
     monkeypatch.setattr(config, "load", load)
     yield agent, script
-    agent._stop_hooks(outbox=True)
+    agent.hooks.stop(outbox=True)
 
 
 def _reload(agent, timeout_s: float = 5.0) -> None:
     """SIGHUP as the loop handles it: start, then look each tick until done or refused."""
-    agent._reload_requested = True
-    agent._act_on_signals(_Detector())
+    agent.signals.reload = True
+    agent._act_on_signals()
     deadline = time.monotonic() + timeout_s
-    while agent._reload_job is not None and time.monotonic() < deadline:
+    while agent.reloader.job is not None and time.monotonic() < deadline:
         time.sleep(0.01)
-        agent._reload_progress(_Detector())
-    assert agent._reload_job is None
+        agent.reloader.progress()
+    assert agent.reloader.job is None
 
 
 @pytest.mark.parametrize("failure", [
@@ -343,17 +294,17 @@ def test_a_reload_that_fails_in_any_way_keeps_the_old_config(reloading, failure)
     from structlog.testing import capture_logs
 
     agent, script = reloading
-    old_cfg, old_dispatcher = agent.cfg, agent._dispatcher
+    old_cfg, old_dispatcher = agent.cfg, agent.hooks.dispatcher
     script.append(failure)
     with capture_logs() as logged:
         _reload(agent)
     [refused] = [e for e in logged if e["event"] == "reload_refused"]
     assert refused["errors"] and refused["keeping"] == old_cfg.origin
-    assert agent.cfg is old_cfg and agent._dispatcher is old_dispatcher
+    assert agent.cfg is old_cfg and agent.hooks.dispatcher is old_dispatcher
     # and the next good one is applied
     script.append(dataclasses.replace(old_cfg, origin="new.yaml"))
     _reload(agent)
-    assert agent.cfg.origin == "new.yaml" and agent._dispatcher is not old_dispatcher
+    assert agent.cfg.origin == "new.yaml" and agent.hooks.dispatcher is not old_dispatcher
 
 
 def test_a_reload_past_its_deadline_is_refused_and_its_late_result_never_applied(reloading):
@@ -373,7 +324,7 @@ def test_a_reload_past_its_deadline_is_refused_and_its_late_result_never_applied
     assert len(script) == 0 and agent.cfg is old_cfg
     for event in stuck[:2]:
         event.set()  # the stuck reads return now: nothing may come of them
-    for thread in agent._stuck_reloads:
+    for thread in agent.reloader.stuck:
         thread.join(5)
     assert agent.cfg is old_cfg
     script.append(dataclasses.replace(old_cfg, origin="good.yaml"))
@@ -385,16 +336,16 @@ def test_sighups_during_a_reload_are_one_more_reload_after_it(reloading):
     agent, script = reloading
     slow = threading.Event()
     script.extend([slow, dataclasses.replace(agent.cfg, origin="second.yaml")])
-    agent._reload_requested = True
-    agent._act_on_signals(_Detector())
-    first = agent._reload_job
+    agent.signals.reload = True
+    agent._act_on_signals()
+    first = agent.reloader.job
     for _ in range(5):  # a burst while the first reads
-        agent._on_signal(signal.SIGHUP, None)
-        agent._act_on_signals(_Detector())
-        assert agent._reload_job is first
+        agent.signals.on_signal(signal.SIGHUP, None)
+        agent._act_on_signals()
+        assert agent.reloader.job is first
     slow.set()
     first.worker.join(5)
-    agent._reload_progress(_Detector())  # the first's late-ish result ("late") is applied: it was in time
+    agent.reloader.progress()  # the first's late-ish result ("late") is applied: it was in time
     assert agent.cfg.origin == "late"
     _reload(agent)
     assert agent.cfg.origin == "second.yaml" and script == []

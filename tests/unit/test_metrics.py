@@ -22,6 +22,7 @@ from tests.unit.test_agent import _Alert, _ScriptedAuditor, reading
 from timeguard import config, logs
 from timeguard.agent import Agent
 from timeguard.config import HookSpec, MetricsOptions
+from timeguard.daemon.recorder import Recorder
 from timeguard.events import Event, EventKind
 from timeguard.hooks import dispatch as dispatch_mod
 from timeguard.hooks.api import AuditOutcome, AuditResult, DeliveryResult
@@ -125,28 +126,28 @@ def test_alerts_hook_failures_and_future_state_reach_the_textfile(tmp_path, monk
     cfg = dataclasses.replace(config.load(None), state_dir=str(tmp_path), hooks=hooks,
                               metrics=MetricsOptions(listen=None, textfile=str(textfile)))
     agent = Agent(cfg, probe_factory=lambda c: [], reader=lambda: reading(1e9, 100.0))
-    agent.journal = Journal.in_state_dir(tmp_path)
+    agent.recorder = Recorder(Journal.in_state_dir(tmp_path), boot_id=agent.boot_id, log=agent.log)
     agent._start_hooks()
     where = "postgresql://beat:***@db.example/beat"
     _ScriptedAuditor.script[:] = [AuditResult(AuditOutcome.FOUND, "2 timestamp(s) in the future",
                                               {"database": where})]
     try:
-        assert agent._dispatcher.auditors() == ["repair"]
-        agent._audit_tick()
-        for hook in agent._dispatcher.hooks:
+        assert agent.hooks.dispatcher.auditors() == ["repair"]
+        agent._audit_job()
+        for hook in agent.hooks.dispatcher.hooks:
             while hook.pending:
                 time.sleep(0.01)
-        outbox = Outbox(agent.journal, {"pager": _Receiver("pager", DeliveryResult(False, "410 Gone", permanent=True)),
-                                        "chat": _Receiver("chat", DeliveryResult(False, "503", retry_after_s=60))},
-                        trusted_now=lambda: None, epoch="boot-now")
+        receivers = {"pager": _Receiver("pager", DeliveryResult(False, "410 Gone", permanent=True)),
+                     "chat": _Receiver("chat", DeliveryResult(False, "503", retry_after_s=60))}
+        outbox = Outbox(agent.recorder.journal, receivers, trusted_now=lambda: None, epoch="boot-now")
         for hook in ("pager", "chat"):
             outbox.enqueue(hook, Event(EventKind.ROLLBACK, "inc-1", 1e9, 100.0, "boot-now"), {"text": "rollback"})
         assert outbox.run_once() == 2
         metrics = Metrics(cfg.metrics, logs.get())
-        metrics.update(agent)
+        metrics.update(agent.metrics_snapshot())
     finally:
-        agent._stop_hooks(outbox=True)
-        agent.journal.close()
+        agent.hooks.stop(outbox=True)
+        agent.recorder.journal.close()
     values = samples_of(textfile.read_text())
     assert values[("timeguard_hook_failures_total", (("hook", "repair"), ("type", "audit")))] == 1
     assert values[("timeguard_hook_failures_total", (("hook", "pager"), ("type", "alert")))] == 0  # it alerted
@@ -163,12 +164,16 @@ def test_a_test_run_is_not_a_hook_failure(tmp_path):
     from timeguard.hooks.api import HookRun, HookStatus
 
     agent = Agent(dataclasses.replace(config.load(None), state_dir=str(tmp_path)), probe_factory=lambda c: [])
+    agent.recorder = Recorder(Journal.in_state_dir(tmp_path), boot_id=agent.boot_id, log=agent.log)
+    agent._start_hooks()
     for test, dry_run, status in [(True, False, HookStatus.FAILED), (False, True, HookStatus.FAILED),
                                   (False, False, HookStatus.SKIPPED), (False, False, HookStatus.FAILED)]:
-        agent._after_hook_run(HookRun(hook="h", hook_type="webhook", event_id="e", incident_id="i",
+        agent.hooks.after_run(HookRun(hook="h", hook_type="webhook", event_id="e", incident_id="i",
                                       event_kind="rollback", status=status, summary="", details={}, output="",
                                       duration_s=0.0, dry_run=dry_run, test=test, wall_s=0.0, monotonic_s=0.0))
-    assert agent.hook_failures == {("h", "webhook"): 2}  # the failed dry run counts, the test run does not
+    agent.hooks.stop(outbox=True)
+    agent.recorder.journal.close()
+    assert agent.hooks.failures == {("h", "webhook"): 2}  # the failed dry run counts, the test run does not
 
 
 @settings(max_examples=25, deadline=None)

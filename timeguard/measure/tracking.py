@@ -1,0 +1,143 @@
+"""Source tracking for the daemon: each source's latest answer, when it may be asked again, the latest verdict.
+
+Samples are kept per source with the boot epoch (REALTIME − BOOTTIME) at which they were measured. Every
+verdict re-bases them to the current host clock (a step of Δ since the measurement shifts the offset by −Δ)
+and widens their interval by 15 ppm of their age (RFC 5905's PHI), so NTP answers from a minute ago and HTTP
+answers from a quarter of an hour ago can be combined soundly. A sample older than a few of its class's
+intervals no longer counts.
+
+Polling follows one :class:`PollPolicy` per server, NTP and HTTP alike: the class's interval, never one server
+more often than every 15 s, exponential back-off while it fails, and an NTP kiss-o'-death obeyed.
+
+Not thread-safe: the agent holds its lock around every call; measuring happens outside, between
+:meth:`Tracker.due` and :meth:`Tracker.record`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from timeguard.config import Config, DaemonOptions
+from timeguard.measure import consensus
+from timeguard.measure.check import Probe
+from timeguard.measure.ntp import PollPolicy
+from timeguard.model import Sample, SourceKind, SourceState, Verdict
+from timeguard.watch.clockwatch import ClockReading
+
+PHI = 15e-6  # RFC 5905: how fast an old sample's error grows (s/s)
+SAMPLE_MAX_AGE_INTERVALS = 3  # a sample older than 3 of its class's intervals no longer counts
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Latest:
+    """A source's latest answer and the clocks when its measurement started."""
+
+    sample: Sample
+    epoch_s: float  # boot epoch when the measurement started: what its offset is relative to
+    monotonic_s: float
+
+
+def rebase(latest: Latest, now: ClockReading, max_age_s: float) -> Sample:
+    """The sample as it applies to the host clock *now*: shifted by the clock's steps and slews since it was
+    measured, widened by PHI × age, or unreachable once too old."""
+    sample = latest.sample
+    age = now.monotonic_s - latest.monotonic_s
+    if age > max_age_s:
+        return Sample.failed(sample.name, sample.kind, SourceState.UNREACHABLE,
+                             f"last answer {age:.0f} s ago is too old (limit {max_age_s:.0f} s)")
+    if not sample.usable:
+        return sample
+    assert sample.offset_s is not None and sample.offset_lo_s is not None and sample.offset_hi_s is not None
+    shift = now.boot_epoch_s - latest.epoch_s
+    widen = PHI * max(age, 0.0)
+    return dataclasses.replace(
+        sample,
+        offset_s=sample.offset_s - shift,
+        offset_lo_s=sample.offset_lo_s - shift - widen,
+        offset_hi_s=sample.offset_hi_s - shift + widen,
+    )
+
+
+def poll_interval_s(kind: SourceKind, daemon: DaemonOptions) -> float:
+    """The configured interval of a source class."""
+    return daemon.ntp_interval_s if kind is SourceKind.NTP else daemon.http_interval_s
+
+
+def new_policy(interval_s: float) -> PollPolicy:
+    """A server's poll policy: back-off up to 16 intervals (at least 1024 s, NTP's maxpoll 10)."""
+    return PollPolicy(interval_s=interval_s, max_interval_s=max(1024.0, interval_s * 16))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Due:
+    """A source whose next poll is allowed at ``when_s`` (monotonic)."""
+
+    probe: Probe
+    when_s: float
+
+
+class Tracker:
+    def __init__(self) -> None:
+        self.probes: list[Probe] = []
+        self.policies: dict[str, PollPolicy] = {}
+        self.latest: dict[str, Latest] = {}
+        self.verdict: Verdict | None = None  # the newest verdict formed after a round
+        self.verdict_epoch_s = 0.0  # boot epoch when ``verdict`` was formed: its offset is relative to it
+
+    @property
+    def classes(self) -> frozenset[SourceKind]:
+        return frozenset(p.kind for p in self.probes)
+
+    def set_probes(self, probes: Sequence[Probe], daemon: DaemonOptions) -> None:
+        """The sources configured now. A source kept keeps its answer and its poll policy (with its back-off
+        and KoD), unless its class's interval grew: then it starts afresh at the new interval."""
+        self.probes = list(probes)
+        names = {p.name for p in self.probes}
+        self.latest = {k: v for k, v in self.latest.items() if k in names}
+        old, self.policies = self.policies, {}
+        for probe in self.probes:
+            interval = poll_interval_s(probe.kind, daemon)
+            policy = old.get(probe.name)
+            if policy is None or policy.interval_s < interval:
+                policy = new_policy(interval)
+            self.policies[probe.name] = policy
+
+    def due(self, kind: SourceKind, now_s: float, slack_s: float) -> list[Due]:
+        """The sources of ``kind`` that may be polled within ``slack_s`` of ``now_s`` (monotonic); a server that
+        sent a kiss-o'-death DENY/RSTR is never due again."""
+        due = []
+        for probe in self.probes:
+            when = self.policies[probe.name].next_poll_monotonic() if probe.kind is kind else None
+            if when is not None and when <= now_s + slack_s:
+                due.append(Due(probe, when))
+        return due
+
+    def record(self, name: str, sample: Sample, start: ClockReading) -> None:
+        """A source's answer, measured from ``start``: kept as its latest, and accounted by its poll policy."""
+        self.policies[name].record(sample)
+        self.latest[name] = Latest(sample, start.boot_epoch_s, start.monotonic_s)
+
+    def samples(self, now: ClockReading, timeout_s: float) -> list[Sample]:
+        """Every source's latest answer re-based to ``now`` (those that never answered are left out)."""
+        samples = []
+        for probe in self.probes:
+            latest = self.latest.get(probe.name)
+            if latest is not None:
+                max_age = SAMPLE_MAX_AGE_INTERVALS * self.policies[probe.name].interval_s + timeout_s
+                samples.append(rebase(latest, now, max_age))
+        return samples
+
+    def verdict_now(self, now: ClockReading, cfg: Config) -> Verdict:
+        """The consensus of the samples as they apply to the clock ``now``."""
+        return consensus.decide(self.samples(now, cfg.timeout_s), warning_s=cfg.thresholds.warning_s,
+                                critical_s=cfg.thresholds.critical_s, min_sources=cfg.consensus.min_sources,
+                                monotonic_s=now.monotonic_s)
+
+    def trusted_now(self, now: ClockReading) -> float | None:
+        """The true time at ``now`` according to the latest verdict, corrected for every step since it was
+        formed; None without a verdict that found an offset."""
+        verdict = self.verdict
+        if verdict is None or verdict.offset_s is None:
+            return None
+        return now.realtime_s + verdict.offset_s - (now.boot_epoch_s - self.verdict_epoch_s)
