@@ -49,10 +49,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
-from tests.support.realprogs import FakeClock, ManagedProcess, run_under_clock, scratch_dir
+from tests.support.realprogs import FakeClock, Lifecycle, ManagedProcess, run_under_clock, scratch_dir
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "e2e" / "beatproject"
 KINDS = ("sqlite", "postgresql", "mariadb")
@@ -153,7 +152,7 @@ class BeatState:
         return out
 
 
-class BeatDatabase:
+class BeatDatabase(Lifecycle):
     """A unique database of ``kind`` (sqlite, postgresql, mariadb) with django-celery-beat's tables migrated."""
 
     def __init__(self, kind: str, settings: dict[str, str] | None = None) -> None:
@@ -218,12 +217,10 @@ class BeatDatabase:
             finally:
                 conn.close()
 
-    def __enter__(self) -> Self:
+    def _enter(self) -> Self:
         return self.create()
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def _exit(self) -> None:
         self.drop()
 
     # -- running project code -----------------------------------------------------------------------------
@@ -337,7 +334,7 @@ class LogTail:
         self._thread.join(5)
 
 
-class BeatProcess:
+class BeatProcess(Lifecycle):
     """``python -m celery -A beatproject beat -l debug --max-interval N`` (DatabaseScheduler) under ``clock``.
 
     ``max_interval=None`` leaves beat's default (DatabaseScheduler: 5 s). ``debug`` (default) also logs every
@@ -499,14 +496,6 @@ class BeatProcess:
                     client.delete(*set(keys))
             finally:
                 client.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ from tests.support.realprogs.net import NTP_EPOCH_DELTA, NtpReply, ensure_port_f
 from tests.support.realprogs.processes import (
     CAP_SYS_TIME,
     SETPRIV_NO_SYS_TIME,
+    Lifecycle,
     LoopbackServer,
     ManagedProcess,
     StartedPid,
@@ -89,6 +90,7 @@ __all__ = [
     "SETPRIV_NO_SYS_TIME",
     "ChronyServer",
     "FakeClock",
+    "Lifecycle",
     "LoopbackServer",
     "ManagedProcess",
     "NginxServer",

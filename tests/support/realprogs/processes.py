@@ -44,6 +44,25 @@ def log_tail(path: Path | None, lines: int = 25) -> str:
 
 
 
+class Lifecycle:
+    """``with thing:`` brings ``thing`` up with :meth:`_enter` (``start()``; the thing itself when it already runs)
+    and always takes it down with :meth:`_exit` (``stop()``), whatever the block raised."""
+
+    def _enter(self) -> Self:
+        return self.start()  # type: ignore[attr-defined,no-any-return]
+
+    def _exit(self) -> None:
+        self.stop()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> Self:
+        return self._enter()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._exit()
+
+
 @dataclasses.dataclass(frozen=True)
 class StartedPid:
     pid: int
@@ -131,7 +150,7 @@ def resolve_program(program: str) -> str:
     return path
 
 
-class ManagedProcess:
+class ManagedProcess(Lifecycle):
     """A process this session started; :meth:`stop` ends it by PID and removes only its /dev/shm pair."""
 
     def __init__(
@@ -274,13 +293,8 @@ class ManagedProcess:
             _running.remove(self)
         return self.popen.returncode
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _enter(self) -> Self:
+        return self  # started by ManagedProcess.start()
 
 
 def run_under_clock(cmd: Sequence[str], clock: FakeClock, **popen_kwargs: Any) -> ManagedProcess:
@@ -320,7 +334,7 @@ def wait_until(proc: ManagedProcess, what: str, probe: Any, timeout_s: float = _
     raise RuntimeError(f"{what} did not answer within {timeout_s} s (last error: {last!r}):\n{proc.log_tail()}")
 
 
-class LoopbackServer:
+class LoopbackServer(Lifecycle):
     """A server program on a loopback port that :meth:`start` starts and waits for; ``with`` stops it by PID.
 
     Without a fixed ``port`` it takes a free one and retries (3 attempts) when another process bound it first
@@ -377,11 +391,3 @@ class LoopbackServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
