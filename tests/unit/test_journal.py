@@ -166,6 +166,7 @@ def test_readonly_missing_file(tmp_path):
 # ----------------------------------------------------------------------------------- issue 9: nothing lost
 
 import hashlib  # noqa: E402
+import itertools  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -454,3 +455,58 @@ def test_damage_anywhere_never_stops_the_daemon_nor_loses_the_evidence(tmp_path_
         assert known == [i for i in ids if i in set(known)]
     if damage is not None:
         assert (state / Path(damage["moved_to"]).name).read_bytes() == bytes(data)
+
+
+# ------------------------------------------------------------------------------- the daemon's notes, typed
+
+from timeguard.store.journal import AuditNote, ClockMark, DaemonInfo, Heartbeat, JournalDamage  # noqa: E402
+
+_text = st.text(max_size=20)
+_files = itertools.count()
+_float = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(info=st.builds(DaemonInfo, pid=st.integers(0, 2**22), version=_text, boot_id=_text, started_wall_s=_float,
+                      config=_text),
+       mark=st.builds(ClockMark, wall_s=_float, boottime_s=_float, boot_id=_text),
+       beat=st.builds(Heartbeat, boottime_s=_float, wall_s=_float, boot_id=_text, pid=st.integers(0, 2**22)),
+       audits=st.dictionaries(st.text(min_size=1, max_size=10), st.builds(
+           AuditNote, wall_s=_float, outcome=st.sampled_from(["clean", "found", "skipped", "error"]), summary=_text,
+           next_in_s=_float), max_size=3))
+def test_the_daemons_notes_read_back_typed_as_written(tmp_path, info, mark, beat, audits):
+    """What the daemon writes (start-up info, the clock mark and heartbeat, each hook's last audit) is what
+    ``status`` reads back through Journal.notes(), field for field, in the stored format of earlier versions."""
+    with Journal(tmp_path / f"n{next(_files)}.sqlite") as journal:
+        journal.set_daemon_info(info)
+        journal.set_clock(mark, beat)
+        for name, note in audits.items():
+            journal.set_audit(name, note)
+        notes = journal.notes()
+        raw = journal.meta()
+    assert notes.daemon == info and notes.last_clock == mark and notes.heartbeat == beat and notes.damage is None
+    assert notes.audits == dict(sorted(audits.items()))
+    assert raw["heartbeat"]["boottime_s"] == beat.boottime_s and raw["version"] == info.version
+    assert all(raw[f"audit:{name}"]["outcome"] == note.outcome for name, note in audits.items())
+
+
+@given(st.one_of(st.none(), st.integers(), _text, st.lists(st.integers(), max_size=3),
+                 st.dictionaries(st.sampled_from(["wall_s", "boottime_s", "boot_id", "pid", "x"]), _float,
+                                 max_size=3)))
+def test_a_note_of_the_wrong_shape_reads_as_none_never_an_exception(value):
+    """Damage or an older, half-written note: status says "never written", it does not crash."""
+    full = isinstance(value, dict) and {"wall_s", "boottime_s", "boot_id"} <= value.keys()
+    for cls in (ClockMark, Heartbeat, AuditNote, JournalDamage):
+        note = cls.from_value(value)
+        assert note is None or (full and cls in (ClockMark, Heartbeat))
+
+
+def test_salvage_damage_and_a_heartbeat_without_pid_read_typed(tmp_path):
+    path = tmp_path / jmod.FILENAME
+    path.write_bytes(b"not a database" * 100)
+    journal, report = jmod.open_for_daemon(tmp_path)
+    with journal:
+        journal.set_meta({"heartbeat": {"boottime_s": 5.0, "wall_s": 6.0, "boot_id": "b"}})  # written before pid
+        notes = journal.notes()
+    assert notes.damage == JournalDamage(**report)
+    assert notes.heartbeat == Heartbeat(boottime_s=5.0, wall_s=6.0, boot_id="b", pid=0)

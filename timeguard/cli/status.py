@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,13 +21,23 @@ from timeguard.cli.common import load_config_or_exit
 from timeguard.events import Event, EventKind
 from timeguard.hooks.outbox import OutboxStore
 from timeguard.measure.consensus import fmt_offset
-from timeguard.store.journal import FILENAME, Journal, JournalError
+from timeguard.store.journal import (
+    FILENAME,
+    DaemonInfo,
+    DaemonNotes,
+    Heartbeat,
+    Journal,
+    JournalDamage,
+    JournalError,
+)
 from timeguard.timefmt import iso as _iso
 from timeguard.watch.clockwatch import read_boot_id
 
 #: A heartbeat older than this (it is written every 10 s) means the daemon is not running.
 STALE_AFTER_S = 35.0
 EXIT_NOT_RUNNING = 3
+#: What ``status`` shows when the notes cannot be read (the problem is listed under the journal).
+_NO_NOTES = DaemonNotes(DaemonInfo(None, None, None, None, None), None, None, {}, None)
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -53,14 +64,13 @@ def _pid_is_timeguard(pid: int) -> bool:
     return b"timeguard" in cmdline
 
 
-def daemon_state(meta: dict[str, Any]) -> dict[str, Any]:
-    heartbeat = meta.get("heartbeat")
-    if not isinstance(heartbeat, dict):
+def daemon_state(heartbeat: Heartbeat | None) -> dict[str, Any]:
+    if heartbeat is None:
         return {"running": False, "why": "the daemon has never written a heartbeat"}
-    if heartbeat.get("boot_id") != read_boot_id():
-        return {"running": False, "why": "its last heartbeat is from a previous boot", "pid": heartbeat.get("pid")}
-    age = time.clock_gettime(time.CLOCK_BOOTTIME) - float(heartbeat["boottime_s"])
-    pid = int(heartbeat.get("pid", 0))
+    if heartbeat.boot_id != read_boot_id():
+        return {"running": False, "why": "its last heartbeat is from a previous boot", "pid": heartbeat.pid}
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - float(heartbeat.boottime_s)
+    pid = int(heartbeat.pid)
     alive = _pid_is_timeguard(pid)
     running = alive and age <= STALE_AFTER_S
     why = None
@@ -117,12 +127,11 @@ class _Reader:
             return default
 
 
-def _damage_line(damage: dict[str, Any]) -> str:
-    copied = sum(int(v) for v in damage.get("copied", {}).values())
-    lost = damage.get("lost") or {}
-    unread = ", ".join(f"{table}: {count}" for table, count in lost.items()) or "none"
-    return (f"found damaged at {_iso(float(damage.get('wall_s', 0)))} ({damage.get('reason')}); moved aside to "
-            f"{damage.get('moved_to')}; {copied} rows salvaged into this journal; unreadable rows: {unread}")
+def _damage_line(damage: JournalDamage) -> str:
+    copied = sum(int(v) for v in damage.copied.values())
+    unread = ", ".join(f"{table}: {count}" for table, count in (damage.lost or {}).items()) or "none"
+    return (f"found damaged at {_iso(float(damage.wall_s))} ({damage.reason}); moved aside to "
+            f"{damage.moved_to}; {copied} rows salvaged into this journal; unreadable rows: {unread}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -142,8 +151,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_NOT_RUNNING
     read = _Reader()
     with journal:
-        meta = read("meta", journal.meta, {})
-        state = daemon_state(meta)
+        notes = read("meta", journal.notes, _NO_NOTES)
+        state = daemon_state(notes.heartbeat)
         check = read("last check", journal.last_check, None)
         floor = read("floor", journal.floor, None)
         recent = read("events", lambda: journal.events(limit=args.events), []) if args.events else []
@@ -153,14 +162,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                       {"pending": None, "delivered": None, "dead": None, "oldest_pending_age_s": None})
     health["problems"] = [*health["problems"], *read.problems]
     health["ok"] = health["ok"] and not read.problems
-    damage = meta.get("journal_damage")
-    if isinstance(damage, dict):
-        health["damage"] = damage
+    damage, daemon = notes.damage, notes.daemon
+    if damage is not None:
+        health["damage"] = asdict(damage)
     data = {
         **state,
-        "version": meta.get("version"),
-        "started_wall_s": meta.get("started_wall_s"),
-        "config": meta.get("config"),
+        "version": daemon.version,
+        "started_wall_s": daemon.started_wall_s,
+        "config": daemon.config,
         "last_check": None if check is None else {
             "status": check.status, "summary": check.summary, "offset_s": check.offset_s,
             "offset_lo_s": check.offset_lo_s, "offset_hi_s": check.offset_hi_s,
@@ -171,14 +180,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         "events": [e.to_dict() for e in recent],
         "journal": health,
         "outbox": outbox,
-        "audits": {k.removeprefix("audit:"): v for k, v in sorted(meta.items()) if k.startswith("audit:")},
+        "audits": {name: asdict(note) for name, note in notes.audits.items()},
     }
     if args.json:
         print(json.dumps(data, indent=2))
         return 0 if state["running"] else EXIT_NOT_RUNNING
     if state["running"]:
         print(f"timeguard: running (pid {state['pid']}, heartbeat {state['heartbeat_age_s']:.0f} s ago), "
-              f"version {meta.get('version')}, config {meta.get('config')}")
+              f"version {daemon.version}, config {daemon.config}")
     else:
         print(f"timeguard: not running ({state['why']})")
     if check is None:
@@ -190,7 +199,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ok = "ok" if health["ok"] else "PROBLEMS: " + "; ".join(health["problems"])
     print(f"Journal: {health['path']}, {ok}, {health['size_bytes'] / 1024:.0f} KiB, "
           f"{_count(health['events'])} events, {_count(health['checks'])} checks")
-    if isinstance(damage, dict):
+    if damage is not None:
         print(f"  journal {_damage_line(damage)}")
     oldest = outbox.get("oldest_pending_age_s")
     age = f", oldest pending {oldest:.0f} s" if oldest is not None and outbox["pending"] else ""
@@ -198,9 +207,9 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{_count(outbox['dead'])} dead")
     if outbox["dead"] and outbox.get("last_dead"):
         print(f"  last dead: {outbox['last_dead']}")
-    for name, audit in data["audits"].items():
-        print(f"Audit {name} (at {_iso(audit['wall_s'])} host time): {audit['outcome']}: {audit['summary']}"
-              f" (next in {audit['next_in_s']:.0f} s)")
+    for name, audit in notes.audits.items():
+        print(f"Audit {name} (at {_iso(audit.wall_s)} host time): {audit.outcome}: {audit.summary}"
+              f" (next in {audit.next_in_s:.0f} s)")
     if recent:
         print("Last events:")
         for event in recent:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +297,103 @@ class Floor:
     boot_id: str
     boottime_s: float
     reason: str  # "raised" (periodic), "shutdown", "lowered after rollback …"
+
+
+# The daemon's notes in the ``meta`` table, typed: each is one key holding one JSON object (the names of the keys
+# and fields are the stored format; journals written before keep reading). ``from_value`` takes what was stored
+# and gives None for what is missing or not of the expected shape (damage, a half-written older version).
+
+
+def _note(cls: Any, value: Any) -> Any:
+    if not isinstance(value, dict):
+        return None
+    try:
+        return cls(**{name: value[name] for name in cls.__dataclass_fields__})
+    except (KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonInfo:
+    """Who runs (meta keys ``pid``, ``version``, ``boot_id``, ``started_wall_s``, ``config``): written at start-up."""
+
+    pid: int | None
+    version: str | None
+    boot_id: str | None
+    started_wall_s: float | None
+    config: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClockMark:
+    """The last clock reading (meta ``last_clock``): the next start-up's exact net step in the same boot."""
+
+    wall_s: float
+    boottime_s: float
+    boot_id: str
+
+    @classmethod
+    def from_value(cls, value: Any) -> ClockMark | None:
+        return _note(cls, value)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Meta ``heartbeat``, written every few seconds: ``status`` judges liveness by its CLOCK_BOOTTIME age."""
+
+    boottime_s: float
+    wall_s: float
+    boot_id: str
+    pid: int
+
+    @classmethod
+    def from_value(cls, value: Any) -> Heartbeat | None:
+        if isinstance(value, dict) and "pid" not in value:
+            value = {**value, "pid": 0}
+        return _note(cls, value)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditNote:
+    """The last audit of one hook (meta ``audit:<hook>``)."""
+
+    wall_s: float
+    outcome: str  # clean | found | skipped | error
+    summary: str
+    next_in_s: float
+
+    @classmethod
+    def from_value(cls, value: Any) -> AuditNote | None:
+        return _note(cls, value)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalDamage:
+    """What :func:`salvage` found and copied (meta ``journal_damage``)."""
+
+    wall_s: float
+    moved_to: str
+    reason: str
+    copied: dict[str, int]
+    lost: dict[str, Any]  # table → rows unreadable, or "unknown"; "*" → nothing readable
+
+    @classmethod
+    def from_value(cls, value: Any) -> JournalDamage | None:
+        return _note(cls, value)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonNotes:
+    """Every note ``status`` shows, read in one query."""
+
+    daemon: DaemonInfo
+    heartbeat: Heartbeat | None
+    last_clock: ClockMark | None
+    audits: dict[str, AuditNote]  # by hook name, sorted
+    damage: JournalDamage | None
+
+
+_AUDIT_PREFIX = "audit:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -685,6 +782,29 @@ class Journal:
             return {row["key"]: json.loads(row["value"]) for row in self.read("SELECT key, value FROM meta")}
         except ValueError as exc:
             raise JournalCorrupt(f"{self.path}: a meta row is unreadable ({exc})") from exc
+
+    def set_daemon_info(self, info: DaemonInfo) -> None:
+        self.set_meta({name: getattr(info, name) for name in DaemonInfo.__dataclass_fields__})
+
+    def set_clock(self, mark: ClockMark, heartbeat: Heartbeat) -> None:
+        """The last clock reading and the heartbeat, in one transaction."""
+        self.set_meta({"last_clock": asdict(mark), "heartbeat": asdict(heartbeat)})
+
+    def set_audit(self, hook: str, note: AuditNote) -> None:
+        self.set_meta({_AUDIT_PREFIX + hook: asdict(note)})
+
+    def notes(self) -> DaemonNotes:
+        """The daemon's notes, typed (raises JournalCorrupt when a row is unreadable, like :meth:`meta`)."""
+        meta = self.meta()
+        audits = {key.removeprefix(_AUDIT_PREFIX): AuditNote.from_value(value) for key, value in sorted(meta.items())
+                  if key.startswith(_AUDIT_PREFIX)}
+        return DaemonNotes(
+            daemon=DaemonInfo(**{name: meta.get(name) for name in DaemonInfo.__dataclass_fields__}),
+            heartbeat=Heartbeat.from_value(meta.get("heartbeat")),
+            last_clock=ClockMark.from_value(meta.get("last_clock")),
+            audits={name: note for name, note in audits.items() if note is not None},
+            damage=JournalDamage.from_value(meta.get("journal_damage")),
+        )
 
     def integrity_problems(self, limit: int = 10) -> list[str]:
         """``PRAGMA quick_check``'s findings, at most ``limit`` (empty: the file is sound); a damage that stops the
