@@ -35,7 +35,7 @@ from timeguard.measure.check import Probe, measure_all, probes
 from timeguard.measure.tracking import Tracker, poll_interval_s
 from timeguard.model import SourceKind, Verdict, verdict_summary
 from timeguard.sdnotify import Notifier
-from timeguard.store.journal import JournalError
+from timeguard.store.journal import DaemonInfo, JournalError
 from timeguard.timefmt import iso as _iso
 from timeguard.watch.clockwatch import ClockReading, ClockStep, StepDetector, read_boot_id, read_clocks
 from timeguard.watch.detector import Detector, leap_announced
@@ -81,8 +81,8 @@ class Agent:
         reading = self._reader()
         self._check_while_down(reading)
         self.recorder.clock(reading, floor=True, reason="raised at start-up")
-        self.recorder.journal.set_meta({"pid": os.getpid(), "version": __version__, "boot_id": self.boot_id,
-                                        "started_wall_s": reading.realtime_s, "config": self.cfg.origin})
+        self.recorder.journal.set_daemon_info(DaemonInfo(pid=os.getpid(), version=__version__, boot_id=self.boot_id,
+                                                         started_wall_s=reading.realtime_s, config=self.cfg.origin))
         self.clockwatch = clockwatch = StepDetector.open(threshold_s=self.cfg.daemon.step_threshold_s,
                                                          leap_pending=self._leap_pending, read=self._reader)
         if clockwatch.watcher is None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from timeguard.events import Event
 from timeguard.model import Verdict, verdict_record
-from timeguard.store.journal import CheckRecord, Journal, JournalError, open_for_daemon
+from timeguard.store.journal import CheckRecord, ClockMark, Heartbeat, Journal, JournalError, open_for_daemon
 from timeguard.watch.clockwatch import ClockReading
 
 if TYPE_CHECKING:
@@ -74,12 +74,10 @@ class Recorder:
         """The last clock reading and the heartbeat (what `timeguard status` and the next start-up read); with
         ``floor``, the floor raised to the wall time now."""
         try:
-            self.journal.set_meta({
-                "last_clock": {"wall_s": reading.realtime_s, "boottime_s": reading.boottime_s,
-                               "boot_id": self.boot_id},
-                "heartbeat": {"boottime_s": reading.boottime_s, "wall_s": reading.realtime_s,
-                              "boot_id": self.boot_id, "pid": os.getpid()},
-            })
+            self.journal.set_clock(ClockMark(wall_s=reading.realtime_s, boottime_s=reading.boottime_s,
+                                             boot_id=self.boot_id),
+                                   Heartbeat(boottime_s=reading.boottime_s, wall_s=reading.realtime_s,
+                                             boot_id=self.boot_id, pid=os.getpid()))
             if floor:
                 self.journal.raise_floor(reading.realtime_s, self.boot_id, reading.boottime_s, reason)
         except JournalError as exc:

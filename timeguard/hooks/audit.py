@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from timeguard.events import Event, EventKind, new_id
 from timeguard.hooks.api import HookRun, HookStatus
-from timeguard.store.journal import JournalError
+from timeguard.store.journal import AuditNote, JournalError
 from timeguard.watch.clockwatch import ClockReading
 
 if TYPE_CHECKING:
@@ -111,8 +111,8 @@ class AuditScheduler:
         log = self._log.warning if outcome in ("found", "error") else self._log.info
         log("audit", hook=name, outcome=outcome, summary=summary, next_in_s=round(delay, 1))
         try:
-            self._journal.set_meta({f"audit:{name}": {"wall_s": now.realtime_s, "outcome": outcome,
-                                                       "summary": summary, "next_in_s": delay}})
+            self._journal.set_audit(name, AuditNote(wall_s=now.realtime_s, outcome=outcome, summary=summary,
+                                                    next_in_s=delay))
         except JournalError as exc:
             self._journal_failed(exc, "audit")
         if event is not None:
