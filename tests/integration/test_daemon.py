@@ -15,8 +15,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -31,22 +29,11 @@ from tests.support.daemon import (
     wait_for,
     write_config,
 )
-from tests.support.fake_http import running
-from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import scratch_dir
 from timeguard import logs
 from timeguard.events import EventKind
 
 DAYS_180 = 180 * 86400
-
-
-@pytest.fixture
-def sources() -> Iterator[dict[str, Any]]:
-    servers = [FakeNTPServer() for _ in range(3)]
-    with running() as http:
-        yield {"ntp": servers, "http": http}
-    for server in servers:
-        server.close()
 
 
 def test_forward_jump_then_rollback_under_libfaketime(fake_clock, sources):

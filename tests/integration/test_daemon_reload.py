@@ -14,29 +14,17 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.daemon import log_event, start, wait_for, write_config
-from tests.support.fake_http import running
-from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import scratch_dir
 from timeguard.daemon.reload import RELOAD_TIMEOUT_S
 from timeguard.events import EventKind
 
 WATCHDOG_S = 3.0  # WatchdogSec as the test's "systemd" announces it: pings every 1.5 s, checked once per 1-s tick
-
-
-@pytest.fixture
-def sources() -> Iterator[dict[str, Any]]:
-    servers = [FakeNTPServer() for _ in range(3)]
-    with running() as http:
-        yield {"ntp": servers, "http": http}
-    for server in servers:
-        server.close()
 
 
 def _bomb(levels: int) -> str:

@@ -20,30 +20,18 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.daemon import log_event, wait_for, write_config
-from tests.support.fake_http import running
-from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import ManagedProcess, scratch_dir
 
 REPO = Path(__file__).resolve().parents[2]
 EXIT_WITHIN_S = 8.0  # hooks get 2 s to finish at shutdown; the rest is Python and SQLite
 STDLIB_LINE = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")  # what libraries log (logs.py)
 WRITE_SYSCALL = {"x86_64": 1, "aarch64": 64}.get(platform.machine())
-
-
-@pytest.fixture
-def sources() -> Iterator[dict[str, Any]]:
-    servers = [FakeNTPServer() for _ in range(3)]
-    with running() as http:
-        yield {"ntp": servers, "http": http}
-    for server in servers:
-        server.close()
 
 
 def _entries(text: str) -> list[dict[str, Any]]:

@@ -125,3 +125,16 @@ def _user_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+@pytest.fixture
+def sources() -> Iterator[dict[str, Any]]:
+    """Sources for a daemon under test: three FakeNTPServers (``"ntp"``) and a FakeDateServer (``"http"``)."""
+    from tests.support.fake_http import running
+    from tests.support.fake_ntp import FakeNTPServer
+
+    servers = [FakeNTPServer() for _ in range(3)]
+    with running() as http:
+        yield {"ntp": servers, "http": http}
+    for server in servers:
+        server.close()
