@@ -23,12 +23,10 @@ from timeguard.measure.ntp import (
     ERA_NS,
     LOCAL_READ_PRECISION_S,
     MAX_PRECISION_LOG2,
-    MIN_POLL_INTERVAL_S,
     Header,
     Ignored,
     Kiss,
     Measurement,
-    PollPolicy,
     Rejected,
     build_request,
     check_reply,
@@ -38,7 +36,6 @@ from timeguard.measure.ntp import (
     origin_of,
     unix_ns_to_ntp,
 )
-from timeguard.model import Sample, SourceKind, SourceState
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -342,98 +339,6 @@ def test_delay_a_hair_below_zero_is_clock_precision_not_an_error():
 def test_origin_of():
     assert origin_of(build_packet(origin=42)) == 42
     assert origin_of(b"x" * 47) is None
-
-
-# -- poll etiquette ---------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def ok() -> Sample:
-    return Sample(name="s", kind=SourceKind.NTP, offset_s=0.0, offset_lo_s=-0.01, offset_hi_s=0.01)
-
-
-def failed(kiss: str | None = None) -> Sample:
-    state = SourceState.UNUSABLE if kiss else SourceState.UNREACHABLE
-    return Sample.failed("s", SourceKind.NTP, state, "x", kiss_code=kiss)
-
-
-def test_poll_policy_first_poll_at_once_then_the_interval():
-    clock = FakeClock()
-    policy = PollPolicy(interval_s=64, monotonic=clock)
-    assert policy.next_poll_monotonic() == 1000.0 and policy.due()
-    policy.record(ok())
-    assert policy.next_poll_monotonic() == 1064.0 and not policy.due()
-    clock.now = 1064.0
-    assert policy.due()
-
-
-def test_poll_policy_refuses_intervals_below_15_s():
-    with pytest.raises(ValueError, match="below the 15 s minimum of RFC 4330"):
-        PollPolicy(interval_s=10)
-    assert MIN_POLL_INTERVAL_S == 15.0
-
-
-def test_poll_policy_never_polls_within_15_s_even_if_asked_early():
-    clock = FakeClock()
-    policy = PollPolicy(interval_s=15, monotonic=clock)
-    for _ in range(5):
-        policy.record(ok())
-        nxt = policy.next_poll_monotonic()
-        assert nxt is not None and nxt - clock.now >= 15.0
-        clock.now += 1  # a caller that records more often than allowed is still held to 15 s
-    assert policy.next_poll_monotonic() == clock.now - 1 + 15
-
-
-def test_poll_policy_backs_off_exponentially_on_failures_with_a_cap():
-    clock = FakeClock()
-    policy = PollPolicy(interval_s=64, max_interval_s=1024, monotonic=clock)
-    intervals = []
-    for _ in range(7):
-        policy.record(failed())
-        intervals.append(policy.interval_s)
-    assert intervals == [128, 256, 512, 1024, 1024, 1024, 1024]
-    assert policy.failures == 7
-    policy.record(ok())  # recovery returns to the normal interval
-    assert (policy.interval_s, policy.failures) == (64, 0)
-
-
-def test_poll_policy_rate_kiss_doubles_the_interval_for_good():
-    clock = FakeClock()
-    policy = PollPolicy(interval_s=64, monotonic=clock)
-    policy.record(failed("RATE"))
-    assert policy.interval_s == 128 and policy.next_poll_monotonic() == 1128
-    policy.record(ok())
-    assert policy.interval_s == 128  # not back to 64: the server asked us to slow down
-    policy.record(failed("RATE"))
-    assert policy.interval_s == 256
-    for _ in range(10):
-        policy.record(failed("RATE"))
-    assert policy.interval_s == 1024
-
-
-@pytest.mark.parametrize("code", ["DENY", "RSTR"])
-def test_poll_policy_stops_for_good_on_deny_or_rstr(code: str):
-    clock = FakeClock()
-    policy = PollPolicy(monotonic=clock)
-    policy.record(failed(code))
-    assert policy.stopped and policy.next_poll_monotonic() is None and not policy.due()
-    assert policy.stop_reason is not None and code in policy.stop_reason
-    clock.now += 10**6
-    policy.record(ok())  # nothing brings it back
-    assert policy.next_poll_monotonic() is None
-
-
-def test_poll_policy_other_kiss_codes_back_off_like_failures():
-    policy = PollPolicy(interval_s=64, monotonic=FakeClock())
-    policy.record(failed("XFOO"))
-    assert (policy.interval_s, policy.stopped) == (128, False)
 
 
 # -- DNS with a deadline ----------------------------------------------------------------------------

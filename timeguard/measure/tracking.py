@@ -16,12 +16,13 @@ Not thread-safe: the agent holds its lock around every call; measuring happens o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from timeguard.config import Config, DaemonOptions
 from timeguard.measure import consensus
 from timeguard.measure.check import Probe
-from timeguard.measure.ntp import PollPolicy
+from timeguard.measure.ntp import KISS_RATE, KISS_STOP, kiss_reason
 from timeguard.model import Sample, SourceKind, SourceState, Verdict
 from timeguard.watch.clockwatch import ClockReading
 
@@ -57,6 +58,88 @@ def rebase(latest: Latest, now: ClockReading, max_age_s: float) -> Sample:
         offset_lo_s=sample.offset_lo_s - shift - widen,
         offset_hi_s=sample.offset_hi_s - shift + widen,
     )
+
+
+#: RFC 4330 §10: a client "MUST NOT under any conditions use a poll interval less than 15 seconds".
+MIN_POLL_INTERVAL_S = 15.0
+
+
+class PollPolicy:
+    """When one server may be asked again: never within 15 s, backing off on failure, obeying KoD.
+
+    ``record(sample)`` after every query; ``next_poll_monotonic()`` says when the next is allowed
+    (on the ``monotonic`` clock, injectable for tests), or None once the server told us to go away.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval_s: float = 64.0,
+        max_interval_s: float = 1024.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval_s < MIN_POLL_INTERVAL_S:
+            raise ValueError(
+                f"poll interval {interval_s:g} s is below the {MIN_POLL_INTERVAL_S:g} s minimum of RFC 4330"
+            )
+        self._clock = monotonic
+        self._base_s = interval_s
+        self._max_s = max(max_interval_s, interval_s)
+        self._floor_s = interval_s  # raised by RATE, never lowered again
+        self._interval_s = interval_s
+        self._failures = 0
+        self._last_poll: float | None = None
+        self._next = monotonic()  # the first query may go at once
+        self._stop_reason: str | None = None
+
+    @property
+    def interval_s(self) -> float:
+        return self._interval_s
+
+    @property
+    def failures(self) -> int:
+        return self._failures
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop_reason is not None
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop_reason
+
+    def next_poll_monotonic(self) -> float | None:
+        """The earliest monotonic time the server may be queried again; None: never again."""
+        if self._stop_reason is not None:
+            return None
+        if self._last_poll is None:
+            return self._next
+        return max(self._next, self._last_poll + MIN_POLL_INTERVAL_S)
+
+    def due(self) -> bool:
+        when = self.next_poll_monotonic()
+        return when is not None and self._clock() >= when
+
+    def record(self, sample: Sample) -> None:
+        """Account for the query that produced ``sample`` (call it right after the query)."""
+        now = self._clock()
+        self._last_poll = now
+        if self._stop_reason is not None:
+            return
+        if sample.kiss_code in KISS_STOP:
+            self._stop_reason = kiss_reason(sample.kiss_code)
+            return
+        if sample.kiss_code == KISS_RATE:
+            # "MUST reduce its polling ... immediately" (RFC 5905 §7.4), and not creep back up later.
+            self._floor_s = min(max(self._floor_s, self._interval_s) * 2, self._max_s)
+            self._interval_s = self._floor_s
+        elif sample.usable:
+            self._failures = 0
+            self._interval_s = self._floor_s
+        else:
+            self._failures += 1
+            self._interval_s = min(self._floor_s * 2 ** min(self._failures, 32), self._max_s)
+        self._next = now + self._interval_s
 
 
 def poll_interval_s(kind: SourceKind, daemon: DaemonOptions) -> float:
