@@ -51,8 +51,8 @@ _timeguard() {
         "config show") opts="-h --help --config --json" ;;
         "config generate") opts="-h --help" ;;
         "repair") opts="-h --help" subs="celery-beat undo" ;;
-        "repair celery-beat") opts="-h --help --config --database-url --table-prefix --schema --dry-run --tolerance-s --no-use-tz --no-tz-aware --time-zone --beat-max-interval-s --max-rounds --json --trust-local-clock" ;;
-        "repair undo") opts="-h --help --config --database-url --table-prefix --schema --dry-run --beat-max-interval-s --json" ;;
+        "repair celery-beat") opts="-h --help --config --database-url --table-prefix --schema --tolerance-s --no-use-tz --no-tz-aware --time-zone --beat-max-interval-s --max-rounds --dry-run --json --trust-local-clock" ;;
+        "repair undo") opts="-h --help --config --database-url --table-prefix --schema --beat-max-interval-s --dry-run --json" ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -40,10 +42,16 @@ def _venv_builds_wheels() -> bool:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The example installed by pip into its own --target directory (what PYTHONPATH then points at)."""
-    work = tmp_path_factory.mktemp("plugin")
+    target = pip_install(EXAMPLE, tmp_path_factory.mktemp("plugin"))
+    assert list(target.glob("timeguard_hook_example-0.1.0.dist-info"))
+    return target
+
+
+def pip_install(example: Path, work: Path) -> Path:
+    """``example`` installed by pip (offline when the venv can build wheels) into ``work``/site."""
     source = work / "src"
     # A copy: pip builds in the source tree, and its build/ and *.egg-info must not land in the repository.
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    shutil.copytree(example, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = work / "site"
     cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps", "--target",
            str(target), str(source)]
@@ -52,7 +60,6 @@ def site(tmp_path_factory) -> Path:
     # Otherwise pip builds it in an isolated environment with setuptools and wheel from the configured index.
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     need(proc.returncode == 0, f"pip could not install the example plugin: {(proc.stdout + proc.stderr)[-2000:]}")
-    assert list(target.glob("timeguard_hook_example-0.1.0.dist-info"))
     return target
 
 
@@ -276,3 +283,172 @@ def test_the_example_through_the_dispatcher_records_its_runs(plugin, tmp_path):
     assert runs[0].event_id == real.id and runs[0].incident_id == "inc-7"
     kinds = [json.loads(line)["event"]["kind"] for line in log.read_text().splitlines()]
     assert kinds == ["rollback", "test"]
+
+
+# ------------------------------------------------------------------------------- a third-party repair target
+
+REPAIR_EXAMPLE = REPO / "examples" / "timeguard-repair-example"
+DAY = 86_400.0
+GOOD_VERDICT = {"status": "OK", "offset_s": 0.01, "offset_lo_s": 0.0, "offset_hi_s": 0.02, "ntp_http_agree": True}
+
+
+@pytest.fixture(scope="module")
+def repair_site(tmp_path_factory) -> Path:
+    """examples/timeguard-repair-example installed by pip into its own --target directory."""
+    target = pip_install(REPAIR_EXAMPLE, tmp_path_factory.mktemp("repair-plugin"))
+    assert list(target.glob("timeguard_repair_example-0.1.0.dist-info"))
+    return target
+
+
+def schedule(path: Path, now: float) -> dict:
+    """A schedule a clock 180 days ahead left behind: two future stamps, one past, one unreadable."""
+    jobs = {"backup": {"last_run": now - 3600, "every_s": 86400}, "report": {"last_run": now + 180 * DAY},
+            "nightly": {"last_run": now + 30 * DAY}, "broken": {"last_run": "yesterday"}}
+    path.write_text(json.dumps({"jobs": jobs}))
+    return jobs
+
+
+def repair_config(tmp_path: Path, hooks: str = "") -> Path:
+    path = tmp_path / "timeguard.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\n" + (f"hooks:\n{textwrap.indent(hooks, '  ')}" if hooks else ""))
+    return path
+
+
+def test_the_repair_example_runs_through_timeguard_repair_dry_run_apply_and_undo(repair_site, tmp_path):
+    """`timeguard repair example` exists because the package is installed: dry run, apply (undo recorded in the
+    journal, keyed by the target), undo (the record names the file), and refusal of what it cannot read."""
+    sched = tmp_path / "schedule.json"
+    now = time.time()
+    jobs = schedule(sched, now)
+    before = sched.read_bytes()
+    config = repair_config(tmp_path)
+    base = ("repair", "example", "--config", str(config), "--schedule-file", str(sched), "--trust-local-clock")
+
+    dry = timeguard(*base, "--dry-run", path=[repair_site], cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "--trust-local-clock: assuming this host's clock is right" in dry.stderr and "schedule file" in dry.stderr
+    table = dry.stdout.splitlines()
+    assert table[0].split()[:2] == ["ITEM", "FIELD"]
+    assert sorted(line.split()[0] for line in table[1:3]) == ["nightly", "report"]
+    assert "values it cannot read" in dry.stdout and "broken last_run 'yesterday'" in dry.stdout
+    as_json = json.loads(timeguard(*base, "--dry-run", "--json", path=[repair_site], cwd=tmp_path).stdout)
+    assert as_json["schedule_file"] == str(sched) and as_json["counts"] == {"last_run": 2}
+    future = ("report", "nightly")
+    assert {c["item"]: c["old_s"] for c in as_json["changes"]} == {n: jobs[n]["last_run"] for n in future}
+    assert sched.read_bytes() == before  # a dry run changes nothing
+
+    applied = timeguard(*base, path=[repair_site], cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    assert "repaired: 2 value(s), 1 round(s)" in applied.stdout
+    incident = applied.stdout.rsplit("undo: timeguard repair undo ", 1)[1].split()[0]
+    after = json.loads(sched.read_text())["jobs"]
+    for name in ("report", "nightly"):
+        assert now <= after[name]["last_run"] <= time.time()
+    assert after["backup"] == jobs["backup"] and after["broken"] == jobs["broken"]  # past and unreadable: as they were
+    again = timeguard(*base, path=[repair_site], cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to repair")  # idempotent
+
+    from timeguard.repair.undo import UndoLog
+    from timeguard.store.journal import Journal
+
+    with Journal.in_state_dir(tmp_path / "state") as journal:
+        records = UndoLog(journal).records(incident)
+    assert {(r["target"], r["fingerprint"], r["item"], r["field"]) for r in records} == {
+        ("example", f"file:{sched}", name, "last_run") for name in ("report", "nightly")}
+
+    undo = ("repair", "undo", incident, "--config", str(config))
+    would = timeguard(*undo, "--dry-run", path=[repair_site], cwd=tmp_path)
+    assert would.returncode == 0, would.stderr
+    assert sorted(line.split()[2] for line in would.stdout.splitlines()) == ["nightly", "report"]
+    assert json.loads(sched.read_text())["jobs"] == after
+    restored = timeguard(*undo, path=[repair_site], cwd=tmp_path)
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(sched.read_text())["jobs"] == jobs  # every old value back, exactly
+    assert "nothing left to undo" in timeguard(*undo, path=[repair_site], cwd=tmp_path).stdout
+    unknown = timeguard("repair", "undo", "no-such-incident", "--config", str(config), path=[repair_site],
+                        cwd=tmp_path)
+    assert unknown.returncode == 1 and "no repair recorded for incident no-such-incident" in unknown.stderr
+
+    # A file it cannot parse is refused in one line and left byte for byte as it was.
+    sched.write_text('{"jobs": {"report": {"last_run": 1e12}')
+    broken = sched.read_bytes()
+    bad = timeguard(*base, path=[repair_site], cwd=tmp_path)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1].startswith(f"timeguard repair: {sched}: not JSON")
+    assert "Traceback" not in bad.stderr and sched.read_bytes() == broken
+
+    # Without the package the target does not exist: a usage error naming the built-in ones (3: the `repair`
+    # parser is the top-level, Nagios-style one; its subcommands' own usage errors exit 2).
+    gone = timeguard(*base, path=[], cwd=tmp_path)
+    assert gone.returncode == 3 and "invalid choice: 'example'" in gone.stderr and "celery-beat" in gone.stderr
+
+
+@pytest.fixture
+def repair_kinds(repair_site):
+    """The example's target kind, found in this process through its entry point."""
+    from timeguard.repair import target
+
+    sys.path.insert(0, str(repair_site))
+    target._kinds = None
+    yield target.kinds()
+    sys.path.remove(str(repair_site))
+    target._kinds = None
+    for name in [m for m in sys.modules if m.startswith("timeguard_repair_example")]:
+        del sys.modules[name]
+
+
+def test_the_repair_example_through_the_generic_hook(repair_kinds, tmp_path):
+    """`type: repair, target: example`: options checked (with the evidence options the hook adds), the daemon's
+    audit finds the future stamps, the repair runs only with evidence and records its undo by target."""
+    from timeguard.repair.hook import RepairHook
+    from timeguard.repair.undo import UndoLog
+    from timeguard.store.journal import Journal
+
+    assert repair_kinds["example"].kind is not None and repair_kinds["celery_beat"].kind is not None
+    with pytest.raises(HookConfigError) as info:
+        RepairHook.from_config("s", {"target": "example", "schedule_file": "relative.json", "max_offset_s": math.nan,
+                                     "stop_command": ["true"], "colour": 1})
+    assert [k for k, _ in info.value.problems] == ["colour", "schedule_file", "max_offset_s", "stop_command"]
+    with pytest.raises(HookConfigError, match="unknown repair target 'exampel'"):
+        RepairHook.from_config("s", {"target": "exampel"})
+    with pytest.raises(HookConfigError, match="must not exceed tolerance_s"):
+        RepairHook.from_config("s", {"target": "example", "schedule_file": "/x.json", "tolerance_s": 5,
+                                     "max_offset_s": 10})
+
+    sched = tmp_path / "schedule.json"
+    now = time.time()
+    jobs = schedule(sched, now)
+    hook = RepairHook.from_config("sched", {"target": "example", "schedule_file": str(sched)})
+    assert hook.default_on == {EventKind.ROLLBACK, EventKind.ROLLBACK_WHILE_DOWN, EventKind.FUTURE_STATE_FOUND}
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        def context(verdict, dry_run=False):
+            return HookContext(dry_run=dry_run, trusted_now=lambda: now, verdict=verdict, journal=journal,
+                               hostname="h")
+
+        found = hook.audit(context(GOOD_VERDICT))
+        assert found.outcome.value == "found" and found.summary.startswith("2 value(s) in the future in ")
+        assert "180 days ahead" in found.summary and "1 value(s) it cannot read" in found.summary
+        spoofed = {**GOOD_VERDICT, "offset_s": -180 * DAY, "offset_lo_s": -180 * DAY - 1, "offset_hi_s": -180 * DAY}
+        refused = hook.handle(event(), context(spoofed))
+        assert refused.status is HookStatus.SKIPPED and "ahead of the sources" in refused.summary
+        dry = hook.handle(event(), context(GOOD_VERDICT, dry_run=True))
+        assert dry.status is HookStatus.SKIPPED and dry.summary.startswith("dry run: would change 2 timestamp(s)")
+        assert json.loads(sched.read_text())["jobs"] == jobs
+        done = hook.handle(event(), context(GOOD_VERDICT))
+        assert done.status is HookStatus.CHANGED, done.summary
+        assert done.summary.startswith(f"repaired {sched}: 2 value(s) in 1 round(s)")
+        assert {r["item"] for r in UndoLog(journal).records("inc-7", target="example")} == {"report", "nightly"}
+        assert hook.audit(context(GOOD_VERDICT)).outcome.value == "clean"
+    after = json.loads(sched.read_text())["jobs"]
+    assert after["report"]["last_run"] == after["nightly"]["last_run"] == now
+
+
+def test_a_repair_hook_for_the_example_is_validated_by_config_validate(repair_site, tmp_path):
+    config = repair_config(tmp_path, f"- type: repair\n  target: example\n  name: sched\n"
+                                     f"  schedule_file: {tmp_path}/schedule.json\n  tolerance_s: .nan\n")
+    proc = timeguard("config", "validate", str(config), path=[repair_site], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert f"{config}:7: hooks[0].tolerance_s: must be a finite number from 0 to 31622400 (got nan)" in proc.stderr
+    config.write_text(config.read_text().replace("  tolerance_s: .nan\n", ""))
+    proc = timeguard("config", "validate", str(config), path=[repair_site], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookConfigError, HookContext, HookStatus
@@ -249,3 +251,62 @@ def test_migration_5_scrubs_passwords_older_versions_wrote_and_keeps_the_undo_re
         assert meta["plain"] == "see https://example.org/x?a=1"  # text without a secret is left as it was
         assert secret not in meta["audit.beat"]["summary"]
     assert secret.encode() not in b"".join(f.read_bytes() for f in tmp_path.iterdir() if f.is_file())
+
+
+def _journal_at(path: Path, version: int) -> Any:
+    """A journal file with the schema of ``version`` (what an older timeguard left behind), open for inserts."""
+    import sqlite3
+
+    from timeguard.store.journal import _MIGRATIONS
+
+    db = sqlite3.connect(path, isolation_level=None)
+    db.create_function("timeguard_redact", 1, lambda text: text)
+    for number, script in enumerate(_MIGRATIONS[:version], start=1):
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {number}")
+    return db
+
+
+_SCHEMA5_RECORD = st.tuples(st.sampled_from(["periodictask", "periodictasks"]), st.integers(1, 10**9),
+                            st.text(max_size=30), st.sampled_from(["last_run_at", "date_changed", "last_update"]),
+                            st.one_of(st.none(), st.text(max_size=30)), st.text(max_size=30))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rounds=st.lists(st.lists(_SCHEMA5_RECORD, max_size=6), min_size=1, max_size=3), undone=st.data())
+def test_migration_6_keys_schema_5_undo_records_by_target_and_item(tmp_path: Path, rounds: list, undone: Any) -> None:
+    """A schema-5 journal's rounds ([table, row_id, name, column, old, new]) and undone marks (tbl, row_id, col)
+    are celery_beat's after migration 6: item "table:row_id", the same name, field, old and new values, in the
+    same order, the same entries undone."""
+    import json
+
+    path = tmp_path / f"j{abs(hash(repr(rounds)))}.sqlite"
+    path.unlink(missing_ok=True)
+    db = _journal_at(path, 5)
+    expected: dict[tuple[str, str], dict[str, Any]] = {}
+    for seq, records in enumerate(rounds, start=1):
+        db.execute("INSERT INTO repair_round (incident_id, repair_id, fingerprint, applied_wall_s, applied_mono_s, "
+                   "records) VALUES ('inc', 'r', 'db#p_', 1.0, 1.0, ?)", (json.dumps([list(r) for r in records]),))
+        for tbl, row_id, name, col, old, new in records:
+            key = (f"{tbl}:{row_id}", col)
+            if key in expected:
+                expected[key].update(new_value=new, last=seq)
+            else:
+                expected[key] = {"name": name, "old_value": old, "new_value": new, "last": seq}
+    marked = undone.draw(st.sets(st.sampled_from(sorted(expected)))) if expected else set()
+    for item, col in marked:
+        tbl, _, row_id = item.rpartition(":")
+        db.execute("INSERT INTO repair_undone (incident_id, fingerprint, tbl, row_id, col, round_seq) "
+                   "VALUES ('inc', 'db#p_', ?, ?, ?, ?)", (tbl, int(row_id), col, len(rounds)))
+    db.close()
+    with Journal(path) as journal:
+        rows = UndoLog(journal).records("inc")
+        assert [(r["item"], r["field"]) for r in rows] == list(expected)
+        for r in rows:
+            want = expected[(r["item"], r["field"])]
+            assert (r["target"], r["fingerprint"], r["name"], r["old_value"], r["new_value"]) == (
+                "celery_beat", "db#p_", want["name"], want["old_value"], want["new_value"])
+            assert r["undone"] == int((r["item"], r["field"]) in marked)
+        assert UndoLog(journal).records("inc", target="example") == []

@@ -277,6 +277,59 @@ class RepairTarget(Protocol):
     def undo_hint(self, incident_id: str) -> str: ...
 
 
+class BaseTarget:
+    """Defaults for what a person reads, so a third-party target writes only the five methods and its names."""
+
+    where: str
+    fingerprint: str
+    where_key: ClassVar[str] = "store"  # names ``where`` in the command line's JSON
+    what: ClassVar[str] = "store"  # "--trust-local-clock: … this writes wrong times into the {what}"
+    report_heading: ClassVar[str] = "left as they are:"
+    unreadable_heading: ClassVar[str] = "values it cannot read (left as they are; fix them by hand):"
+    not_clean_message: ClassVar[str] = "future times remain after the last round: run the repair again"
+
+    def same_store(self, fingerprint: str) -> bool:
+        return fingerprint == self.fingerprint
+
+    def close(self) -> None:
+        return None
+
+    def format_plan(self, changes: Sequence[Any]) -> str:
+        return format_table(changes)
+
+    def applying_note(self, incident_id: str) -> str:
+        return f"applying (incident {incident_id}) …"
+
+    def outcome_line(self, outcome: Any) -> str:
+        return (f"{'repaired' if outcome.clean else 'NOT CLEAN'}: {len(outcome.plan.changes)} value(s), "
+                f"{len(outcome.rounds)} round(s)")
+
+    def outcome_summary(self, outcome: Any) -> tuple[str, str]:
+        """(``failed`` | ``ok`` | ``changed``, the hook's summary)."""
+        note = unreadable_note(outcome.plan.unreadable)
+        if not outcome.clean:
+            return "failed", f"future times remain after {len(outcome.rounds)} round(s) in {self.where}{note}"
+        if not outcome.changed:
+            return "ok", f"nothing to repair in {self.where}{note}"
+        return "changed", (f"repaired {self.where}: {len(outcome.plan.changes)} value(s) in "
+                           f"{len(outcome.rounds)} round(s){note}")
+
+    def undo_hint(self, incident_id: str) -> str:
+        return f"undo: timeguard repair undo {incident_id}"
+
+    def audit_of(self, plan: Any, now_s: float) -> Audit:
+        """The audit of a plan: found when it changes anything, how far ahead the furthest value is."""
+        note = unreadable_note(plan.unreadable)
+        details = {self.where_key: self.where, "unreadable": [u.to_dict() for u in plan.unreadable]}
+        if plan.empty:
+            return Audit(False, f"no future time in {self.where}{note}", details)
+        known = [c.old_s for c in plan.changes if c.old_s is not None]
+        ahead = max(known) - now_s if known else 0.0
+        return Audit(True, f"{len(plan.changes)} value(s) in the future in {self.where}, up to "
+                     f"{fmt_duration(ahead)} ahead{note}",
+                     {**details, "counts": plan.counts(), "max_ahead_s": ahead})
+
+
 class TargetKind:
     """What the entry point names: how to open a target from hook options or from the command line.
 

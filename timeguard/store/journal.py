@@ -215,9 +215,8 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE repair_round ADD COLUMN target TEXT NOT NULL DEFAULT 'celery_beat';
     UPDATE repair_round SET records = (
-        SELECT json_group_array(json_array(json_extract(value, '$[0]') || ':' || json_extract(value, '$[1]'),
-               json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),
-               json_extract(value, '$[5]')))
+        SELECT json_group_array(json(json_set(json_remove(value, '$[1]'), '$[0]',
+               json_extract(value, '$[0]') || ':' || json_extract(value, '$[1]'))))
         FROM json_each(repair_round.records)) WHERE json_valid(records);
     DROP INDEX repair_round_incident;
     CREATE INDEX repair_round_incident ON repair_round (incident_id, target, seq);
