@@ -406,7 +406,8 @@ def test_the_dispatcher_gives_the_hook_its_timeout_and_records_exit_status_and_o
     spec = HookSpec(type="command", name="repair", on=None, timeout_s=7.0, dry_run=False,
                     options={"command": [prog]})
     journal = Journal()
-    d = Dispatcher([spec], journal=journal, trusted_now=lambda: 1.0, verdict=lambda: VERDICT, hostname="h")
+    d = Dispatcher([spec], journal=journal, recorder=journal, trusted_now=lambda: 1.0, verdict=lambda: VERDICT,
+                   hostname="h")
     try:
         (configured,) = d.hooks
         assert isinstance(configured.hook, CommandHook) and configured.hook.timeout_s == 7.0
@@ -436,7 +437,8 @@ def test_through_the_dispatcher_a_command_that_ignores_sigterm_still_dies_and_de
     spec = HookSpec(type="command", name="stubborn", on=["rollback"], timeout_s=0.5, dry_run=False,
                     options={"command": [prog], "kill_grace_s": 0.5})
     journal = Journal()
-    d = Dispatcher([spec], journal=journal, trusted_now=lambda: 1.0, verdict=lambda: VERDICT, hostname="h")
+    d = Dispatcher([spec], journal=journal, recorder=journal, trusted_now=lambda: 1.0, verdict=lambda: VERDICT,
+                   hostname="h")
     try:
         started = time.monotonic()
         flags = d.dispatch(make_event())
