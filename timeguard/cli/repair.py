@@ -23,15 +23,48 @@ TRUST_LOCAL_WARNING = (
 
 
 def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+    repair = sub.add_parser("repair", help="repair application state a wrong clock left behind (celery beat and "
+                            "other installed targets)",
+                            description="Repair what a wrong clock left behind in an application — timestamps in "
+                            "the future that keep a scheduler from running its jobs — and undo such a repair.")
+    # The targets are found through their entry points, which costs ~70 ms (importlib.metadata, the targets'
+    # modules): the subcommands are added when the repair parser is first used, not for every `timeguard check`.
+    repair.__class__ = _lazy(type(repair))
+    repair.__dict__["_populate"] = lambda: _add_targets(repair, config_arg)
+
+
+_LAZY: dict[type, type] = {}
+
+
+def _lazy(base: type) -> type:
+    """``base`` whose instance runs its ``_populate`` the first time anything reads its actions (parsing, help,
+    the docs generator)."""
+    if base not in _LAZY:
+
+        class Lazy(base):  # type: ignore[misc, valid-type]
+            @property
+            def _actions(self) -> list[argparse.Action]:
+                populate = self.__dict__.pop("_populate", None)
+                if populate is not None:
+                    populate()
+                return self.__dict__["_actions"]  # type: ignore[no-any-return]
+
+            @_actions.setter
+            def _actions(self, value: list[argparse.Action]) -> None:
+                self.__dict__["_actions"] = value
+
+        Lazy.__name__ = f"Lazy{base.__name__}"
+        _LAZY[base] = Lazy
+    return _LAZY[base]
+
+
+def _add_targets(repair: argparse.ArgumentParser, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
     from timeguard.repair.target import kinds
 
     loaded = {name: entry.kind for name, entry in kinds().items() if entry.kind is not None}
     names = ", ".join(kind.cli_name for kind in loaded.values()) or "none installed"
-    repair = sub.add_parser("repair", help=f"repair application state a wrong clock left behind ({names})",
-                            description="Repair what a wrong clock left behind in an application — timestamps in "
-                            "the future that keep a scheduler from running its jobs — and undo such a repair. "
-                            f"Targets: {names}; a third-party target is one module and one entry point in the "
-                            "group timeguard.repair_targets.")
+    repair.description = (f"{repair.description} Targets: {names}; a third-party target is one module and one "
+                          "entry point in the group timeguard.repair_targets.")
     # Plain argparse parsers: a usage error here exits 2, as for any command-line tool (not Nagios 3).
     repair_sub = repair.add_subparsers(dest="repair_command", required=True, parser_class=argparse.ArgumentParser)
     for name, kind in loaded.items():
