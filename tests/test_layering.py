@@ -36,12 +36,7 @@ LAYERS: dict[str, int] = {
 }
 
 #: Upward imports another part of issue 10 is removing right now: (importer's part, imported part) → why.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # Issue 10, "config validation does not import plugins": HookSpec.from_raw and the secret hints still ask the
-    # hook registry for a type's options (config.py). Still to do: config validates only its own keys; the hook
-    # options are validated where hooks are built (their typed options dataclasses, via config's converter).
-    ("config", "hooks"): "issue 10: hook options validated inside config.load",
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def _part(module: str) -> str:

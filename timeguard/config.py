@@ -18,7 +18,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -114,6 +114,27 @@ class LoggingOptions:
     format: str = _f(choices=("auto", "json", "console"))
 
 
+#: Options every hook has, handled by timeguard itself (a type's from_config never sees them; the plugin API,
+#: timeguard.hooks.api, exports them).
+COMMON_OPTIONS = frozenset({"type", "name", "on", "timeout_s", "dry_run"})
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class HookTypes(Protocol):
+    """What validation asks of the hook types to check each hook's own options. Configuration validates its own
+    keys and never imports a plugin: the caller hands this in (timeguard.hooks.registry.HOOK_TYPES), or None to
+    leave a hook's own options to be checked where the hook is built."""
+
+    def check(self, kind: str, name: str, options: dict[str, Any]) -> list[tuple[str, str]]:
+        """The problems of one hook's own options: (key relative to the hook — ``"type"`` for an unknown type —,
+        message). May raise secrets.Unresolved (a secret that cannot be read here)."""
+        ...
+
+    def options(self, kind: str) -> frozenset[str] | None:
+        """The options the type declares (None: unknown), to name the way out of an inline secret."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class HookSpec:
     """One item of ``hooks:``; ``options`` are the type's own keys, already validated by its from_config."""
@@ -126,10 +147,9 @@ class HookSpec:
     options: dict[str, Any]
 
     @classmethod
-    def from_raw(cls, value: Any, path: str, lines: Lines, problems: list[ConfigProblem]) -> HookSpec | None:
+    def from_raw(cls, value: Any, path: str, lines: Lines, problems: list[ConfigProblem], *,
+                 hook_types: HookTypes | None) -> HookSpec | None:
         from timeguard.events import EventKind
-        from timeguard.hooks.api import COMMON_OPTIONS, DEFAULT_TIMEOUT_S, HookConfigError
-        from timeguard.hooks.registry import UnknownHookType, find_type
 
         def bad(key: str, message: str) -> None:
             sub = f"{path}.{key}" if key else path
@@ -161,28 +181,19 @@ class HookSpec:
         if not isinstance(dry_run, bool):
             bad("dry_run", f"must be true or false, not {dry_run!r}")
         options = {k: v for k, v in value.items() if k not in COMMON_OPTIONS}
-        if isinstance(kind, str) and kind.strip():
+        if hook_types is not None and isinstance(kind, str) and kind.strip():
+            deferred = secrets.deferred_so_far()
             try:
-                hook_type = find_type(kind)
-            except UnknownHookType as exc:
-                bad("type", str(exc))
-            else:
-                deferred = secrets.deferred_so_far()
-                try:
-                    hook_type.from_config(name if isinstance(name, str) else "?", options)
-                except HookConfigError as exc:
-                    for key, message in exc.problems:
-                        bad(key, message)
-                except secrets.Unresolved:
-                    pass  # it needs a secret that cannot be read here to check more: a warning below says which
-                except Exception as exc:  # noqa: BLE001 — a plugin's bug is a config error, not a crash
-                    bad("", f"hook type {kind!r} failed to read its options: {type(exc).__name__}: {exc}")
-                for key, why in secrets.deferred_so_far()[len(deferred):]:
-                    sub = f"{path}.{key}"
-                    problems.append(ConfigProblem(sub, f"{why}: not readable here (fine if only the service can "
-                                                  "read it, e.g. a systemd credential; timeguard run refuses to "
-                                                  "start without it)", _line(lines, sub),
-                                                  warning=True))
+                for key, message in hook_types.check(kind, name if isinstance(name, str) else "?", options):
+                    bad(key, message)
+            except secrets.Unresolved:
+                pass  # it needs a secret that cannot be read here to check more: a warning below says which
+            for key, why in secrets.deferred_so_far()[len(deferred):]:
+                sub = f"{path}.{key}"
+                problems.append(ConfigProblem(sub, f"{why}: not readable here (fine if only the service can "
+                                              "read it, e.g. a systemd credential; timeguard run refuses to "
+                                              "start without it)", _line(lines, sub),
+                                              warning=True))
         if any(not p.warning for p in problems[before:]):
             return None
         return cls(kind, name, kinds, float(timeout), dry_run, options)
@@ -254,15 +265,19 @@ def discover(explicit: str | None) -> Path | None:
     return DEFAULT_PATH if DEFAULT_PATH.exists() else None
 
 
-def load(path: Path | str | None = None, *, resolve_secrets: bool = True) -> Config:
+def load(path: Path | str | None = None, *, resolve_secrets: bool = True,
+         hook_types: HookTypes | None = None) -> Config:
     """Load and validate ``path`` merged over the defaults (None: the defaults alone).
+
+    ``hook_types`` checks each hook's own options too (timeguard.hooks.registry.HOOK_TYPES, or
+    :func:`timeguard.hooks.registry.load_config`); without it they are checked where the hooks are built.
 
     ``resolve_secrets=False`` is for commands that do not use the hooks' secrets (check, status, events,
     config validate/show, hooks list): a secret that cannot be read here — a systemd credential that exists only
     inside the service, a variable only its unit sets — becomes a warning in ``Config.warnings``, not an error.
     The daemon (and a hook built from the result) still reads every secret it uses."""
     if path is None:
-        return loads("", "<embedded defaults>")
+        return loads("", "<embedded defaults>", hook_types=hook_types)
     origin = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -272,21 +287,23 @@ def load(path: Path | str | None = None, *, resolve_secrets: bool = True) -> Con
     except UnicodeDecodeError as exc:
         problem = ConfigProblem("", f"not UTF-8 text: {exc.reason} at byte {exc.start}")
         raise ConfigError(origin, [problem]) from exc
-    return loads(text, origin, resolve_secrets=resolve_secrets)
+    return loads(text, origin, resolve_secrets=resolve_secrets, hook_types=hook_types)
 
 
-def loads(text: str, origin: str = "<string>", *, resolve_secrets: bool = True) -> Config:
-    """Validate configuration text merged over the defaults (``resolve_secrets``: see :func:`load`)."""
+def loads(text: str, origin: str = "<string>", *, resolve_secrets: bool = True,
+          hook_types: HookTypes | None = None) -> Config:
+    """Validate configuration text merged over the defaults (``resolve_secrets``, ``hook_types``: see
+    :func:`load`)."""
     if not resolve_secrets:
         with secrets.deferring():
-            return loads(text, origin)
+            return loads(text, origin, hook_types=hook_types)
     defaults, _ = _parse(default_text(), "<embedded defaults>")
     user, lines = _parse(text, origin)
     if user is None:
         user = {}
     if not isinstance(user, dict):
         raise ConfigError(origin, [ConfigProblem("", f"must be a mapping of keys, not {_kind(user)}", 1)])
-    return _build(_merge(defaults, user), lines, origin)
+    return _build(_merge(defaults, user), lines, origin, hook_types)
 
 
 def to_dict(cfg: Any) -> Any:
@@ -449,11 +466,11 @@ def _merge(base: Any, over: Any) -> Any:
     return over
 
 
-def _build(data: Any, lines: Lines, origin: str) -> Config:
+def _build(data: Any, lines: Lines, origin: str, hook_types: HookTypes | None) -> Config:
     problems: list[ConfigProblem] = []
-    cfg = _convert(Config, data, "", lines, problems)
+    cfg = _convert(Config, data, "", lines, problems, hook_types=hook_types)
     _logical_checks(data, lines, problems)
-    _inline_secrets(data, "", lines, problems, hook_options=_hook_options(data))
+    _inline_secrets(data, "", lines, problems, hook_options=_hook_options(data, hook_types))
     problems.sort(key=lambda p: (p.line or 0, p.path))
     errors = [p for p in problems if not p.warning]
     warnings = tuple(p for p in problems if p.warning)
@@ -462,18 +479,13 @@ def _build(data: Any, lines: Lines, origin: str) -> Config:
     return dataclasses.replace(cfg, origin=origin, warnings=warnings)
 
 
-def _hook_options(data: Any) -> dict[str, frozenset[str] | None]:
+def _hook_options(data: Any, hook_types: HookTypes | None) -> dict[str, frozenset[str] | None]:
     """For each ``hooks[i]``: the options its type declares (None: unknown), to name the way out of a secret."""
-    from timeguard.hooks.registry import UnknownHookType, find_type, options_of
-
     found: dict[str, frozenset[str] | None] = {}
     hooks = data.get("hooks") if isinstance(data, dict) else None
     for i, hook in enumerate(hooks if isinstance(hooks, list) else []):
         kind = hook.get("type") if isinstance(hook, dict) else None
-        try:
-            found[f"hooks[{i}]"] = options_of(find_type(kind)) if isinstance(kind, str) else None
-        except UnknownHookType:
-            found[f"hooks[{i}]"] = None
+        found[f"hooks[{i}]"] = hook_types.options(kind) if hook_types is not None and isinstance(kind, str) else None
     return found
 
 
@@ -529,13 +541,14 @@ def _kind(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _convert(tp: Any, value: Any, path: str, lines: Lines, problems: list[ConfigProblem]) -> Any:
+def _convert(tp: Any, value: Any, path: str, lines: Lines, problems: list[ConfigProblem], *,
+             hook_types: HookTypes | None) -> Any:
     def bad(message: str) -> None:
         problems.append(ConfigProblem(path, message, _line(lines, path)))
 
     origin = typing.get_origin(tp)
     if hasattr(tp, "from_raw"):  # types with keys of their own (a hook's options) validate themselves
-        return tp.from_raw(value, path, lines, problems)
+        return tp.from_raw(value, path, lines, problems, hook_types=hook_types)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             bad(f"must be a mapping of keys, not {_kind(value)}")
@@ -554,7 +567,7 @@ def _convert(tp: Any, value: Any, path: str, lines: Lines, problems: list[Config
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     problems.append(ConfigProblem(sub, "is required", _line(lines, path)))
                 continue
-            converted = _convert(hints[name], value[name], sub, lines, problems)
+            converted = _convert(hints[name], value[name], sub, lines, problems, hook_types=hook_types)
             if converted is not None or value[name] is None:
                 _check_bounds(f, converted, sub, lines, problems)
                 kwargs[name] = converted
@@ -567,13 +580,14 @@ def _convert(tp: Any, value: Any, path: str, lines: Lines, problems: list[Config
         if not isinstance(value, list):
             bad(f"must be a list, not {_kind(value)}")
             return None
-        items = [_convert(item_tp, v, f"{path}[{i}]", lines, problems) for i, v in enumerate(value)]
+        items = [_convert(item_tp, v, f"{path}[{i}]", lines, problems, hook_types=hook_types)
+                 for i, v in enumerate(value)]
         return tuple(items)
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(args[0], value, path, lines, problems)
+        return _convert(args[0], value, path, lines, problems, hook_types=hook_types)
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -52,10 +52,11 @@ class SignallingStream:
 def main(argv: list[str]) -> int:
     from timeguard import config, logs
     from timeguard.agent import Agent
+    from timeguard.hooks.registry import HOOK_TYPES
 
     config_path, log_path, plan_text = argv
     plan: dict[str, list[str]] = json.loads(plan_text)
-    cfg = config.load(config_path)
+    cfg = config.load(config_path, hook_types=HOOK_TYPES)
     with Path(log_path).open("a", buffering=1) as log_file:
         stream: Any = SignallingStream(log_file, plan)
         logs.configure(cfg.logging.level, cfg.logging.format, stream=stream)

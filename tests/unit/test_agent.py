@@ -260,7 +260,7 @@ def reloading(agent, tmp_path, monkeypatch):
     monkeypatch.setattr(reload_mod, "RELOAD_TIMEOUT_S", 0.3)
     script: list[Any] = []
 
-    def load(_path):
+    def load(_path, **_options):
         step = script.pop(0)
         if isinstance(step, threading.Event):
             step.wait(10)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from timeguard.cli import repair as repair_cli
 from timeguard.hooks.api import HookConfigError, HookContext, HookStatus
+from timeguard.hooks.registry import HOOK_TYPES
 from timeguard.repair.celery_beat import (
     NUMERIC_OPTIONS,
     URL_ENV,
@@ -255,6 +256,6 @@ def test_a_bad_number_in_the_config_file_names_the_line_and_key(data: st.DataObj
     text = (f"hooks:\n  - type: celery_beat\n    name: beat\n    database_url_env: TG_BEAT_URL\n"
             f"    {key}: {literal}\n")
     with pytest.raises(ConfigError) as info:
-        loads(text, "beat.yaml")
+        loads(text, "beat.yaml", hook_types=HOOK_TYPES)
     [problem] = info.value.problems
     assert str(problem.path) == f"hooks[0].{key}" and problem.line == 5, problem

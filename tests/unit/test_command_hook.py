@@ -19,6 +19,7 @@ from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookConfigError, HookContext, HookStatus
 from timeguard.hooks.command import CHANGED_MARKER, EXIT_SKIP, MAX_OUTPUT_BYTES, CommandHook
 from timeguard.hooks.dispatch import MAX_OUTPUT, Dispatcher
+from timeguard.hooks.registry import HOOK_TYPES
 
 VERDICT = {"status": "OK", "offset_s": 3600.25, "offset_lo_s": 3600.0, "offset_hi_s": 3600.5, "summary": "ok"}
 
@@ -376,14 +377,15 @@ def test_config_validate_reports_a_missing_program_with_its_path_and_line():
             command: [no-such-program-tg, restart]
         """)
     with pytest.raises(config.ConfigError) as info:
-        config.loads(text, "t.yaml")
+        config.loads(text, "t.yaml", hook_types=HOOK_TYPES)
     (problem,) = info.value.problems
     assert problem.path == "hooks[0].command[0]" and problem.line == 4
     assert "program 'no-such-program-tg' not found on PATH" in problem.message
 
 
 def test_a_valid_command_hook_loads_with_the_type_default_kinds():
-    cfg = config.loads('hooks:\n  - {type: command, name: ok, command: ["true"], timeout_s: 3}\n')
+    cfg = config.loads('hooks:\n  - {type: command, name: ok, command: ["true"], timeout_s: 3}\n',
+                       hook_types=HOOK_TYPES)
     (spec,) = cfg.hooks
     assert (spec.type, spec.name, spec.on, spec.timeout_s) == ("command", "ok", None, 3.0)
     assert spec.options == {"command": ["true"]}

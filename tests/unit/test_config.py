@@ -132,3 +132,55 @@ def test_to_dict_round_trips():
 
     cfg = config.load(None)
     assert config.loads(yaml.safe_dump(config.to_dict(cfg))) == cfg
+
+
+# ------------------------------------------------- config validates its own keys; hooks' options by their types
+
+BAD_HOOKS = """\
+thresholds: {warning_s: 0.5}
+hooks:
+  - type: command
+    name: fix
+    command: [no-such-program-tg]
+  - type: no-such-type
+    name: other
+"""
+
+
+def test_validating_the_config_imports_no_hook_or_plugin_module():
+    """config.loads checks its own keys (a hook's type, name, on, timeout_s, dry_run included) without importing
+    timeguard.hooks or any plugin: the hook types check their options only when the caller hands them in."""
+    import subprocess
+    import sys
+
+    code = ("import sys, timeguard.config as c\n"
+            f"cfg = c.loads({BAD_HOOKS!r}, 't.yaml')\n"
+            "assert [h.name for h in cfg.hooks] == ['fix', 'other']\n"
+            "print(sorted(m for m in sys.modules if m.startswith('timeguard.hooks') or 'entry_points' in m))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_hook_types_report_each_hooks_options_with_path_and_line():
+    from timeguard.hooks.registry import HOOK_TYPES
+
+    with pytest.raises(config.ConfigError) as info:
+        config.loads(BAD_HOOKS, "t.yaml", hook_types=HOOK_TYPES)
+    found = {(p.path, p.line) for p in info.value.problems}
+    assert found == {("hooks[0].command[0]", 5), ("hooks[1].type", 6)}, info.value.problems
+    assert "unknown hook type 'no-such-type'" in str(info.value)
+
+
+@pytest.mark.parametrize("command", [["config", "validate"], ["status"], ["hooks", "list"]])
+def test_the_command_line_still_checks_the_hooks_options(tmp_path, capsys, command):
+    from timeguard.cli.main import main
+
+    path = tmp_path / "t.yaml"
+    path.write_text(f"state_dir: {tmp_path}\n" + BAD_HOOKS)
+    try:
+        code = main([*command, "--config", str(path)])
+    except SystemExit as exc:  # status: load_config_or_exit
+        code = exc.code
+    assert code == 1
+    err = capsys.readouterr()
+    assert "hooks[0].command[0]" in err.out + err.err and "no-such-type" in err.out + err.err

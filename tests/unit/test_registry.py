@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from timeguard import cli
+from timeguard.cli import main as cli
 from timeguard.events import EventKind
 from timeguard.hooks import listing, registry
 from timeguard.hooks.api import HookConfigError, HookResult
@@ -358,7 +358,7 @@ def test_a_plugin_s_unreadable_secret_is_a_warning_in_hooks_list_and_an_error_fo
     assert lines[2].strip().startswith("warning: line 2: hooks[0].token_file: cannot read /nonexistent/cred/token")
     assert lines[4].strip().startswith("warning: line 3: hooks[1].token_env: environment variable TG_REGISTRY_UNSET")
     with pytest.raises(config.ConfigError) as info:
-        config.load(path)
+        config.load(path, hook_types=registry.HOOK_TYPES)
     assert [p.path for p in info.value.problems] == ["hooks[0].token_file", "hooks[1].token_env"]
 
 
@@ -368,7 +368,7 @@ def test_a_plugin_s_inline_secret_is_warned_with_the_way_out_it_declares(token_t
     path = tmp_path / "timeguard.yaml"
     path.write_text("hooks:\n  - {type: token, name: t, token: s3cr3t-value}\n"
                     "  - {type: bare, name: b, url: x, api_key: s3cr3t-value}\n")
-    warnings = {w.path: w for w in config.load(path).warnings}
+    warnings = {w.path: w for w in config.load(path, hook_types=registry.HOOK_TYPES).warnings}
     assert "token_file (a systemd credential" in warnings["hooks[0].token"].message
     assert "see its documentation" in warnings["hooks[1].api_key"].message
     result = listing.collect(path)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from timeguard import config, secrets
+from timeguard.hooks.registry import HOOK_TYPES
 from timeguard.secrets import MASK, redact, redact_text, redact_url
 
 # A secret worth finding: "ZQ" (which nothing else generated here contains) and then anything.
@@ -137,13 +138,13 @@ def test_a_secret_only_the_service_can_read_is_a_warning_outside_it(monkeypatch,
     for var in ("TG_TEST_UNSET", "TG_UNSET", "CREDENTIALS_DIRECTORY"):
         monkeypatch.delenv(var, raising=False)
     text = hook_yaml(hook)
-    cfg = config.loads(text, "t.yaml", resolve_secrets=False)
+    cfg = config.loads(text, "t.yaml", resolve_secrets=False, hook_types=HOOK_TYPES)
     (warning,) = cfg.warnings
     assert warning.path == path and why in warning.message and "not readable here" in warning.message
     assert warning.line == config._parse(text, "t.yaml")[1][path]
     assert [h.name for h in cfg.hooks] == ["h"]
     with pytest.raises(config.ConfigError) as info:  # the daemon, which uses it, still needs it
-        config.loads(text, "t.yaml")
+        config.loads(text, "t.yaml", hook_types=HOOK_TYPES)
     assert [p.path for p in info.value.problems] == [path]
 
 
@@ -160,11 +161,11 @@ def test_a_secret_that_is_read_and_wrong_is_still_an_error(monkeypatch, tmp_path
         ({"type": "webhook", "name": "h", "url": "https://a.example/", "secret": "whsec_inline"}, "inline secrets"),
     ]:
         with pytest.raises(config.ConfigError, match=fragment):
-            config.loads(hook_yaml(hook), "t.yaml", resolve_secrets=False)
+            config.loads(hook_yaml(hook), "t.yaml", resolve_secrets=False, hook_types=HOOK_TYPES)
 
 
 def test_deferral_ends_with_the_load():
-    config.loads(hook_yaml(UNREADABLE[0][0]), "t.yaml", resolve_secrets=False)
+    config.loads(hook_yaml(UNREADABLE[0][0]), "t.yaml", resolve_secrets=False, hook_types=HOOK_TYPES)
     assert secrets.defer("k", "why") is False  # outside a deferring block a missing secret is an error again
 
 
@@ -189,7 +190,7 @@ INLINE = [
 
 @pytest.mark.parametrize(("hook", "path", "way_out", "secret"), INLINE)
 def test_an_inline_secret_is_warned_with_the_way_out(hook, path, way_out, secret):
-    cfg = config.loads(hook_yaml(hook), "t.yaml")
+    cfg = config.loads(hook_yaml(hook), "t.yaml", hook_types=HOOK_TYPES)
     (warning,) = cfg.warnings
     assert warning.path == path and "inline" in warning.message and way_out in warning.message
     assert secret not in warning.format("t.yaml")

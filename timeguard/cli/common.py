@@ -16,8 +16,9 @@ def load_config(explicit: str | None) -> Config:
     """For commands that do not use the hooks' secrets: one that exists only inside the service (a systemd
     credential, a variable its unit sets) is not an error here (timeguard.config.load, resolve_secrets)."""
     from timeguard import config
+    from timeguard.hooks.registry import HOOK_TYPES
 
-    return config.load(config.discover(explicit), resolve_secrets=False)
+    return config.load(config.discover(explicit), resolve_secrets=False, hook_types=HOOK_TYPES)
 
 
 def load_config_or_exit(explicit: str | None) -> Config:

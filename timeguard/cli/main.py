@@ -295,10 +295,11 @@ def _event_kinds() -> list[Any]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from timeguard import config, logs
     from timeguard.agent import Agent
+    from timeguard.hooks.registry import HOOK_TYPES
 
     path = config.discover(args.config)
     try:
-        cfg = config.load(path)
+        cfg = config.load(path, hook_types=HOOK_TYPES)
     except config.ConfigError as exc:
         print(logs.for_stderr(f"timeguard run: invalid configuration, not starting:\n{exc}"), file=sys.stderr)
         return EXIT_CONFIG
@@ -379,6 +380,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     from timeguard import config
+    from timeguard.hooks.registry import HOOK_TYPES
 
     if args.config_command == "generate":
         sys.stdout.write(config.default_text())
@@ -386,7 +388,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
     explicit = getattr(args, "file", None) or args.config
     path = config.discover(explicit)
     try:
-        cfg = config.load(path, resolve_secrets=False)  # a secret only the service can read is a warning
+        # a secret only the service can read is a warning
+        cfg = config.load(path, resolve_secrets=False, hook_types=HOOK_TYPES)
     except config.ConfigError as exc:
         count = len(exc.problems)
         print(f"{exc.origin}: invalid, {count} error{'s' if count != 1 else ''}:", file=sys.stderr)

@@ -114,7 +114,9 @@ def _load_config(explicit: str | None) -> Any:
 
     # The repair uses the sources, thresholds and state_dir, never a hook's secret: a credential that exists only
     # inside the service (a systemd credential, a variable its unit sets) must not stop a repair run from a shell.
-    return config.load(config.discover(explicit), resolve_secrets=False)
+    from timeguard.hooks.registry import HOOK_TYPES
+
+    return config.load(config.discover(explicit), resolve_secrets=False, hook_types=HOOK_TYPES)
 
 
 def _journal(cfg: Any) -> Any:

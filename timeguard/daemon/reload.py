@@ -18,6 +18,7 @@ from typing import Any
 
 from timeguard import config as config_mod
 from timeguard.config import Config
+from timeguard.hooks.registry import HOOK_TYPES
 
 RELOAD_TIMEOUT_S = 10.0  # a SIGHUP's new configuration not read and validated by then is refused
 MAX_STUCK_RELOADS = 2  # reload threads still stuck past their deadline (a FIFO, a hung NFS) before SIGHUP is refused
@@ -71,7 +72,7 @@ class Reloader:
         origin = str(self.config_path) if self.config_path is not None else "<embedded defaults>"
         errors = ["unknown error"]
         try:
-            cfg = config_mod.load(self.config_path)
+            cfg = config_mod.load(self.config_path, hook_types=HOOK_TYPES)
             job.result = Prepared(cfg, self._prepare(cfg))
             return
         except config_mod.ConfigError as exc:

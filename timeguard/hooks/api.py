@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 # HookStatus and HookRun are values the journal stores too, so they are defined below the plugin API, in events;
 # this module is where plugins import them from (the contract names them).
+from timeguard.config import COMMON_OPTIONS, DEFAULT_TIMEOUT_S  # options every hook has, handled by timeguard
 from timeguard.events import Event, EventKind, HookRun, HookStatus
 
 if TYPE_CHECKING:
@@ -39,9 +40,6 @@ __all__ = [
 #: Increment when Hook/HookType/HookContext change incompatibly; a plugin may check it.
 API_VERSION = 1
 
-#: Options every hook has, handled by timeguard itself (a type's from_config never sees them).
-COMMON_OPTIONS = frozenset({"type", "name", "on", "timeout_s", "dry_run"})
-DEFAULT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,7 +90,8 @@ def collect(path: Path | str | None) -> Listing:
     problems: list[config.ConfigProblem] = []
     warnings: tuple[config.ConfigProblem, ...] = ()
     try:
-        warnings = config.load(path, resolve_secrets=False).warnings  # this shell may not read the service's
+        # this shell may not read the service's secrets
+        warnings = config.load(path, resolve_secrets=False, hook_types=registry.HOOK_TYPES).warnings
     except config.ConfigError as exc:
         problems, warnings = exc.problems, exc.warnings
     raw, readable = _raw_hooks(path)

@@ -107,3 +107,36 @@ def options_of(hook_type: Any) -> frozenset[str] | None:
     if isinstance(found, set | frozenset | tuple | list) and all(isinstance(k, str) for k in found):
         return frozenset(found)
     return None
+
+
+class _RegistryHookTypes:
+    """The registry as configuration validation sees it (:class:`timeguard.config.HookTypes`)."""
+
+    def check(self, kind: str, name: str, options: dict[str, Any]) -> list[tuple[str, str]]:
+        from timeguard import secrets
+        from timeguard.hooks.api import HookConfigError
+
+        try:
+            hook_type = find_type(kind)
+        except UnknownHookType as exc:
+            return [("type", str(exc))]
+        try:
+            hook_type.from_config(name, options)
+        except HookConfigError as exc:
+            return list(exc.problems)
+        except secrets.Unresolved:
+            raise  # config says which secret could not be read here
+        except Exception as exc:  # noqa: BLE001 — a plugin's bug is a config error, not a crash
+            return [("", f"hook type {kind!r} failed to read its options: {type(exc).__name__}: {exc}")]
+        return []
+
+    def options(self, kind: str) -> frozenset[str] | None:
+        try:
+            return options_of(find_type(kind))
+        except UnknownHookType:
+            return None
+
+
+#: Hand this to timeguard.config.load/loads (``hook_types=``) to check every hook's own options with its type.
+HOOK_TYPES = _RegistryHookTypes()
+
