@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration import test_daemon
 from tests.support.daemon import checks, events, log_event, start, wait_for, write_config
 from tests.support.realprogs import SETPRIV_NO_SYS_TIME, scratch_dir
 from tests.support.require import need, need_program
@@ -24,7 +23,6 @@ from timeguard.hooks.outbox import OutboxStore
 from timeguard.store.journal import FILENAME, Journal
 
 EX_CONFIG = 78
-sources = test_daemon.sources  # the fixture: three fake NTP servers and an HTTP Date server on loopback
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "timeguard.service"
 AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--bounding-set", "-sys_time",
              "--inh-caps", "-sys_time", "--")
