@@ -51,6 +51,8 @@ PRUNE_INTERVAL_S = 3600.0  # how often the journal's retention runs
 
 
 class Agent:
+    """Builds the parts of the flow, runs the detection loop and hands each input to the part that decides."""
+
     def __init__(self, cfg: Config, *, config_path: Path | None = None,
                  reader: Callable[[], ClockReading] = read_clocks,
                  probe_factory: Callable[[Config], list[Probe]] = probes, notifier: Notifier | None = None) -> None:
@@ -174,10 +176,9 @@ class Agent:
 
     def _check_while_down(self, reading: ClockReading) -> None:
         """At start-up: did the clock move while we were not watching?"""
-        journal = self.recorder.journal
-        floor = journal.floor()
+        floor = self.recorder.journal.floor()
         event = self.detector.while_down(reading, boot_id=self.boot_id, threshold_s=self.cfg.daemon.step_threshold_s,
-                                         last_clock=journal.meta().get("last_clock"),
+                                         last_clock=self.recorder.journal.meta().get("last_clock"),
                                          floor_wall_s=None if floor is None else floor.wall_s,
                                          floor_boot_id=None if floor is None else floor.boot_id)
         if event is not None:
