@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from timeguard.events import Event, EventKind
-from timeguard.hooks.api import Delivery, DeliveryResult, HookRun, HookStatus
 from timeguard.hooks import outbox as outbox_mod
+from timeguard.hooks.api import Delivery, DeliveryResult, HookRun, HookStatus
 from timeguard.hooks.outbox import OUTBOX_KEY, Outbox, OutboxStore, backoff_s, split_payload
 from timeguard.store import journal as jmod
 from timeguard.store.journal import Journal, JournalError
