@@ -29,9 +29,17 @@ DEFAULT_PATH = Path("/etc/timeguard/timeguard.yaml")
 ENV_VAR = "TIMEGUARD_CONFIG"
 
 
-def _f(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None,
-       lo_open: bool = False, choices: tuple[str, ...] | None = None) -> Any:
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices}
+def option(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False, choices: tuple[str, ...] | None = None, doc: str = "",
+           secret: bool | str = False, schema: dict[str, Any] | None = None) -> Any:
+    """A field of a configuration dataclass — the top-level sections below and every hook type's ``Options`` —
+    with what the one converter (:func:`convert_options`, ``_convert``) checks and what ``config schema`` says:
+    ``lo``/``hi`` bounds (``lo_open``: ``lo`` itself excluded), ``choices``, a one-line ``doc``. ``secret=True``:
+    a secret read from ``<name>_env`` or ``<name>_file`` (never written in the file; ``secret="inline"``: the
+    bare ``<name>`` is accepted too), resolved by the hook; the field only declares the three keys. ``schema``: the
+    JSON Schema of a value the converter leaves to the hook's own checks (type ``Any``)."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "doc": doc, "secret": secret,
+            "schema": schema}
     if default is dataclasses.MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
@@ -40,7 +48,7 @@ def _f(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float
 @dataclass(frozen=True, slots=True)
 class NtpServer:
     host: str
-    port: int = _f(123, lo=1, hi=65535)
+    port: int = option(123, lo=1, hi=65535)
     name: str | None = None
 
     @property
@@ -68,38 +76,38 @@ class Sources:
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    warning_s: float = _f(lo=0, lo_open=True)
-    critical_s: float = _f(lo=0, lo_open=True)
+    warning_s: float = option(lo=0, lo_open=True)
+    critical_s: float = option(lo=0, lo_open=True)
 
 
 @dataclass(frozen=True, slots=True)
 class NtpOptions:
-    samples: int = _f(lo=1, hi=8)
-    max_root_distance_s: float = _f(lo=0, lo_open=True, hi=16)  # RFC 5905 MAXDISP
+    samples: int = option(lo=1, hi=8)
+    max_root_distance_s: float = option(lo=0, lo_open=True, hi=16)  # RFC 5905 MAXDISP
 
 
 @dataclass(frozen=True, slots=True)
 class HttpOptions:
-    requests: int = _f(lo=1, hi=16)
+    requests: int = option(lo=1, hi=16)
 
 
 @dataclass(frozen=True, slots=True)
 class ConsensusOptions:
-    min_sources: int = _f(lo=1)
+    min_sources: int = option(lo=1)
 
 
 @dataclass(frozen=True, slots=True)
 class DaemonOptions:
-    tick_s: float = _f(lo=0.01, hi=60)
-    step_threshold_s: float = _f(lo=0.05, hi=3600)
-    flap_window_s: float = _f(lo=0, hi=86400)
-    ntp_interval_s: float = _f(lo=15, hi=86400)  # RFC 4330: never below 15 s
-    http_interval_s: float = _f(lo=15, hi=86400)
-    floor_interval_s: float = _f(lo=1, hi=3600)
-    audit_interval_s: float = _f(lo=10, hi=86400)
-    audit_retry_s: float = _f(lo=1, hi=86400)
-    events_retention_days: float = _f(lo=1, hi=36500)  # retention (timeguard.store.journal.Journal.prune_events)
-    events_max: int = _f(lo=1000)
+    tick_s: float = option(lo=0.01, hi=60)
+    step_threshold_s: float = option(lo=0.05, hi=3600)
+    flap_window_s: float = option(lo=0, hi=86400)
+    ntp_interval_s: float = option(lo=15, hi=86400)  # RFC 4330: never below 15 s
+    http_interval_s: float = option(lo=15, hi=86400)
+    floor_interval_s: float = option(lo=1, hi=3600)
+    audit_interval_s: float = option(lo=10, hi=86400)
+    audit_retry_s: float = option(lo=1, hi=86400)
+    events_retention_days: float = option(lo=1, hi=36500)  # retention (timeguard.store.journal.Journal.prune_events)
+    events_max: int = option(lo=1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +118,68 @@ class MetricsOptions:
 
 @dataclass(frozen=True, slots=True)
 class LoggingOptions:
-    level: str = _f(choices=("debug", "info", "warning", "error"))
-    format: str = _f(choices=("auto", "json", "console"))
+    level: str = option(choices=("debug", "info", "warning", "error"))
+    format: str = option(choices=("auto", "json", "console"))
 
 
 #: Options every hook has, handled by timeguard itself (a type's from_config never sees them; the plugin API,
 #: timeguard.hooks.api, exports them).
 COMMON_OPTIONS = frozenset({"type", "name", "on", "timeout_s", "dry_run"})
 DEFAULT_TIMEOUT_S = 10.0
+
+
+def option_names(options_type: Any) -> tuple[str, ...]:
+    """The keys an ``Options`` dataclass accepts, in declared order: a secret field gives ``<name>``,
+    ``<name>_env`` and ``<name>_file`` (the bare name only to be refused with a way out, unless inline)."""
+    names: list[str] = []
+    for f in dataclasses.fields(options_type):
+        names.append(f.name)
+        if f.metadata.get("secret"):
+            names += [f"{f.name}_env", f"{f.name}_file"]
+    return tuple(names)
+
+
+def convert_options(options_type: Any, options: typing.Mapping[str, Any], *, hook: str,
+                    extra: typing.Iterable[str] = ()) -> tuple[Any, list[tuple[str, str]]]:
+    """A hook's own options → an instance of its ``Options`` dataclass, with the converter that checks the rest of
+    the configuration (types, bounds, choices, "did you mean"). Returns ``(instance or None, problems)``; each
+    problem is ``(key relative to the hook, message)``, which config turns into path and line. A value with a
+    problem is left at its default (the instance is None only when a required one is missing or wrong). Secret
+    fields are only declared here: the hook reads them (None in the instance). ``extra``: more keys the hook
+    accepts and checks itself (a repair target's own)."""
+    problems: list[ConfigProblem] = []
+    names = (*option_names(options_type), *extra)
+    for key in options:
+        if key not in names:
+            hint = did_you_mean(str(key), names, listing="its options")
+            problems.append(ConfigProblem(str(key), f"unknown option of a {hook} hook{hint}"))
+    hints = typing.get_type_hints(options_type)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(options_type):
+        if f.metadata.get("secret"):
+            continue
+        if f.name not in options:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                doc = f.metadata.get("doc")
+                problems.append(ConfigProblem(f.name, f"is required ({doc})" if doc else "is required"))
+            continue
+        value = options[f.name]
+        if hints[f.name] is Any:
+            kwargs[f.name] = value  # the hook checks it (and says how in its schema)
+            continue
+        converted = _convert(hints[f.name], value, f.name, {}, problems, hook_types=None)
+        if converted is None and value is not None:
+            continue
+        if converted is not None or value is None:
+            before = len(problems)
+            _check_bounds(f, converted, f.name, {}, problems)
+            if len(problems) == before:
+                kwargs[f.name] = converted
+    try:
+        instance = options_type(**kwargs)
+    except TypeError:  # a required key was missing or invalid: already reported
+        instance = None
+    return instance, [(p.path, p.message) for p in problems]
 
 
 class HookTypes(Protocol):
@@ -203,7 +265,7 @@ class HookSpec:
 class Config:
     sources: Sources
     thresholds: Thresholds
-    timeout_s: float = _f(lo=0, lo_open=True, hi=300)
+    timeout_s: float = option(lo=0, lo_open=True, hi=300)
     ntp: NtpOptions
     http: HttpOptions
     consensus: ConsensusOptions
@@ -575,6 +637,15 @@ def _convert(tp: Any, value: Any, path: str, lines: Lines, problems: list[Config
             return tp(**kwargs)
         except TypeError:
             return None  # a required key was missing or invalid: already reported
+    if tp is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            bad(f"must be a mapping, not {_kind(value)}")
+            return None
+        (_, item_tp) = typing.get_args(tp)
+        return {k: _convert(item_tp, v, f"{path}.{k}", lines, problems, hook_types=hook_types)
+                for k, v in value.items()}
     if origin is tuple:
         (item_tp, _) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -718,3 +789,124 @@ def _check_metrics(metrics: dict[str, Any], bad: Any) -> None:
             bad("metrics.listen", f"must be HOST:PORT, e.g. 127.0.0.1:9958, not {listen!r}")
     if isinstance(textfile, str) and not textfile.endswith(".prom"):
         bad("metrics.textfile", f"must end in .prom (node_exporter reads only *.prom), not {textfile!r}")
+
+
+# ------------------------------------------------------------------------------------------- JSON Schema
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def json_schema(hook_options: typing.Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The whole configuration as a JSON Schema (draft 2020-12), for editors (yaml-language-server) and CI:
+    the sections from the dataclasses above with the embedded defaults, and ``hooks:`` items with the options
+    every hook has plus each type's own. ``hook_options``: type name → :func:`options_schema` of its ``Options``
+    (None for a type that declares none: its options are left open). What the schema cannot say — checks across
+    keys, files that must exist, a program on PATH — ``config validate`` still checks."""
+    defaults, _ = _parse(default_text(), "<embedded defaults>")
+    schema = _schema_of(Config, defaults, hook_options)
+    return {"$schema": SCHEMA_DIALECT, "title": "timeguard configuration",
+            "description": "timeguard's YAML configuration (timeguard config schema); merged over the defaults of "
+                           "timeguard config generate, so no key is required", **schema}
+
+
+def options_schema(options_type: Any) -> dict[str, Any]:
+    """An ``Options`` dataclass as the ``properties``/``required`` of a JSON Schema object (secrets expanded to
+    their ``_env``/``_file`` keys; the bare key only where it may be written inline)."""
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    hints = typing.get_type_hints(options_type)
+    for f in dataclasses.fields(options_type):
+        doc = f.metadata.get("doc") or ""
+        if f.metadata.get("secret"):
+            text = {"type": "string", "minLength": 1}
+            if f.metadata["secret"] == "inline":  # noqa: S105 - a marker, not a password
+                properties[f.name] = {**text, "description": f"{doc} (inline: discouraged)".strip()}
+            properties[f"{f.name}_env"] = {**text, "description": f"{doc}: the environment variable holding it"}
+            properties[f"{f.name}_file"] = {**text, "description": f"{doc}: the file holding it (relative: in "
+                                                                   "$CREDENTIALS_DIRECTORY)"}
+            continue
+        default = None if f.default is dataclasses.MISSING else f.default
+        properties[f.name] = _field_schema(f, hints[f.name], default, {})
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+    return {"properties": properties, "required": required}
+
+
+def _field_schema(f: dataclasses.Field[Any], tp: Any, default: Any,
+                  hook_options: typing.Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
+    meta = f.metadata
+    schema = dict(meta["schema"]) if meta.get("schema") else _schema_of(tp, default, hook_options)
+    if meta.get("choices"):
+        schema["enum"] = list(meta["choices"])
+    if meta.get("lo") is not None:
+        schema["exclusiveMinimum" if meta.get("lo_open") else "minimum"] = meta["lo"]
+    if meta.get("hi") is not None:
+        schema["maximum"] = meta["hi"]
+    if meta.get("doc"):
+        schema["description"] = meta["doc"]
+    if default is not None and not isinstance(default, dict | list) and schema.get("type") != "object":
+        schema["default"] = default
+    return schema
+
+
+def _schema_of(tp: Any, default: Any, hook_options: typing.Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
+    if tp is HookSpec:
+        return _hook_schema(hook_options)
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        given = default if isinstance(default, dict) else {}
+        properties = {}
+        required = []
+        for f in dataclasses.fields(tp):
+            if f.name in _META_FIELDS:
+                continue
+            value = given.get(f.name, None if f.default is dataclasses.MISSING else f.default)
+            properties[f.name] = _field_schema(f, hints[f.name], value, hook_options)
+            if f.name not in given and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                required.append(f.name)
+        out: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+        if required:
+            out["required"] = required
+        return out
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return {"type": "array", "items": _schema_of(typing.get_args(tp)[0], None, hook_options)}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _schema_of(typing.get_args(tp)[1], None, hook_options)}
+    if origin in (types.UnionType, typing.Union):
+        (arg,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return {"anyOf": [_schema_of(arg, default, hook_options), {"type": "null"}]}
+    simple = {bool: {"type": "boolean"}, int: {"type": "integer"}, float: {"type": "number"},
+              str: {"type": "string", "pattern": r"\S"}}
+    if tp in simple:
+        return dict(simple[tp])
+    return {}  # Any: the hook checks it
+
+
+def _hook_schema(hook_options: typing.Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
+    from timeguard.events import EventKind
+
+    common: dict[str, Any] = {
+        "type": {"type": "string", "pattern": r"\S", "description": "the hook type (an entry point in "
+                 "timeguard.hooks): " + ", ".join(sorted(hook_options))},
+        "name": {"type": "string", "pattern": r"\S", "description": "unique; shown in logs, the journal and "
+                 "timeguard hooks list"},
+        "on": {"type": "array", "items": {"enum": [k.value for k in EventKind]},
+               "description": "the event kinds it runs for (default: the type's own)"},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": DEFAULT_TIMEOUT_S,
+                      "description": "seconds a run may take"},
+        "dry_run": {"type": "boolean", "default": False,
+                    "description": "the hook says what it would do, and does nothing"},
+    }
+    branches = []
+    for kind, own in sorted(hook_options.items()):
+        if own is None:
+            continue
+        then = {"properties": {**common, **own["properties"]}, "additionalProperties": False}
+        if own["required"]:
+            then["required"] = list(own["required"])
+        branches.append({"if": {"properties": {"type": {"const": kind}}, "required": ["type"]}, "then": then})
+    schema: dict[str, Any] = {"type": "object", "required": ["type", "name"], "properties": common}
+    if branches:
+        schema["allOf"] = branches
+    return schema

@@ -321,7 +321,8 @@ def not_executable(tmp_path: Path) -> str:
     ({"command": ["true"], "env": ["A=1"]}, "env", "must be a mapping"),
     ({"command": ["true"], "cwd": "/nonexistent-tg"}, "cwd", "is not an existing directory"),
     ({"command": ["true"], "cwd": "relative"}, "cwd", "must be an absolute directory path"),
-    ({"command": ["true"], "kill_grace_s": 0}, "kill_grace_s", "in (0, 60]"),
+    ({"command": ["true"], "kill_grace_s": 0}, "kill_grace_s", "must be > 0, not 0"),
+    ({"command": ["true"], "kill_grace_s": 61}, "kill_grace_s", "must be ≤ 60, not 61"),
     ({"command": ["true"], "run_in_dry_run": 1}, "run_in_dry_run", "must be true or false"),
     ({"command": ["true"], "comand": ["x"]}, "comand", "did you mean 'command'?"),
 ])

@@ -130,9 +130,12 @@ def test_every_target_is_repaired_only_under_the_evidence_rule(offset):
 def test_target_options_unknown_names_and_discovery_errors(memory_kind):
     with pytest.raises(HookConfigError) as info:
         RepairHook.from_config("m", {"target": "memory", "size": "big", "sise": 1, "service": "a.service"})
-    assert info.value.problems[0] == ("sise", "unknown option (known: max_offset_s, service, size, start_command, "
-                                              "stop_command, target)")
+    assert info.value.problems[0] == ("sise", "unknown option of a repair hook (did you mean 'size'?)")
     assert info.value.problems[1] == ("size", "must be a whole number")
+    with pytest.raises(HookConfigError) as info:
+        RepairHook.from_config("m", {"target": "memory", "qqqqq": 1})
+    assert info.value.problems == [("qqqqq", "unknown option of a repair hook; its options: max_offset_s, "
+                                             "stop_command, start_command, service, size, target")]
     with pytest.raises(HookConfigError, match="repair target 'broken' is unusable: failed to import x: boom"):
         RepairHook.from_config("m", {"target": "broken"})
     with pytest.raises(HookConfigError, match=r"unknown repair target 'nope' \(installed: celery_beat, memory\)"):
@@ -178,3 +181,42 @@ def test_undo_finds_the_target_in_the_record_and_asks_for_what_it_cannot_know(tm
     assert capsys.readouterr().err.strip() == (
         "timeguard repair: incident inc-9 repaired sqlite:///beat.sqlite3#django_celery_beat_, not "
         "sqlite:///other.sqlite3#django_celery_beat_")
+
+
+def test_an_owner_command_that_overruns_the_hook_s_timeout_is_killed_with_its_process_group(memory_kind, tmp_path):
+    """The owner's stop runs under the command hook's supervisor with the hook's timeout_s (set by the
+    dispatcher from the configuration), not a fixed 120 s: at the deadline its whole group — a child it left
+    running too — gets SIGTERM, and nothing is repaired."""
+    import os
+    import time
+
+    from timeguard.config import HookSpec
+    from timeguard.hooks import dispatch
+
+    pidfile = tmp_path / "grandchild.pid"
+    stop = ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; sleep 60"]
+    spec = HookSpec("repair", "m", None, 0.5, False, {"target": "memory", "stop_command": stop,
+                                                       "start_command": ["true"]})
+    configured = dispatch.build(spec)
+    assert configured.error is None and configured.hook.timeout_s == 0.5
+    event = Event(kind=EventKind.ROLLBACK, incident_id="i", wall_time_s=NOW, monotonic_s=1.0, boot_id="b")
+    started = time.monotonic()
+    result = configured.hook.handle(event, ctx())
+    assert time.monotonic() - started < 10
+    assert result.status is HookStatus.FAILED
+    assert result.summary.startswith(f"stop_command {' '.join(stop)}: timed out after 0.5 s"), result.summary
+    assert "SIGTERM" in result.summary
+    assert memory_kind.store["a"] == NOW + 86400.0 and memory_kind.calls == []  # nothing repaired
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{grandchild}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(grandchild, 9)
+        pytest.fail("the stop command's child outlived its group's SIGTERM")

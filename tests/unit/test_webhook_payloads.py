@@ -59,7 +59,7 @@ def test_webhook_config_problems_are_all_reported_by_key(monkeypatch):
                                    "request_timeout_s": 0, "headers": {"webhook-id": "x", "bad name": "y"},
                                    "urll": 1})
     assert "plain http" in found["url"] and "allow_plain_http" in found["url"]
-    assert "json or alertmanager" in found["format"]
+    assert "must be one of json, alertmanager" in found["format"]
     assert "NOPE_SECRET is not set" in found["secret_env"]
     assert "request_timeout_s" in found
     assert "set by timeguard itself" in found["headers.webhook-id"]

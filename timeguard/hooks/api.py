@@ -14,6 +14,13 @@ Hook configuration (one item of the ``hooks:`` list)::
       timeout_s: 10            # per run (default 10)
       dry_run: false           # the hook says what it would do, and does nothing
       ...                      # the type's own options, validated by its from_config()
+
+A type declares its own options as a dataclass, ``Options`` (fields made with :func:`option`: a default, bounds,
+choices, a one-line ``doc``, ``secret=True``), and checks them in ``from_config`` with
+``opts, problems = convert_options(cls.Options, options, hook="mytype")`` — the converter the rest of the
+configuration goes through (types, ranges, "did you mean"), so ``config validate`` gives every error with its path
+and line and ``timeguard config schema`` describes the type's options for editors. A type without ``Options``
+(written before it) still works: its ``from_config`` checks its options alone, and the schema leaves them open.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 # HookStatus and HookRun are values the journal stores too, so they are defined below the plugin API, in events;
 # this module is where plugins import them from (the contract names them).
-from timeguard.config import COMMON_OPTIONS, DEFAULT_TIMEOUT_S  # options every hook has, handled by timeguard
+# Options every hook has (handled by timeguard), and the converter a type's own typed options go through.
+from timeguard.config import COMMON_OPTIONS, DEFAULT_TIMEOUT_S, convert_options, option
 from timeguard.events import Event, EventKind, HookRun, HookStatus
 
 if TYPE_CHECKING:
@@ -34,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALL_REAL_KINDS", "API_VERSION", "COMMON_OPTIONS", "DEFAULT_TIMEOUT_S", "AuditOutcome", "AuditResult", "Auditor",
     "Deliverer", "Delivery", "DeliveryResult", "Hook", "HookConfigError", "HookContext", "HookResult", "HookRun",
-    "HookStatus", "HookType",
+    "HookStatus", "HookType", "convert_options", "option",
 ]
 
 #: Increment when Hook/HookType/HookContext change incompatibly; a plugin may check it.
@@ -161,6 +169,8 @@ class HookType(Protocol):
 
     #: Default event kinds when the config gives no ``on:`` (the built-in alerts: every non-test kind).
     default_on: ClassVar[frozenset[EventKind]]
+    # Optional (so not declared here, a Protocol would demand it): ``Options``, the type's own options as a
+    # dataclass of option() fields (see the module documentation).
 
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, Any]) -> Hook:

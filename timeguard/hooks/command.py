@@ -51,7 +51,6 @@ result ("killed after ignoring SIGTERM") instead of abandoning the run.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import re
@@ -67,10 +66,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from timeguard.events import Event, EventKind
-from timeguard.hints import did_you_mean
-from timeguard.hooks.api import DEFAULT_TIMEOUT_S, HookConfigError, HookContext, HookResult, HookStatus
+from timeguard.hooks.api import (
+    DEFAULT_TIMEOUT_S,
+    HookConfigError,
+    HookContext,
+    HookResult,
+    HookStatus,
+    convert_options,
+    option,
+)
 from timeguard.sdnotify import child_env
 from timeguard.secrets import redact_text
+from timeguard.timefmt import iso
 
 #: The soft-fail exit status (EX_TEMPFAIL, borgmatic's SOFT_FAIL_EXIT_CODE): "not applicable", not an error.
 EXIT_SKIP = 75
@@ -87,7 +94,6 @@ OUTPUT_LINGER_S = 0.5
 _REAP_S = 1.0
 _POLL_S = 0.05  # how often ctx.cancelled() is checked while the program runs
 
-OPTIONS = ("command", "shell", "env", "cwd", "run_in_dry_run", "kill_grace_s")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 #: First words of a ``shell: true`` command that are not programs on PATH (so they are not validated).
 _SHELL_WORDS = frozenset({
@@ -97,9 +103,28 @@ _SHELL_WORDS = frozenset({
 })
 
 
+@dataclass(frozen=True, slots=True)
+class CommandOptions:
+    command: Any = option(doc="the program and its arguments as a list, e.g. [systemctl, restart, celery-beat]",
+                          schema={"anyOf": [{"type": "array", "minItems": 1, "items": {"type": ["string", "number"]}},
+                                            {"type": "string", "minLength": 1}]})
+    shell: bool = option(False, doc="command is one string run by /bin/sh -c")
+    env: Any = option(None, doc="extra variables; a secret one as {file: PATH} or {env: VAR}",
+                      schema={"type": "object", "additionalProperties": {"anyOf": [
+                          {"type": ["string", "number"]},
+                          {"type": "object", "minProperties": 1, "maxProperties": 1,
+                           "properties": {"env": {"type": "string"}, "file": {"type": "string"}},
+                           "additionalProperties": False}]}})
+    cwd: str | None = option(None, doc="working directory (an absolute path that exists)")
+    run_in_dry_run: bool = option(False, doc="run it in dry-run mode too, with TIMEGUARD_DRY_RUN=1")
+    kill_grace_s: float = option(DEFAULT_KILL_GRACE_S, lo=0, lo_open=True, hi=60,
+                                 doc="on timeout, SIGTERM to its process group, SIGKILL this much later")
+
+
 class CommandHook:
     """Runs one program per event; see the module documentation for the conventions."""
 
+    Options: ClassVar[type[CommandOptions]] = CommandOptions
     default_on: ClassVar[frozenset[EventKind]] = frozenset({EventKind.ROLLBACK, EventKind.ROLLBACK_WHILE_DOWN})
 
     def __init__(
@@ -143,32 +168,16 @@ class CommandHook:
 
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, Any]) -> CommandHook:
-        problems: list[tuple[str, str]] = []
-        for key in options:
-            if key not in OPTIONS:
-                hint = did_you_mean(str(key), OPTIONS, listing="its options")
-                problems.append((str(key), f"unknown option of a command hook{hint}"))
-
-        flags: dict[str, bool] = {}
-        for key in ("shell", "run_in_dry_run"):
-            value = options.get(key, False)
-            if not isinstance(value, bool):
-                problems.append((key, f"must be true or false, not {value!r}"))
-            flags[key] = value is True
-
-        grace = options.get("kill_grace_s", DEFAULT_KILL_GRACE_S)
-        if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 < grace <= 60:
-            problems.append(("kill_grace_s", f"must be a number of seconds in (0, 60], not {grace!r}"))
-            grace = DEFAULT_KILL_GRACE_S
-
-        env = _check_env(options.get("env"), problems)
-        cwd = _check_cwd(options.get("cwd"), problems)
-        argv = _check_command(options.get("command"), flags["shell"], env, cwd, problems)
+        opts, problems = convert_options(CommandOptions, options, hook="command")
+        opts = opts or CommandOptions(command=None)  # a bad value was reported and left at its default
+        env = _check_env(opts.env, problems)
+        cwd = _check_cwd(opts.cwd, problems)
+        argv = _check_command(opts.command, opts.shell, env, cwd, problems)
         if problems:
             raise HookConfigError(problems)
         assert argv is not None
-        return cls(name, argv, shell=flags["shell"], env=env, cwd=cwd, run_in_dry_run=flags["run_in_dry_run"],
-                   kill_grace_s=float(grace))
+        return cls(name, argv, shell=opts.shell, env=env, cwd=cwd, run_in_dry_run=opts.run_in_dry_run,
+                   kill_grace_s=opts.kill_grace_s)
 
     # --------------------------------------------------------------------------------------------- run
 
@@ -182,19 +191,11 @@ class CommandHook:
         stdin = stdin_document(event, ctx, hook=self.name).encode()
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                cwd=self.cwd, start_new_session=True, close_fds=True,
-            )
+            run = run_supervised(self.argv, timeout_s=self.timeout_s, grace_s=self.kill_grace_s, stdin=stdin,
+                                 env=env, cwd=self.cwd, cancelled=ctx.cancelled)
         except OSError as exc:
             return HookResult.failed(f"could not start {self.display}: {exc.strerror or exc}", argv=self.shown_argv,
                                      cwd=self.cwd, errno=exc.errno)
-        run = _Run(proc, stdin, deadline=started + self.timeout_s, grace_s=self.kill_grace_s,
-                   cancelled=ctx.cancelled)
-        try:
-            run.supervise()
-        finally:
-            run.close()
         return self._result(run, time.monotonic() - started)
 
     def _result(self, run: _Run, duration_s: float) -> HookResult:
@@ -238,9 +239,7 @@ class CommandHook:
 
 
 def _iso(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).isoformat(timespec="microseconds")
+    return iso(seconds, "microseconds", none="", utc="+00:00")
 
 
 def _num(value: Any) -> str:
@@ -340,9 +339,7 @@ def _check_cwd(value: Any, problems: list[tuple[str, str]]) -> str | None:
 def _check_command(value: Any, shell: bool, env: Mapping[str, str], cwd: str | None,
                    problems: list[tuple[str, str]]) -> tuple[str, ...] | None:
     path_var = env.get("PATH", os.environ.get("PATH", os.defpath))
-    if value is None:
-        problems.append(("command", "is required: the program and its arguments as a list, e.g. "
-                         "[systemctl, restart, celery-beat]"))
+    if value is None:  # required: the converter said so
         return None
     if shell:
         if not isinstance(value, str) or not value.strip():
@@ -413,6 +410,26 @@ def _check_program(program: str, path_var: str, cwd: str | None) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ supervising
+
+
+def run_supervised(argv: Sequence[str], *, timeout_s: float, grace_s: float = DEFAULT_KILL_GRACE_S,
+                   stdin: bytes = b"", env: Mapping[str, str] | None = None, cwd: str | None = None,
+                   cancelled: Callable[[], bool] = lambda: False) -> _Run:
+    """Run ``argv`` in its own process group until it exits, ``timeout_s`` passes or ``cancelled()``: then the
+    group gets SIGTERM and, ``grace_s`` later, SIGKILL. Feeds ``stdin``; keeps the head and tail of its output.
+    The one supervisor of child programs (the command hook, a repair owner's stop/start). OSError: it could not
+    be started."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True, close_fds=True,
+    )
+    run = _Run(proc, stdin, deadline=started + timeout_s, grace_s=grace_s, cancelled=cancelled)
+    try:
+        run.supervise()
+    finally:
+        run.close()
+    return run
 
 
 @dataclass

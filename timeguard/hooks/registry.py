@@ -6,6 +6,7 @@ naming both; a plugin that fails to import is reported with its error and does n
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import threading
 import traceback
@@ -95,11 +96,30 @@ def find_type(name: str) -> Any:
     return entry.hook_type
 
 
+def options_schema_of(hook_type: Any) -> dict[str, Any] | None:
+    """The JSON Schema ``properties``/``required`` of a type's own options: its ``options_schema()`` (a type
+    whose options depend on a target), else its ``Options`` dataclass; None when it declares none (a plugin
+    written before ``Options``; its options are left open)."""
+    from timeguard.config import options_schema
+
+    own = getattr(hook_type, "options_schema", None)
+    if callable(own):
+        return own()
+    options = getattr(hook_type, "Options", None)
+    if dataclasses.is_dataclass(options):
+        return options_schema(options)
+    return None
+
+
 def options_of(hook_type: Any) -> frozenset[str] | None:
-    """The option names a hook type declares — its ``OPTIONS``, else its module's ``OPTIONS``/``_OPTIONS`` — or
-    None when it declares none (a plugin need not). Used to say which way out a type offers (``url_file``…)."""
+    """The option names a hook type declares — from its ``Options`` (:func:`options_schema_of`), else a plugin's
+    older ``OPTIONS`` or its module's ``OPTIONS``/``_OPTIONS`` — or None when it declares none (a plugin need
+    not). Used to say which way out a type offers (``url_file``…)."""
     import sys
 
+    schema = options_schema_of(hook_type)
+    if schema is not None:
+        return frozenset(schema["properties"])
     found = getattr(hook_type, "OPTIONS", None)
     if found is None:
         module = sys.modules.get(getattr(hook_type, "__module__", ""))
@@ -135,6 +155,18 @@ class _RegistryHookTypes:
             return options_of(find_type(kind))
         except UnknownHookType:
             return None
+
+    def schemas(self) -> dict[str, dict[str, Any] | None]:
+        """Every usable type's options schema by name (:func:`options_schema_of`), for ``config schema``."""
+        found: dict[str, dict[str, Any] | None] = {}
+        for name, entry in discover().items():
+            if entry.hook_type is None:
+                continue
+            try:
+                found[name] = options_schema_of(entry.hook_type)
+            except Exception:  # noqa: BLE001 - a type that cannot describe itself is left open, not fatal
+                found[name] = None
+        return found
 
 
 #: Hand this to timeguard.config.load/loads (``hook_types=``) to check every hook's own options with its type.

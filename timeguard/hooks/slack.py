@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from timeguard import __version__, secrets
 from timeguard.events import Event, EventKind
-from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext
+from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext, convert_options, option
 from timeguard.hooks.outbox import split_payload
 from timeguard.hooks.webhook import (
     DEFAULT_ON,
     DEFAULT_REQUEST_TIMEOUT_S,
     QueuedAlert,
-    check_common,
-    check_unknown,
+    SendOptions,
+    check_ca_bundle,
+    check_url,
     event_time,
     headline,
     human_duration,
@@ -72,10 +74,15 @@ def _severity_for(event: Event) -> str:
     return severity(event)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlackOptions(SendOptions):
+    webhook_url: str | None = option(None, secret="inline",  # noqa: S106 - a marker, not a password
+                                     doc="Slack's incoming-webhook URL (the URL is the secret)")
+
+
 class SlackHook(QueuedAlert):
     default_on: ClassVar[frozenset[EventKind]] = DEFAULT_ON
-    OPTIONS: ClassVar[set[str]] = {"webhook_url", "webhook_url_env", "webhook_url_file", "request_timeout_s",
-                                   "ca_bundle", "allow_plain_http"}
+    Options: ClassVar[type[SlackOptions]] = SlackOptions
 
     def __init__(self, name: str, webhook_url: str, *, ca_bundle: str | None = None,
                  request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
@@ -90,11 +97,9 @@ class SlackHook(QueuedAlert):
 
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, Any]) -> SlackHook:
-        from timeguard.hooks.webhook import check_url
-
-        problems: list[tuple[str, str]] = []
-        check_unknown(options, cls.OPTIONS, problems)
-        allow_http, timeout, ca = check_common(options, problems)
+        opts, problems = convert_options(SlackOptions, options, hook="slack")
+        opts = opts or SlackOptions()  # nothing is required: a bad value was reported and left at its default
+        ca = check_ca_bundle(opts.ca_bundle, problems)
         url_text = read_secret(options, "webhook_url", problems, inline_ok=True)
         url = None
         if url_text is None and not any(k in options for k in ("webhook_url", "webhook_url_env",
@@ -103,12 +108,12 @@ class SlackHook(QueuedAlert):
                                             "(Slack's incoming-webhook URL)"))
         elif url_text is not None:
             key = next(k for k in ("webhook_url", "webhook_url_env", "webhook_url_file") if k in options)
-            url = check_url(url_text, key, allow_http, problems, secret=True)
+            url = check_url(url_text, key, opts.allow_plain_http, problems, secret=True)
         if problems:
             raise HookConfigError(problems)
         if url is None:  # the URL could not be read here (secrets.deferring): the rest is fine
             raise secrets.Unresolved("webhook_url")
-        return cls(name, url, ca_bundle=ca, request_timeout_s=timeout)
+        return cls(name, url, ca_bundle=ca, request_timeout_s=opts.request_timeout_s)
 
     # ------------------------------------------------------------------------------------------ handle
 

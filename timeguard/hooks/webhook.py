@@ -33,19 +33,26 @@ import binascii
 import hashlib
 import hmac
 import json
-import math
 import os
 import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from timeguard import __version__, secrets
 from timeguard.events import Event, EventKind
-from timeguard.hints import did_you_mean
-from timeguard.hooks.api import Delivery, DeliveryResult, HookConfigError, HookContext, HookResult
+from timeguard.hooks.api import (
+    Delivery,
+    DeliveryResult,
+    HookConfigError,
+    HookContext,
+    HookResult,
+    convert_options,
+    option,
+)
 from timeguard.hooks.outbox import OutboxStore, split_payload
 from timeguard.measure.httpdate import HttpDateError, parse_http_date
 from timeguard.timefmt import iso
@@ -347,36 +354,36 @@ def check_url(value: Any, key: str, allow_plain_http: bool, problems: list[tuple
     return value.strip()
 
 
-def check_common(options: Mapping[str, Any], problems: list[tuple[str, str]]) -> tuple[bool, float, str | None]:
-    """allow_plain_http, request_timeout_s, ca_bundle (shared with Slack)."""
-    allow = options.get("allow_plain_http", False)
-    if not isinstance(allow, bool):
-        problems.append(("allow_plain_http", f"must be true or false, not {allow!r}"))
-        allow = False
-    timeout = options.get("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout) \
-            or not 0 < timeout <= MAX_REQUEST_TIMEOUT_S:
-        problems.append(("request_timeout_s", f"must be a number of seconds in (0, {MAX_REQUEST_TIMEOUT_S:g}], "
-                                              f"not {timeout!r}"))
-        timeout = DEFAULT_REQUEST_TIMEOUT_S
-    ca = options.get("ca_bundle")
-    if ca is not None:
-        if not isinstance(ca, str) or not ca.strip():
-            problems.append(("ca_bundle", "must be the path of a PEM file (or a c_rehash'ed directory)"))
-            ca = None
-        elif not os.path.exists(ca):
-            problems.append(("ca_bundle", f"{ca} does not exist"))
-            ca = None
-        elif os.path.isfile(ca) and not os.access(ca, os.R_OK):
-            problems.append(("ca_bundle", f"{ca} is not readable"))
-            ca = None
-    return allow, float(timeout), ca
+#: A header value or a variable: text, a number, or a secret kept out of the file ({env: VAR} or {file: PATH}).
+SECRET_REF_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": ["string", "number"]},
+    {"type": "object", "properties": {"env": {"type": "string"}}, "required": ["env"], "additionalProperties": False},
+    {"type": "object", "properties": {"file": {"type": "string"}}, "required": ["file"], "additionalProperties": False},
+]}
 
 
-def check_unknown(options: Mapping[str, Any], known: set[str], problems: list[tuple[str, str]]) -> None:
-    for key in options:
-        if key not in known:
-            problems.append((str(key), f"unknown option{did_you_mean(str(key), sorted(known))}"))
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendOptions:
+    """The options of a hook that POSTs to a receiver (webhook, Slack)."""
+
+    request_timeout_s: float = option(DEFAULT_REQUEST_TIMEOUT_S, lo=0, lo_open=True, hi=MAX_REQUEST_TIMEOUT_S,
+                                      doc="seconds to wait for the receiver's answer")
+    ca_bundle: str | None = option(None, doc="a PEM file (or c_rehash'ed directory) of CAs to trust, for a "
+                                             "private CA")
+    allow_plain_http: bool = option(False, doc="allow an http:// URL (e.g. a receiver on localhost)")
+
+
+def check_ca_bundle(ca: str | None, problems: list[tuple[str, str]]) -> str | None:
+    """The CA bundle, if it exists and can be read (shared with Slack)."""
+    if ca is None:
+        return None
+    if not os.path.exists(ca):
+        problems.append(("ca_bundle", f"{ca} does not exist"))
+        return None
+    if os.path.isfile(ca) and not os.access(ca, os.R_OK):
+        problems.append(("ca_bundle", f"{ca} is not readable"))
+        return None
+    return ca
 
 
 def _read_headers(value: Any, problems: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
@@ -588,12 +595,21 @@ class QueuedAlert:
         return HookResult.failed(f"{why}; a direct send failed too: {result.error}", delivery_id=delivery.id)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookOptions(SendOptions):
+    url: str = option(doc="the receiver's https:// URL")
+    format: str = option("json", choices=("json", "alertmanager"),
+                         doc="json (the event, Standard Webhooks) or alertmanager (Alertmanager webhook v4 shape)")
+    secret: str | None = option(None, secret=True, doc="the Standard Webhooks signing secret (whsec_<base64>)")
+    headers: Any = option(None, doc="extra headers; a value may come from {env: VAR} or {file: PATH}",
+                          schema={"type": "object", "additionalProperties": SECRET_REF_SCHEMA})
+
+
 class WebhookHook(QueuedAlert):
     """One configured webhook. Also a Deliverer: the outbox calls :meth:`deliver` for its queued messages."""
 
     default_on: ClassVar[frozenset[EventKind]] = DEFAULT_ON
-    OPTIONS: ClassVar[set[str]] = {"url", "format", "headers", "ca_bundle", "request_timeout_s", "secret",
-                                   "secret_env", "secret_file", "allow_plain_http"}
+    Options: ClassVar[type[WebhookOptions]] = WebhookOptions
 
     def __init__(self, name: str, url: str, *, fmt: str = "json", headers: Mapping[str, str] | None = None,
                  secret: bytes | None = None, ca_bundle: str | None = None,
@@ -614,17 +630,9 @@ class WebhookHook(QueuedAlert):
 
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, Any]) -> WebhookHook:
-        problems: list[tuple[str, str]] = []
-        check_unknown(options, cls.OPTIONS, problems)
-        allow_http, timeout, ca = check_common(options, problems)
-        url = None
-        if "url" not in options:
-            problems.append(("url", "is required (the receiver's https:// URL)"))
-        else:
-            url = check_url(options["url"], "url", allow_http, problems)
-        fmt = options.get("format", "json")
-        if fmt not in ("json", "alertmanager"):
-            problems.append(("format", f"must be json or alertmanager, not {fmt!r}"))
+        opts, problems = convert_options(WebhookOptions, options, hook="webhook")
+        ca = check_ca_bundle(opts.ca_bundle, problems) if opts is not None else None
+        url = check_url(opts.url, "url", opts.allow_plain_http, problems) if opts is not None else None
         headers, header_secrets = _read_headers(options.get("headers"), problems)
         secret_text = read_secret(options, "secret", problems)
         secret = None
@@ -633,10 +641,10 @@ class WebhookHook(QueuedAlert):
             secret = decode_whsec(secret_text, key, problems)
         if problems:
             raise HookConfigError(problems)
-        assert url is not None
+        assert opts is not None and url is not None
         redact = tuple(s for s in (*header_secrets, secret_text) if s)
-        return cls(name, url, fmt=fmt, headers=headers, secret=secret, ca_bundle=ca, request_timeout_s=timeout,
-                   redact=redact)
+        return cls(name, url, fmt=opts.format, headers=headers, secret=secret, ca_bundle=ca,
+                   request_timeout_s=opts.request_timeout_s, redact=redact)
 
     # ------------------------------------------------------------------------------------------ handle
 

@@ -28,8 +28,23 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from timeguard.events import Event, EventKind
-from timeguard.hooks.api import AuditOutcome, AuditResult, HookConfigError, HookContext, HookResult
-from timeguard.repair.evidence import DEFAULT_MAX_OFFSET_S, evidence_problem, max_offset_problem, usable_now
+from timeguard.hooks.api import (
+    DEFAULT_TIMEOUT_S,
+    AuditOutcome,
+    AuditResult,
+    HookConfigError,
+    HookContext,
+    HookResult,
+    convert_options,
+    option,
+)
+from timeguard.repair.evidence import (
+    DEFAULT_MAX_OFFSET_S,
+    MAX_OFFSET_RANGE_S,
+    evidence_problem,
+    max_offset_problem,
+    usable_now,
+)
 from timeguard.repair.target import (
     RepairError,
     RepairTarget,
@@ -40,7 +55,20 @@ from timeguard.repair.target import (
 )
 
 DEFAULT_ON = frozenset({EventKind.ROLLBACK, EventKind.ROLLBACK_WHILE_DOWN, EventKind.FUTURE_STATE_FOUND})
-_HOOK_OPTIONS = frozenset({"max_offset_s", "stop_command", "start_command"})
+_ARGV_SCHEMA = {"type": "array", "minItems": 1, "items": {"type": "string"}}
+
+
+@dataclass(frozen=True, slots=True)
+class RepairOptions:
+    """The repair hook's own options (besides ``target``, the owner's unit and the target's own options)."""
+
+    max_offset_s: Any = option(DEFAULT_MAX_OFFSET_S, doc="the host clock must agree with the sources this closely "
+                               "(seconds)", schema={"type": "number", "minimum": MAX_OFFSET_RANGE_S[0],
+                                                    "maximum": MAX_OFFSET_RANGE_S[1]})
+    stop_command: Any = option(None, doc="argv (no shell) that stops the target's owner; with start_command",
+                               schema=_ARGV_SCHEMA)
+    start_command: Any = option(None, doc="argv (no shell) that starts the target's owner again",
+                                schema=_ARGV_SCHEMA)
 
 
 @dataclass
@@ -50,9 +78,35 @@ class RepairHook:
     max_offset_s: float
     stop_command: list[str] | None
     start_command: list[str] | None
+    #: Set by the dispatcher from the hook's ``timeout_s``: the owner's stop and start each get this long.
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     default_on: ClassVar[frozenset[EventKind]] = DEFAULT_ON
+    Options: ClassVar[type[RepairOptions]] = RepairOptions
     target_name: ClassVar[str | None] = None  # set by a hook type bound to one target (celery_beat)
+
+    @classmethod
+    def options_schema(cls) -> dict[str, Any]:
+        """The JSON Schema ``properties``/``required`` of this type's options (``config schema``): its own, the
+        owner's unit, and the bound target's options (open for ``type: repair``, whose target is named in the
+        file)."""
+        from timeguard.config import options_schema
+
+        schema = options_schema(RepairOptions)
+        service = "service"
+        if cls.target_name is None:
+            schema["properties"]["target"] = {"type": "string", "description": "the repair target (an entry "
+                                              "point in timeguard.repair_targets)"}
+            schema["required"] = [*schema["required"], "target"]
+            schema["additionalProperties"] = True  # the target's own options
+        else:
+            kind_type = find_kind(cls.target_name)
+            service = kind_type.service_option
+            for key in sorted(kind_type.options):
+                schema["properties"].setdefault(key, {"description": f"an option of the {cls.target_name} target"})
+        schema["properties"][service] = {"type": "string", "pattern": r"^[^-]", "description": "the systemd unit "
+                                         "of the target's owner: stopped for the repair, started after"}
+        return schema
 
     @classmethod
     def _kind_type(cls, options: Mapping[str, Any]) -> tuple[type[TargetKind], frozenset[str]]:
@@ -69,9 +123,8 @@ class RepairHook:
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, Any]) -> RepairHook:
         kind_type, own = cls._kind_type(options)
-        known = kind_type.options | _HOOK_OPTIONS | {kind_type.service_option} | own
-        problems: list[tuple[str, str]] = [
-            (key, f"unknown option (known: {', '.join(sorted(known))})") for key in sorted(set(options) - known)]
+        extra = sorted(kind_type.options | {kind_type.service_option} | own)
+        _, problems = convert_options(RepairOptions, options, hook=cls.target_name or "repair", extra=extra)
         kind_options = {k: v for k, v in options.items() if k in kind_type.options}
         kind: TargetKind | None = None
         validate = getattr(kind_type, "validate", None)
@@ -170,7 +223,7 @@ class RepairHook:
                                               f"{target.where}{unreadable_note(plan.unreadable)}", **plan.to_dict())
                 stopped = False
                 if self.stop_command:
-                    run_owner_command(self.stop_command, "stop_command")
+                    run_owner_command(self.stop_command, "stop_command", timeout_s=self.timeout_s)
                     stopped = True
                 try:
                     outcome = target.apply(now_fn, undo_log=UndoLog(ctx.journal) if ctx.journal else None,
@@ -178,7 +231,7 @@ class RepairHook:
                                            owner_stopped=stopped)
                 finally:
                     if stopped and self.start_command:
-                        run_owner_command(self.start_command, "start_command")
+                        run_owner_command(self.start_command, "start_command", timeout_s=self.timeout_s)
             finally:
                 target.close()
         except RepairError as exc:
@@ -194,7 +247,3 @@ class CeleryBeatHook(RepairHook):
     """``type: celery_beat``: the repair hook bound to django-celery-beat (research/celery_beat.md)."""
 
     target_name = "celery_beat"
-    OPTIONS: ClassVar[frozenset[str]] = frozenset(
-        {"database_url", "database_url_env", "database_url_file", "table_prefix", "schema", "use_tz", "tz_aware",
-         "time_zone", "tolerance_s", "beat_max_interval_s", "wait_margin_s", "max_rounds", "max_offset_s",
-         "lock_timeout_s", "stop_command", "start_command", "beat_service"})

@@ -24,7 +24,6 @@ import argparse
 import datetime as dt
 import importlib.metadata
 import math
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -388,14 +387,20 @@ class TargetKind:
         raise NotImplementedError
 
 
-def run_owner_command(argv: Sequence[str], what: str) -> None:
-    """Run the owner's stop or start command; a failure is a RepairError naming it."""
+def run_owner_command(argv: Sequence[str], what: str, *, timeout_s: float) -> None:
+    """Run the owner's stop or start command under the command hook's supervisor (its own process group, killed
+    at ``timeout_s`` — the hook's — with SIGTERM then SIGKILL); a failure is a RepairError naming it."""
+    from timeguard.hooks.command import run_supervised
+
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=120, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RepairError(f"{what} {argv[0]}: {exc}") from None
-    if proc.returncode != 0:
-        raise RepairError(f"{what} {' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        run = run_supervised(argv, timeout_s=timeout_s)
+    except OSError as exc:
+        raise RepairError(f"{what} {argv[0]}: {exc.strerror or exc}") from None
+    if run.timed_out:
+        raise RepairError(f"{what} {' '.join(argv)}: timed out after {timeout_s:g} s (its process group was "
+                          f"killed: {', '.join(run.killed) or 'it had ended'})")
+    if run.returncode != 0:
+        raise RepairError(f"{what} {' '.join(argv)} exited {run.returncode}: {run.output.text().strip()[-300:]}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,15 +13,23 @@ schema>}``. In dry-run mode nothing is written; the result says what would have 
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from timeguard.events import Event, EventKind
-from timeguard.hooks.api import ALL_REAL_KINDS, API_VERSION, HookConfigError, HookContext, HookResult
+from timeguard.hooks.api import (
+    ALL_REAL_KINDS,
+    API_VERSION,
+    HookConfigError,
+    HookContext,
+    HookResult,
+    convert_options,
+    option,
+)
 
 # Refuse to load against a timeguard whose hook contract changed: `timeguard hooks list` then shows this
 # message as the reason the type is unusable, instead of the plugin misbehaving at 3 a.m.
@@ -30,7 +38,13 @@ if API_VERSION != 1:
 
 __all__ = ["LogfileHook"]
 
-OPTIONS = ("path", "fsync")
+@dataclass(frozen=True, slots=True)
+class LogfileOptions:
+    """The type's own options: timeguard's converter checks their types (and says "did you mean"), ``timeguard
+    config schema`` describes them to editors; ``from_config`` adds the checks only this type knows."""
+
+    path: str = option(doc="the file to append events to, e.g. /var/log/timeguard/events.jsonl")
+    fsync: bool = option(False, doc="flush to disk before reporting success")
 
 
 class LogfileHook:
@@ -38,6 +52,7 @@ class LogfileHook:
 
     #: Without ``on:`` in the config: every real event kind (an audit trail wants them all).
     default_on: ClassVar[frozenset[EventKind]] = ALL_REAL_KINDS
+    Options: ClassVar[type[LogfileOptions]] = LogfileOptions
 
     def __init__(self, name: str, path: Path, *, fsync: bool = False) -> None:
         self.name = name
@@ -47,27 +62,19 @@ class LogfileHook:
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, Any]) -> LogfileHook:
         """Validate every option and report *all* problems at once, each under its key."""
-        problems: list[tuple[str, str]] = []
-        for key in options:
-            if key not in OPTIONS:
-                close = difflib.get_close_matches(str(key), OPTIONS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(OPTIONS)}"
-                problems.append((str(key), f"unknown option of a logfile hook{hint}"))
-        path = options.get("path")
-        if path is None:
-            problems.append(("path", "is required: the file to append events to, e.g. /var/log/timeguard/events.jsonl"))
-        elif not isinstance(path, str) or not path.startswith("/"):
-            problems.append(("path", f"must be an absolute file path, not {path!r}"))
-        elif Path(path).is_dir():
-            problems.append(("path", f"{path} is a directory; name a file in it"))
-        elif not Path(path).parent.is_dir():
-            problems.append(("path", f"the directory {Path(path).parent} does not exist; create it first"))
-        fsync = options.get("fsync", False)
-        if not isinstance(fsync, bool):
-            problems.append(("fsync", f"must be true or false, not {fsync!r}"))
+        opts, problems = convert_options(LogfileOptions, options, hook="logfile")
+        if opts is not None:
+            path = opts.path
+            if not path.startswith("/"):
+                problems.append(("path", f"must be an absolute file path, not {path!r}"))
+            elif Path(path).is_dir():
+                problems.append(("path", f"{path} is a directory; name a file in it"))
+            elif not Path(path).parent.is_dir():
+                problems.append(("path", f"the directory {Path(path).parent} does not exist; create it first"))
         if problems:
             raise HookConfigError(problems)
-        return cls(name, Path(path), fsync=fsync)
+        assert opts is not None
+        return cls(name, Path(opts.path), fsync=opts.fsync)
 
     def handle(self, event: Event, ctx: HookContext) -> HookResult:
         record = {"hook": self.name, "logged_at_trusted_s": ctx.trusted_now(), "event": event.to_dict()}
