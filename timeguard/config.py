@@ -902,7 +902,8 @@ def _hook_schema(hook_options: typing.Mapping[str, dict[str, Any] | None]) -> di
     for kind, own in sorted(hook_options.items()):
         if own is None:
             continue
-        then = {"properties": {**common, **own["properties"]}, "additionalProperties": False}
+        then = {"properties": {**common, **own["properties"]},
+                "additionalProperties": own.get("additionalProperties", False)}  # open: a target's own options
         if own["required"]:
             then["required"] = list(own["required"])
         branches.append({"if": {"properties": {"type": {"const": kind}}, "required": ["type"]}, "then": then})

@@ -27,6 +27,7 @@ _timeguard() {
             "config/validate") cmd="config validate" ;;
             "config/show") cmd="config show" ;;
             "config/generate") cmd="config generate" ;;
+            "config/schema") cmd="config schema" ;;
             "/repair") cmd="repair" ;;
             "repair/celery-beat") cmd="repair celery-beat" ;;
             "repair/undo") cmd="repair undo" ;;
@@ -46,10 +47,11 @@ _timeguard() {
         "hooks") opts="-h --help" subs="list test" ;;
         "hooks list") opts="-h --help --config --json" ;;
         "hooks test") opts="-h --help --event --dry-run --json --config" ;;
-        "config") opts="-h --help" subs="validate show generate" ;;
+        "config") opts="-h --help" subs="validate show generate schema" ;;
         "config validate") opts="-h --help --config" file=1 ;;
         "config show") opts="-h --help --config --json" ;;
         "config generate") opts="-h --help" ;;
+        "config schema") opts="-h --help" ;;
         "repair") opts="-h --help" subs="celery-beat undo" ;;
         "repair celery-beat") opts="-h --help --config --database-url --table-prefix --schema --tolerance-s --no-use-tz --no-tz-aware --time-zone --beat-max-interval-s --max-rounds --dry-run --json --trust-local-clock" ;;
         "repair undo") opts="-h --help --config --database-url --table-prefix --schema --beat-max-interval-s --dry-run --json" ;;

@@ -57,7 +57,8 @@ def _with_closed_stdout(args: list[str], tmp_path: Path) -> subprocess.Completed
         os.close(write_end)
 
 
-@pytest.mark.parametrize("args", [["config", "generate"], ["config", "show"], ["config", "show", "--json"],
+@pytest.mark.parametrize("args", [["config", "generate"], ["config", "schema"], ["config", "show"],
+                                  ["config", "show", "--json"],
                                   ["hooks", "list"], ["--help"], ["repair", "undo", "--help"]],
                          ids=" ".join)
 def test_a_closed_pipe_ends_quietly_with_141(args, tmp_path):
@@ -184,7 +185,8 @@ def test_bash_completes_every_command_its_subcommands_options_and_files(tmp_path
     cases.append(("timeguard events --kind config --li", ["--limit"]))  # "config" is --kind's value here
     cases.append(("timeguard check --config check --js", ["--json"]))
     cases.append(("timeguard c", ["check", "config"]))
-    cases.append(("timeguard config s", ["show"]))
+    cases.append(("timeguard config s", ["schema", "show"]))
+    cases.append(("timeguard config sh", ["show"]))
     got = _bash_complete([line for line, _ in cases], tmp_path)
     assert {line: answer for (line, _), answer in zip(cases, got, strict=True)} == dict(cases)
 

@@ -72,26 +72,27 @@ consensus:
     ]
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("timeout_s: [", "t.yaml:1: (top level): not valid YAML"),
-        ("timeout_s: 1\ntimeout_s: 2\n", "t.yaml:2: timeout_s: duplicate key"),
-        ("- a\n- b\n", "t.yaml:1: (top level): must be a mapping of keys, not a list"),
-        ("timeout_s: .nan\n", "t.yaml:1: timeout_s: must be a finite number"),
-        ("timeout_s: -1\n", "t.yaml:1: timeout_s: must be > 0, not -1"),
-        ("timeout_s: true\n", "t.yaml:1: timeout_s: must be a number of seconds, not true/false True"),
-        ("sources: {ntp: {host: a}}\n", "t.yaml:1: sources.ntp: must be a list, not a mapping"),
-        ("sources: {ntp: [{host: ''}]}\n", "t.yaml:1: sources.ntp[0].host: must be non-empty text"),
-        ("sources: {ntp: [{host: a}, {host: a}]}\n", "same source as sources.ntp[0] (a:123)"),
-        ("sources: {ntp: [], http: []}\n", "consensus.min_sources: is 2 but only 0 sources are configured"),
-        ("sources: {http: [{url: 'https://x/', ca_bundle: /nonexistent.pem}]}\n",
-         "sources.http[0].ca_bundle: cannot read the CA bundle '/nonexistent.pem'"),
-        ("sources: {http: [{url: 'https://x/', allow_plain_http: yes please}]}\n",
-         "sources.http[0].allow_plain_http: must be true or false"),
-        ("? [a, b]\n: 1\n", "keys must be names"),
-    ],
-)
+#: Bad input and the message naming it (tests/unit/test_config_schema.py checks the schema refuses these too).
+BAD_INPUT = [
+    ("timeout_s: [", "t.yaml:1: (top level): not valid YAML"),
+    ("timeout_s: 1\ntimeout_s: 2\n", "t.yaml:2: timeout_s: duplicate key"),
+    ("- a\n- b\n", "t.yaml:1: (top level): must be a mapping of keys, not a list"),
+    ("timeout_s: .nan\n", "t.yaml:1: timeout_s: must be a finite number"),
+    ("timeout_s: -1\n", "t.yaml:1: timeout_s: must be > 0, not -1"),
+    ("timeout_s: true\n", "t.yaml:1: timeout_s: must be a number of seconds, not true/false True"),
+    ("sources: {ntp: {host: a}}\n", "t.yaml:1: sources.ntp: must be a list, not a mapping"),
+    ("sources: {ntp: [{host: ''}]}\n", "t.yaml:1: sources.ntp[0].host: must be non-empty text"),
+    ("sources: {ntp: [{host: a}, {host: a}]}\n", "same source as sources.ntp[0] (a:123)"),
+    ("sources: {ntp: [], http: []}\n", "consensus.min_sources: is 2 but only 0 sources are configured"),
+    ("sources: {http: [{url: 'https://x/', ca_bundle: /nonexistent.pem}]}\n",
+     "sources.http[0].ca_bundle: cannot read the CA bundle '/nonexistent.pem'"),
+    ("sources: {http: [{url: 'https://x/', allow_plain_http: yes please}]}\n",
+     "sources.http[0].allow_plain_http: must be true or false"),
+    ("? [a, b]\n: 1\n", "keys must be names"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_INPUT)
 def test_bad_input_is_named_precisely(text, expected):
     assert any(expected in line for line in problems(text)), problems(text)
 

@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub.add_parser("generate", help="print the documented default configuration (config/timeguard.yaml)",
                        description="Print the default configuration with every key documented; save it as "
                        "/etc/timeguard/timeguard.yaml and edit it.")
+    cfg_sub.add_parser("schema", help="print the configuration's JSON Schema (for editors)",
+                       description="Print a JSON Schema (draft 2020-12) of the whole configuration, every hook "
+                       "type's options included (the installed plugins' too), for editors such as "
+                       "yaml-language-server: save it and add '# yaml-language-server: $schema=PATH' to the top "
+                       "of the file. config validate checks what a schema cannot (files, programs, keys that "
+                       "depend on each other).")
 
     from timeguard.cli.repair import add_parser as add_repair_parser
 
@@ -384,6 +390,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
     if args.config_command == "generate":
         sys.stdout.write(config.default_text())
+        return 0
+    if args.config_command == "schema":
+        print(json.dumps(config.json_schema(HOOK_TYPES.schemas()), indent=2))
         return 0
     explicit = getattr(args, "file", None) or args.config
     path = config.discover(explicit)
