@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 
-def iso(seconds: float | None, timespec: str = "milliseconds", *, none: str = "-", utc: str = "Z") -> str:
+def iso(seconds: float | None, timespec: str = "milliseconds", *, none: str = "-", utc: str = "Z",
+        sep: str = "T") -> str:
     """``2026-11-23T20:46:32.915Z``; ``none`` for None; a plain number when the value is not a representable date.
-    ``utc``: how UTC is written (``"+00:00"``: Python's isoformat, as the command hook's variables have it)."""
+    ``utc``: how UTC is written (``"+00:00"``: Python's isoformat, as the command hook's variables have it);
+    ``sep``: between date and time (``" "`` in the repair's reports)."""
     if seconds is None:
         return none
     try:
-        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec=timespec).replace("+00:00", utc)
+        return datetime.fromtimestamp(seconds, UTC).isoformat(sep, timespec).replace("+00:00", utc)
     except (OverflowError, OSError, ValueError):
         return f"{seconds:.6f} s since the epoch"

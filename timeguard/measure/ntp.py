@@ -27,11 +27,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from timeguard.measure.net import ResolvedAddress, ResolveError, format_address, resolve
 from timeguard.measure.sanity import implausible
 from timeguard.model import Sample, SourceKind, SourceState
+from timeguard.timefmt import iso
 
 NTP_PORT = 123
 HEADER_LEN = 48
@@ -93,10 +93,7 @@ def ntp_to_unix_ns(timestamp: int, *, near_unix_ns: int) -> int:
 
 
 def _iso_ns(unix_ns: int) -> str:
-    try:
-        return datetime.fromtimestamp(unix_ns / _NS, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    except (OverflowError, OSError, ValueError):
-        return f"{unix_ns / _NS:.6f} s since the epoch"
+    return iso(unix_ns / _NS, "microseconds")
 
 
 # --------------------------------------------------------------------------------------------------

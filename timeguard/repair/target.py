@@ -79,9 +79,10 @@ def fmt_duration(seconds: float) -> str:
 
 
 def fmt_utc(epoch_s: float | None) -> str:
-    if epoch_s is None:
-        return "-"
-    return dt.datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    """``2026-11-23 20:46:32Z``, ``-`` for None (the repair's reports)."""
+    from timeguard.timefmt import iso
+
+    return iso(epoch_s, "seconds", sep=" ")
 
 
 def cancellable_sleep(cancelled: Callable[[], bool], slice_s: float = 0.2) -> Callable[[float], None]:
