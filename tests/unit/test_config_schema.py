@@ -82,7 +82,10 @@ def test_the_default_configuration_is_valid(validator):
 
 
 def documented_examples() -> list[tuple[str, str]]:
-    found = []
+    """The READMEs' YAML blocks, and the hooks config/timeguard.yaml shows in comments."""
+    defaults = (REPO / "config" / "timeguard.yaml").read_text()
+    commented = defaults[defaults.index("For example:\n"):defaults.index("\nhooks:")].splitlines()[1:]
+    found = [("config/timeguard.yaml#hooks", "hooks:\n" + "\n".join(line[2:] for line in commented))]
     for doc in [REPO / "README.md", *sorted((REPO / "examples").glob("*/README.md"))]:
         for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S)):
             found.append((f"{doc.relative_to(REPO)}#{i}", block))
