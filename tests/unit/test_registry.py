@@ -17,7 +17,7 @@ import pytest
 from timeguard.cli import main as cli
 from timeguard.events import EventKind
 from timeguard.hooks import listing, registry
-from timeguard.hooks.api import HookConfigError, HookResult
+from timeguard.hooks.api import HookConfigError, HookResult, convert_options, option
 from timeguard.hooks.registry import GROUP, UnknownHookType
 
 
@@ -339,9 +339,56 @@ def test_options_of_a_type_are_its_own_or_its_module_s():
 
     assert registry.options_of(TokenHook) == {"token", "token_file", "token_env"}
     assert "webhook_url_file" in registry.options_of(SlackHook)
-    assert "database_url_env" in registry.options_of(CeleryBeatHook)  # its module's _OPTIONS
-    assert "env" in registry.options_of(CommandHook)  # its module's OPTIONS
+    assert "database_url_env" in registry.options_of(CeleryBeatHook)  # its bound target's options
+    assert "env" in registry.options_of(CommandHook)  # its Options dataclass
     assert registry.options_of(BareHook) is None
+    module = type(sys)("tg_module_options_plugin")  # a plugin declaring them at module level, the older way
+    module.OPTIONS = ("path", "fsync")
+    module.Hook = type("Hook", (BareHook,), {"__module__": module.__name__})
+    sys.modules[module.__name__] = module
+    try:
+        assert registry.options_of(module.Hook) == {"path", "fsync"}
+    finally:
+        del sys.modules[module.__name__]
+
+
+@dataclass(frozen=True, slots=True)
+class TypedOptions:
+    port: int = option(lo=1, hi=65535, doc="where it listens")
+    mode: str = option("fast", choices=("fast", "safe"), doc="how")
+    token: str | None = option(None, secret=True, doc="the API token")
+
+
+class TypedHook(GoodHook):
+    """A plugin with typed options: timeguard's converter checks them, config gives path and line."""
+
+    Options = TypedOptions
+
+    @classmethod
+    def from_config(cls, name: str, options: dict[str, Any]) -> TypedHook:
+        _, problems = convert_options(TypedOptions, options, hook="typed")
+        if problems:
+            raise HookConfigError(problems)
+        return cls(name)
+
+
+def test_a_plugin_s_typed_options_get_config_s_checks_and_a_schema(installed, tmp_path):
+    from timeguard import config
+
+    installed(ep("typed", "TypedHook"))
+    path = tmp_path / "timeguard.yaml"
+    path.write_text("hooks:\n  - type: typed\n    name: t\n    port: 70000\n    mdoe: safe\n"
+                    "  - {type: typed, name: u, port: 80, mode: slow, token: inline}\n")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path, hook_types=registry.HOOK_TYPES)
+    assert [(p.path, p.line, p.message) for p in info.value.problems] == [
+        ("hooks[0].port", 4, "must be ≤ 65535, not 70000"),
+        ("hooks[0].mdoe", 5, "unknown option of a typed hook (did you mean 'mode'?)"),
+        ("hooks[1].mode", 6, "must be one of fast, safe, not 'slow'"),
+    ]
+    assert registry.options_of(TypedHook) == {"port", "mode", "token_env", "token_file"}
+    schema = registry.HOOK_TYPES.schemas()["typed"]
+    assert schema["required"] == ["port"] and schema["properties"]["mode"]["enum"] == ["fast", "safe"]
 
 
 def test_a_plugin_s_unreadable_secret_is_a_warning_in_hooks_list_and_an_error_for_the_daemon(
