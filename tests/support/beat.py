@@ -547,7 +547,7 @@ def run_at_future(beat: BeatProcess) -> tuple[float, dict[str, float]]:
     return first, {name: beat.rate(name, t0, t1) for name in ("every-1s", "every-2s")}
 
 
-def wait_persisted(db: BeatDatabase, timeout_s: float = 10) -> BeatState:
+def wait_persisted(db: BeatDatabase, timeout_s: float = 20) -> BeatState:
     """Until every-1s/every-2s/every-minute hold ``last_run_at`` > +179 d and ``last_update`` too
     (``beat_sync_every=1`` writes them back after every send)."""
     deadline = time.monotonic() + timeout_s
