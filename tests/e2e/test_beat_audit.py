@@ -118,7 +118,12 @@ def test_locked_database_fails_the_repair_then_the_audit_retries(beat_clock: Fak
         with start(config, beat_clock.sharing(1), log) as proc:
             daemon = Daemon(config, log, proc)
             wait_for("the first checks", lambda: checks(config) >= 2, 20, proc)
+            t_jump = time.monotonic()
             beat_clock.set(beatlib.FUTURE_S)
+            # Beat starts once the daemon has seen the clock jump ahead: on a real host they read one clock, but
+            # the daemon's libfaketime cache (1 s) lags the file, and an audit in that second would find beat's
+            # first future rows with a clock it still trusts — and rightly repair them, before the rollback.
+            daemon.wait_event(EventKind.FORWARD_JUMP, 10, since_mono=t_jump)
             held: dict[str, Any] = {}
             with running_beat(db, beat_clock, max_interval=1) as beat:
                 try:
