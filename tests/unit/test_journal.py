@@ -457,6 +457,35 @@ def test_damage_anywhere_never_stops_the_daemon_nor_loses_the_evidence(tmp_path_
         assert (state / Path(damage["moved_to"]).name).read_bytes() == bytes(data)
 
 
+@pytest.mark.parametrize("user_version", [0, 16777222, 2**31 - 1, -1])
+def test_a_damaged_schema_number_in_the_header_is_damage_not_a_newer_timeguard(tmp_path_factory, rich_journal_file,
+                                                                               user_version):
+    """Bytes 60–63 of the header (user_version) hit by garbage: 0 over existing tables would re-run the first
+    migration ("table meta already exists"), a huge number read as "written by a newer timeguard" — both stopped
+    the daemon. They are damage: moved aside, the rows salvaged; a plausible newer schema is still refused."""
+    state = tmp_path_factory.mktemp("header")
+    data = bytearray(rich_journal_file.read_bytes())
+    data[60:64] = user_version.to_bytes(4, "big", signed=True)
+    (state / jmod.FILENAME).write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt, match="header is damaged"):
+        Journal(state / jmod.FILENAME, readonly=True)
+    journal, damage = open_for_daemon(state)
+    with journal:
+        assert journal.integrity_problems() == [] and journal.read("SELECT count(*) FROM events")[0][0] > 0
+    assert damage is not None and (state / Path(damage["moved_to"]).name).read_bytes() == bytes(data)
+
+
+def test_a_journal_of_a_newer_timeguard_is_refused_and_left_alone(tmp_path_factory, rich_journal_file):
+    state = tmp_path_factory.mktemp("newer")
+    data = bytearray(rich_journal_file.read_bytes())
+    data[60:64] = (len(jmod._MIGRATIONS) + 3).to_bytes(4, "big")
+    (state / jmod.FILENAME).write_bytes(bytes(data))
+    with pytest.raises(JournalError, match="written by a newer timeguard") as info:
+        open_for_daemon(state)
+    assert not isinstance(info.value, JournalCorrupt)
+    assert (state / jmod.FILENAME).read_bytes() == bytes(data) and len(list(state.iterdir())) == 1
+
+
 # ------------------------------------------------------------------------------- the daemon's notes, typed
 
 from timeguard.store.journal import AuditNote, ClockMark, DaemonInfo, Heartbeat, JournalDamage  # noqa: E402

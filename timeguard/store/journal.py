@@ -37,6 +37,10 @@ _LOCKED = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _DENIED = {sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_AUTH}
 
+#: How many schemas past this one a newer timeguard's journal may plausibly be at (more is a damaged header).
+_NEWER_SCHEMAS = 1000
+
+
 def _redact_text(text: object) -> object:
     """redact_text for SQL: NULL and non-text values pass through unchanged."""
     return redact_text(text) if isinstance(text, str) else text
@@ -504,8 +508,22 @@ class Journal:
         except _SQLITE_ERRORS as exc:
             raise _as_journal_error(self.path, exc, "cannot open the journal", LOCK_WAIT_S) from exc
 
+    def _schema_version(self) -> int:
+        """The header's schema number (``user_version``), refused as damage when no timeguard could have written
+        it: 0 while the tables exist (a new file has none), or far beyond any schema (a newer timeguard adds a few
+        migrations, not millions). A plausible newer number is a newer timeguard's journal, never damage."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version == 0 and self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is not None:
+            raise JournalCorrupt(f"{self.path}: its header says schema 0 but its tables are there: the header is "
+                                 "damaged")
+        if not 0 <= version <= len(_MIGRATIONS) + _NEWER_SCHEMAS:
+            raise JournalCorrupt(f"{self.path}: its header says schema {version}, which no timeguard writes: the "
+                                 "header is damaged")
+        return version
+
     def _check_schema_readable(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        version = self._schema_version()
         if version != len(_MIGRATIONS):
             newer = version > len(_MIGRATIONS)
             raise JournalError(
@@ -526,7 +544,7 @@ class Journal:
     # ------------------------------------------------------------------------------------------ plumbing
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        version = self._schema_version()
         if version > len(_MIGRATIONS):
             raise JournalError(
                 f"{self.path}: written by a newer timeguard (schema {version}, this one knows "
