@@ -238,6 +238,10 @@ def query_http(
             reason=f"{sent} requests, bound ±{known.width_ns / 2 / 1e6:.1f} ms{tail}",
         )
 
+    def refused(reason: str, state: SourceState = SourceState.UNUSABLE) -> Sample:
+        """An answer arrived but cannot be used: the source fails with the requests and delay so far."""
+        return failed(state, reason, address=address, requests=sent, delay_s=min(rtts_ns) / _NS)
+
     try:
         while measured < requests_count:
             now_mono = time.monotonic_ns()
@@ -294,56 +298,29 @@ def query_http(
                 age_dropped.append(outcome.age)  # a cached answer: its Date is from an earlier moment
                 continue
             if outcome.date is None:
-                return failed(
-                    SourceState.UNUSABLE,
-                    f"HTTP {outcome.status} answer has no Date header",
-                    address=address,
-                    requests=sent,
-                    delay_s=min(rtts_ns) / _NS,
-                )
+                return refused(f"HTTP {outcome.status} answer has no Date header")
             try:
                 date_s = parse_http_date(outcome.date)
             except HttpDateError as exc:
-                return failed(
-                    SourceState.UNUSABLE,
-                    f"unusable Date header: {exc.reason}",
-                    address=address,
-                    requests=sent,
-                    delay_s=min(rtts_ns) / _NS,
-                )
+                return refused(f"unusable Date header: {exc.reason}")
             if scheme == "https":
                 if outcome.validity is None:
-                    return failed(
-                        SourceState.UNUSABLE,
+                    return refused(
                         f"cannot read the validity dates of the certificate of {address}, so its Date cannot be "
-                        "checked against them",
-                        address=address,
-                        requests=sent,
-                        delay_s=min(rtts_ns) / _NS,
+                        "checked against them"
                     )
                 if why := _expired_before_release(outcome.validity):  # (a session passed in: not refused earlier)
                     state, reason = _describe_failure(_CertTimeError(why), host, address, ca_bundle, timeout_s)
-                    return failed(state, reason, address=address, requests=sent, delay_s=min(rtts_ns) / _NS)
+                    return refused(reason, state)
             if why := implausible(date_s):
-                return failed(
-                    SourceState.UNUSABLE,
-                    f"Date {outcome.date!r} {why}",
-                    address=address,
-                    requests=sent,
-                    delay_s=min(rtts_ns) / _NS,
-                )
+                return refused(f"Date {outcome.date!r} {why}")
             if outcome.validity is not None and (why := _date_outside(outcome.validity, date_s, outcome.date)):
-                return failed(SourceState.UNUSABLE, why, address=address, requests=sent, delay_s=min(rtts_ns) / _NS)
+                return refused(why)
             proved = date_constraint(date_s, local_ns(t0), local_ns(t1))
             known = proved if known is None else known.intersect(proved)
             if known is None:
-                return failed(
-                    SourceState.UNUSABLE,
-                    f"{_INCONSISTENT}: answer {measured} (Date {outcome.date!r}) contradicts the earlier ones",
-                    address=address,
-                    requests=sent,
-                    delay_s=min(rtts_ns) / _NS,
-                )
+                return refused(
+                    f"{_INCONSISTENT}: answer {measured} (Date {outcome.date!r}) contradicts the earlier ones")
     finally:
         prober.finish()
 
