@@ -183,17 +183,8 @@ def test_a_later_round_makes_an_undone_entry_undoable_again(tmp_path: Path) -> N
 
 
 def test_schema_3_undo_rows_are_carried_over_by_migration_4(tmp_path: Path) -> None:
-    import sqlite3
-
-    from timeguard.store.journal import _MIGRATIONS
-
     path = tmp_path / "journal.sqlite"
-    db = sqlite3.connect(path, isolation_level=None)
-    for number, script in enumerate(_MIGRATIONS[:3], start=1):
-        for statement in script.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute(f"PRAGMA user_version = {number}")
+    db = _journal_at(path, 3)
     insert = ("INSERT INTO repair_undo (incident_id, repair_id, fingerprint, tbl, row_id, name, col, old_value, "
               "new_value, applied_wall_s, applied_mono_s, undone) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1.0, 1.0, ?)")
     db.execute(insert, ("inc", "r1", "db#p_", "periodictask", 7, "a", "last_run_at", "OLD-a", "NEW-a", 0))
@@ -214,21 +205,14 @@ def test_migration_5_scrubs_passwords_older_versions_wrote_and_keeps_the_undo_re
     repair fingerprint and possibly in hook runs, event bodies and audit notes: opening it scrubs every one, the
     file keeps no copy, and the undo records still belong to the same database."""
     import json
-    import sqlite3
 
     from timeguard.secrets import redact_text
-    from timeguard.store.journal import _MIGRATIONS
 
     secret = "s3cr3t-Pa55"
     url = f"postgresql://beat@db.example/beat?password={secret}&sslmode=require"
     fingerprint = f"{url}#django_celery_beat_"
     path = tmp_path / "journal.sqlite"
-    db = sqlite3.connect(path, isolation_level=None)
-    for number, script in enumerate(_MIGRATIONS[:4], start=1):
-        for statement in script.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute(f"PRAGMA user_version = {number}")
+    db = _journal_at(path, 4)
     records = json.dumps([["periodictask", 7, "a", "last_run_at", "OLD-a", "NEW-a"]])
     db.execute("INSERT INTO repair_round (incident_id, repair_id, fingerprint, applied_wall_s, applied_mono_s, "
                "records) VALUES ('inc', 'r1', ?, 1.0, 1.0, ?)", (fingerprint, records))
