@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.support.fake_ntp import FakeNTPServer
-from timeguard.measure import net
+from timeguard.measure import anchor, net
+from timeguard.measure import ntp as ntp_module
 from timeguard.measure.ntp import ntp_to_unix_ns, query_ntp
 from timeguard.model import Sample, SourceKind, SourceState
 
@@ -150,17 +151,30 @@ def test_each_request_has_its_own_random_nonce_and_never_our_time(server):
         assert abs(ntp_to_unix_ns(nonce, near_unix_ns=now_ns) - now_ns) > 86_400 * NS
 
 
-def test_wall_clock_is_read_once_so_a_step_mid_query_changes_nothing(server):
+def test_the_wall_clock_is_anchored_before_the_exchange_so_a_step_mid_query_changes_nothing(server):
     calls: list[int] = []
 
     def stepping_wall_ns() -> int:
         calls.append(1)
-        # Any later reading would see the host clock stepped an hour back.
-        return time.time_ns() - (3600 * NS if len(calls) > 1 else 0)
+        # Any reading once a request is on its way sees the host clock stepped an hour back.
+        return time.time_ns() - (3600 * NS if server.received else 0)
 
     sample = query(server, wall_ns=stepping_wall_ns)
     assert_contains(sample, 0.0)
-    assert len(calls) == 1
+    assert 1 <= len(calls) <= anchor.TRIES
+
+
+def test_an_anchor_off_by_its_uncertainty_still_holds_the_truth(server, monkeypatch):
+    """A wall reading tied 2 ms wrong to the monotonic clock (the thread preempted between the two calls)
+    makes every T1/T4 2 ms wrong; the anchor's uncertainty in the bound keeps an honest server truthful."""
+
+    def skewed(wall_ns: Callable[[], int]) -> anchor.WallAnchor:
+        return anchor.WallAnchor(wall_ns=wall_ns() + 2_000_000, mono_ns=time.monotonic_ns(), uncertainty_ns=2_000_000)
+
+    monkeypatch.setattr(ntp_module, "read_anchor", skewed)
+    sample = query(server)
+    assert_contains(sample, 0.0)
+    assert sample.offset_hi_s - sample.offset_lo_s >= 0.004
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,7 @@ import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
 
+from timeguard.measure.anchor import read_anchor
 from timeguard.measure.httpdate import HttpDateError, parse_http_date
 from timeguard.measure.narrowing import NS as _NS
 from timeguard.measure.narrowing import Interval, date_constraint, rtt_estimate_ns, send_at_ns
@@ -147,10 +148,10 @@ def query_http(
     against ``ca_bundle`` (a PEM file or an OpenSSL hashed directory, loaded into this query's own SSLContext) or
     the system store, with certificate validity judged against the server's Date and this release's build date,
     never the host clock (see the module docstring); ``http://`` is refused unless ``allow_plain_http``.
-    ``wall_ns`` is read exactly once. A ``session`` passed in is used (keep-alive) and left open, with its own TLS
-    settings and DNS (requests' defaults check certificate times against the host clock and resolve without a
-    deadline); the Date is still checked against the certificate. If a probe is abandoned at the deadline it may
-    still be using that session for up to ``timeout_s``.
+    ``wall_ns`` anchors the query once (measure/anchor.py). A ``session`` passed in is used (keep-alive) and left
+    open, with its own TLS settings and DNS (requests' defaults check certificate times against the host clock and
+    resolve without a deadline); the Date is still checked against the certificate. If a probe is abandoned at the
+    deadline it may still be using that session for up to ``timeout_s``.
     """
     start_mono_ns = time.monotonic_ns()
     deadline_ns = start_mono_ns + max(0, int(timeout_s * _NS))
@@ -192,12 +193,10 @@ def query_http(
     else:
         http = session
 
-    # One wall-clock reading; every later local time is derived from the monotonic clock.
-    wall0_ns = wall_ns()
-    mono0_ns = time.monotonic_ns()
-
-    def local_ns(mono_ns: int) -> int:
-        return wall0_ns + (mono_ns - mono0_ns)
+    # One wall-clock reading; every later local time is derived from the monotonic clock. The anchor's own
+    # uncertainty is common to every constraint, so it widens the final interval once (see measure/anchor.py).
+    anchor = read_anchor(wall_ns)
+    local_ns = anchor.wall_at
 
     own_session = session is None
     verify: str | bool = ca_bundle or True
@@ -230,12 +229,12 @@ def query_http(
             kind=SourceKind.HTTP,
             address=address,
             offset_s=known.mid_ns / _NS,
-            offset_lo_s=known.lo_ns / _NS,
-            offset_hi_s=known.hi_ns / _NS,
+            offset_lo_s=(known.lo_ns - anchor.uncertainty_ns) / _NS,
+            offset_hi_s=(known.hi_ns + anchor.uncertainty_ns) / _NS,
             delay_s=min(rtts_ns) / _NS,
             requests=sent,
             monotonic_s=None if last_mid_mono_ns is None else last_mid_mono_ns / _NS,
-            reason=f"{sent} requests, bound ±{known.width_ns / 2 / 1e6:.1f} ms{tail}",
+            reason=f"{sent} requests, bound ±{(known.width_ns / 2 + anchor.uncertainty_ns) / 1e6:.1f} ms{tail}",
         )
 
     def refused(reason: str, state: SourceState = SourceState.UNUSABLE) -> Sample:
@@ -253,7 +252,7 @@ def query_http(
                 wake_early = min(*lateness_ns, 5_000_000) if lateness_ns else 0
                 rtt_ns = rtt_estimate_ns(rtts_ns)
                 send_local = send_at_ns(known, rtt_ns // 2, local_ns(now_mono + wake_early + _SEND_MARGIN_NS))
-                send_mono = mono0_ns + (send_local - wall0_ns)
+                send_mono = anchor.mono_at(send_local)
                 answer_ns = 2 * rtt_ns + _DEADLINE_GUARD_NS
                 if send_mono + answer_ns > deadline_ns:
                     stop_note = f"stopped after {measured} of {requests_count}: the next would pass the timeout"

@@ -8,7 +8,8 @@ breaks past 2036. So the exchange is done here, following beevik/ntp and RFC 590
   it echoes that nonce (off-path spoofing, and CVE-2015-7704 for Kiss-o'-Death), and the request leaks
   nothing about the local clock;
 * T1/T4 come from one wall-clock reading plus the monotonic clock, so a clock step during the
-  exchange cannot corrupt the measurement;
+  exchange cannot corrupt the measurement, and the bound includes how well that reading is tied to
+  the monotonic clock (measure/anchor.py);
 * only packets from the exact address *and* port asked are looked at, and a stray packet never ends
   the wait;
 * NTP timestamps are placed in the era nearest the local clock, so a host past 2036-02-07 still works;
@@ -28,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
+from timeguard.measure.anchor import read_anchor
 from timeguard.measure.net import ResolvedAddress, ResolveError, format_address, resolve
 from timeguard.measure.sanity import implausible
 from timeguard.model import Sample, SourceKind, SourceState
@@ -427,8 +429,8 @@ def query_ntp(
     ``timeout_s`` bounds the whole query, DNS included; DNS has its own smaller deadline
     (``dns_timeout_s``, default ``min(1 s, timeout_s / 2)``). Never raises for a network problem: the
     result is a usable :class:`Sample`, or one with ``failure`` UNUSABLE (the server answered, but not
-    with a time we may use) or UNREACHABLE (no valid answer) and a reason. ``wall_ns`` is read exactly
-    once; every T1/T4 is that reading plus monotonic time elapsed since.
+    with a time we may use) or UNREACHABLE (no valid answer) and a reason. ``wall_ns`` anchors the
+    query once (measure/anchor.py); every T1/T4 is that reading plus monotonic time elapsed since.
     """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, not {samples}")
@@ -493,12 +495,10 @@ def _exchange(
     max_root_distance_s: float,
 ) -> Sample:
     # The single wall-clock reading of this query. Everything after is monotonic, so a step of the
-    # host clock in the middle of the exchange moves neither T1 nor T4 against each other.
-    mono0_ns = time.monotonic_ns()
-    wall0_ns = wall_ns()
-
-    def local_wall_ns(mono_ns: int) -> int:
-        return wall0_ns + (mono_ns - mono0_ns)
+    # host clock in the middle of the exchange moves neither T1 nor T4 against each other; the anchor's
+    # own uncertainty (a preemption between the two readings) widens the interval below.
+    anchor = read_anchor(wall_ns)
+    local_wall_ns = anchor.wall_at
 
     # Each request gets an equal share of what is left, so a server that drops one packet still
     # gets its other requests asked in time; a reply ends a share early.
@@ -600,7 +600,7 @@ def _exchange(
             reason += f" to {sent} requests"
         if best.leap in (1, 2):
             reason += f"; the server announces a leap second ({'insert' if best.leap == 1 else 'delete'})"
-        offset_s, error_s = best.offset_s, best.error_s
+        offset_s, error_s = best.offset_s, best.error_s + anchor.uncertainty_s
         return Sample(
             name=label,
             kind=SourceKind.NTP,
