@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -443,12 +444,25 @@ def test_the_repair_example_through_the_generic_hook(repair_kinds, tmp_path):
     assert after["report"]["last_run"] == after["nightly"]["last_run"] == now
 
 
-def test_a_repair_hook_for_the_example_is_validated_by_config_validate(repair_site, tmp_path):
-    config = repair_config(tmp_path, f"- type: repair\n  target: example\n  name: sched\n"
-                                     f"  schedule_file: {tmp_path}/schedule.json\n  tolerance_s: .nan\n")
+@pytest.mark.parametrize("head", ["- type: repair\n  target: example\n", "- type: example\n"])
+def test_a_repair_hook_for_the_example_is_validated_by_config_validate(repair_site, tmp_path, head):
+    """`type: repair` + `target: example`, or `type: example`: the target's one entry point is enough (no hook
+    entry point) for its options and the evidence options to be checked, listed and in the schema; without the
+    package the type is unknown."""
+    config = repair_config(tmp_path, f"{head}  name: sched\n  schedule_file: {tmp_path}/schedule.json\n"
+                                     "  tolerance_s: .nan\n")
+    line = 4 + head.count("\n") + 1
     proc = timeguard("config", "validate", str(config), path=[repair_site], cwd=tmp_path)
     assert proc.returncode == 1
-    assert f"{config}:7: hooks[0].tolerance_s: must be a finite number from 0 to 31622400 (got nan)" in proc.stderr
-    config.write_text(config.read_text().replace("  tolerance_s: .nan\n", ""))
+    assert f"{config}:{line}: hooks[0].tolerance_s: must be a finite number from 0 to 31622400 (got nan)" in proc.stderr
+    config.write_text(config.read_text().replace("  tolerance_s: .nan\n", "  max_offset_s: 0.5\n"))
     proc = timeguard("config", "validate", str(config), path=[repair_site], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    listed = timeguard("hooks", "list", "--config", str(config), "--json", path=[repair_site], cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "example" in listed.stdout
+    schema = json.loads(timeguard("config", "schema", path=[repair_site], cwd=tmp_path).stdout)
+    assert "example" in json.dumps(schema)
+    missing = timeguard("config", "validate", str(config), path=[], cwd=tmp_path)
+    assert missing.returncode == 1
+    assert re.search(r"unknown (hook type|repair target) 'example' \(installed: ", missing.stderr), missing.stderr

@@ -41,6 +41,20 @@ class OtherHook(GoodHook):
     default_on: ClassVar[frozenset[EventKind]] = frozenset({EventKind.FORWARD_JUMP, EventKind.RECOVERED})
 
 
+class FamilyHook(GoodHook):
+    """Stands for a type per member: ``alpha`` usable, ``broken`` not, ``good`` shadowed by an entry point."""
+
+    @classmethod
+    def family(cls) -> dict[str, tuple[Any, str | None]]:
+        return {"alpha": (OtherHook, None), "broken": (None, "its target failed to import"), "good": (OtherHook, None)}
+
+
+class BrokenFamilyHook(GoodHook):
+    @classmethod
+    def family(cls) -> dict[str, tuple[Any, str | None]]:
+        raise RuntimeError("cannot list")
+
+
 def not_a_hook_type() -> None:
     """An entry point that names something without from_config."""
 
@@ -108,6 +122,19 @@ def test_types_are_sorted_by_name_whatever_order_they_are_found_in(installed):
     assert found["alpha"].hook_type is OtherHook
     assert found["alpha"].distribution == "acme-hooks 1.0"
     assert found["alpha"].value == f"{__name__}:OtherHook"
+
+
+def test_a_family_lists_its_members_beside_the_entry_points_which_win(installed):
+    found = installed(ep("fam", "FamilyHook"), ep("good", "GoodHook"), ep("odd", "BrokenFamilyHook"))
+    assert list(found) == sorted(found)
+    assert found["alpha"].hook_type is OtherHook and found["alpha"].value == f"{__name__}:FamilyHook[alpha]"
+    assert found["alpha"].distribution == "acme-hooks 1.0"
+    assert found["good"].hook_type is GoodHook  # the entry point, not the family's member
+    assert registry.find_type("alpha") is OtherHook
+    with pytest.raises(UnknownHookType, match="hook type 'broken' is unusable: its target failed to import"):
+        registry.find_type("broken")
+    # a family that cannot list itself costs its members only, and says so
+    assert found["odd"].loaded and "FamilyHook.family() failed: RuntimeError: cannot list" in found["odd:*"].error
 
 
 def test_a_plugin_that_fails_to_import_is_reported_with_its_error_and_the_others_still_load(installed, broken_module):

@@ -2,6 +2,11 @@
 
 Sorted by name so every run sees the same order; a name two distributions both register is refused,
 naming both; a plugin that fails to import is reported with its error and does not stop the others.
+
+A hook type may stand for a family of types: its ``family()`` classmethod returns more types by name, which the
+registry lists beside the entry points (an entry point of the same name wins). The repair hook does this for every
+repair target, so ``type: <target>`` works as soon as the target's package registers it in
+``timeguard.repair_targets`` — the registry itself knows nothing of repair.
 """
 
 from __future__ import annotations
@@ -63,8 +68,32 @@ def discover(*, refresh: bool = False) -> dict[str, TypeEntry]:
                                         "uninstall one of them", "duplicate")
                 continue
             found[name] = _load(eps[0])
-        _cache[""] = found
-        return found
+        for name, entry in _families(found).items():
+            found.setdefault(name, entry)
+        _cache[""] = dict(sorted(found.items()))
+        return _cache[""]
+
+
+def _families(entries: dict[str, TypeEntry]) -> dict[str, TypeEntry]:
+    """The members of every loaded type's ``family()``: ``{name: (hook type, None) or (None, why unusable)}``."""
+    members: dict[str, TypeEntry] = {}
+    for head in entries.values():
+        family = getattr(head.hook_type, "family", None)
+        if not callable(family):
+            continue
+        try:
+            listed = family()
+        except Exception as exc:  # noqa: BLE001 — a family that cannot list itself costs its members only
+            members[f"{head.name}:*"] = TypeEntry(f"{head.name}:*", head.value, head.distribution, None,
+                                                  f"{head.value}.family() failed: {type(exc).__name__}: {exc}",
+                                                  "import")
+            continue
+        for name, (hook_type, error) in listed.items():
+            if name in entries or name in members:
+                continue
+            members[name] = TypeEntry(name, f"{head.value}[{name}]", head.distribution, hook_type, error,
+                                      None if hook_type is not None else "import")
+    return members
 
 
 def _load(ep: importlib.metadata.EntryPoint) -> TypeEntry:

@@ -13,7 +13,9 @@
         # start_command: [supervisorctl, start, app]
         ...                        # the target's own options
 
-``type: celery_beat`` is this hook bound to the celery_beat target (its owner's unit is ``beat_service``).
+``type: <target>`` is this hook bound to that target, for every target in ``timeguard.repair_targets``
+(:meth:`RepairHook.family`): ``type: celery_beat`` (its owner's unit is ``beat_service``), or a plugin's
+``type: example`` — the same as ``type: repair`` with ``target: example``.
 
 Repair only with evidence (:mod:`timeguard.repair.evidence`): the hook writes only when the latest verdict is usable,
 NTP and HTTPS agree, and the host clock now agrees with the sources within ``max_offset_s``; the repair's now is
@@ -50,6 +52,7 @@ from timeguard.repair.target import (
     RepairTarget,
     TargetKind,
     find_kind,
+    kinds,
     run_owner_command,
     unreadable_note,
 )
@@ -84,6 +87,15 @@ class RepairHook:
     default_on: ClassVar[frozenset[EventKind]] = DEFAULT_ON
     Options: ClassVar[type[RepairOptions]] = RepairOptions
     target_name: ClassVar[str | None] = None  # set by a hook type bound to one target (celery_beat)
+
+    @classmethod
+    def family(cls) -> dict[str, tuple[type[RepairHook] | None, str | None]]:
+        """A hook type per repair target, by the target's name (the hook registry lists them beside its entry
+        points): ``type: <target>`` is this hook bound to it. Unusable targets are listed with the reason."""
+        if cls.target_name is not None:
+            return {}
+        return {name: (bound_to(name), None) if entry.kind is not None else (None, entry.error)
+                for name, entry in kinds().items()}
 
     @classmethod
     def options_schema(cls) -> dict[str, Any]:
@@ -247,3 +259,16 @@ class CeleryBeatHook(RepairHook):
     """``type: celery_beat``: the repair hook bound to django-celery-beat (research/celery_beat.md)."""
 
     target_name = "celery_beat"
+
+
+_bound: dict[str, type[RepairHook]] = {"celery_beat": CeleryBeatHook}
+
+
+def bound_to(target: str) -> type[RepairHook]:
+    """The repair hook type bound to ``target`` (``type: <target>``), made once per target."""
+    if target not in _bound:
+        title = "".join(part.title() for part in target.replace("-", "_").split("_"))
+        _bound[target] = type(f"{title}RepairHook", (RepairHook,), {
+            "target_name": target, "__module__": __name__,
+            "__doc__": f"``type: {target}``: the repair hook bound to the {target} repair target."})
+    return _bound[target]
