@@ -676,7 +676,7 @@ def test_stop_start_commands_with_real_beat(beat_db: BeatDatabase, beat_clock: F
                           monotonic_s=time.monotonic(), boot_id=read_boot_id(), step_s=-float(FUTURE_S),
                           trusted_time_s=time.time() + offset, verdict=verdict)
             journal = Journal.in_state_dir(cfg.state_dir)
-            ctx = HookContext(dry_run=False, trusted_now=trusted_now, verdict=verdict, journal=journal,
+            ctx = HookContext(dry_run=False, trusted_now=trusted_now, verdict=verdict, undo_log=UndoLog(journal),
                               hostname=socket.gethostname())
             new.log_path.touch()
             new.tail = LogTail(new.log_path)

@@ -26,7 +26,7 @@ from tests.support.receiver import Receiver
 from tests.support.require import need_program
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookContext, HookStatus
-from timeguard.hooks.outbox import Outbox, OutboxStore
+from timeguard.hooks.outbox import JournalHistory, Outbox, OutboxStore
 from timeguard.hooks.slack import SlackHook
 from timeguard.hooks.webhook import WebhookHook
 from timeguard.store.journal import Journal
@@ -69,8 +69,8 @@ def webhook(url: str, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Webhoo
 
 
 def context(box: Outbox, journal: Journal) -> HookContext:
-    return HookContext(dry_run=False, trusted_now=time.time, verdict=None, journal=journal, hostname="test",
-                       enqueue=box.enqueue)
+    return HookContext(dry_run=False, trusted_now=time.time, verdict=None, history=JournalHistory(journal),
+                       hostname="test", enqueue=box.enqueue)
 
 
 def wait_until(predicate: Any, timeout: float) -> bool:
@@ -232,7 +232,7 @@ import json, os, sys, time
 
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import HookContext
-from timeguard.hooks.outbox import Outbox, OutboxStore
+from timeguard.hooks.outbox import JournalHistory, Outbox, OutboxStore
 from timeguard.hooks.webhook import WebhookHook
 from timeguard.store.journal import Journal
 
@@ -257,8 +257,8 @@ hook = WebhookHook.from_config("ops", {"url": args["url"], "allow_plain_http": T
                                        "request_timeout_s": args["timeout_s"]})
 box = Outbox(journal, {"ops": hook}, trusted_now=trusted_now, base_backoff_s=0.1, max_backoff_s=0.5, log=Log())
 say(started=True, pid=os.getpid(), host_time=time.time())
-ctx = HookContext(dry_run=False, trusted_now=trusted_now, verdict=None, journal=journal, hostname="driver",
-                  enqueue=box.enqueue)
+ctx = HookContext(dry_run=False, trusted_now=trusted_now, verdict=None, history=JournalHistory(journal),
+                  hostname="driver", enqueue=box.enqueue)
 for i in range(args.get("enqueue", 0)):
     now = time.time()
     ev = Event(kind=EventKind.ROLLBACK, incident_id=f"incident-{i}", wall_time_s=now, monotonic_s=time.monotonic(),
@@ -385,8 +385,8 @@ def test_slack_message_shape_and_429_retry_after_honoured(journal):
                                                    "request_timeout_s": 2})
         slack_receiver.throttle_next(1, retry_after="date:2")  # an HTTP-date 2 s after the server's Date
         box = Outbox(journal, {"ops-slack": hook}, trusted_now=lambda: None, epoch="it", log=Log())
-        ctx = HookContext(dry_run=False, trusted_now=lambda: time.time() - 3 * DAY, verdict=None, journal=journal,
-                          hostname="h", enqueue=box.enqueue)
+        ctx = HookContext(dry_run=False, trusted_now=lambda: time.time() - 3 * DAY, verdict=None,
+                          history=JournalHistory(journal), hostname="h", enqueue=box.enqueue)
         box.start()
         try:
             result = hook.handle(event("slack-1", step_s=-180 * DAY), ctx)

@@ -233,19 +233,21 @@ def test_hook_repairs_with_evidence_and_records_undo(db: BeatDB, journal: Journa
                                                "wait_margin_s": 0.1})
     verdict = {"status": "OK", "offset_s": 0.01, "offset_lo_s": 0.0, "offset_hi_s": 0.02, "ntp_http_agree": True}
     ev = Event(kind=EventKind.ROLLBACK, incident_id="inc-h", wall_time_s=NOW, monotonic_s=1.0, boot_id="b")
-    dry = hook.handle(ev, HookContext(dry_run=True, trusted_now=lambda: NOW, verdict=verdict, journal=journal,
-                                      hostname="h"))
+
+    def ctx(*, dry_run: bool) -> HookContext:
+        return HookContext(dry_run=dry_run, trusted_now=lambda: NOW, verdict=verdict, undo_log=UndoLog(journal),
+                           hostname="h")
+
+    dry = hook.handle(ev, ctx(dry_run=True))
     assert dry.status is HookStatus.SKIPPED and "would change 9" in dry.summary
     assert len(dry.details["report"]) == 2
-    result = hook.handle(ev, HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, journal=journal,
-                                         hostname="h"))
+    result = hook.handle(ev, ctx(dry_run=False))
     assert result.status is HookStatus.CHANGED, result.summary
     assert result.details["rows_changed"] == {"last_run_at": 3, "date_changed": 5, "last_update": 1}
     assert "2 task(s) ran early or expired during the false period" in result.summary
     no_future(db, NOW)
     assert len(UndoLog(journal).records("inc-h")) == 9
-    again = hook.handle(ev, HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, journal=journal,
-                                        hostname="h"))
+    again = hook.handle(ev, ctx(dry_run=False))
     assert again.status is HookStatus.OK and again.summary.startswith("nothing to repair")
 
 
@@ -286,7 +288,8 @@ def test_hook_audit_finds_future_state_only_with_a_trusted_clock(db: BeatDB, jou
     hook = CeleryBeatHook.from_config("beat", {"database_url": db.url})
 
     def ctx(verdict: dict[str, Any]) -> HookContext:
-        return HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, journal=journal, hostname="h")
+        return HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, undo_log=UndoLog(journal),
+                           hostname="h")
 
     trusted = {"status": "OK", "offset_s": 0.01, "offset_lo_s": 0.0, "offset_hi_s": 0.02, "ntp_http_agree": True}
     assert hook.audit(ctx(trusted)).outcome is AuditOutcome.CLEAN
@@ -313,7 +316,7 @@ def test_hook_audit_database_errors_raise_for_the_agent_to_retry(tmp_path: Path)
 
     (tmp_path / "empty.sqlite3").touch()
     hook = CeleryBeatHook.from_config("beat", {"database_url": f"sqlite:///{tmp_path / 'empty.sqlite3'}"})
-    ctx = HookContext(dry_run=False, trusted_now=lambda: NOW, journal=None, hostname="h",
+    ctx = HookContext(dry_run=False, trusted_now=lambda: NOW, hostname="h",
                       verdict={"status": "OK", "offset_s": 0.0, "offset_lo_s": -0.01,
                                "offset_hi_s": 0.01, "ntp_http_agree": True})
     with pytest.raises(RepairError, match="missing"):
@@ -630,7 +633,7 @@ def test_hook_and_cli_say_which_values_they_could_not_read(sqlite_db: BeatDB, tm
     hook = CeleryBeatHook.from_config("beat", {"database_url": sqlite_db.url, "beat_max_interval_s": 0,
                                                "wait_margin_s": 0})
     verdict = {"status": "OK", "offset_s": 0.0, "offset_lo_s": -0.01, "offset_hi_s": 0.01, "ntp_http_agree": True}
-    ctx = HookContext(dry_run=False, trusted_now=lambda: real_now, verdict=verdict, journal=None, hostname="h")
+    ctx = HookContext(dry_run=False, trusted_now=lambda: real_now, verdict=verdict, hostname="h")
     audit = hook.audit(ctx)  # nothing future to repair: clean, and it says what it could not read
     assert audit.outcome is AuditOutcome.CLEAN
     assert "parked last_run_at 'not a date': not a date and time" in audit.summary

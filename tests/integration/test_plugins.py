@@ -215,8 +215,7 @@ def event(**kw) -> Event:
 
 
 def ctx(dry_run: bool = False) -> HookContext:
-    return HookContext(dry_run=dry_run, trusted_now=lambda: 1_700_086_401.0, verdict={"status": "OK"}, journal=None,
-                       hostname="h")
+    return HookContext(dry_run=dry_run, trusted_now=lambda: 1_700_086_401.0, verdict={"status": "OK"}, hostname="h")
 
 
 def test_the_example_appends_one_json_line_per_event(plugin, tmp_path):
@@ -267,7 +266,7 @@ def test_the_example_through_the_dispatcher_records_its_runs(plugin, tmp_path):
     spec = HookSpec(type="logfile", name="clock-audit", on=None, timeout_s=5.0, dry_run=False,
                     options={"path": str(log)})
     journal = Recorder()
-    d = Dispatcher([spec], journal=None, recorder=journal, trusted_now=lambda: 1_700_086_401.0,
+    d = Dispatcher([spec], recorder=journal, trusted_now=lambda: 1_700_086_401.0,
                    verdict=lambda: {"status": "OK"}, hostname="h")
     try:
         assert d.hooks[0].kinds == ALL_REAL_KINDS  # the plugin's default_on
@@ -423,7 +422,7 @@ def test_the_repair_example_through_the_generic_hook(repair_kinds, tmp_path):
     assert hook.default_on == {EventKind.ROLLBACK, EventKind.ROLLBACK_WHILE_DOWN, EventKind.FUTURE_STATE_FOUND}
     with Journal(tmp_path / "journal.sqlite") as journal:
         def context(verdict, dry_run=False):
-            return HookContext(dry_run=dry_run, trusted_now=lambda: now, verdict=verdict, journal=journal,
+            return HookContext(dry_run=dry_run, trusted_now=lambda: now, verdict=verdict, undo_log=UndoLog(journal),
                                hostname="h")
 
         found = hook.audit(context(GOOD_VERDICT))

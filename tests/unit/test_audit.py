@@ -39,7 +39,7 @@ def test_back_off_doubles_to_the_interval_and_one_incident_lasts_until_clean(out
             mock.patch.object(dispatch_mod, "find_type",
                               lambda name: _ScriptedAuditor if name == "audit" else _Alert):
         journal = Journal.in_state_dir(Path(state))
-        dispatcher = Dispatcher(specs, journal=journal, recorder=journal, trusted_now=lambda: None,
+        dispatcher = Dispatcher(specs, recorder=journal, trusted_now=lambda: None,
                                 verdict=lambda: None, hostname="h", log=logs.get())
         scheduler = AuditScheduler(retry_s=retry_s, interval_s=interval_s,
                                    clock=lambda: reading(1e9 + clock["mono"], clock["mono"]), boot_id="b",

@@ -161,7 +161,7 @@ def test_a_nan_trusted_now_never_reaches_the_database(trusted: float, tmp_path: 
     with pytest.raises(RepairError, match="not a usable time"):
         checked_now(trusted)
     hook = CeleryBeatHook.from_config("beat", {"database_url": f"sqlite:///{tmp_path / 'never.sqlite3'}"})
-    ctx = HookContext(dry_run=False, trusted_now=lambda: trusted, verdict=GOOD, journal=None, hostname="h")
+    ctx = HookContext(dry_run=False, trusted_now=lambda: trusted, verdict=GOOD, hostname="h")
     ev = Event(kind=EventKind.ROLLBACK, incident_id="i", wall_time_s=T, monotonic_s=1.0, boot_id="b")
     result = hook.handle(ev, ctx)
     assert result.status in (HookStatus.SKIPPED, HookStatus.FAILED)

@@ -28,7 +28,7 @@ def event() -> Event:
 
 
 def ctx(verdict=GOOD, *, dry_run=False, trusted=T) -> HookContext:
-    return HookContext(dry_run=dry_run, trusted_now=lambda: trusted, verdict=verdict, journal=None, hostname="h")
+    return HookContext(dry_run=dry_run, trusted_now=lambda: trusted, verdict=verdict, hostname="h")
 
 
 @pytest.mark.parametrize(

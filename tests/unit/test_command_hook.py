@@ -34,7 +34,7 @@ def make_event(**kw) -> Event:
 
 
 def make_ctx(*, dry_run=False, verdict=VERDICT, trusted=1_700_003_601.0, cancelled=lambda: False) -> HookContext:
-    return HookContext(dry_run=dry_run, trusted_now=lambda: trusted, verdict=verdict, journal=None, hostname="db1",
+    return HookContext(dry_run=dry_run, trusted_now=lambda: trusted, verdict=verdict, hostname="db1",
                        cancelled=cancelled)
 
 
@@ -409,7 +409,7 @@ def test_the_dispatcher_gives_the_hook_its_timeout_and_records_exit_status_and_o
     spec = HookSpec(type="command", name="repair", on=None, timeout_s=7.0, dry_run=False,
                     options={"command": [prog]})
     journal = Journal()
-    d = Dispatcher([spec], journal=journal, recorder=journal, trusted_now=lambda: 1.0, verdict=lambda: VERDICT,
+    d = Dispatcher([spec], recorder=journal, trusted_now=lambda: 1.0, verdict=lambda: VERDICT,
                    hostname="h")
     try:
         (configured,) = d.hooks
@@ -440,7 +440,7 @@ def test_through_the_dispatcher_a_command_that_ignores_sigterm_still_dies_and_de
     spec = HookSpec(type="command", name="stubborn", on=["rollback"], timeout_s=0.5, dry_run=False,
                     options={"command": [prog], "kill_grace_s": 0.5})
     journal = Journal()
-    d = Dispatcher([spec], journal=journal, recorder=journal, trusted_now=lambda: 1.0, verdict=lambda: VERDICT,
+    d = Dispatcher([spec], recorder=journal, trusted_now=lambda: 1.0, verdict=lambda: VERDICT,
                    hostname="h")
     try:
         started = time.monotonic()

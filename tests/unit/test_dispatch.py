@@ -69,7 +69,7 @@ def event(kind=EventKind.ROLLBACK, **kw) -> Event:
 
 
 def make(specs, recorder=None) -> Dispatcher:
-    return Dispatcher(specs, journal=None, recorder=recorder, trusted_now=lambda: 12345.0,
+    return Dispatcher(specs, recorder=recorder, trusted_now=lambda: 12345.0,
                       verdict=lambda: {"status": "OK"}, hostname="h")
 
 

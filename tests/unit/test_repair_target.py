@@ -76,7 +76,7 @@ def memory_kind(monkeypatch):
 
 
 def ctx(verdict=GOOD, **kw) -> HookContext:
-    return HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, journal=None, hostname="h", **kw)
+    return HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=verdict, hostname="h", **kw)
 
 
 def test_a_target_that_needs_its_owner_stopped_is_refused_without_a_way_to_stop_it(memory_kind):

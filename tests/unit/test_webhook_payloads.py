@@ -12,7 +12,7 @@ import pytest
 from tests.support.receiver import Receiver, verify
 from timeguard.events import Event, EventKind
 from timeguard.hooks.api import Delivery, HookConfigError, HookContext, HookStatus
-from timeguard.hooks.outbox import OUTBOX_KEY, OutboxStore
+from timeguard.hooks.outbox import OUTBOX_KEY, JournalHistory, OutboxStore
 from timeguard.hooks.slack import SlackHook
 from timeguard.hooks.webhook import (
     AM_ZERO_TIME,
@@ -40,8 +40,9 @@ def ev(kind: EventKind = EventKind.ROLLBACK, incident: str = "inc-1", **kw: Any)
 
 def ctx(*, dry_run: bool = False, trusted: float | None = TRUE_T, journal: Any = None, enqueue: Any = None,
         verdict: dict[str, Any] | None = None) -> HookContext:
-    return HookContext(dry_run=dry_run, trusted_now=lambda: trusted, verdict=verdict, journal=journal,
-                       hostname="host-a", enqueue=enqueue)
+    return HookContext(dry_run=dry_run, trusted_now=lambda: trusted, verdict=verdict,
+                       history=JournalHistory(journal) if journal is not None else None, hostname="host-a",
+                       enqueue=enqueue)
 
 
 def problems(cls: Any, options: dict[str, Any]) -> dict[str, str]:

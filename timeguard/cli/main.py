@@ -271,7 +271,7 @@ def _cmd_hooks_test(args: argparse.Namespace) -> int:
     event = Event(kind=kind, incident_id=f"test-{int(now)}", wall_time_s=now, monotonic_s=time.monotonic(),
                   boot_id=read_boot_id(), step_s=step, wall_before_s=None if step is None else now - step,
                   detail={"synthetic": True, "note": "sent by `timeguard hooks test`"}, test=True)
-    dispatcher = Dispatcher(cfg.hooks, journal=None, trusted_now=lambda: None, verdict=lambda: None,
+    dispatcher = Dispatcher(cfg.hooks, trusted_now=lambda: None, verdict=lambda: None,
                             hostname=socket.gethostname())
     try:
         run = dispatcher.run_now(args.name, event, dry_run=True if args.dry_run else None)

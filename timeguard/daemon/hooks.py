@@ -38,8 +38,12 @@ class HookRuntime:
 
     def make_dispatcher(self, cfg: Config) -> Dispatcher:
         """The hooks of ``cfg``, ready to run (a reload's worker makes them: importing a plugin may fail)."""
+        from timeguard.hooks.outbox import JournalHistory
+        from timeguard.repair.undo import UndoLog
+
         journal = self._recorder.journal
-        return Dispatcher(cfg.hooks, journal=journal, recorder=journal, trusted_now=self._trusted_now,
+        return Dispatcher(cfg.hooks, recorder=journal, history=JournalHistory(journal), undo_log=UndoLog(journal),
+                          trusted_now=self._trusted_now,
                           verdict=self._verdict, hostname=socket.gethostname(), log=self._log,
                           enqueue=self.outbox.enqueue, on_run=self.after_run)
 

@@ -26,9 +26,9 @@ and line and ``timeguard config schema`` describes the type's options for editor
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 # HookStatus and HookRun are values the journal stores too, so they are defined below the plugin API, in events;
 # this module is where plugins import them from (the contract names them).
@@ -36,17 +36,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 from timeguard.config import COMMON_OPTIONS, DEFAULT_TIMEOUT_S, convert_options, option
 from timeguard.events import Event, EventKind, HookRun, HookStatus
 
-if TYPE_CHECKING:
-    from timeguard.store.journal import Journal
-
 __all__ = [
     "ALL_REAL_KINDS", "API_VERSION", "COMMON_OPTIONS", "DEFAULT_TIMEOUT_S", "AuditOutcome", "AuditResult", "Auditor",
     "Deliverer", "Delivery", "DeliveryResult", "Hook", "HookConfigError", "HookContext", "HookResult", "HookRun",
-    "HookStatus", "HookType", "convert_options", "option",
+    "HookStatus", "HookType", "IncidentHistory", "UndoRecords", "convert_options", "option",
 ]
 
 #: Increment when Hook/HookType/HookContext change incompatibly; a plugin may check it.
-API_VERSION = 1
+#: 2: HookContext.journal is gone; a hook gets ``history`` (an incident's events, who was alerted) and
+#: ``undo_log`` (a repair's undo records), the narrow interfaces of what it used the journal for.
+API_VERSION = 2
 
 
 
@@ -74,6 +73,32 @@ class HookResult:
         return cls(HookStatus.CHANGED, summary, details)
 
 
+class IncidentHistory(Protocol):
+    """What a hook may ask of the daemon's records about an incident (the journal behind them stays timeguard's)."""
+
+    def incident_events(self, incident_id: str) -> list[Event]:
+        """The incident's events, oldest first."""
+        ...
+
+    def alerted(self, hook: str, incident_id: str) -> bool:
+        """Did ``hook`` queue anything for this incident (a ``recovered`` is only news to those who heard the
+        alarm)?"""
+        ...
+
+
+class UndoRecords(Protocol):
+    """Where a repair writes the values it replaces before it writes, and reads them back to undo
+    (:class:`timeguard.repair.undo.UndoLog`; ``records`` are (item, name, field, old, new) tuples)."""
+
+    def record(self, target: str, incident_id: str, repair_id: str, fingerprint: str,
+               records: Iterable[tuple[Any, ...]], *, applied_wall_s: float, applied_mono_s: float) -> None: ...
+
+    def records(self, incident_id: str, *, target: str | None = None, fingerprint: str | None = None,
+                undone: bool | None = None) -> list[dict[str, Any]]: ...
+
+    def mark_undone(self, incident_id: str, keys: Iterable[tuple[Any, ...]]) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class HookContext:
     """What a run gets besides the event."""
@@ -84,13 +109,16 @@ class HookContext:
     trusted_now: Callable[[], float | None]
     #: The latest verdict summary (status, offset_s, offset_lo_s, offset_hi_s, ntp_http_agree, summary).
     verdict: Mapping[str, Any] | None
-    journal: Journal | None
     hostname: str
     #: Set when the run has timed out or the daemon stops: long-running hooks should check it and return.
     cancelled: Callable[[], bool] = lambda: False
     #: Queue a message for at-least-once delivery by the outbox: ``enqueue(hook_name, event, payload)`` returns
     #: the delivery id (stable across retries: the receiver's idempotency key). None where there is no outbox.
     enqueue: Callable[[str, Event, Mapping[str, Any]], str] | None = None
+    #: The incident's earlier events and who was alerted; None outside the daemon (``hooks test`` without a journal).
+    history: IncidentHistory | None = None
+    #: Where a repair records what it replaces (undo); None where nothing can be recorded.
+    undo_log: UndoRecords | None = None
 
 
 @dataclass(frozen=True, slots=True)

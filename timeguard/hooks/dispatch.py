@@ -27,9 +27,11 @@ from timeguard.hooks.api import (
     HookResult,
     HookRun,
     HookStatus,
+    IncidentHistory,
+    UndoRecords,
 )
 from timeguard.hooks.registry import UnknownHookType, find_type
-from timeguard.store.journal import Journal, JournalError
+from timeguard.store.journal import JournalError
 
 MAX_OUTPUT = 64 * 1024
 
@@ -85,8 +87,9 @@ class Dispatcher:
         self,
         specs: Sequence[HookSpec],
         *,
-        journal: Journal | None,
         recorder: HookRunRecorder | None = None,
+        history: IncidentHistory | None = None,
+        undo_log: UndoRecords | None = None,
         trusted_now: Callable[[], float | None],
         verdict: Callable[[], Mapping[str, Any] | None],
         hostname: str,
@@ -97,7 +100,7 @@ class Dispatcher:
     ) -> None:
         self.hooks = [build(spec) for spec in specs]
         self._on_run = on_run
-        self._journal = journal  # handed to the hooks (HookContext.journal)
+        self._history, self._undo_log = history, undo_log  # handed to the hooks (HookContext)
         self._recorder = recorder
         self._trusted_now = trusted_now
         self._verdict = verdict
@@ -236,8 +239,8 @@ class Dispatcher:
 
     def _context(self, dry_run: bool, cancelled: Callable[[], bool]) -> HookContext:
         return HookContext(dry_run=dry_run, trusted_now=self._trusted_now, verdict=self._verdict(),
-                           journal=self._journal, hostname=self._hostname, cancelled=cancelled,
-                           enqueue=self._enqueue)
+                           hostname=self._hostname, cancelled=cancelled, enqueue=self._enqueue,
+                           history=self._history, undo_log=self._undo_log)
 
     def _record(self, run: HookRun) -> None:
         if self._on_run is not None:

@@ -383,6 +383,21 @@ def deliverers_from(hooks: Iterable[Any]) -> dict[str, Deliverer]:
     return {hook.name: hook for hook in hooks if hook is not None and isinstance(hook, Deliverer)}
 
 
+
+class JournalHistory:
+    """:class:`timeguard.hooks.api.IncidentHistory` on the journal: an incident's events, and whether a hook queued
+    anything for it in the outbox."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def incident_events(self, incident_id: str) -> list[Event]:
+        return self._journal.events(incident_id=incident_id)
+
+    def alerted(self, hook: str, incident_id: str) -> bool:
+        return bool(OutboxStore(self._journal).entries(hook=hook, incident_id=incident_id, limit=1))
+
+
 class _NullLog:
     def __getattr__(self, _name: str) -> Callable[..., None]:
         return lambda *_a, **_k: None

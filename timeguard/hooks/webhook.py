@@ -53,7 +53,7 @@ from timeguard.hooks.api import (
     convert_options,
     option,
 )
-from timeguard.hooks.outbox import OutboxStore, split_payload
+from timeguard.hooks.outbox import split_payload
 from timeguard.measure.httpdate import HttpDateError, parse_http_date
 from timeguard.timefmt import iso
 
@@ -196,10 +196,9 @@ def event_time(event: Event, ctx: HookContext) -> tuple[float, str]:
 def incident_start(event: Event, ctx: HookContext) -> tuple[float, str]:
     """The trusted time of the incident's first event (stable across updates: Alertmanager's startsAt)."""
     first = event
-    lookup = getattr(ctx.journal, "events", None)
-    if lookup is not None:
+    if ctx.history is not None:
         try:
-            earlier = lookup(incident_id=event.incident_id)
+            earlier = ctx.history.incident_events(event.incident_id)
             if earlier:
                 first = earlier[0]
         except Exception:  # noqa: BLE001 — a journal problem: fall back to this event
@@ -221,11 +220,11 @@ def repairs(event: Event) -> list[str]:
 
 def already_alerted(hook: str, event: Event, ctx: HookContext) -> bool:
     """Did ``hook`` queue anything for this incident? (A ``recovered`` is only news to those who heard the alarm.)
-    Without a journal to ask: yes."""
-    if ctx.journal is None:
+    Without a history to ask: yes."""
+    if ctx.history is None:
         return True
     try:
-        return bool(OutboxStore(ctx.journal).entries(hook=hook, incident_id=event.incident_id, limit=1))
+        return ctx.history.alerted(hook, event.incident_id)
     except Exception:  # noqa: BLE001 — when unsure, send
         return True
 

@@ -224,8 +224,6 @@ class RepairHook:
             value = ctx.trusted_now()
             return trusted if value is None else value
 
-        from timeguard.repair.undo import UndoLog
-
         try:
             target = self.target()
             try:
@@ -238,7 +236,7 @@ class RepairHook:
                     run_owner_command(self.stop_command, "stop_command", timeout_s=self.timeout_s)
                     stopped = True
                 try:
-                    outcome = target.apply(now_fn, undo_log=UndoLog(ctx.journal) if ctx.journal else None,
+                    outcome = target.apply(now_fn, undo_log=ctx.undo_log,
                                            incident_id=event.incident_id, cancelled=ctx.cancelled,
                                            owner_stopped=stopped)
                 finally:

@@ -33,8 +33,8 @@ from timeguard.hooks.api import (
 
 # Refuse to load against a timeguard whose hook contract changed: `timeguard hooks list` then shows this
 # message as the reason the type is unusable, instead of the plugin misbehaving at 3 a.m.
-if API_VERSION != 1:
-    raise ImportError(f"timeguard-hook-example supports timeguard hook API 1, this timeguard has {API_VERSION}")
+if API_VERSION not in (1, 2):  # 2 took HookContext.journal away, which this plugin never used
+    raise ImportError(f"timeguard-hook-example supports timeguard hook API 1 and 2, this timeguard has {API_VERSION}")
 
 __all__ = ["LogfileHook"]
 
