@@ -22,7 +22,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from timeguard.secrets import redact_url
+from timeguard.secrets import MASK, redact_url
 
 #: The scheme's dialect (before any ``+driver``) → the database the repair knows.
 DIALECTS = {"postgres": "postgresql", "postgresql": "postgresql", "pgsql": "postgresql", "postgis": "postgresql",
@@ -45,7 +45,7 @@ def connect_url(url: Any, *, option: str = "database_url") -> str:
     if not isinstance(url, str) or not url.strip():
         raise DatabaseUrlError(f"{option} is empty: give a database URL ({FORMS})")
     url = url.strip()
-    shown = redact_url(url)
+    shown = shown_url(url)
     scheme, sep, rest = url.partition("://")
     if not sep or not scheme:
         raise DatabaseUrlError(f"{option} {shown!r} is not a database URL ({FORMS})")
@@ -75,6 +75,23 @@ def connect_url(url: Any, *, option: str = "database_url") -> str:
     if driver and dialect != backend:  # pgsql+psycopg: SQLAlchemy knows the dialect as postgresql only
         target = f"{backend}+{driver}"
     return f"{target}://{rest}"
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password or secret query values, even when it is too broken to parse (then the
+    userinfo password and the whole query are masked)."""
+    try:
+        urllib.parse.urlsplit(url).port  # noqa: B018 - raises for what redact_url would return unchanged
+    except ValueError:
+        scheme, sep, rest = url.partition("://")
+        authority, slash, tail = rest.partition("/")
+        if "@" in authority:
+            userinfo, host = authority.rsplit("@", 1)
+            user, colon, _ = userinfo.partition(":")
+            authority = f"{user}{':' + MASK if colon else ''}@{host}"
+        path, question, _ = tail.partition("?")
+        return f"{scheme}{sep}{authority}{slash}{path}" + (f"?{MASK}" if question else "")
+    return redact_url(url)
 
 
 def _why(exc: ValueError) -> str:
