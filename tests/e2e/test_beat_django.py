@@ -121,7 +121,7 @@ def test_cli_reuses_the_configured_hook_and_dry_runs_without_a_verdict(stock_sql
         beat.wait_sent("every-1s", count=2, since=t, timeout_s=10)
         assert db.state().future() == []
     missing = run_cli(honest, "celery-beat", "--json", "--trust-local-clock")
-    assert missing.rc == 1 and "has one celery_beat hook: --hook beat uses it" in missing.stderr, missing
+    assert missing.rc == 2 and "has one celery_beat hook: --hook beat uses it" in missing.stderr, missing
 
 
 class _Port:

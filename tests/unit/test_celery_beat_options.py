@@ -133,7 +133,7 @@ def test_repair_without_a_database_names_the_configured_hook(tmp_path: Path, cap
     cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "hooks": [
         {"type": "celery_beat", "name": "beat", "django": DJANGO},
         {"type": "command", "name": "note", "command": ["true"]}]}))
-    assert main(["repair", "celery-beat", "--config", str(cfg), "--trust-local-clock"]) == 1
+    assert main(["repair", "celery-beat", "--config", str(cfg), "--trust-local-clock"]) == 2  # a usage error
     assert "the configuration (" in (err := capsys.readouterr().err) and "--hook beat uses it" in err
     assert main(["repair", "celery-beat", "--config", str(cfg), "--hook", "note", "--trust-local-clock"]) == 1
     assert capsys.readouterr().err.strip() == ("timeguard repair: --hook note is a command hook, not a celery_beat "

@@ -1,7 +1,8 @@
 """``timeguard repair TARGET`` and ``timeguard repair undo INCIDENT``: a repair without the daemon, for every
 repair target registered in ``timeguard.repair_targets`` (``celery-beat`` is the built-in one).
 
-Exit codes: 0 repaired or nothing to do, 1 refused or failed (the message says why).
+Exit codes: 0 repaired or nothing to do, 1 refused or failed (the message says why), 2 a usage error (argparse's,
+or no store named: no database, no ``--hook``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
+EXIT_USAGE = 2  # the command line names nothing to repair
 
 TRUST_LOCAL_WARNING = (
     "--trust-local-clock: assuming this host's clock is right now, without asking any time source; "
@@ -112,7 +114,11 @@ def cmd_repair(args: argparse.Namespace) -> int:
         if args.repair_command == "undo":
             return _cmd_undo(args)
         return _cmd_target(args)
-    except (RepairError, ConfigError, JournalError) as exc:
+    except RepairError as exc:
+        _err(str(exc))
+        # a store the command line does not name is a usage error, as argparse's own are
+        return EXIT_USAGE if getattr(exc, "usage", False) else EXIT_REFUSED
+    except (ConfigError, JournalError) as exc:
         return _err(str(exc))
     except KeyboardInterrupt:
         return _err("interrupted")
@@ -220,10 +226,8 @@ def _open_target(cfg: Any, args: argparse.Namespace, kind: Any) -> tuple[Any, An
     try:
         return kind.from_args(args), None
     except RepairError as exc:
-        hint = _hook_hint(cfg, args, kind.name)
-        if not hint:
-            raise
-        raise RepairError(f"{exc}{hint}") from None
+        exc.args = (f"{exc}{_hook_hint(cfg, args, kind.name)}",)  # the same error (a usage one stays one)
+        raise
 
 
 def _cmd_target(args: argparse.Namespace) -> int:
@@ -316,10 +320,8 @@ def _undo_target(cfg: Any, args: argparse.Namespace, kind: Any, fingerprints: li
     try:
         return kind.undo_target(args, fingerprints)
     except RepairError as exc:
-        hint = _hook_hint(cfg, args, kind.name)
-        if not hint:
-            raise
-        raise RepairError(f"{exc}{hint}") from None
+        exc.args = (f"{exc}{_hook_hint(cfg, args, kind.name)}",)
+        raise
 
 
 def _cmd_undo(args: argparse.Namespace) -> int:

@@ -1332,7 +1332,9 @@ class CeleryBeatKind(TargetKind):
             problems = getattr(exc, "problems", None)
             if problems is None:
                 raise
-            raise RepairError("; ".join(_cli_problem(key, message) for key, message in problems)) from None
+            error = NoDatabase if [key for key, _ in problems] == ["database_url"] and \
+                problems[0][1].startswith("give django") else RepairError
+            raise error("; ".join(_cli_problem(key, message) for key, message in problems)) from None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CeleryBeatRepair:
@@ -1351,6 +1353,12 @@ _CLI_NAMES = {"database_url": "--database-url", "django": "--django-settings", "
               "django.python": "--django-python", "django.path": "--django-path",
               "django.environment_file": "--django-env-file", "django.user": "--django-user",
               "django.database_alias": "--django-alias", "use_tz": "--no-use-tz", "tz_aware": "--no-tz-aware"}
+
+
+class NoDatabase(RepairError):
+    """The command line names no database (nor a hook): a usage error (exit 2)."""
+
+    usage = True
 
 
 def _cli_problem(key: str, message: str) -> str:
