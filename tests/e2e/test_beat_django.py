@@ -12,7 +12,8 @@ a dj-database-url ``DATABASE_URL`` (``postgres://…``, ``mysql://…``, ``sqlit
 2. ``test_cli_reuses_the_configured_hook_and_dry_runs_without_a_verdict``: ``timeguard repair celery-beat --hook
    NAME`` with the hook's ``django:`` (``environment_file`` this time): first a dry run under a configuration whose
    sources give no usable verdict (it shows the plan with the local clock, says what the real run lacks, writes
-   nothing), then the real repair with honest sources; beat resumes (SQLite).
+   nothing), then the real repair with honest sources; beat resumes; ``repair undo INCIDENT --hook NAME`` finds the
+   database through the same hook (SQLite).
 
 Every process is started by the test and stopped by PID; only beat and the daemon follow the FakeClock.
 """
@@ -120,6 +121,9 @@ def test_cli_reuses_the_configured_hook_and_dry_runs_without_a_verdict(stock_sql
         t = time.monotonic()
         beat.wait_sent("every-1s", count=2, since=t, timeout_s=10)
         assert db.state().future() == []
+        # the undo finds the database through the same hook (a dry run: it would bring the outage back)
+        undo = run_cli(honest, "undo", result["incident_id"], "--hook", "beat", "--dry-run")
+        assert undo.rc == 0 and ("would restore:" in undo.stdout or "left alone:" in undo.stdout), undo
     missing = run_cli(honest, "celery-beat", "--json", "--trust-local-clock")
     assert missing.rc == 2 and "has one celery_beat hook: --hook beat uses it" in missing.stderr, missing
 
