@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,11 @@ def test_command_line_options_override_the_hook_s_and_a_database_replaces_it(mon
     assert django == {"django": {"settings": "p.s", "python": "/v/bin/python", "path": ["/a", "/b"],
                                  "environment_file": "/e.env", "user": "app"}}
     assert CeleryBeatKind.cli_options(_parse()) == {"database_url": "sqlite:////from/the/environment.sqlite3"}
+    # relative paths on the command line are relative to where it runs (a hook's must be absolute)
+    relative = CeleryBeatKind.cli_options(_parse("--django-settings", "p.s", "--django-python", "venv/bin/python",
+                                                 "--django-path", "."))
+    assert relative["django"] == {"settings": "p.s", "python": os.path.abspath("venv/bin/python"),
+                                  "path": [os.getcwd()]}
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -1287,11 +1287,15 @@ class CeleryBeatKind(TargetKind):
         """The hook options the command line gives (only those given: with ``--hook`` they override the hook's)."""
         found: dict[str, Any] = {}
         if getattr(args, "django_settings", None) or getattr(args, "django_python", None):
-            django: dict[str, Any] = {"settings": args.django_settings, "python": args.django_python}
+            # paths relative to where the command runs, as a shell user means them (a hook's must be absolute)
+            django: dict[str, Any] = {"settings": args.django_settings,
+                                      "python": _absolute(args.django_python)}
             for key, attr in (("path", "django_path"), ("environment_file", "django_env_file"),
                               ("user", "django_user"), ("database_alias", "django_alias")):
-                if getattr(args, attr, None):
-                    django[key] = getattr(args, attr)
+                value = getattr(args, attr, None)
+                if value:
+                    django[key] = (value if key in ("user", "database_alias") else
+                                   [_absolute(v) for v in value] if key == "path" else _absolute(value))
             found["django"] = {k: v for k, v in django.items() if v is not None}
         if args.database_url:
             found["database_url"] = args.database_url
@@ -1353,6 +1357,10 @@ _CLI_NAMES = {"database_url": "--database-url", "django": "--django-settings", "
               "django.python": "--django-python", "django.path": "--django-path",
               "django.environment_file": "--django-env-file", "django.user": "--django-user",
               "django.database_alias": "--django-alias", "use_tz": "--no-use-tz", "tz_aware": "--no-tz-aware"}
+
+
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else path
 
 
 class NoDatabase(RepairError):
