@@ -15,6 +15,7 @@ from timeguard import config
 from timeguard.cli import repair as repair_cli
 from timeguard.hooks.api import HookConfigError
 from timeguard.hooks.registry import HOOK_TYPES
+from timeguard.repair import django_settings
 from timeguard.repair.celery_beat import URL_ENV, CeleryBeatKind, CeleryBeatOptions
 from timeguard.repair.hook import CeleryBeatHook, RepairHook
 from timeguard.repair.target import RepairError
@@ -76,6 +77,7 @@ def test_the_schema_shows_every_typed_option_with_its_doc(capsys: pytest.Capture
     for name in CeleryBeatOptions.__dataclass_fields__:
         assert properties[name].get("description"), name
     assert properties["django"]["required"] == ["settings", "python"]
+    assert set(properties["django"]["properties"]) == set(django_settings.KEYS)  # the schema and the check agree
     assert properties["use_tz"]["anyOf"][0]["type"] == "boolean"
     assert properties["max_rounds"]["type"] == "integer"
     assert set(CeleryBeatKind.options) == set(CeleryBeatOptions.__dataclass_fields__)

@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from timeguard.config import option
 from timeguard.repair import dburl
-from timeguard.repair.django_settings import DjangoSettings, DjangoSource, probe
+from timeguard.repair.django_settings import DJANGO_SCHEMA, DjangoSettings, DjangoSource, probe
 from timeguard.repair.evidence import MAX_OFFSET_RANGE_S
 from timeguard.repair.target import (
     READABLE_BEFORE,
@@ -1073,26 +1073,6 @@ def _number_schema(key: str) -> dict[str, Any]:
     return {"type": "integer" if whole else "number", "minimum": low, "maximum": high}
 
 
-_DJANGO_SCHEMA = {
-    "type": "object", "additionalProperties": False, "required": ["settings", "python"],
-    "properties": {
-        "settings": {"type": "string", "description": "the settings module (DJANGO_SETTINGS_MODULE), e.g. "
-                                                      "proj.settings"},
-        "python": {"type": "string", "description": "the application's interpreter, e.g. /srv/app/.venv/bin/python"},
-        "path": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-                 "description": "directories put first on sys.path (the project directory; the first is the "
-                                "working directory)"},
-        "environment_file": {"type": "string", "description": "variables the settings read, in systemd "
-                                                              "EnvironmentFile= syntax"},
-        "user": {"type": "string", "description": "read the settings as this user (timeguard must be root)"},
-        "database_alias": {"type": "string", "description": "the DATABASES alias of django-celery-beat's tables "
-                                                            "(default: default)"},
-        "timeout_s": {"type": "number", "minimum": 1, "maximum": 600,
-                      "description": "reading the settings may take this long (default 30)"},
-    },
-}
-
-
 @dataclass(frozen=True, slots=True)
 class CeleryBeatOptions:
     """The celery_beat target's options (``type: celery_beat``, or ``type: repair`` with ``target: celery_beat``).
@@ -1101,7 +1081,7 @@ class CeleryBeatOptions:
 
     django: Any = option(None, doc="read the database, USE_TZ, TIME_ZONE, DJANGO_CELERY_BEAT_TZ_AWARE, the table "
                          "prefix and beat's max interval from the project's Django settings, in the project's own "
-                         "interpreter", schema=_DJANGO_SCHEMA)
+                         "interpreter", schema=DJANGO_SCHEMA)
     database_url: str | None = option(None, doc="beat's database: postgres://user@host/name, mysql://…, "
                                       "sqlite:////abs/path.sqlite3 (a password is better in database_url_env)")
     database_url_env: str | None = option(None, doc="the environment variable holding the database URL")

@@ -43,6 +43,26 @@ KEYS = ("settings", "python", "path", "environment_file", "user", "database_alia
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 MARK = "TIMEGUARD-DJANGO-PROBE "
 
+#: The option's JSON Schema (``config schema``); :func:`shape_problems` is the check that says why.
+DJANGO_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["settings", "python"],
+    "properties": {
+        "settings": {"type": "string", "description": "the settings module (DJANGO_SETTINGS_MODULE), e.g. "
+                                                      "proj.settings"},
+        "python": {"type": "string", "description": "the application's interpreter, e.g. /srv/app/.venv/bin/python"},
+        "path": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                 "description": "directories put first on sys.path (the project directory; the first is the "
+                                "working directory)"},
+        "environment_file": {"type": "string", "description": "variables the settings read, in systemd "
+                                                              "EnvironmentFile= syntax"},
+        "user": {"type": "string", "description": "read the settings as this user (timeguard must be root)"},
+        "database_alias": {"type": "string", "description": "the DATABASES alias of django-celery-beat's tables "
+                                                            "(default: default)"},
+        "timeout_s": {"type": "number", "minimum": TIMEOUT_RANGE_S[0], "maximum": TIMEOUT_RANGE_S[1],
+                      "description": "reading the settings may take this long (default 30)"},
+    },
+}
+
 #: Runs in the application's interpreter: argv[1] is JSON {path, alias}. Anything the settings print goes to
 #: stderr; the answer is the one stdout line that starts with MARK.
 PROBE = r'''
