@@ -168,19 +168,25 @@ def test_each_failure_is_one_clear_error(case: str, why: str, project: Path, tmp
     assert time.monotonic() - started < 10
 
 
-def test_the_probe_runs_as_the_configured_user(tmp_path: Path) -> None:
+def test_the_probe_runs_as_the_configured_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As root with ``user: nobody``: the interpreter runs as nobody (a wrapper that reports its uid — the venv's
-    interpreter lives under /root, which nobody cannot enter); not root: refused, saying why."""
+    interpreter lives under /root, which nobody cannot enter) without timeguard's environment (which may hold its
+    secrets) but with the environment file; not root: refused, saying why."""
+    monkeypatch.setenv("TG_TIMEGUARD_OWN_SECRET", "whsec_not_for_the_app")
+    env_file = tmp_path / "app.env"
+    env_file.write_text("APP_SETTING=from-the-file\n")
     need(os.geteuid() == 0, "running the probe as another user needs root")
     need(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
     wrapper = scratch_dir("djuser") / "python"
     wrapper.parent.chmod(0o755)
-    wrapper.write_text('#!/bin/sh\necho "uid $(id -u) HOME=$HOME USER=$USER" >&2\nexit 3\n')
+    wrapper.write_text('#!/bin/sh\necho "uid $(id -u) HOME=$HOME USER=$USER $APP_SETTING '
+                       '[$TG_TIMEGUARD_OWN_SECRET]" >&2\nexit 3\n')
     wrapper.chmod(0o755)
     with pytest.raises(DjangoSettingsError) as info:
-        probe(DjangoSource(settings="proj.settings", python=str(wrapper), user="nobody"))
+        probe(DjangoSource(settings="proj.settings", python=str(wrapper), user="nobody",
+                           environment_file=str(env_file)))
     assert str(info.value) == (f"django: {wrapper} exited 3 without reading the settings proj.settings: uid 65534 "
-                               "HOME=/nonexistent USER=nobody")
+                               "HOME=/nonexistent USER=nobody from-the-file []")
     script = ("import json\nfrom timeguard.repair.django_settings import DjangoSource, probe\n"
               f"try:\n    probe(DjangoSource(settings='proj.settings', python={str(wrapper)!r}, user='root'))\n"
               "except Exception as exc:\n    print(json.dumps(str(exc)))\n")

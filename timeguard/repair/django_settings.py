@@ -11,7 +11,8 @@
       database_alias: default            # the DATABASES alias django-celery-beat uses
       timeout_s: 30
 
-timeguard never imports Django into itself: :func:`probe` runs *that* interpreter with a small script
+timeguard never imports Django into itself: :func:`probe` runs *that* interpreter (with timeguard's environment,
+or, as another ``user``, only PATH and the locale; then the environment file) with a small script
 (:data:`PROBE`) that sets Django up as the application does and prints one JSON line — the database of the alias,
 ``USE_TZ``, ``TIME_ZONE``, ``DJANGO_CELERY_BEAT_TZ_AWARE``, the real table names of django-celery-beat's models
 (their prefix) and beat's ``beat_max_loop_interval`` (``CELERY_BEAT_MAX_LOOP_INTERVAL``; unset: the
@@ -42,6 +43,8 @@ TIMEOUT_RANGE_S = (1.0, 600.0)
 KEYS = ("settings", "python", "path", "environment_file", "user", "database_alias", "timeout_s")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 MARK = "TIMEGUARD-DJANGO-PROBE "
+#: What of timeguard's environment a probe run as another ``user`` sees (besides LC_*).
+_PASSED_TO_USER = frozenset({"PATH", "LANG", "LANGUAGE", "TZ"})
 
 #: The option's JSON Schema (``config schema``); :func:`shape_problems` is the check that says why.
 DJANGO_SCHEMA: dict[str, Any] = {
@@ -224,6 +227,9 @@ def probe(source: DjangoSource) -> DjangoSettings:
     run_as: dict[str, Any] = {}
     if source.user is not None:
         run_as, home = _user(source.user)
+        # timeguard's own environment may hold its secrets (a webhook's secret_env…): another user gets only the
+        # locale, PATH and the environment file
+        env = {k: v for k, v in os.environ.items() if k in _PASSED_TO_USER or k.startswith("LC_")}
         env.update({"HOME": home, "USER": source.user, "LOGNAME": source.user})
     if source.environment_file is not None:
         try:
