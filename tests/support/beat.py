@@ -58,6 +58,8 @@ KINDS = ("sqlite", "postgresql", "mariadb")
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 MARIADB_ADMIN = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 REDIS_URL = "redis://127.0.0.1:6379/0"
+#: A stock project's settings: the database from dj-database-url's DATABASE_URL (BeatDatabase(stock=True)).
+STOCK_SETTINGS = "beatproject.settings_dburl"
 
 #: The custom tasks the seed schedule creates (celery's own ``celery.backend_cleanup`` may also exist).
 SEED_TASKS = ("every-1s", "every-2s", "every-minute", "clocked-once")
@@ -155,11 +157,12 @@ class BeatState:
 class BeatDatabase(Lifecycle):
     """A unique database of ``kind`` (sqlite, postgresql, mariadb) with django-celery-beat's tables migrated."""
 
-    def __init__(self, kind: str, settings: dict[str, str] | None = None) -> None:
+    def __init__(self, kind: str, settings: dict[str, str] | None = None, *, stock: bool = False) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.kind = kind
         self.settings = dict(settings or {})  # TG_BEAT_USE_TZ… for every project process (beatproject/settings.py)
+        self.stock = stock  # beatproject.settings_dburl: the database from a dj-database-url DATABASE_URL
         self.name = f"tg_beat_{uuid.uuid4().hex[:12]}"
         self.dir = scratch_dir(f"beatdb-{kind}")
         self._created = False
@@ -172,6 +175,8 @@ class BeatDatabase(Lifecycle):
         else:
             self.path = None
             self.url = f"mysql://root@127.0.0.1:3306/{self.name}"
+        if stock:
+            self.settings.update(DJANGO_SETTINGS_MODULE=STOCK_SETTINGS, DATABASE_URL=self.url)
 
     @property
     def sa_url(self) -> str:
@@ -261,7 +266,8 @@ class BeatDatabase(Lifecycle):
 
 
 @contextlib.contextmanager
-def seeded_database(kind: str, settings: dict[str, str] | None = None) -> Iterator[BeatDatabase]:
+def seeded_database(kind: str, settings: dict[str, str] | None = None, *, stock: bool = False
+                    ) -> Iterator[BeatDatabase]:
     """A migrated ``kind`` database with the seed schedule, dropped afterwards; skips (or, with
     TIMEGUARD_REQUIRE_REAL=1, fails) when the packages or the database server are missing. ``settings``: the
     project's TG_BEAT_* settings (time-zone conventions)."""
@@ -269,7 +275,7 @@ def seeded_database(kind: str, settings: dict[str, str] | None = None) -> Iterat
 
     need(packages_problem() is None, f"{packages_problem()}")
     need(service_problem(kind) is None, f"{service_problem(kind)}")
-    db = BeatDatabase(kind, settings)
+    db = BeatDatabase(kind, settings, stock=stock)
     try:
         db.create()
         db.create_tasks()

@@ -36,8 +36,10 @@ RELOAD_LINE = r"DatabaseScheduler: Schedule changed"
 
 
 def repair_hook(db: BeatDatabase, **options: Any) -> dict[str, Any]:
-    """The ``celery_beat`` hook for ``db``; ``options`` override (none: the defaults a user gets)."""
-    return {"type": "celery_beat", "name": REPAIR_HOOK, "database_url": db.sa_url, **options}
+    """The ``celery_beat`` hook for ``db``; ``options`` override (none: the defaults a user gets). With
+    ``django`` (the project's settings) the hook names no database URL: the settings say where it is."""
+    where = {} if "django" in options else {"database_url": db.sa_url}
+    return {"type": "celery_beat", "name": REPAIR_HOOK, **where, **options}
 
 
 @dataclasses.dataclass

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -220,3 +222,56 @@ def test_an_owner_command_that_overruns_the_hook_s_timeout_is_killed_with_its_pr
     else:
         os.kill(grandchild, 9)
         pytest.fail("the stop command's child outlived its group's SIGTERM")
+
+
+# ``timeguard repair TARGET --hook NAME`` with a target that needs its owner stopped: the command line stops and
+# starts the owner around the repair as the hook does (real ``sh`` programs as its commands), not for a dry run.
+
+
+def _cli_config(tmp_path: Path, log: Path) -> Path:
+    cfg = tmp_path / "timeguard.yaml"
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "hooks": [
+        {"type": "repair", "target": "memory", "name": "mem", "timeout_s": 20,
+         "stop_command": ["sh", "-c", f"echo stop >> {log}"], "start_command": ["sh", "-c", f"echo start >> {log}"]},
+    ]}))
+    return cfg
+
+
+def test_the_owner_is_stopped_and_started_around_a_repair_from_the_command_line(memory_kind: type[MemoryKind],
+                                                                                tmp_path: Path, capsys) -> None:
+    from timeguard.cli.main import main
+
+    log = tmp_path / "owner.log"
+    cfg = _cli_config(tmp_path, log)
+    now = time.time()
+    memory_kind.store = {"a": now + 86400.0, "b": now - 5.0}
+
+    assert main(["repair", "memory", "--config", str(cfg), "--hook", "mem", "--trust-local-clock", "--dry-run"]) == 0
+    assert not log.exists() and memory_kind.calls == []  # a dry run stops nothing and writes nothing
+    assert memory_kind.store["a"] == now + 86400.0
+
+    assert main(["repair", "memory", "--config", str(cfg), "--hook", "mem", "--trust-local-clock"]) == 0
+    assert log.read_text().split() == ["stop", "start"]
+    assert [call["owner_stopped"] for call in memory_kind.calls] == [True]
+    assert memory_kind.store["a"] <= time.time()
+    capsys.readouterr()
+
+    assert main(["repair", "memory", "--config", str(cfg), "--hook", "nope", "--trust-local-clock"]) == 1
+    assert capsys.readouterr().err.strip() == (f"timeguard repair: --hook nope is not in {cfg} (memory hooks there: "
+                                               "mem)")
+
+
+def test_a_stop_that_fails_writes_nothing_and_starts_nothing(memory_kind: type[MemoryKind], tmp_path: Path,
+                                                            capsys) -> None:
+    from timeguard.cli.main import main
+
+    cfg = tmp_path / "timeguard.yaml"
+    started = tmp_path / "started"
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "hooks": [
+        {"type": "repair", "target": "memory", "name": "mem", "stop_command": ["false"],
+         "start_command": ["touch", str(started)]}]}))
+    now = time.time()
+    memory_kind.store = {"a": now + 86400.0}
+    assert main(["repair", "memory", "--config", str(cfg), "--hook", "mem", "--trust-local-clock"]) == 1
+    assert "stop_command false exited 1" in capsys.readouterr().err
+    assert memory_kind.store == {"a": now + 86400.0} and memory_kind.calls == [] and not started.exists()

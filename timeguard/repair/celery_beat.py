@@ -31,11 +31,14 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from timeguard.config import option
+from timeguard.repair import dburl
+from timeguard.repair.django_settings import DJANGO_SCHEMA, DjangoSettings, DjangoSource, probe
 from timeguard.repair.evidence import MAX_OFFSET_RANGE_S
 from timeguard.repair.target import (
     READABLE_BEFORE,
@@ -72,10 +75,6 @@ DEFAULT_MAX_ROUNDS = 3
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 INSTALL_HINT = "pip install 'timeguard[celery-beat]'"
-#: The drivers the celery-beat extra installs. A URL without a driver (``mysql://``, ``postgres://``, as
-#: dj-database-url users write them) gets these, not SQLAlchemy's default (MySQLdb, psycopg2: not installed).
-_DEFAULT_DRIVERS = {"postgres": "postgresql+psycopg", "postgresql": "postgresql+psycopg",
-                    "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
 #: Every numeric option of the repair (hook, CLI, engine): (minimum, maximum, whole number). NaN compares False
 #: with everything, so a NaN would switch off the check it feeds; inf and negatives are just as meaningless.
 NUMERIC_OPTIONS: dict[str, tuple[float, float, bool]] = {
@@ -277,24 +276,25 @@ class CeleryBeatRepair:
         max_rounds: int = DEFAULT_MAX_ROUNDS,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        source: str = "database_url",
     ) -> None:
         sa = _sqlalchemy()
         # Secrets as given (the userinfo password, secret-named query values): scrubbed from every message, since a
         # driver may echo parts of the URL.
-        self._secrets = _url_secrets(database_url)
+        self._secrets = _url_secrets(database_url) if isinstance(database_url, str) else []
+        # dj-database-url's forms (postgres://, pgsql://, mysql://…) get the installed driver (timeguard.repair.dburl)
         try:
-            given = sa.engine.make_url(database_url)
+            connect = dburl.connect_url(database_url, option=source)
+        except dburl.DatabaseUrlError as exc:
+            raise RepairError(self._scrub(str(exc))) from None
+        try:
+            given = sa.engine.make_url(database_url.strip())
+            self.url = sa.engine.make_url(connect)  # what is connected to
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and ValueError variants
-            raise RepairError(f"database_url is not a database URL ({self._scrub(str(exc))})") from None
+            raise RepairError(f"{source} is not a database URL ({self._scrub(str(exc))})") from None
         self.given_url = given  # as written: names the database in messages and in the journal's fingerprint
-        driver = _DEFAULT_DRIVERS.get(given.drivername)
-        self.url = given.set(drivername=driver) if driver else given  # what is connected to
+        self.source = source
         self.backend = self.url.get_backend_name()
-        if self.backend not in ("postgresql", "mysql", "mariadb", "sqlite"):
-            raise RepairError(
-                f"database_url {self.where}: unsupported database {self.backend!r} "
-                "(postgresql+psycopg://, mysql+pymysql://, sqlite:///)"
-            )
         numbers = {"beat_max_interval_s": beat_max_interval_s, "wait_margin_s": wait_margin_s,
                    "max_rounds": max_rounds, "lock_timeout_s": lock_timeout_s,
                    "connect_timeout_s": connect_timeout_s}
@@ -384,7 +384,7 @@ class CeleryBeatRepair:
     def _sqlite_path(self) -> str:
         database = self.url.database or ""
         if database in ("", ":memory:") or self.url.query.get("uri") or database.startswith("file:"):
-            raise RepairError(f"database_url {self.where}: give the path of the beat's SQLite file "
+            raise RepairError(f"{self.source} {self.where}: give the path of the beat's SQLite file "
                               "(sqlite:////abs/path.sqlite3), not an in-memory or URI database")
         return os.path.abspath(database)
 
@@ -415,7 +415,7 @@ class CeleryBeatRepair:
         except ImportError as exc:
             raise RepairError(self._driver_hint(exc)) from None
         except Exception as exc:  # noqa: BLE001 - argument errors from the dialect
-            raise RepairError(f"database_url {self.where}: {self._scrub(str(exc))}") from None
+            raise RepairError(f"{self.source} {self.where}: {self._scrub(str(exc))}") from None
         if self.is_sqlite:
             # pysqlite's own transaction handling defers BEGIN; BEGIN IMMEDIATE takes the write lock up front so
             # two agents on one file serialise instead of one failing at its first UPDATE.
@@ -434,7 +434,7 @@ class CeleryBeatRepair:
         module = getattr(exc, "name", None) or str(exc)
         ours = {"postgresql": "postgresql+psycopg://", "mysql": "mysql+pymysql://", "mariadb": "mariadb+pymysql://"}
         suggestion = ours.get(self.backend)
-        if suggestion and self.url.drivername != _DEFAULT_DRIVERS.get(self.backend):
+        if suggestion and self.url.drivername != dburl.DEFAULT_DRIVERS.get(self.backend):
             return (f"{self.where}: its driver ({self.url.get_driver_name()}) is not installed (no module "
                     f"{module!r}); {INSTALL_HINT} installs the one {suggestion} uses: write the URL that way")
         return f"{self.where}: no driver (no module {module!r}): {INSTALL_HINT}"
@@ -1056,10 +1056,54 @@ def format_beat_table(changes: Sequence[PlannedChange]) -> str:
 # ------------------------------------------------------------------------------------------- the target kind
 
 URL_ENV = "TIMEGUARD_BEAT_DATABASE_URL"
-_KIND_OPTIONS = frozenset({
-    "database_url", "database_url_env", "database_url_file", "table_prefix", "schema", "use_tz", "tz_aware",
-    "time_zone", "tolerance_s", "beat_max_interval_s", "wait_margin_s", "max_rounds", "lock_timeout_s",
-})
+URL_KEYS = ("database_url", "database_url_env", "database_url_file")
+#: Django settings are read again after this long (seconds): a repair or audit right after another reuses them.
+DJANGO_PROBE_TTL_S = 300.0
+_NUMBER_KEYS = ("tolerance_s", "beat_max_interval_s", "wait_margin_s", "lock_timeout_s", "max_rounds")
+#: The repair options a hook (or the command line) may give; with ``django:`` they override what settings say.
+_REPAIR_KEYS = ("table_prefix", "schema", "use_tz", "tz_aware", "time_zone", *_NUMBER_KEYS)
+_DEFAULTS: dict[str, Any] = {"table_prefix": DEFAULT_TABLE_PREFIX, "schema": None, "use_tz": True, "tz_aware": True,
+                             "time_zone": "UTC", "tolerance_s": None,
+                             "beat_max_interval_s": DEFAULT_BEAT_MAX_INTERVAL_S, "wait_margin_s": DEFAULT_WAIT_MARGIN_S,
+                             "max_rounds": DEFAULT_MAX_ROUNDS}
+
+
+def _number_schema(key: str) -> dict[str, Any]:
+    low, high, whole = NUMERIC_OPTIONS[key]
+    return {"type": "integer" if whole else "number", "minimum": low, "maximum": high}
+
+
+@dataclass(frozen=True, slots=True)
+class CeleryBeatOptions:
+    """The celery_beat target's options (``type: celery_beat``, or ``type: repair`` with ``target: celery_beat``).
+    Where beat's database is: ``django`` (the project's settings), or one of the ``database_url*`` keys. The rest
+    default to what the settings say (with ``django``), else to Django's defaults."""
+
+    django: Any = option(None, doc="read the database, USE_TZ, TIME_ZONE, DJANGO_CELERY_BEAT_TZ_AWARE, the table "
+                         "prefix and beat's max interval from the project's Django settings, in the project's own "
+                         "interpreter", schema=DJANGO_SCHEMA)
+    database_url: str | None = option(None, doc="beat's database: postgres://user@host/name, mysql://…, "
+                                      "sqlite:////abs/path.sqlite3 (a password is better in database_url_env)")
+    database_url_env: str | None = option(None, doc="the environment variable holding the database URL")
+    database_url_file: str | None = option(None, doc="a file holding the database URL")
+    table_prefix: Any = option(None, doc="the tables' prefix (default: from django, else django_celery_beat_)",
+                               schema={"type": "string"})
+    schema: str | None = option(None, doc="the PostgreSQL schema holding the tables")
+    use_tz: bool | None = option(None, doc="Django USE_TZ (default: from django, else true)")
+    tz_aware: bool | None = option(None, doc="DJANGO_CELERY_BEAT_TZ_AWARE (default: from django, else true)")
+    time_zone: str | None = option(None, doc="Django TIME_ZONE, used when use_tz is false (default: from django, "
+                                   "else UTC)")
+    tolerance_s: Any = option(None, doc="future means more than this far ahead (default 600; 93600 without "
+                              "use_tz)", schema=_number_schema("tolerance_s"))
+    beat_max_interval_s: Any = option(None, doc="beat's max interval: the wait between the reload signals (default: "
+                                      "CELERY_BEAT_MAX_LOOP_INTERVAL from django, else 5)",
+                                      schema=_number_schema("beat_max_interval_s"))
+    wait_margin_s: Any = option(None, doc=f"added to each wait (default {DEFAULT_WAIT_MARGIN_S:g})",
+                                schema=_number_schema("wait_margin_s"))
+    max_rounds: Any = option(None, doc=f"rounds at most (default {DEFAULT_MAX_ROUNDS})",
+                             schema=_number_schema("max_rounds"))
+    lock_timeout_s: Any = option(None, doc=f"wait this long for a row lock (default {DEFAULT_LOCK_TIMEOUT_S:g})",
+                                 schema=_number_schema("lock_timeout_s"))
 
 
 def _problems_to_error(problems: list[tuple[str, str]]) -> Exception:
@@ -1078,7 +1122,8 @@ class CeleryBeatKind(TargetKind):
                    "trusted now, so a running beat sends the tasks again. Without --trust-local-clock the time "
                    "sources of the configuration are asked first, and the repair is refused unless NTP and HTTPS "
                    "agree with this clock.")
-    options = _KIND_OPTIONS
+    Options: ClassVar[type[CeleryBeatOptions]] = CeleryBeatOptions
+    options = frozenset(f.name for f in fields(CeleryBeatOptions))
     service_option = "beat_service"
 
     def __init__(self, options: Mapping[str, Any]) -> None:
@@ -1086,59 +1131,55 @@ class CeleryBeatKind(TargetKind):
         self.database_url: str | None = options.get("database_url")
         self.database_url_env: str | None = options.get("database_url_env")
         self.database_url_file: str | None = options.get("database_url_file")
-        self.repair_options: dict[str, Any] = {}
+        self.django: DjangoSource | None = None
+        #: the options given (hook or command line): they override the settings
+        self.explicit: dict[str, Any] = {}
+        self.repair_options: dict[str, Any] = {}  # the defaults and the explicit options (without the settings)
         self.tolerance_s = DEFAULT_TOLERANCE_S
+        #: where a URL problem points: the hook's key, or the command line's option
+        self.url_source = "database_url"
+        self._probed: tuple[float, DjangoSettings] | None = None
 
     @classmethod
     def validate(cls, options: Mapping[str, Any]) -> tuple[list[tuple[str, str]], CeleryBeatKind]:
         """The problems of the hook's database options (in the order a person fixes them), and the kind."""
-        problems: list[tuple[str, str]] = []
-        sources = [k for k in ("database_url", "database_url_env", "database_url_file") if options.get(k)]
-        if len(sources) != 1:
-            problems.append(("database_url", "give exactly one of database_url, database_url_env, database_url_file"))
-        for key in sources:
-            if not isinstance(options[key], str):
-                problems.append((key, "must be a string"))
-        for key in ("use_tz", "tz_aware"):
-            if key in options and not isinstance(options[key], bool):
-                problems.append((key, "must be true or false"))
-        for key in ("table_prefix", "schema", "time_zone"):
-            if key in options and not isinstance(options[key], str):
-                problems.append((key, "must be a string"))
-        numbers: dict[str, float] = {}
-        for key in ("tolerance_s", "beat_max_interval_s", "wait_margin_s", "lock_timeout_s", "max_rounds"):
-            if key in options:
+        from timeguard.config import convert_options
+
+        _, problems = convert_options(CeleryBeatOptions, options, hook=TARGET)
+        sources = [k for k in URL_KEYS if options.get(k) is not None]
+        if len(sources) > 1 or (not sources and options.get("django") is None):
+            problems.append(("database_url", "give django (the project's settings: {settings, python, path}) or "
+                             "exactly one of database_url, database_url_env, database_url_file"))
+        kind = cls(options)
+        if options.get("django") is not None:
+            kind.django, found = DjangoSource.from_option(options["django"])
+            problems += found
+        if "table_prefix" in options and not isinstance(options["table_prefix"], str):
+            problems.append(("table_prefix", "must be a string"))
+        for key in _NUMBER_KEYS:
+            if key in options:  # null too: a number was meant
                 problem = number_problem(key, options[key])
                 if problem is not None:  # NaN compares False with everything: it would switch a check off
                     problems.append((key, problem))
-                else:
-                    numbers[key] = options[key]
-        kind = cls(options)
-        use_tz = options.get("use_tz", True) is not False
-        kind.tolerance_s = numbers.get("tolerance_s", DEFAULT_TOLERANCE_S if use_tz else DEFAULT_TOLERANCE_NAIVE_S)
-        kind.repair_options = {
-            "table_prefix": options.get("table_prefix", DEFAULT_TABLE_PREFIX),
-            "schema": options.get("schema"),
-            "use_tz": options.get("use_tz", True),
-            "tz_aware": options.get("tz_aware", True),
-            "time_zone": options.get("time_zone", "UTC"),
-            "tolerance_s": numbers.get("tolerance_s"),
-            "beat_max_interval_s": numbers.get("beat_max_interval_s", DEFAULT_BEAT_MAX_INTERVAL_S),
-            "wait_margin_s": numbers.get("wait_margin_s", DEFAULT_WAIT_MARGIN_S),
-            "max_rounds": int(numbers.get("max_rounds", DEFAULT_MAX_ROUNDS)),
-        }
-        if "lock_timeout_s" in numbers:
-            kind.repair_options["lock_timeout_s"] = numbers["lock_timeout_s"]
+        bad = {key for key, _ in problems}
+        kind.explicit = {k: options[k] for k in _REPAIR_KEYS if options.get(k) is not None and k not in bad}
+        if "max_rounds" in kind.explicit:
+            kind.explicit["max_rounds"] = int(kind.explicit["max_rounds"])
+        kind.repair_options = {**_DEFAULTS, **kind.explicit}
+        use_tz = kind.repair_options["use_tz"] is not False
+        kind.tolerance_s = kind.explicit.get("tolerance_s",
+                                             DEFAULT_TOLERANCE_S if use_tz else DEFAULT_TOLERANCE_NAIVE_S)
         return problems, kind
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> CeleryBeatKind:
+    def from_options(cls, options: Mapping[str, Any], *, url_source: str = "database_url") -> CeleryBeatKind:
         problems, kind = cls.validate(options)
         if problems:
             raise _problems_to_error(problems)
+        kind.url_source = url_source
         if kind.database_url:
             try:  # validate the URL and the time zone now, without connecting
-                CeleryBeatRepair(kind.database_url, **kind.repair_options)
+                CeleryBeatRepair(kind.database_url, source=url_source, **kind.repair_options)
             except RepairError as exc:
                 raise _problems_to_error([("database_url", str(exc))]) from None
         return kind
@@ -1150,26 +1191,50 @@ class CeleryBeatKind(TargetKind):
         return None
 
     def max_run_s(self) -> float:
-        """Rounds × two waits, plus slack for the statements: the dispatcher waits this long for the result."""
-        wait = self.repair_options["beat_max_interval_s"] + self.repair_options["wait_margin_s"]
-        return self.repair_options["max_rounds"] * (2 * wait + 30) + 30
+        """Rounds × two waits, plus slack for the statements: the dispatcher waits this long for the result (with
+        ``django``, beat's max interval as the settings said when they were last read)."""
+        options = self._options(self._probed[1]) if self._probed is not None else self.repair_options
+        wait = options["beat_max_interval_s"] + options["wait_margin_s"]
+        return options["max_rounds"] * (2 * wait + 30) + 30 + (self.django.timeout_s if self.django else 0)
 
-    def _url(self) -> str:
+    def _url(self) -> tuple[str, str]:
+        """The database URL and the option it came from (read now: it may hold a password)."""
         if self.database_url:
-            return self.database_url
+            return self.database_url, self.url_source
         if self.database_url_env:
             value = os.environ.get(self.database_url_env, "")
             if not value:
                 raise RepairError(f"database_url_env: ${self.database_url_env} is not set")
-            return value
-        assert self.database_url_file is not None
-        try:
-            return Path(self.database_url_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise RepairError(f"database_url_file {self.database_url_file}: {exc.strerror}") from None
+            return value, f"database_url_env (${self.database_url_env})"
+        if self.database_url_file:
+            try:
+                return (Path(self.database_url_file).read_text(encoding="utf-8").strip(),
+                        f"database_url_file ({self.database_url_file})")
+            except OSError as exc:
+                raise RepairError(f"database_url_file {self.database_url_file}: {exc.strerror}") from None
+        settings = self.settings()
+        assert self.django is not None and settings is not None
+        return (settings.database_url,
+                f"django (DATABASES[{self.django.database_alias!r}] of {self.django.settings})")
+
+    def settings(self) -> DjangoSettings | None:
+        """The project's settings (``django``), read again when older than :data:`DJANGO_PROBE_TTL_S`."""
+        if self.django is None:
+            return None
+        now = time.monotonic()
+        if self._probed is None or now - self._probed[0] > DJANGO_PROBE_TTL_S:
+            self._probed = (now, probe(self.django))
+        return self._probed[1]
+
+    def _options(self, settings: DjangoSettings | None) -> dict[str, Any]:
+        """The repair's options: the defaults, what the settings say, what was given (in that order)."""
+        merged = {**_DEFAULTS, **(settings.repair_options() if settings else {}), **self.explicit}
+        return merged
 
     def open(self) -> CeleryBeatRepair:
-        return CeleryBeatRepair(self._url(), **self.repair_options)
+        settings = self.settings()
+        url, source = self._url()
+        return CeleryBeatRepair(url, source=source, **self._options(settings))
 
     # ------------------------------------------------------------------------------------- command line
 
@@ -1178,37 +1243,118 @@ class CeleryBeatKind(TargetKind):
         _database_args(parser)
         parser.add_argument("--tolerance-s", type=number_arg("tolerance_s"), metavar="N",
                             help="future means more than N s ahead (default 600; 93600 with --no-use-tz)")
-        parser.add_argument("--no-use-tz", action="store_true", help="the project runs with Django USE_TZ=False")
-        parser.add_argument("--no-tz-aware", action="store_true", help="DJANGO_CELERY_BEAT_TZ_AWARE=False")
-        parser.add_argument("--time-zone", default="UTC", help="Django TIME_ZONE (only matters with --no-use-tz)")
-        parser.add_argument("--beat-max-interval-s", type=number_arg("beat_max_interval_s"), default=5.0,
-                            metavar="S", help="beat's max_interval: how long to wait between the reload signals "
-                            "(default 5)")
-        parser.add_argument("--max-rounds", type=number_arg("max_rounds"), default=3, metavar="N",
+        parser.add_argument("--no-use-tz", action="store_const", const=True, help="the project runs with Django "
+                            "USE_TZ=False (default: from the settings, else USE_TZ=True)")
+        parser.add_argument("--no-tz-aware", action="store_const", const=True,
+                            help="DJANGO_CELERY_BEAT_TZ_AWARE=False (default: from the settings, else True)")
+        parser.add_argument("--time-zone", help="Django TIME_ZONE (only matters with --no-use-tz; default: from the "
+                            "settings, else UTC)")
+        parser.add_argument("--beat-max-interval-s", type=number_arg("beat_max_interval_s"), metavar="S",
+                            help="beat's max_interval: how long to wait between the reload signals (default: from "
+                            "the settings, else 5)")
+        parser.add_argument("--max-rounds", type=number_arg("max_rounds"), metavar="N",
                             help="rounds at most (default 3)")
 
     @classmethod
     def add_undo_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        _database_args(parser, required=False)
-        parser.add_argument("--beat-max-interval-s", type=number_arg("beat_max_interval_s"), default=5.0,
-                            metavar="S", help="beat's max_interval: how long to wait between the reload signals "
-                            "(default 5)")
+        _database_args(parser)
+        parser.add_argument("--beat-max-interval-s", type=number_arg("beat_max_interval_s"), metavar="S",
+                            help="beat's max_interval: how long to wait between the reload signals (default: from "
+                            "the settings, else 5)")
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> dict[str, Any]:
+        """The hook options the command line gives (only those given: with ``--hook`` they override the hook's)."""
+        found: dict[str, Any] = {}
+        if getattr(args, "django_settings", None) or getattr(args, "django_python", None):
+            # paths relative to where the command runs, as a shell user means them (a hook's must be absolute)
+            django: dict[str, Any] = {"settings": args.django_settings,
+                                      "python": _absolute(args.django_python)}
+            for key, attr in (("path", "django_path"), ("environment_file", "django_env_file"),
+                              ("user", "django_user"), ("database_alias", "django_alias")):
+                value = getattr(args, attr, None)
+                if value:
+                    django[key] = (value if key in ("user", "database_alias") else
+                                   [_absolute(v) for v in value] if key == "path" else _absolute(value))
+            found["django"] = {k: v for k, v in django.items() if v is not None}
+        if args.database_url:
+            found["database_url"] = args.database_url
+        for key in ("table_prefix", "schema", "time_zone", "tolerance_s", "beat_max_interval_s", "max_rounds"):
+            if getattr(args, key, None) is not None:
+                found[key] = getattr(args, key)
+        if getattr(args, "no_use_tz", None):
+            found["use_tz"] = False
+        if getattr(args, "no_tz_aware", None):
+            found["tz_aware"] = False
+        return found
+
+    @classmethod
+    def cli_options(cls, args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The hook options of a run from the command line: a configured hook's (``base``, with ``--hook``) with
+        the command line's on top; a database named on the command line replaces the hook's. Without a hook and
+        without a database on the command line, ``$TIMEGUARD_BEAT_DATABASE_URL``."""
+        given = cls.options_from_args(args)
+        if base is None and "database_url" not in given and "django" not in given:
+            from_env = os.environ.get(URL_ENV) or None
+            if from_env is not None:
+                given["database_url"] = from_env
+        options = dict(base or {})
+        if "database_url" in given or "django" in given:
+            for key in (*URL_KEYS, "django"):
+                options.pop(key, None)
+        options.update(given)
+        return options
+
+    @classmethod
+    def kind_from_args(cls, args: argparse.Namespace) -> CeleryBeatKind:
+        """The kind from the command line alone; a RepairError naming the command-line option for a bad value."""
+        options = cls.cli_options(args)
+        try:
+            source = "--database-url" if args.database_url else f"${URL_ENV}"
+            return cls.from_options(options, url_source=source)
+        except Exception as exc:
+            problems = getattr(exc, "problems", None)
+            if problems is None:
+                raise
+            error = NoDatabase if [key for key, _ in problems] == ["database_url"] and \
+                problems[0][1].startswith("give django") else RepairError
+            raise error("; ".join(_cli_problem(key, message) for key, message in problems)) from None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CeleryBeatRepair:
-        return CeleryBeatRepair(
-            args.database_url, table_prefix=args.table_prefix, schema=args.schema, use_tz=not args.no_use_tz,
-            tz_aware=not args.no_tz_aware, time_zone=args.time_zone, tolerance_s=args.tolerance_s,
-            beat_max_interval_s=args.beat_max_interval_s, max_rounds=args.max_rounds,
-        )
+        return cls.kind_from_args(args).open()
 
     @classmethod
     def undo_target(cls, args: argparse.Namespace, fingerprints: Sequence[str]) -> CeleryBeatRepair:
-        if not args.database_url:
+        if not args.database_url and not os.environ.get(URL_ENV) and not getattr(args, "django_settings", None):
             raise RepairError(f"a celery_beat repair is undone in its database: give --database-url (or "
                               f"${URL_ENV}); it repaired {', '.join(sorted(set(fingerprints)))}")
-        return CeleryBeatRepair(args.database_url, table_prefix=args.table_prefix, schema=args.schema,
-                                beat_max_interval_s=args.beat_max_interval_s)
+        return cls.from_args(args)
+
+
+#: Hook keys as the command line spells them, for its error messages.
+_CLI_NAMES = {"database_url": "--database-url", "django": "--django-settings", "django.settings": "--django-settings",
+              "django.python": "--django-python", "django.path": "--django-path",
+              "django.environment_file": "--django-env-file", "django.user": "--django-user",
+              "django.database_alias": "--django-alias", "use_tz": "--no-use-tz", "tz_aware": "--no-tz-aware"}
+
+
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else path
+
+
+class NoDatabase(RepairError):
+    """The command line names no database (nor a hook): a usage error (exit 2)."""
+
+    usage = True
+
+
+def _cli_problem(key: str, message: str) -> str:
+    if key == "database_url" and message.startswith("give django"):
+        return ("give the database: --django-settings MODULE --django-python PATH (the project's settings), "
+                f"--database-url URL (or ${URL_ENV}), or --hook NAME (a celery_beat hook of the configuration)")
+    name = _CLI_NAMES.get(key) or "--" + key.replace("_", "-")
+    return message if message.startswith(name) else f"{name}: {message}"
 
 
 def number_arg(key: str) -> Callable[[str], float]:
@@ -1231,11 +1377,25 @@ def number_arg(key: str) -> Callable[[str], float]:
     return parse
 
 
-def _database_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    from_env = os.environ.get(URL_ENV) or None
+def _database_args(parser: argparse.ArgumentParser) -> None:
+    """Where the database is: the project's Django settings, a URL, or (``--hook``, added by the command) a
+    configured hook. Checked when the command runs, so the error can name the hooks of the configuration."""
     # A password on the command line is visible in ps: the environment variable is the better place for it.
-    parser.add_argument("--database-url", required=required and from_env is None, default=from_env, metavar="URL",
-                        help=f"SQLAlchemy URL: postgresql+psycopg://…, mysql+pymysql://…, sqlite:///… "
-                        f"(default: ${URL_ENV})")
-    parser.add_argument("--table-prefix", default="django_celery_beat_", metavar="P")
+    parser.add_argument("--database-url", metavar="URL",
+                        help="beat's database: postgres://user@host/name, mysql://…, mariadb://…, "
+                        f"sqlite:////abs/path.sqlite3, or SQLAlchemy's postgresql+psycopg://… (default: ${URL_ENV})")
+    parser.add_argument("--django-settings", metavar="MODULE",
+                        help="read the database and its conventions from the project's Django settings "
+                        "(DJANGO_SETTINGS_MODULE, e.g. proj.settings); with --django-python")
+    parser.add_argument("--django-python", metavar="PATH",
+                        help="the project's interpreter, which reads its settings (e.g. /srv/app/.venv/bin/python)")
+    parser.add_argument("--django-path", action="append", metavar="DIR",
+                        help="put DIR first on the interpreter's sys.path (the project directory; repeatable)")
+    parser.add_argument("--django-env-file", metavar="FILE",
+                        help="variables the settings read (systemd EnvironmentFile= syntax)")
+    parser.add_argument("--django-user", metavar="USER", help="read the settings as USER (needs root)")
+    parser.add_argument("--django-alias", metavar="ALIAS",
+                        help="the DATABASES alias of django-celery-beat's tables (default: default)")
+    parser.add_argument("--table-prefix", metavar="P",
+                        help="the tables' prefix (default: from the settings, else django_celery_beat_)")
     parser.add_argument("--schema", help="database schema holding the tables (PostgreSQL)")

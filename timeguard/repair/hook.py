@@ -114,6 +114,9 @@ class RepairHook:
         else:
             kind_type = find_kind(cls.target_name)
             service = kind_type.service_option
+            typed = getattr(kind_type, "Options", None)  # a kind may declare its options as a dataclass of option()
+            if typed is not None:
+                schema["properties"].update(options_schema(typed)["properties"])
             for key in sorted(kind_type.options):
                 schema["properties"].setdefault(key, {"description": f"an option of the {cls.target_name} target"})
         schema["properties"][service] = {"type": "string", "pattern": r"^[^-]", "description": "the systemd unit "
