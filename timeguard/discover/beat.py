@@ -1,0 +1,380 @@
+"""Every ``celery beat`` running on this host, and what it runs: scheduler, max interval, app, Django settings,
+database, interpreter, working directory, systemd unit — from /proc (psutil) and the project's files, never by
+running the application.
+
+Where each answer comes from, first found wins (celery's own order, celery/bin/beat.py and click's
+auto_envvar_prefix="CELERY"):
+
+* scheduler: ``-S/--scheduler`` → ``$CELERY_BEAT_SCHEDULER`` (``$CELERY_WORKER_SCHEDULER`` for ``worker -B``) →
+  the app's configuration in its files (timeguard.discover.project) → celery's default PersistentScheduler;
+* max interval: ``--max-interval`` → ``$CELERY_BEAT_MAX_INTERVAL`` → ``beat_max_loop_interval`` in the files →
+  the scheduler's default: DatabaseScheduler 5 s (django_celery_beat/schedulers.py DEFAULT_MAX_INTERVAL),
+  PersistentScheduler and RedBeat 300 s (celery/beat.py DEFAULT_MAX_INTERVAL; RedBeatScheduler keeps it);
+* schedule file (shelve): ``-s/--schedule`` → ``$CELERY_BEAT_SCHEDULE`` → ``celerybeat-schedule``, relative to
+  the process's working directory (``--workdir`` has already been applied to it);
+* the app: ``-A/--app`` → ``$APP`` → ``$CELERY_APP``.
+
+Another user's process shows its command line to everyone, but its environment, working directory and open
+files only to root and to that user: such a beat is listed with ``problems`` saying what could not be read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from timeguard.discover import argv as argvmod
+from timeguard.discover import project
+from timeguard.discover.argv import DATABASE, OTHER, REDBEAT, SHELVE, UNKNOWN, BeatCommand
+from timeguard.secrets import redact_url
+
+DEFAULT_MAX_INTERVAL_S = {DATABASE: 5.0, SHELVE: 300.0, REDBEAT: 300.0}
+DEFAULT_SCHEDULE_FILE = "celerybeat-schedule"
+#: The suffixes a dbm flavour adds to a shelve's name (dbm.dumb .dat/.dir/.bak, Berkeley DB .db).
+SHELVE_SUFFIXES = ("", ".db", ".dat", ".dir", ".bak")
+#: Environment variables worth showing: they locate the project's settings, database and broker.
+_ENV_DATABASE_RE = re.compile(r"(^|_)DATABASE_URL$")
+_UNIT_RE = re.compile(r"^/system\.slice/(?:[^/]+\.slice/)*([^/]+\.service)$")
+_USER_UNIT_RE = re.compile(r"/user@\d+\.service/(?:[^/]+\.slice/)*([^/]+\.service)$")
+
+
+@dataclass
+class Beat:
+    """One running beat. ``*_from`` fields say where a value was read (``command line``, ``environment $X``,
+    ``path:line``, ``default``)."""
+
+    pid: int
+    user: str | None
+    uid: int | None
+    uptime_s: float | None
+    command: list[str]
+    form: str
+    scheduler: str  # argv.DATABASE, SHELVE, REDBEAT or OTHER
+    scheduler_name: str  # as written, or celery's default
+    scheduler_from: str
+    max_interval_s: float | None  # what beat sleeps at most (None: an unknown scheduler's own default)
+    max_interval_from: str
+    max_interval_given: bool  # set explicitly (command line, environment, file), not the scheduler's default
+    app: str | None = None
+    app_from: str | None = None
+    interpreter: str | None = None
+    interpreter_from: str | None = None
+    cwd: str | None = None
+    settings: str | None = None
+    settings_from: str | None = None
+    database: str | None = None  # redacted
+    database_from: str | None = None
+    broker: str | None = None  # redacted
+    schedule_file: str | None = None  # the shelve's path (PersistentScheduler only)
+    schedule_file_open: bool | None = None  # the process holds it open (None: could not look)
+    unit: str | None = None  # the systemd system unit it runs in
+    user_unit: str | None = None  # a systemd --user unit (not stoppable with systemctl as root)
+    environment_file: str | None = None  # the unit's EnvironmentFile=, if systemctl says
+    inspectable: bool = True
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- the scan
+
+
+def find_beats(pids: Iterable[int] | None = None) -> list[Beat]:
+    """Every beat among ``pids`` (default: every process), in pid order. A process running inside another beat
+    of the same command line (a worker's pool, the embedded beat's child) is its parent's, not a second beat."""
+    import psutil
+
+    candidates: dict[int, tuple[Any, list[str], BeatCommand]] = {}
+    procs = psutil.process_iter(["pid", "ppid", "cmdline"]) if pids is None else _processes(pids)
+    for proc in procs:
+        try:
+            cmdline = proc.info["cmdline"] if hasattr(proc, "info") else proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if not cmdline or proc.pid == os.getpid():
+            continue
+        parsed = argvmod.parse(list(cmdline))
+        if parsed is not None:
+            candidates[proc.pid] = (proc, list(cmdline), parsed)
+    beats = []
+    for _, (proc, cmdline, parsed) in sorted(candidates.items()):
+        try:
+            parent = proc.ppid()
+        except psutil.Error:
+            continue
+        if parent in candidates and candidates[parent][1] == cmdline:
+            continue
+        try:
+            beats.append(inspect(proc, cmdline, parsed))
+        except psutil.NoSuchProcess:
+            continue  # it ended while we looked
+    return beats
+
+
+def _processes(pids: Iterable[int]) -> Iterable[Any]:
+    import psutil
+
+    for pid in pids:
+        try:
+            yield psutil.Process(pid)
+        except psutil.Error:
+            continue
+
+
+def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
+    """Everything this user may read about one beat process."""
+    import psutil
+
+    pid = proc.pid
+    problems: list[str] = list(f"command line: {p}" for p in cmd.problems)
+    denied: list[str] = []
+    try:
+        uid: int | None = proc.uids().real
+        user: str | None = proc.username()
+    except psutil.AccessDenied:
+        uid, user = None, None
+    except KeyError:  # a uid without a name
+        uid, user = proc.uids().real, None
+    env = _read(proc.environ, f"/proc/{pid}/environ", denied)
+    cwd = _read(proc.cwd, f"/proc/{pid}/cwd", denied)
+    if denied:
+        owner = user or f"uid {uid}"
+        who = "root" if uid == 0 else f"root or {owner}"
+        problems.append(f"permission denied reading {' and '.join(denied)} (the process belongs to {owner}: run "
+                        f"timeguard discover as {who})")
+    env = env or {}
+    roots = _import_roots(cwd, env)
+
+    app, app_from = _first((cmd.app, "command line"), (env.get("APP"), "environment $APP"),
+                           (env.get("CELERY_APP"), "environment $CELERY_APP"))
+    app_files = project.app_files(app, roots)
+    settings, settings_from = _first((env.get("DJANGO_SETTINGS_MODULE"), "environment $DJANGO_SETTINGS_MODULE"))
+    if settings is None:
+        manage = [Path(cwd) / "manage.py"] if cwd and (Path(cwd) / "manage.py").is_file() else []
+        found = project.settings_module(app_files + manage)
+        if found is not None:
+            settings, settings_from = found.value, found.where
+    settings_files = project.module_files(settings, roots) if settings else []
+    config_files = app_files + settings_files
+
+    sub = "WORKER" if cmd.form.endswith("worker -B") else "BEAT"
+    celery_form = cmd.form.startswith("celery ")
+    scheduler_name, scheduler_from = _first(
+        (cmd.scheduler, "command line"),
+        (env.get(f"CELERY_{sub}_SCHEDULER") if celery_form else None, f"environment $CELERY_{sub}_SCHEDULER"))
+    if scheduler_name is None:
+        found = project.scheduler(config_files)
+        if found is not None:
+            scheduler_name, scheduler_from = found.value, found.where
+    if scheduler_name is None and denied:
+        scheduler_name = "?"
+        scheduler_from = "not on the command line; the environment and the app's files could not be read"
+    elif scheduler_name is None:
+        scheduler_name, scheduler_from = "celery.beat:PersistentScheduler", "celery's default"
+        if not config_files:
+            scheduler_from += "; the app's files were not found, and their configuration may name another"
+    kind = UNKNOWN if scheduler_name == "?" else argvmod.scheduler_kind(scheduler_name) or OTHER
+
+    max_text, max_from = _first(
+        (None if cmd.max_interval_s is None else repr(cmd.max_interval_s), "command line"),
+        (env.get("CELERY_BEAT_MAX_INTERVAL") if celery_form and sub == "BEAT" else None,
+         "environment $CELERY_BEAT_MAX_INTERVAL"))
+    if max_text is None:
+        found = project.max_loop_interval(config_files)
+        if found is not None:
+            max_text, max_from = found.value, found.where
+    max_interval = _positive(max_text)
+    if max_text is not None and max_interval is None:
+        problems.append(f"max interval {max_text!r} ({max_from}) is not a positive number; using the default")
+    given = max_interval is not None
+    if max_interval is None:
+        max_interval = DEFAULT_MAX_INTERVAL_S.get(kind)
+        max_from = "the scheduler's default" if max_interval is not None else "unknown (the scheduler's own)"
+
+    beat = Beat(pid=pid, user=user, uid=uid, uptime_s=uptime_s(pid), command=cmdline, form=cmd.form,
+                scheduler=kind, scheduler_name=scheduler_name, scheduler_from=scheduler_from,
+                max_interval_s=max_interval, max_interval_from=max_from or "", max_interval_given=given,
+                app=app, app_from=app_from, cwd=cwd, settings=settings, settings_from=settings_from,
+                inspectable=not denied, problems=problems)
+    beat.interpreter, beat.interpreter_from = _interpreter(proc, cmd, cwd, env)
+    for name, value in sorted(env.items()):
+        if _ENV_DATABASE_RE.search(name) and value:
+            beat.database, beat.database_from = redact_url(value), f"environment ${name}"
+            break
+    broker = cmd.broker or env.get("CELERY_BROKER_URL") or env.get("BROKER_URL")
+    beat.broker = redact_url(broker) if broker else None
+    if kind == SHELVE:
+        beat.schedule_file, beat.schedule_file_open = _schedule_file(proc, cmd, cwd, env, celery_form)
+    beat.unit, beat.user_unit = systemd_unit(pid)
+    if beat.unit:
+        beat.environment_file = environment_file(beat.unit)
+    return beat
+
+
+def _read(getter: Any, what: str, denied: list[str]) -> Any:
+    import psutil
+
+    try:
+        return getter()
+    except psutil.AccessDenied:
+        denied.append(what)
+    except (psutil.ZombieProcess, FileNotFoundError):
+        pass
+    return None
+
+
+def _first(*pairs: tuple[str | None, str]) -> tuple[str | None, str | None]:
+    for value, where in pairs:
+        if value:
+            return value, where
+    return None, None
+
+
+def _positive(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 < value < float("inf") else None
+
+
+def _import_roots(cwd: str | None, env: dict[str, str]) -> list[str]:
+    """Where the process imports the project from: its working directory (celery puts it on sys.path), then
+    $PYTHONPATH (relative entries are relative to the working directory)."""
+    roots = [cwd] if cwd else []
+    for entry in env.get("PYTHONPATH", "").split(os.pathsep):
+        if entry:
+            path = entry if os.path.isabs(entry) or not cwd else os.path.join(cwd, entry)
+            if path not in roots:
+                roots.append(path)
+    return roots
+
+
+# ----------------------------------------------------------------------------------------- details
+
+
+def _interpreter(proc: Any, cmd: BeatCommand, cwd: str | None, env: dict[str, str]) -> tuple[str | None, str]:
+    """The Python that runs beat, as the application's own virtualenv names it (``/srv/app/.venv/bin/python``).
+    /proc/PID/exe resolves the venv's symlink to the base interpreter, which has not the project's packages:
+    argv[0] as written (or the celery script's shebang) is preferred."""
+    import psutil
+
+    written = cmd.interpreter
+    if written:
+        if os.path.isabs(written):
+            return written, "command line"
+        if "/" in written and cwd:
+            return os.path.normpath(os.path.join(cwd, written)), "command line (relative to the cwd)"
+        if env.get("PATH"):
+            found = shutil.which(written, path=env["PATH"])
+            if found:
+                return found, "command line, found on the process's $PATH"
+    script = cmd.script
+    if script and cwd and not os.path.isabs(script) and "/" in script:
+        script = os.path.join(cwd, script)
+    if script and not os.path.isabs(script) and env.get("PATH"):
+        script = shutil.which(script, path=env["PATH"]) or script
+    if script and os.path.isabs(script):
+        shebang = _shebang(script)
+        if shebang:
+            return shebang, f"the shebang of {script}"
+    if env.get("VIRTUAL_ENV") and os.path.exists(os.path.join(env["VIRTUAL_ENV"], "bin", "python")):
+        return os.path.join(env["VIRTUAL_ENV"], "bin", "python"), "environment $VIRTUAL_ENV"
+    try:
+        return proc.exe() or None, "/proc/PID/exe (a virtualenv's symlink is resolved: check it)"
+    except psutil.Error:
+        return None, "unknown (permission denied)"
+
+
+def _shebang(script: str) -> str | None:
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    if not words:
+        return None
+    if os.path.basename(words[0]) == "env" and len(words) > 1:
+        return None  # "#!/usr/bin/env python": which one depends on a PATH we may not know
+    return words[0]
+
+
+def _schedule_file(proc: Any, cmd: BeatCommand, cwd: str | None, env: dict[str, str],
+                   celery_form: bool) -> tuple[str | None, bool | None]:
+    """The shelve's path (absolute when the cwd is known) and whether the process has it open."""
+    import psutil
+
+    name = cmd.schedule_file
+    if not name and celery_form:
+        name = env.get("CELERY_WORKER_SCHEDULE_FILENAME" if cmd.form.endswith("-B") else "CELERY_BEAT_SCHEDULE")
+    name = name or DEFAULT_SCHEDULE_FILE
+    path = name if os.path.isabs(name) or not cwd else os.path.normpath(os.path.join(cwd, name))
+    try:
+        open_paths = {f.path for f in proc.open_files()}
+    except psutil.Error:
+        return path, None
+    return path, any(path + suffix in open_paths for suffix in SHELVE_SUFFIXES)
+
+
+def systemd_unit(pid: int) -> tuple[str | None, str | None]:
+    """(system unit, user unit) from /proc/PID/cgroup (readable by everyone): ``0::/system.slice/x.service``
+    (cgroup v2) or the ``name=systemd`` hierarchy (v1)."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return None, None
+    for line in text.splitlines():
+        hierarchy, _, path = line.partition(":")[2].partition(":")
+        if hierarchy not in ("", "name=systemd"):
+            continue
+        system = _UNIT_RE.match(path)
+        if system:
+            return system.group(1), None
+        user = _USER_UNIT_RE.search(path)
+        if user:
+            return None, user.group(1)
+    return None, None
+
+
+def environment_file(unit: str) -> str | None:
+    """The unit's first EnvironmentFile=, as systemctl reports it (None without systemd or without one)."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return None
+    try:
+        out = subprocess.run([systemctl, "show", "--property=EnvironmentFiles", "--value", "--", unit],
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    # "/etc/default/celery (ignore_errors=no)", one per line
+    for line in out.stdout.splitlines() if out.returncode == 0 else ():
+        path = line.split(" (", 1)[0].strip()
+        if path.startswith("/"):
+            return path
+    return None
+
+
+def uptime_s(pid: int) -> float | None:
+    """Seconds since the process started, from the boot-time clock (/proc/uptime and /proc/PID/stat's start
+    time): right across wall-clock steps, unlike psutil's create_time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        since_boot = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and parentheses
+    try:
+        start_ticks = int(fields[19])  # field 22 of stat(5); fields[0] is field 3
+    except (IndexError, ValueError):
+        return None
+    return max(0.0, since_boot - start_ticks / os.sysconf("SC_CLK_TCK"))
