@@ -8,7 +8,9 @@ the e2e harness starts every beat) and stopped by PID:
 * ``from_settings``: the harness's own ``python -m celery -A beatproject beat`` with no ``-S`` and beat's default
   max interval — the scheduler is named only in the project's settings (``CELERY_BEAT_SCHEDULER``);
 * ``shelve``: a plain celery app (no Django) with celery's default PersistentScheduler, ``-s DIR/celerybeat-schedule``,
-  in-memory broker.
+  in-memory broker;
+* ``worker``: the same app as ``celery worker -B -c 2``: a worker, its embedded beat's process and two pool
+  processes, all with one command line — one beat.
 
 Then ``timeguard discover`` (a subprocess, as a person runs it): as root it reads everything and proposes a hook
 for each DatabaseScheduler beat; as ``nobody`` it lists the root-owned beats as not inspectable and says why;
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -69,6 +72,8 @@ class Beats:
     from_settings: BeatProcess
     shelve: ManagedProcess
     shelve_dir: Path
+    worker: ManagedProcess
+    worker_children: list[int]
 
     @property
     def pids(self) -> list[str]:
@@ -77,6 +82,10 @@ class Beats:
             assert proc is not None
             out += ["--pid", str(proc.pid)]
         return out
+
+    @property
+    def worker_pids(self) -> list[str]:
+        return [arg for pid in (self.worker.pid, *self.worker_children) for arg in ("--pid", str(pid))]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +101,7 @@ def beats() -> Iterator[Beats]:
     with beatlib.seeded_database("sqlite") as db:
         explicit = ExplicitBeat(db, clock)
         from_settings = BeatProcess(db, clock, max_interval=None, loglevel="info")
-        shelve = None
+        shelve = worker = None
         try:
             explicit.start()
             from_settings.start()
@@ -100,12 +109,19 @@ def beats() -> Iterator[Beats]:
                 [sys.executable, "-m", "celery", "-A", "shelveapp", "beat", "-l", "info", "--pidfile=",
                  "-s", str(shelve_dir / "celerybeat-schedule")],
                 clock, name="celery-beat:shelve", log_path=shelve_dir / "beat.log", env=env, cwd=str(shelve_dir))
+            worker = run_under_clock(
+                [sys.executable, "-m", "celery", "-A", "shelveapp", "worker", "-B", "-c", "2", "-l", "info",
+                 "--pidfile=", "-s", str(shelve_dir / "worker-schedule")],
+                clock, name="celery-worker-B", log_path=shelve_dir / "worker.log", env=env, cwd=str(shelve_dir),
+                stop_timeout_s=15)
             for started in (explicit, from_settings):
                 started.wait_log(r"beat: Starting", timeout_s=30)
             _wait_for(lambda: "beat: Starting" in (shelve_dir / "beat.log").read_text(), shelve, 30)
-            yield Beats(db, explicit, from_settings, shelve, shelve_dir)
+            _wait_for(lambda: len(psutil.Process(worker.pid).children()) >= 3, worker, 30)  # pool ×2 + beat
+            children = worker.adopt_children()
+            yield Beats(db, explicit, from_settings, shelve, shelve_dir, worker, children)
         finally:
-            for proc in (explicit, from_settings, shelve):
+            for proc in (explicit, from_settings, shelve, worker):
                 if proc is not None:
                     proc.stop()
 
@@ -156,7 +172,10 @@ def test_finds_each_beat_with_its_scheduler_interval_settings_and_a_hook(beats: 
 
     settings = found[beats.from_settings.process.pid]
     assert settings["scheduler_name"] == "django_celery_beat.schedulers:DatabaseScheduler"
-    assert settings["scheduler_from"].startswith(str(PROJECT_DIR / "beatproject" / "settings.py") + ":")
+    settings_py = PROJECT_DIR / "beatproject" / "settings.py"
+    line = next(n for n, text in enumerate(settings_py.read_text().splitlines(), 1)
+                if text.startswith("CELERY_BEAT_SCHEDULER = "))
+    assert settings["scheduler_from"] == f"{settings_py}:{line}"
     assert (settings["max_interval_s"], settings["max_interval_given"]) == (5.0, False)  # DatabaseScheduler's
     assert settings["interpreter"] == sys.executable
     assert "beat_max_interval_s" not in settings["hook"]
@@ -188,10 +207,15 @@ def test_as_an_unprivileged_user_root_beats_are_listed_as_not_inspectable_with_t
         assert beat["inspectable"] is False and beat["hook"] is None and beat["cwd"] is None
         assert beat["user"] == "root"
         assert any(f"permission denied reading /proc/{pid}/environ and /proc/{pid}/cwd" in p
-                   and "run timeguard discover as root or as root" in p for p in beat["problems"]), beat["problems"]
-    # The command line is public: what it says is still reported.
-    assert beats.explicit.process
-    assert found[beats.explicit.process.pid]["max_interval_s"] == 1.0
+                   and "(the process belongs to root: run timeguard discover as root)" in p
+                   for p in beat["problems"]), beat["problems"]
+    # The command line is public: what it says is still reported; what only the environment and the project's
+    # files say is unknown, not guessed.
+    assert beats.explicit.process and beats.from_settings.process
+    explicit = found[beats.explicit.process.pid]
+    assert (explicit["scheduler"], explicit["max_interval_s"]) == ("django_celery_beat.DatabaseScheduler", 1.0)
+    unknown = found[beats.from_settings.process.pid]
+    assert (unknown["scheduler"], unknown["scheduler_name"], unknown["max_interval_s"]) == ("unknown", "?", None)
     table = discover(*beats.pids, prefix=AS_NOBODY)
     assert table.stdout.count("not inspectable") >= 3 and "permission denied" in table.stdout
 
@@ -222,3 +246,43 @@ def test_write_yes_adds_the_hooks_to_a_configuration_that_still_validates(beats:
     assert valid.returncode == 0, valid.stderr
     again = discover("--write", "--yes", "--config", str(config), *beats.pids)
     assert again.returncode == 0 and "nothing to write" in again.stdout  # both beats are covered now
+
+
+def test_a_worker_with_an_embedded_beat_is_one_beat_not_one_per_process(beats: Beats) -> None:
+    assert len(beats.worker_children) >= 3  # the embedded beat's process and the two pool processes
+    proc = discover("--json", *beats.worker_pids)
+    assert proc.returncode == 0, proc.stderr
+    found = _by_pid(proc.stdout)
+    assert list(found) == [beats.worker.pid]
+    worker = found[beats.worker.pid]
+    assert worker["form"] == "celery worker -B" and worker["scheduler"] == "celery.PersistentScheduler"
+    assert worker["schedule_file"] == str(beats.shelve_dir / "worker-schedule")
+
+
+def test_beats_a_configured_hook_repairs_are_marked_and_not_proposed_again(beats: Beats) -> None:
+    directory = scratch_dir("discover-covered")
+    config = directory / "timeguard.yaml"
+    text = yaml.safe_dump({"state_dir": str(directory / "state"), "hooks": [
+        {"type": "celery_beat", "name": "mine", "database_url": beats.db.url}]}, sort_keys=False)
+    config.write_text(text)
+    proc = discover("--json", "--config", str(config), *beats.pids)
+    assert proc.returncode == 0, proc.stderr
+    found = _by_pid(proc.stdout)
+    assert beats.explicit.process and beats.from_settings.process
+    # both DatabaseScheduler beats use the database the hook repairs; the shelve beat does not
+    assert [found[p.pid]["covered_by"] for p in (beats.explicit.process, beats.from_settings.process)] == ["mine"] * 2
+    assert found[beats.shelve.pid]["covered_by"] is None
+    table = discover("--config", str(config), *beats.pids)
+    assert table.stdout.count("covered by hook mine") == 2
+    write = discover("--write", "--yes", "--config", str(config), *beats.pids)
+    assert write.returncode == 0 and "nothing to write" in write.stdout, write.stderr
+    assert config.read_text() == text
+
+
+def test_no_beat_found_exits_1_and_an_unreadable_configuration_2(beats: Beats) -> None:
+    none = discover("--pid", str(os.getpid()))  # this test process: not a beat
+    assert none.returncode == 1 and "no celery beat is running" in none.stdout
+    broken = scratch_dir("discover-broken") / "timeguard.yaml"
+    broken.write_text("hooks: [\n")
+    bad = discover("--config", str(broken), *beats.pids)
+    assert bad.returncode == 2 and "not valid YAML" in bad.stderr

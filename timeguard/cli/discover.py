@@ -59,7 +59,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
     path = config.discover(args.config)
     configured: list[Any] = []
-    if path is not None:
+    if path is not None and (path.exists() or not args.write):  # --write may create the file
         try:
             configured = _configured_hooks(path)
         except ValueError as exc:

@@ -198,7 +198,8 @@ def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
         max_interval = DEFAULT_MAX_INTERVAL_S.get(kind)
         max_from = "the scheduler's default" if max_interval is not None else "unknown (the scheduler's own)"
 
-    beat = Beat(pid=pid, user=user, uid=uid, uptime_s=uptime_s(pid), command=cmdline, form=cmd.form,
+    beat = Beat(pid=pid, user=user, uid=uid, uptime_s=uptime_s(pid), command=[_redact(a) for a in cmdline],
+                form=cmd.form,
                 scheduler=kind, scheduler_name=scheduler_name, scheduler_from=scheduler_from,
                 max_interval_s=max_interval, max_interval_from=max_from or "", max_interval_given=given,
                 app=app, app_from=app_from, cwd=cwd, settings=settings, settings_from=settings_from,
@@ -216,6 +217,14 @@ def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
     if beat.unit:
         beat.environment_file = environment_file(beat.unit)
     return beat
+
+
+_URL_RE = re.compile(r"[A-Za-z][\w+.-]*://\S+")
+
+
+def _redact(arg: str) -> str:
+    """A command-line word with the password of any URL in it masked (``-b redis://:pw@host``)."""
+    return _URL_RE.sub(lambda m: redact_url(m.group(0)), arg)
 
 
 def _read(getter: Any, what: str, denied: list[str]) -> Any:
@@ -327,12 +336,17 @@ def _schedule_file(proc: Any, cmd: BeatCommand, cwd: str | None, env: dict[str, 
 
 
 def systemd_unit(pid: int) -> tuple[str | None, str | None]:
-    """(system unit, user unit) from /proc/PID/cgroup (readable by everyone): ``0::/system.slice/x.service``
-    (cgroup v2) or the ``name=systemd`` hierarchy (v1)."""
+    """(system unit, user unit) of a process, from /proc/PID/cgroup (readable by everyone)."""
     try:
-        text = Path(f"/proc/{pid}/cgroup").read_text()
+        return unit_from_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
     except OSError:
         return None, None
+
+
+def unit_from_cgroup(text: str) -> tuple[str | None, str | None]:
+    """(system unit, user unit) from the text of /proc/PID/cgroup: ``0::/system.slice/x.service`` (cgroup v2) or
+    the ``name=systemd`` hierarchy (v1); a service in a sub-slice (``system-celery.slice/celery@a.service``)
+    too. A scope (a login session, a container) is no unit to stop."""
     for line in text.splitlines():
         hierarchy, _, path = line.partition(":")[2].partition(":")
         if hierarchy not in ("", "name=systemd"):

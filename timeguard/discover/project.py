@@ -88,7 +88,7 @@ def _search(pattern: re.Pattern[str], files: list[Path], group: int) -> Found | 
         if text is None:
             continue
         for match in pattern.finditer(text):
-            line = text.count("\n", 0, match.start()) + 1
+            line = text.count("\n", 0, match.start(group)) + 1  # the leading whitespace may span blank lines
             found = Found(match.group(group), f"{path}:{line}")
     return found
 

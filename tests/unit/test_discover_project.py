@@ -1,0 +1,119 @@
+"""What ``timeguard discover`` reads from a project's files (never importing them), from /proc/PID/cgroup and from a
+command line shown to the user: the settings module a celery app sets for itself, the scheduler and max interval
+its configuration names, the systemd unit, passwords masked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from timeguard.discover import project
+from timeguard.discover.beat import _redact, unit_from_cgroup
+
+
+def make_project(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+CELERY_PY = """import os
+from celery import Celery
+
+os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'proj.settings.production')
+app = Celery('proj')
+app.config_from_object('django.conf:settings', namespace='CELERY')
+"""
+
+
+def test_the_settings_module_a_celery_app_sets_for_itself(tmp_path: Path):
+    root = make_project(tmp_path, {"proj/__init__.py": "from .celery import app\n", "proj/celery.py": CELERY_PY})
+    files = project.app_files("proj", [str(root)])
+    assert files == [root / "proj/__init__.py", root / "proj/celery.py"]
+    found = project.settings_module(files)
+    assert found == project.Found("proj.settings.production", f"{root / 'proj/celery.py'}:4")
+
+
+@pytest.mark.parametrize(("app", "expected"), [
+    ("proj", ["proj/__init__.py", "proj/celery.py"]),
+    ("proj.celery:app", ["proj/celery.py"]),
+    ("proj.celery", ["proj/celery.py"]),
+    ("single", ["single.py"]),
+    ("missing", []),
+    ("../etc/passwd", []),  # not a module name: nothing is read
+    (None, []),
+])
+def test_the_app_files_celery_would_import(tmp_path: Path, app, expected):
+    make_project(tmp_path, {"proj/__init__.py": "", "proj/celery.py": "", "single.py": ""})
+    assert project.app_files(app, [str(tmp_path)]) == [tmp_path / rel for rel in expected]
+
+
+def test_settings_in_a_package_and_on_a_second_import_root(tmp_path: Path):
+    make_project(tmp_path, {"src/proj/settings/__init__.py": "CELERY_BEAT_SCHEDULER = 'django'\n"})
+    files = project.module_files("proj.settings", [str(tmp_path), str(tmp_path / "src")])
+    assert files == [tmp_path / "src/proj/settings/__init__.py"]
+    assert project.scheduler(files) == project.Found("django", f"{files[0]}:1")
+
+
+@pytest.mark.parametrize(("text", "scheduler"), [
+    ("CELERY_BEAT_SCHEDULER = 'django_celery_beat.schedulers:DatabaseScheduler'\n",
+     "django_celery_beat.schedulers:DatabaseScheduler"),
+    ('CELERYBEAT_SCHEDULER = "djcelery.schedulers.DatabaseScheduler"\n', "djcelery.schedulers.DatabaseScheduler"),
+    ("app.conf.beat_scheduler = 'redbeat.RedBeatScheduler'\n", "redbeat.RedBeatScheduler"),
+    ("app.conf.update(\n    beat_scheduler='redbeat.RedBeatScheduler',\n)\n", "redbeat.RedBeatScheduler"),
+    ("CELERY_BEAT_SCHEDULER = env('BEAT_SCHEDULER')\n", None),  # computed: not a value we can read
+    ("# CELERY_BEAT_SCHEDULER = 'django'\n", None),  # a comment
+    ("CELERY_BEAT_SCHEDULER = 'a'\nCELERY_BEAT_SCHEDULER = 'b'\n", "b"),  # the last assignment wins
+])
+def test_the_scheduler_a_configuration_names(tmp_path: Path, text, scheduler):
+    path = tmp_path / "settings.py"
+    path.write_text(text)
+    found = project.scheduler([path])
+    assert (found.value if found else None) == scheduler
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("CELERY_BEAT_MAX_LOOP_INTERVAL = 1\n", "1"),
+    ("app.conf.beat_max_loop_interval = 2.5  # seconds\n", "2.5"),
+    ("CELERYBEAT_MAX_LOOP_INTERVAL = 10\n", "10"),
+    ("CELERY_BEAT_MAX_LOOP_INTERVAL = 0\n", None),  # celery's "unset"
+    ("CELERY_BEAT_MAX_LOOP_INTERVAL = int(os.environ['X'])\n", None),
+])
+def test_the_max_loop_interval_a_configuration_names(tmp_path: Path, text, seconds):
+    path = tmp_path / "settings.py"
+    path.write_text(text)
+    found = project.max_loop_interval([path])
+    assert (found.value if found else None) == seconds
+
+
+def test_files_that_cannot_be_read_or_are_too_large_are_skipped(tmp_path: Path):
+    huge = tmp_path / "huge.py"
+    huge.write_text("CELERY_BEAT_SCHEDULER = 'django'\n" + "#" * project.MAX_FILE_BYTES)
+    assert project.scheduler([huge, tmp_path / "missing.py", tmp_path]) is None
+
+
+@pytest.mark.parametrize(("cgroup", "unit"), [
+    ("0::/system.slice/celery-beat.service\n", ("celery-beat.service", None)),
+    ("0::/system.slice/system-celery.slice/celery-beat@proj.service\n", ("celery-beat@proj.service", None)),
+    ("12:pids:/system.slice/x.service\n1:name=systemd:/system.slice/beat.service\n", ("beat.service", None)),
+    ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/beat.service\n", (None, "beat.service")),
+    ("0::/user.slice/user-1000.slice/session-3.scope\n", (None, None)),
+    ("0::/system.slice/docker-0123.scope\n", (None, None)),
+    ("0::/\n", (None, None)),
+    ("garbage\n\n::\n", (None, None)),
+])
+def test_the_unit_from_proc_cgroup(cgroup, unit):
+    assert unit_from_cgroup(cgroup) == unit
+
+
+@pytest.mark.parametrize(("word", "shown"), [
+    ("--broker=redis://:s3cret@h:6379/0", "--broker=redis://:***@h:6379/0"),
+    ("-bamqp://user:pw@rabbit//", "-bamqp://user:***@rabbit//"),
+    ("redis://h:6379/0", "redis://h:6379/0"),
+    ("beat", "beat"),
+])
+def test_passwords_in_a_command_line_are_masked(word, shown):
+    assert _redact(word) == shown
