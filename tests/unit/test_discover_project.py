@@ -117,3 +117,45 @@ def test_the_unit_from_proc_cgroup(cgroup, unit):
 ])
 def test_passwords_in_a_command_line_are_masked(word, shown):
     assert _redact(word) == shown
+
+
+def test_a_settings_module_built_on_another_inherits_its_values_and_overrides_them(tmp_path: Path):
+    """``from .base import *`` (relative) and ``from proj.settings import *`` (absolute), as stock projects split
+    their settings; the importing module's own assignments win."""
+    make_project(tmp_path, {
+        "proj/__init__.py": "",
+        "proj/settings/__init__.py": "",
+        "proj/settings/base.py": "CELERY_BEAT_SCHEDULER = 'django'\nCELERY_BEAT_MAX_LOOP_INTERVAL = 10\n",
+        "proj/settings/production.py": "from .base import *  # noqa\n\nCELERY_BEAT_MAX_LOOP_INTERVAL = 2\n",
+        "proj/settings_dburl.py": "import os\nfrom proj.settings.production import *\n",
+        "proj/loop.py": "from proj.loop import *\nfrom .loop import *\nCELERY_BEAT_SCHEDULER = 'x'\n",
+    })
+    roots = [str(tmp_path)]
+    files = project.with_star_imports(project.module_files("proj.settings_dburl", roots), roots)
+    assert files == [tmp_path / "proj/settings/base.py", tmp_path / "proj/settings/production.py",
+                     tmp_path / "proj/settings_dburl.py"]
+    assert project.scheduler(files) == project.Found("django", f"{tmp_path / 'proj/settings/base.py'}:1")
+    assert project.max_loop_interval(files) == project.Found("2", f"{tmp_path / 'proj/settings/production.py'}:3")
+    # a module importing itself is read once
+    loop = project.with_star_imports(project.module_files("proj.loop", roots), roots)
+    assert loop == [tmp_path / "proj/loop.py"]
+
+
+@pytest.mark.parametrize(("value", "env", "expected"), [
+    ("int(os.environ['BEAT_MAX_LOOP_INTERVAL'])", {"BEAT_MAX_LOOP_INTERVAL": "3"}, ("3", " ($BEAT_MAX_LOOP_INTERVAL)")),
+    ("int(os.environ['BEAT_MAX_LOOP_INTERVAL'])", {}, None),  # not set: the line did not run (or failed)
+    ("float(os.environ.get('LOOP', 7))", {}, ("7", "")),
+    ("float(os.environ.get('LOOP', 7))", {"LOOP": "0.5"}, ("0.5", " ($LOOP)")),
+    ("os.getenv('LOOP', '4')  # seconds", {}, ("4", "")),
+    ("os.getenv('LOOP')", {}, None),
+    ("env.int('LOOP', default=5)", {"LOOP": "1"}, None),  # django-environ: not understood, never run
+    ("__import__('os').system('touch /tmp/pwned')", {}, None),
+    ("1 if DEBUG else 5", {}, None),
+    ("True", {}, None),
+    ("3,", {}, ("3", "")),
+])
+def test_a_value_from_the_process_environment_is_read_never_run(tmp_path: Path, value, env, expected):
+    path = tmp_path / "settings.py"
+    path.write_text(f"import os\nCELERY_BEAT_MAX_LOOP_INTERVAL = {value}\n")
+    found = project.max_loop_interval([path], env)
+    assert (None if found is None else (found.value, found.where.removeprefix(f"{path}:2"))) == expected

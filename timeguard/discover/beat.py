@@ -162,7 +162,7 @@ def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
         if found is not None:
             settings, settings_from = found.value, found.where
     settings_files = project.module_files(settings, roots) if settings else []
-    config_files = app_files + settings_files
+    config_files = project.with_star_imports(app_files + settings_files, roots)
 
     sub = "WORKER" if cmd.form.endswith("worker -B") else "BEAT"
     celery_form = cmd.form.startswith("celery ")
@@ -170,7 +170,7 @@ def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
         (cmd.scheduler, "command line"),
         (env.get(f"CELERY_{sub}_SCHEDULER") if celery_form else None, f"environment $CELERY_{sub}_SCHEDULER"))
     if scheduler_name is None:
-        found = project.scheduler(config_files)
+        found = project.scheduler(config_files, env)
         if found is not None:
             scheduler_name, scheduler_from = found.value, found.where
     if scheduler_name is None and denied:
@@ -187,7 +187,7 @@ def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
         (env.get("CELERY_BEAT_MAX_INTERVAL") if celery_form and sub == "BEAT" else None,
          "environment $CELERY_BEAT_MAX_INTERVAL"))
     if max_text is None:
-        found = project.max_loop_interval(config_files)
+        found = project.max_loop_interval(config_files, env)
         if found is not None:
             max_text, max_from = found.value, found.where
     max_interval = _positive(max_text)

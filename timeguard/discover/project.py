@@ -12,29 +12,40 @@ Three things are looked up, each with the file and line it came from:
 * beat's maximum sleep (``beat_max_loop_interval``, ``CELERY_BEAT_MAX_LOOP_INTERVAL``, ``CELERYBEAT_MAX_LOOP_INTERVAL``
   — celery/app/defaults.py; the scheduler's own default applies when it is 0 or unset).
 
-Only plain literals assigned at the top of a line are understood; anything computed (``env("X")``) is not a
-value, and the caller falls back to celery's defaults and says so.
+A value is a literal or an environment variable the process has (``os.environ["X"]``, ``os.environ.get("X",
+default)``, ``os.getenv``, inside ``int()``/``float()``); a settings module's ``from .base import *`` is followed.
+Anything else (``env.int("X")``, a conditional) is not a value, and the caller falls back to celery's defaults
+and says so. The parsing is ``ast.parse`` of the right-hand side only: nothing is executed.
 """
 
 from __future__ import annotations
 
+import ast
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 #: A project file larger than this is not a settings or app module: skipped, never read whole.
 MAX_FILE_BYTES = 1 << 20
+#: How deep ``from .base import *`` chains are followed (settings/production.py → base.py → …).
+MAX_STAR_DEPTH = 4
 
 _SETTINGS_RE = re.compile(
-    r"""^\s*os\.environ\.setdefault\(\s*['"]DJANGO_SETTINGS_MODULE['"]\s*,\s*['"]([A-Za-z_][\w.]*)['"]\s*\)""",
+    r"""^[ \t]*os\.environ\.setdefault\([ \t]*['"]DJANGO_SETTINGS_MODULE['"][ \t]*,[ \t]*['"]([A-Za-z_][\w.]*)['"]""",
     re.MULTILINE)
-_SCHEDULER_RE = re.compile(
-    r"""^\s*(?:[\w.]*\.)?(CELERY_BEAT_SCHEDULER|CELERYBEAT_SCHEDULER|beat_scheduler)\s*=\s*['"]([^'"\s]+)['"]""",
-    re.MULTILINE)
-_MAX_LOOP_RE = re.compile(
-    r"""^\s*(?:[\w.]*\.)?(CELERY_BEAT_MAX_LOOP_INTERVAL|CELERYBEAT_MAX_LOOP_INTERVAL|beat_max_loop_interval)"""
-    r"""\s*=\s*([0-9]+(?:\.[0-9]*)?)\s*(?:#.*)?$""",
-    re.MULTILINE)
+_SCHEDULER_NAMES = ("CELERY_BEAT_SCHEDULER", "CELERYBEAT_SCHEDULER", "beat_scheduler")
+_MAX_LOOP_NAMES = ("CELERY_BEAT_MAX_LOOP_INTERVAL", "CELERYBEAT_MAX_LOOP_INTERVAL", "beat_max_loop_interval")
+_STAR_RE = re.compile(r"^from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+\*", re.MULTILINE)
+
+
+def _assignment_re(names: tuple[str, ...]) -> re.Pattern[str]:
+    """``NAME = value`` at the start of a line, ``app.conf.NAME = value``, or ``NAME=value,`` in a call."""
+    return re.compile(rf"^[ \t]*(?:[\w.]*\.)?(?:{'|'.join(names)})[ \t]*=[ \t]*(?P<value>[^\n]+)$", re.MULTILINE)
+
+
+_SCHEDULER_RE = _assignment_re(_SCHEDULER_NAMES)
+_MAX_LOOP_RE = _assignment_re(_MAX_LOOP_NAMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,30 +91,115 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _search(pattern: re.Pattern[str], files: list[Path], group: int) -> Found | None:
-    """The last assignment in the last file (later files are read later by celery: the app, then settings)."""
+def with_star_imports(files: list[Path], roots: list[str]) -> list[Path]:
+    """``files`` with the modules they ``from X import *`` (absolute or relative) before each: a settings module
+    built on a shared one (``from .base import *``) inherits its values, and its own assignments win."""
+    out: list[Path] = []
+
+    def add(path: Path, depth: int) -> None:
+        if path in out:
+            return
+        text = _read(path)
+        if text is not None and depth < MAX_STAR_DEPTH:
+            for match in _STAR_RE.finditer(text):
+                for imported in _star_files(path, match.group(1), match.group(2), roots):
+                    add(imported, depth + 1)
+        if path not in out:
+            out.append(path)
+
+    for path in files:
+        add(path, 0)
+    return out
+
+
+def _star_files(importer: Path, dots: str, module: str, roots: list[str]) -> list[Path]:
+    if not dots:
+        return module_files(module, roots) if module else []
+    base = importer.parent
+    for _ in range(len(dots) - 1):
+        base = base.parent
+    return module_files(module, [str(base)]) if module else []
+
+
+def _search(pattern: re.Pattern[str], files: list[Path], env: Mapping[str, str] | None = None) -> Found | None:
+    """The last value assigned in the last file (celery reads the app, then the settings; a later assignment
+    wins): a literal, or an environment variable the process has (``os.environ["X"]``, ``os.environ.get("X",
+    default)``, ``os.getenv``, inside ``int()``/``float()``/``str()``)."""
     found = None
     for path in files:
         text = _read(path)
         if text is None:
             continue
         for match in pattern.finditer(text):
-            line = text.count("\n", 0, match.start(group)) + 1  # the leading whitespace may span blank lines
-            found = Found(match.group(group), f"{path}:{line}")
+            value = _evaluate(match.group("value"), env or {})
+            if value is None:
+                continue
+            line = text.count("\n", 0, match.start("value")) + 1
+            found = Found(value[0], f"{path}:{line}" + (f" (${value[1]})" if value[1] else ""))
     return found
+
+
+def _evaluate(source: str, env: Mapping[str, str]) -> tuple[str, str | None] | None:
+    """(value, the environment variable it came from) of a right-hand side, or None when it is anything but a
+    literal or an environment lookup: nothing is ever executed."""
+    try:
+        node = ast.parse(source.strip(), mode="eval").body
+    except SyntaxError:
+        return None
+    if isinstance(node, ast.Tuple) and len(node.elts) == 1:
+        node = node.elts[0]  # ``beat_scheduler='x',`` — a keyword argument of app.conf.update(…) on its own line
+    return _node_value(node, env)
+
+
+def _node_value(node: ast.expr, env: Mapping[str, str]) -> tuple[str, str | None] | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str | int | float) and not isinstance(
+            node.value, bool):
+        return str(node.value), None
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("int", "float", "str") \
+            and len(node.args) == 1 and not node.keywords:
+        return _node_value(node.args[0], env)
+    variable, default = _environment_lookup(node)
+    if variable is None:
+        return None
+    if variable in env:
+        return env[variable], variable
+    return (default, None) if default is not None else None
+
+
+def _environment_lookup(node: ast.expr) -> tuple[str | None, str | None]:
+    """``os.environ["X"]`` → ("X", None); ``os.environ.get("X", "d")`` / ``os.getenv("X", "d")`` → ("X", "d")."""
+    if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ" and isinstance(
+            node.slice, ast.Constant) and isinstance(node.slice.value, str):
+        return node.slice.value, None
+    if isinstance(node, ast.Call) and ast.unparse(node.func) in ("os.environ.get", "os.getenv") and node.args \
+            and not node.keywords and all(isinstance(a, ast.Constant) for a in node.args) and len(node.args) <= 2:
+        values = [a.value for a in node.args]  # type: ignore[attr-defined]
+        if not isinstance(values[0], str):
+            return None, None
+        default = values[1] if len(values) == 2 and isinstance(values[1], str | int | float) else None
+        return values[0], None if default is None else str(default)
+    return None, None
 
 
 def settings_module(files: list[Path]) -> Found | None:
     """The module a ``DJANGO_SETTINGS_MODULE`` setdefault in ``files`` names."""
-    return _search(_SETTINGS_RE, files, 1)
+    found = None
+    for path in files:
+        text = _read(path)
+        for match in _SETTINGS_RE.finditer(text or ""):
+            found = Found(match.group(1), f"{path}:{(text or '').count(chr(10), 0, match.start(1)) + 1}")
+    return found
 
 
-def scheduler(files: list[Path]) -> Found | None:
-    return _search(_SCHEDULER_RE, files, 2)
+def scheduler(files: list[Path], env: Mapping[str, str] | None = None) -> Found | None:
+    return _search(_SCHEDULER_RE, files, env)
 
 
-def max_loop_interval(files: list[Path]) -> Found | None:
-    found = _search(_MAX_LOOP_RE, files, 2)
-    if found is not None and float(found.value) == 0:
-        return None  # 0 is celery's "unset": the scheduler's own default applies
+def max_loop_interval(files: list[Path], env: Mapping[str, str] | None = None) -> Found | None:
+    found = _search(_MAX_LOOP_RE, files, env)
+    try:
+        if found is not None and float(found.value) == 0:
+            return None  # 0 is celery's "unset": the scheduler's own default applies
+    except ValueError:
+        return found  # the caller says it is not a number
     return found
