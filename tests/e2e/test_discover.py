@@ -45,11 +45,15 @@ AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--b
 
 
 class ExplicitBeat(BeatProcess):
-    """The beat a Django user starts by the book: the ``celery`` script, the scheduler on the command line."""
+    """The beat a Django user starts by the book: the ``celery`` script, the scheduler on the command line, and
+    no DJANGO_SETTINGS_MODULE in its environment — beatproject/celery.py sets it for itself (setdefault)."""
 
     def command(self) -> list[str]:
         return [str(VENV_BIN / "celery"), "-A", "beatproject", "beat", "-l", "info", "--pidfile=",
                 "-S", "django_celery_beat.schedulers:DatabaseScheduler", "--max-interval", "1"]
+
+    def environment(self) -> dict[str, str]:
+        return {k: v for k, v in super().environment().items() if k != "DJANGO_SETTINGS_MODULE"}
 
 
 SHELVE_APP = textwrap.dedent("""\
@@ -158,8 +162,9 @@ def test_finds_each_beat_with_its_scheduler_interval_settings_and_a_hook(beats: 
     assert (explicit["scheduler_name"], explicit["scheduler_from"]) == (
         "django_celery_beat.schedulers:DatabaseScheduler", "command line")
     assert (explicit["max_interval_s"], explicit["max_interval_given"]) == (1.0, True)
-    assert (explicit["settings"], explicit["settings_from"]) == ("beatproject.settings",
-                                                                 "environment $DJANGO_SETTINGS_MODULE")
+    celery_py = PROJECT_DIR / "beatproject" / "celery.py"
+    line = next(n for n, text in enumerate(celery_py.read_text().splitlines(), 1) if "setdefault(" in text)
+    assert (explicit["settings"], explicit["settings_from"]) == ("beatproject.settings", f"{celery_py}:{line}")
     assert explicit["interpreter"] == shebang  # the venv's python as the script names it, not /proc/PID/exe
     assert explicit["cwd"] == str(PROJECT_DIR)
     assert explicit["database"] == beats.db.url and explicit["database_from"] == "environment $TG_BEAT_DATABASE_URL"
@@ -178,6 +183,7 @@ def test_finds_each_beat_with_its_scheduler_interval_settings_and_a_hook(beats: 
     assert settings["scheduler_from"] == f"{settings_py}:{line}"
     assert (settings["max_interval_s"], settings["max_interval_given"]) == (5.0, False)  # DatabaseScheduler's
     assert settings["interpreter"] == sys.executable
+    assert settings["settings_from"] == "environment $DJANGO_SETTINGS_MODULE"
     assert "beat_max_interval_s" not in settings["hook"]
     assert settings["hook"]["name"] != hook["name"]
 

@@ -159,3 +159,18 @@ def test_a_value_from_the_process_environment_is_read_never_run(tmp_path: Path, 
     path.write_text(f"import os\nCELERY_BEAT_MAX_LOOP_INTERVAL = {value}\n")
     found = project.max_loop_interval([path], env)
     assert (None if found is None else (found.value, found.where.removeprefix(f"{path}:2"))) == expected
+
+
+def test_redbeats_own_redis_url(tmp_path: Path):
+    path = tmp_path / "settings.py"
+    path.write_text("import os\nCELERY_REDBEAT_REDIS_URL = os.environ.get('REDBEAT_URL', 'redis://localhost:6379/1')\n")
+    assert project.redbeat_redis_url([path]) == project.Found("redis://localhost:6379/1", f"{path}:2")
+    assert project.redbeat_redis_url([path], {"REDBEAT_URL": "redis://r:6379/2"}).value == "redis://r:6379/2"
+
+
+def test_the_first_setdefault_that_runs_wins(tmp_path: Path):
+    make_project(tmp_path, {"a.py": "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'a.settings')\n",
+                            "b.py": "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'b.settings')\n"})
+    assert project.settings_module([tmp_path / "a.py", tmp_path / "b.py"]).value == "a.settings"
+    assert project.settings_module([tmp_path / "b.py", tmp_path / "a.py"]).value == "b.settings"
+    assert project.settings_module([tmp_path / "missing.py"]) is None

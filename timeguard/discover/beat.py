@@ -157,8 +157,11 @@ def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
     app_files = project.app_files(app, roots)
     settings, settings_from = _first((env.get("DJANGO_SETTINGS_MODULE"), "environment $DJANGO_SETTINGS_MODULE"))
     if settings is None:
-        manage = [Path(cwd) / "manage.py"] if cwd and (Path(cwd) / "manage.py").is_file() else []
-        found = project.settings_module(app_files + manage)
+        # setdefault: the first one run wins — manage.py's for the manage.py forms, else the app's; the project's
+        # manage.py names the settings it uses by default when the app sets none
+        manage = _manage_py(cmd, cwd)
+        first = manage + app_files if cmd.form.startswith("manage.py") else app_files + manage
+        found = project.settings_module(first)
         if found is not None:
             settings, settings_from = found.value, found.where
     settings_files = project.module_files(settings, roots) if settings else []
@@ -210,6 +213,9 @@ def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
             beat.database, beat.database_from = redact_url(value), f"environment ${name}"
             break
     broker = cmd.broker or env.get("CELERY_BROKER_URL") or env.get("BROKER_URL")
+    if kind == REDBEAT:  # RedBeat's own Redis, else the broker (redbeat/schedulers.py RedBeatConfig)
+        found = project.redbeat_redis_url(config_files, env)
+        broker = found.value if found is not None else broker
     beat.broker = redact_url(broker) if broker else None
     if kind == SHELVE:
         beat.schedule_file, beat.schedule_file_open = _schedule_file(proc, cmd, cwd, env, celery_form)
@@ -225,6 +231,17 @@ _URL_RE = re.compile(r"[A-Za-z][\w+.-]*://\S+")
 def _redact(arg: str) -> str:
     """A command-line word with the password of any URL in it masked (``-b redis://:pw@host``)."""
     return _URL_RE.sub(lambda m: redact_url(m.group(0)), arg)
+
+
+def _manage_py(cmd: BeatCommand, cwd: str | None) -> list[Path]:
+    """The project's manage.py (it sets DJANGO_SETTINGS_MODULE for itself): the one on the command line, else the
+    one in the working directory."""
+    script = cmd.script if cmd.script and os.path.basename(cmd.script) == "manage.py" else "manage.py"
+    if not os.path.isabs(script):
+        if not cwd:
+            return []
+        script = os.path.join(cwd, script)
+    return [Path(script)] if os.path.isfile(script) else []
 
 
 def _read(getter: Any, what: str, denied: list[str]) -> Any:

@@ -46,6 +46,7 @@ def _assignment_re(names: tuple[str, ...]) -> re.Pattern[str]:
 
 _SCHEDULER_RE = _assignment_re(_SCHEDULER_NAMES)
 _MAX_LOOP_RE = _assignment_re(_MAX_LOOP_NAMES)
+_REDBEAT_URL_RE = _assignment_re(("CELERY_REDBEAT_REDIS_URL", "REDBEAT_REDIS_URL", "redbeat_redis_url"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,13 +183,14 @@ def _environment_lookup(node: ast.expr) -> tuple[str | None, str | None]:
 
 
 def settings_module(files: list[Path]) -> Found | None:
-    """The module a ``DJANGO_SETTINGS_MODULE`` setdefault in ``files`` names."""
-    found = None
+    """The module the first ``DJANGO_SETTINGS_MODULE`` setdefault in ``files`` (in the order they run) names: a
+    later setdefault changes nothing."""
     for path in files:
-        text = _read(path)
-        for match in _SETTINGS_RE.finditer(text or ""):
-            found = Found(match.group(1), f"{path}:{(text or '').count(chr(10), 0, match.start(1)) + 1}")
-    return found
+        text = _read(path) or ""
+        match = _SETTINGS_RE.search(text)
+        if match is not None:
+            return Found(match.group(1), f"{path}:{text.count(chr(10), 0, match.start(1)) + 1}")
+    return None
 
 
 def scheduler(files: list[Path], env: Mapping[str, str] | None = None) -> Found | None:
@@ -203,3 +205,8 @@ def max_loop_interval(files: list[Path], env: Mapping[str, str] | None = None) -
     except ValueError:
         return found  # the caller says it is not a number
     return found
+
+
+def redbeat_redis_url(files: list[Path], env: Mapping[str, str] | None = None) -> Found | None:
+    """RedBeat's ``redbeat_redis_url`` (Django: ``CELERY_REDBEAT_REDIS_URL``); RedBeat uses the broker without it."""
+    return _search(_REDBEAT_URL_RE, files, env)
