@@ -172,7 +172,12 @@ def test_finds_each_beat_with_its_scheduler_interval_settings_and_a_hook(beats: 
     assert 0 < explicit["uptime_s"] < 120
     hook = explicit["hook"]
     assert hook["type"] == "celery_beat" and hook["beat_max_interval_s"] == 1
-    assert hook["django"] == {"settings": "beatproject.settings", "python": shebang, "path": [str(PROJECT_DIR)]}
+    # beatproject's settings read TG_BEAT_* from the environment: the hook's settings reading gets them from a file
+    # --write creates beside the configuration (here the default one)
+    assert {"TG_BEAT_DATABASE_URL", "TG_BEAT_BROKER_URL"} <= set(explicit["settings_environment"])
+    assert hook["django"] == {"settings": "beatproject.settings", "python": shebang, "path": [str(PROJECT_DIR)],
+                              "environment_file": f"/etc/timeguard/{hook['name']}.env"}
+    assert "settings_values" not in explicit  # the variables' values (passwords) are never printed
     assert hook.get("beat_service") == explicit["unit"]  # a unit only when the test itself runs in one
 
     settings = found[beats.from_settings.process.pid]
@@ -240,13 +245,16 @@ def test_write_yes_adds_the_hooks_to_a_configuration_that_still_validates(beats:
         # merging: then only the branch below runs.
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "would not validate, nothing written" in proc.stderr and "django" in proc.stderr
-        assert config.read_text() == original and not (directory / "timeguard.yaml.bak").exists()
+        assert config.read_text() == original and sorted(os.listdir(directory)) == ["timeguard.yaml"]
         return
     assert proc.returncode == 0, proc.stderr
     assert (directory / "timeguard.yaml.bak").read_text() == original
     written = yaml.safe_load(config.read_text())
     assert [h["type"] for h in written["hooks"]] == ["celery_beat", "celery_beat"]
     assert config.read_text().startswith("# my configuration\n")
+    env_file = Path(written["hooks"][0]["django"]["environment_file"])
+    assert env_file.parent == directory and oct(env_file.stat().st_mode & 0o777) == oct(0o600)
+    assert f"TG_BEAT_DATABASE_URL='{beats.db.url}'" in env_file.read_text().splitlines()
     valid = subprocess.run([sys.executable, "-m", "timeguard", "config", "validate", str(config)],
                            capture_output=True, text=True, timeout=60, check=False)
     assert valid.returncode == 0, valid.stderr

@@ -174,3 +174,24 @@ def test_the_first_setdefault_that_runs_wins(tmp_path: Path):
     assert project.settings_module([tmp_path / "a.py", tmp_path / "b.py"]).value == "a.settings"
     assert project.settings_module([tmp_path / "b.py", tmp_path / "a.py"]).value == "b.settings"
     assert project.settings_module([tmp_path / "missing.py"]) is None
+
+
+def test_the_environment_variables_a_settings_module_reads(tmp_path: Path):
+    path = tmp_path / "settings.py"
+    path.write_text("""import os
+import dj_database_url
+import environ
+env = environ.Env()
+SECRET_KEY = os.environ["SECRET_KEY"]
+DEBUG = os.environ.get('DEBUG', '0') == '1'
+TZ = os.getenv("TZ_NAME")
+DATABASES = {"default": dj_database_url.config(conn_max_age=600)}
+OTHER = {"default": dj_database_url.config(env="OTHER_DB", conn_max_age=0)}
+BROKER = env("BROKER_URL")
+CACHE = env.str('CACHE_URL', default='locmem://')
+REPLICA = env.db()
+SECRET_KEY_AGAIN = os.environ["SECRET_KEY"]
+NOT_ENV = settings.get("NOT_A_VARIABLE")
+""")
+    assert project.environment_names([path]) == ["SECRET_KEY", "DEBUG", "TZ_NAME", "DATABASE_URL", "OTHER_DB",
+                                                 "BROKER_URL", "CACHE_URL"]

@@ -63,7 +63,8 @@ def test_a_database_scheduler_beat_gets_a_celery_beat_hook_from_its_django_setti
     snippet = make(beat(), set())
     assert snippet.hook == {
         "type": "celery_beat", "name": "celery-beat", "beat_service": "celery-beat.service",
-        "django": {"settings": "proj.settings", "python": "/srv/app/.venv/bin/python", "path": ["/srv/app"]},
+        "django": {"settings": "proj.settings", "python": "/srv/app/.venv/bin/python", "path": ["/srv/app"],
+                   "user": "app"},  # the settings are read as the beat's user, not as root
         "beat_max_interval_s": 1,
     }
     # the text is the hook, as a YAML list item after a comment naming the process
@@ -84,12 +85,29 @@ def test_the_snippet_passes_validation():
 
 
 def test_options_appear_only_when_known():
-    hook = make(beat(unit=None, max_interval_s=5.0, max_interval_given=False), set()).hook
+    hook = make(beat(unit=None, max_interval_s=5.0, max_interval_given=False, uid=0, user="root"), set()).hook
     assert hook is not None
-    assert "beat_service" not in hook and "beat_max_interval_s" not in hook and "environment_file" not in hook["django"]
+    assert "beat_service" not in hook and "beat_max_interval_s" not in hook
+    assert "environment_file" not in hook["django"] and "user" not in hook["django"]
     hook = make(beat(environment_file="/etc/default/celery", max_interval_s=2.5), set()).hook
     assert hook is not None
     assert hook["django"]["environment_file"] == "/etc/default/celery" and hook["beat_max_interval_s"] == 2.5
+
+
+def test_the_variables_the_settings_read_go_to_an_environment_file_beside_the_configuration():
+    b = beat(settings_environment=["DATABASE_URL", "SECRET_KEY"],
+             settings_values={"DATABASE_URL": "postgres://app:pw@db/app", "SECRET_KEY": "s3cret"})
+    snippet = make(b, set(), env_dir="/etc/timeguard/")
+    assert snippet.hook is not None
+    assert snippet.hook["django"]["environment_file"] == "/etc/timeguard/celery-beat.env"
+    assert snippet.environment == ("/etc/timeguard/celery-beat.env",
+                                   {"DATABASE_URL": "postgres://app:pw@db/app", "SECRET_KEY": "s3cret"})
+    assert "its settings read $DATABASE_URL, $SECRET_KEY from the beat's environment" in snippet.text
+    assert "pw" not in snippet.text and "s3cret" not in snippet.text and "s3cret" not in str(b.to_dict())
+    # the unit's own EnvironmentFile= is used as it is
+    snippet = make(dataclasses.replace(b, environment_file="/etc/default/celery"), set())
+    assert snippet.hook is not None and snippet.environment is None
+    assert snippet.hook["django"]["environment_file"] == "/etc/default/celery"
 
 
 @pytest.mark.parametrize(("changes", "reason"), [
@@ -284,6 +302,22 @@ def test_write_asks_and_does_nothing_without_a_yes(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr("builtins.input", lambda prompt: "y")
     assert cli.write(path, [_snippet()], yes=False) == cli.EXIT_FOUND
     assert "celery_beat" in path.read_text()
+
+
+def test_write_saves_the_settings_environment_readable_by_root_only(tmp_path: Path):
+    path = tmp_path / "timeguard.yaml"
+    b = beat(settings_environment=["DATABASE_URL"], settings_values={"DATABASE_URL": "postgres://app:p'w@db/app"})
+    snippet = make(b, set(), env_dir=str(tmp_path))
+    valid = dataclasses.replace(snippet, hook=as_database_url(snippet.hook))  # type: ignore[arg-type]
+    assert cli.write(path, [valid], yes=True) == cli.EXIT_FOUND
+    env_file = tmp_path / "celery-beat.env"
+    assert oct(env_file.stat().st_mode & 0o777) == oct(0o600)
+    assert env_file.read_text().splitlines()[1:] == ['DATABASE_URL="postgres://app:p\'w@db/app"']
+    # the same again: the file is kept; something else there: refused, nothing written
+    assert cli.write(tmp_path / "other.yaml", [valid], yes=True) == cli.EXIT_FOUND
+    env_file.write_text("DATABASE_URL=other\n")
+    assert cli.write(tmp_path / "third.yaml", [valid], yes=True) == cli.EXIT_TROUBLE
+    assert not (tmp_path / "third.yaml").exists() and env_file.read_text() == "DATABASE_URL=other\n"
 
 
 def test_nothing_to_write_is_not_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

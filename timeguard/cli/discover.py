@@ -67,10 +67,11 @@ def cmd_discover(args: argparse.Namespace) -> int:
             return EXIT_TROUBLE
     beats = find_beats(args.pid)
     taken = {str(h.get("name")) for h in configured if isinstance(h, dict)}
+    target = Path(args.config) if args.config else (path or config.DEFAULT_PATH)
     rows = []
     for beat in beats:
         covered = covered_by(beat, configured)
-        snippet = make(beat, taken)
+        snippet = make(beat, taken, env_dir=str(target.absolute().parent))
         if covered and snippet.hook is not None:
             taken.discard(snippet.hook["name"])
         rows.append((beat, covered, snippet))
@@ -86,7 +87,6 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if not beats:
         return EXIT_NONE
     if args.write:
-        target = Path(args.config) if args.config else (path or config.DEFAULT_PATH)
         return write(target, to_write, yes=args.yes, quiet=args.json)
     return EXIT_FOUND
 
@@ -207,16 +207,52 @@ def write(path: Path, snippets: list[Any], *, yes: bool, quiet: bool = False) ->
     if problems:
         return _refuse(f"{path}: the hooks would not validate, nothing written:\n" + "\n".join(
             f"  {p}" for p in problems))
+    environments = [s.environment for s in snippets if s.environment is not None]
+    for env_path, values in environments:
+        if Path(env_path).exists() and Path(env_path).read_bytes() != _env_text(values).encode():
+            return _refuse(f"{env_path} exists and holds something else: move it away, or write the hook's "
+                           "django.environment_file by hand")
     names = ", ".join(s.hook["name"] for s in snippets)
+    files = "".join(f" and {p}" for p, _ in environments)
     if not yes:
         if not sys.stdin.isatty():
             return _refuse("not a terminal to ask on: give --yes to write without asking")
-        answer = input(f"add {len(snippets)} hook{'s' if len(snippets) != 1 else ''} ({names}) to {path}? [y/N] ")
+        answer = input(f"add {len(snippets)} hook{'s' if len(snippets) != 1 else ''} ({names}) to {path}{files}? "
+                       "[y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             return _refuse("nothing written")
+    for env_path, values in environments:
+        _write_environment(Path(env_path), values)
     backup = _replace(path, old, new)
-    say(f"added {names} to {path}" + (f" (the old file is {backup})" if backup else " (a new file)"))
+    say(f"added {names} to {path}" + (f" (the old file is {backup})" if backup else " (a new file)")
+        + "".join(f"; wrote {p} (mode 0600)" for p, _ in environments))
     return EXIT_FOUND
+
+
+def _env_text(values: dict[str, str]) -> str:
+    """systemd EnvironmentFile= syntax (systemd.exec(5)): single quotes take the value as written; a value with a
+    single quote or a newline goes in double quotes with its backslash, quote, dollar and newline escaped."""
+    lines = ["# written by timeguard discover: the variables the beat's Django settings read, from its environment"]
+    for name, value in values.items():
+        if "'" not in value and "\n" not in value and "\\" not in value:
+            lines.append(f"{name}='{value}'")
+        else:
+            escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")
+                       .replace("\n", "\\n"))
+            lines.append(f'{name}="{escaped}"')
+    return "\n".join(lines) + "\n"
+
+
+def _write_environment(path: Path, values: dict[str, str]) -> None:
+    """The environment file, readable by its owner only (it may hold the database password); kept as it is when
+    it already holds exactly this."""
+    text = _env_text(values)
+    if path.exists():
+        return  # write() checked that it holds exactly this
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _refuse(message: str) -> int:

@@ -40,6 +40,8 @@ DEFAULT_SCHEDULE_FILE = "celerybeat-schedule"
 SHELVE_SUFFIXES = ("", ".db", ".dat", ".dir", ".bak")
 #: Environment variables worth showing: they locate the project's settings, database and broker.
 _ENV_DATABASE_RE = re.compile(r"(^|_)DATABASE_URL$")
+#: Set by the repair's reading of the settings itself (django.settings, django.path).
+_NOT_SETTINGS_INPUTS = frozenset({"DJANGO_SETTINGS_MODULE", "PYTHONPATH"})
 _UNIT_RE = re.compile(r"^/system\.slice/(?:[^/]+\.slice/)*([^/]+\.service)$")
 _USER_UNIT_RE = re.compile(r"/user@\d+\.service/(?:[^/]+\.slice/)*([^/]+\.service)$")
 
@@ -76,11 +78,17 @@ class Beat:
     unit: str | None = None  # the systemd system unit it runs in
     user_unit: str | None = None  # a systemd --user unit (not stoppable with systemctl as root)
     environment_file: str | None = None  # the unit's EnvironmentFile=, if systemctl says
+    #: Variables the project's settings read that the beat's environment has: the repair's reading of the settings
+    #: needs them too (names only here; their values stay in ``settings_values``, never printed).
+    settings_environment: list[str] = field(default_factory=list)
+    settings_values: dict[str, str] = field(default_factory=dict, repr=False)
     inspectable: bool = True
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["settings_values"]  # may hold passwords
+        return out
 
 
 # --------------------------------------------------------------------------------------------- the scan
@@ -219,6 +227,11 @@ def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
     beat.broker = redact_url(broker) if broker else None
     if kind == SHELVE:
         beat.schedule_file, beat.schedule_file_open = _schedule_file(proc, cmd, cwd, env, celery_form)
+    if settings:
+        for name in project.environment_names(config_files):
+            if name in env and name not in _NOT_SETTINGS_INPUTS:
+                beat.settings_environment.append(name)
+                beat.settings_values[name] = env[name]
     beat.unit, beat.user_unit = systemd_unit(pid)
     if beat.unit:
         beat.environment_file = environment_file(beat.unit)

@@ -36,6 +36,12 @@ _SETTINGS_RE = re.compile(
     re.MULTILINE)
 _SCHEDULER_NAMES = ("CELERY_BEAT_SCHEDULER", "CELERYBEAT_SCHEDULER", "beat_scheduler")
 _MAX_LOOP_NAMES = ("CELERY_BEAT_MAX_LOOP_INTERVAL", "CELERYBEAT_MAX_LOOP_INTERVAL", "beat_max_loop_interval")
+#: The environment variables a settings module reads: os.environ["X"], os.environ.get("X"), os.getenv("X"),
+#: django-environ's env("X") / env.str("X") / env.db("X"), and dj-database-url's config() (DATABASE_URL, or env=).
+_ENV_READ_RE = re.compile(
+    r"""(?:os\.environ(?:\.get)?|os\.getenv|\benv(?:\.\w+)?)[\[(][ \t]*['"]([A-Za-z_]\w*)['"]""")
+_DJ_DATABASE_URL_RE = re.compile(r"""dj_database_url\.config\(([^)]*)\)""")
+_ENV_DB_RE = re.compile(r"""\benv\.db(?:_url)?\(\s*\)""")
 _STAR_RE = re.compile(r"^from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+\*", re.MULTILINE)
 
 
@@ -210,3 +216,20 @@ def max_loop_interval(files: list[Path], env: Mapping[str, str] | None = None) -
 def redbeat_redis_url(files: list[Path], env: Mapping[str, str] | None = None) -> Found | None:
     """RedBeat's ``redbeat_redis_url`` (Django: ``CELERY_REDBEAT_REDIS_URL``); RedBeat uses the broker without it."""
     return _search(_REDBEAT_URL_RE, files, env)
+
+
+def environment_names(files: list[Path]) -> list[str]:
+    """The environment variables ``files`` read, in the order first read (a settings module's inputs: what the
+    repair's reading of the settings needs in its environment too)."""
+    names: list[str] = []
+    for path in files:
+        text = _read(path) or ""
+        found = [(m.start(), m.group(1)) for m in _ENV_READ_RE.finditer(text)]
+        for match in _DJ_DATABASE_URL_RE.finditer(text):
+            named = re.search(r"""env\s*=\s*['"]([A-Za-z_]\w*)['"]""", match.group(1))
+            found.append((match.start(), named.group(1) if named else "DATABASE_URL"))
+        found += [(m.start(), "DATABASE_URL") for m in _ENV_DB_RE.finditer(text)]
+        for _, name in sorted(found):
+            if name not in names:
+                names.append(name)
+    return names

@@ -34,6 +34,8 @@ class Snippet:
     hook: dict[str, Any] | None
     text: str
     why_not: str | None = None  # why there is no hook (for the table)
+    #: The environment file the hook names that --write creates: its path and variables (values: secrets).
+    environment: tuple[str, dict[str, str]] | None = None
 
 
 def hook_name(beat: Beat, taken: set[str]) -> str:
@@ -47,7 +49,9 @@ def hook_name(beat: Beat, taken: set[str]) -> str:
     return name
 
 
-def make(beat: Beat, taken: set[str]) -> Snippet:
+def make(beat: Beat, taken: set[str], env_dir: str = "/etc/timeguard") -> Snippet:
+    """The snippet for ``beat``; a hook name not in ``taken`` (added to it). ``env_dir``: where an environment
+    file for the settings' variables goes (beside the configuration)."""
     head = [f"# celery beat pid {beat.pid} ({beat.form}, app {beat.app or '?'}, user {beat.user or beat.uid}): "
             f"{beat.scheduler_name}"]
     if not beat.inspectable:
@@ -60,14 +64,25 @@ def make(beat: Beat, taken: set[str]) -> Snippet:
             return _commented(beat, head, f"{' and '.join(missing)} could not be found: give django.settings, "
                               "django.python and django.path by hand")
         django: dict[str, Any] = {"settings": beat.settings, "python": beat.interpreter, "path": [beat.cwd]}
+        if beat.uid not in (None, 0) and beat.user:
+            django["user"] = beat.user  # read the settings as the beat reads them, not as root
+        name = hook_name(beat, taken)
+        environment = None
         if beat.environment_file:
             django["environment_file"] = beat.environment_file
-        hook: dict[str, Any] = {"type": HOOK_TYPE, "name": hook_name(beat, taken), "django": django}
+        elif beat.settings_environment:
+            path = f"{env_dir.rstrip('/')}/{name}.env"
+            django["environment_file"] = path
+            environment = (path, {k: beat.settings_values[k] for k in beat.settings_environment})
+            names = ", ".join(f"${k}" for k in beat.settings_environment)
+            head.append(f"# its settings read {names} from the beat's environment: timeguard discover --write "
+                        f"saves them to {path} (mode 0600)")
+        hook: dict[str, Any] = {"type": HOOK_TYPE, "name": name, "django": django}
         if beat.max_interval_given and beat.max_interval_s is not None:
             hook["beat_max_interval_s"] = _number(beat.max_interval_s)
         if beat.unit:
             hook["beat_service"] = beat.unit
-        return Snippet(beat, hook, "\n".join(head) + "\n" + render_items([hook]))
+        return Snippet(beat, hook, "\n".join(head) + "\n" + render_items([hook]), environment=environment)
     if beat.scheduler == SHELVE:
         planned = {"type": "celery_shelve", "name": hook_name(beat, taken), "schedule_file": beat.schedule_file,
                    "beat_service": beat.unit or "FILL-IN.service"}
