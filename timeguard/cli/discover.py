@@ -42,7 +42,8 @@ def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) 
                         help="look only at this process (repeatable)")
     parser.add_argument("--write", action="store_true",
                         help="add the hooks to the configuration file (--config, else $TIMEGUARD_CONFIG, else "
-                        "/etc/timeguard/timeguard.yaml), after asking; keeps a backup (FILE.bak)")
+                        "/etc/timeguard/timeguard.yaml), after asking; keeps a backup (FILE.bak); saves the "
+                        "variables a beat's settings read from its environment beside it (NAME.env, mode 0600)")
     parser.add_argument("--yes", action="store_true", help="with --write: do not ask")
 
 
