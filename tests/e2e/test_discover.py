@@ -258,6 +258,12 @@ def test_write_yes_adds_the_hooks_to_a_configuration_that_still_validates(beats:
     valid = subprocess.run([sys.executable, "-m", "timeguard", "config", "validate", str(config)],
                            capture_output=True, text=True, timeout=60, check=False)
     assert valid.returncode == 0, valid.stderr
+    # the hook as written reads the project's settings (its interpreter, the environment file) and reaches the
+    # beat's database; checked by hand against the django: branch before the merge
+    dry = subprocess.run([sys.executable, "-m", "timeguard", "repair", "celery-beat", "--hook",
+                          written["hooks"][0]["name"], "--dry-run", "--config", str(config)],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert dry.returncode == 0 and "nothing to repair" in dry.stdout, dry.stdout + dry.stderr
     again = discover("--write", "--yes", "--config", str(config), *beats.pids)
     assert again.returncode == 0 and "nothing to write" in again.stdout  # both beats are covered now
 
