@@ -120,7 +120,7 @@ def find_beats(pids: Iterable[int] | None = None) -> list[Beat]:
         if parent in candidates and candidates[parent][1] == cmdline:
             continue
         try:
-            beats.append(inspect(proc, cmdline, parsed))
+            beats.append(inspect_beat(proc, cmdline, parsed))
         except psutil.NoSuchProcess:
             continue  # it ended while we looked
     return beats
@@ -136,7 +136,7 @@ def _processes(pids: Iterable[int]) -> Iterable[Any]:
             continue
 
 
-def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
+def inspect_beat(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
     """Everything this user may read about one beat process."""
     import psutil
 
@@ -163,60 +163,21 @@ def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
     app, app_from = _first((cmd.app, "command line"), (env.get("APP"), "environment $APP"),
                            (env.get("CELERY_APP"), "environment $CELERY_APP"))
     app_files = project.app_files(app, roots)
-    settings, settings_from = _first((env.get("DJANGO_SETTINGS_MODULE"), "environment $DJANGO_SETTINGS_MODULE"))
-    if settings is None:
-        # setdefault: the first one run wins — manage.py's for the manage.py forms, else the app's; the project's
-        # manage.py names the settings it uses by default when the app sets none
-        manage = _manage_py(cmd, cwd)
-        first = manage + app_files if cmd.form.startswith("manage.py") else app_files + manage
-        found = project.settings_module(first)
-        if found is not None:
-            settings, settings_from = found.value, found.where
+    settings, settings_from = _settings_of(cmd, env, cwd, app_files)
     settings_files = project.module_files(settings, roots) if settings else []
     config_files = project.with_star_imports(app_files + settings_files, roots)
-
-    sub = "WORKER" if cmd.form.endswith("worker -B") else "BEAT"
-    celery_form = cmd.form.startswith("celery ")
-    scheduler_name, scheduler_from = _first(
-        (cmd.scheduler, "command line"),
-        (env.get(f"CELERY_{sub}_SCHEDULER") if celery_form else None, f"environment $CELERY_{sub}_SCHEDULER"))
-    if scheduler_name is None:
-        found = project.scheduler(config_files, env)
-        if found is not None:
-            scheduler_name, scheduler_from = found.value, found.where
-    if scheduler_name is None and denied:
-        scheduler_name = "?"
-        scheduler_from = "not on the command line; the environment and the app's files could not be read"
-    elif scheduler_name is None:
-        scheduler_name, scheduler_from = "celery.beat:PersistentScheduler", "celery's default"
-        if not config_files:
-            scheduler_from += "; the app's files were not found, and their configuration may name another"
+    scheduler_name, scheduler_from = _scheduler_of(cmd, env, config_files, bool(denied))
     kind = UNKNOWN if scheduler_name == "?" else argvmod.scheduler_kind(scheduler_name) or OTHER
-
-    max_text, max_from = _first(
-        (None if cmd.max_interval_s is None else repr(cmd.max_interval_s), "command line"),
-        (env.get("CELERY_BEAT_MAX_INTERVAL") if celery_form and sub == "BEAT" else None,
-         "environment $CELERY_BEAT_MAX_INTERVAL"))
-    if max_text is None:
-        found = project.max_loop_interval(config_files, env)
-        if found is not None:
-            max_text, max_from = found.value, found.where
-    max_interval = _positive(max_text)
-    if max_text is not None and max_interval is None:
-        problems.append(f"max interval {max_text!r} ({max_from}) is not a positive number; using the default")
-    given = max_interval is not None
-    if max_interval is None:
-        max_interval = DEFAULT_MAX_INTERVAL_S.get(kind)
-        max_from = "the scheduler's default" if max_interval is not None else "unknown (the scheduler's own)"
+    max_interval, max_from, given = _max_interval_of(cmd, env, config_files, kind, problems)
 
     beat = Beat(pid=pid, user=user, uid=uid, uptime_s=uptime_s(pid), command=[_redact(a) for a in cmdline],
                 form=cmd.form,
                 scheduler=kind, scheduler_name=scheduler_name, scheduler_from=scheduler_from,
-                max_interval_s=max_interval, max_interval_from=max_from or "", max_interval_given=given,
+                max_interval_s=max_interval, max_interval_from=max_from, max_interval_given=given,
                 app=app, app_from=app_from, cwd=cwd, settings=settings, settings_from=settings_from,
                 inspectable=not denied, problems=problems)
     beat.interpreter, beat.interpreter_from = _interpreter(proc, cmd, cwd, env)
-    for name, value in sorted(env.items()):
+    for name, value in sorted(env.items(), key=lambda item: (item[0] != "DATABASE_URL", item[0])):
         if _ENV_DATABASE_RE.search(name) and value:
             beat.database, beat.database_from = redact_url(value), f"environment ${name}"
             break
@@ -226,7 +187,7 @@ def inspect(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
         broker = found.value if found is not None else broker
     beat.broker = redact_url(broker) if broker else None
     if kind == SHELVE:
-        beat.schedule_file, beat.schedule_file_open = _schedule_file(proc, cmd, cwd, env, celery_form)
+        beat.schedule_file, beat.schedule_file_open = _schedule_file(proc, cmd, cwd, env)
     if settings:
         for name in project.environment_names(config_files):
             if name in env and name not in _NOT_SETTINGS_INPUTS:
@@ -244,6 +205,58 @@ _URL_RE = re.compile(r"[A-Za-z][\w+.-]*://\S+")
 def _redact(arg: str) -> str:
     """A command-line word with the password of any URL in it masked (``-b redis://:pw@host``)."""
     return _URL_RE.sub(lambda m: redact_url(m.group(0)), arg)
+
+
+def _settings_of(cmd: BeatCommand, env: dict[str, str], cwd: str | None,
+                 app_files: list[Path]) -> tuple[str | None, str | None]:
+    """The Django settings module: the environment's, else the first ``setdefault`` that runs — manage.py's for
+    the manage.py forms, else the app's; the project's manage.py names the settings it uses by default when the
+    app sets none."""
+    if env.get("DJANGO_SETTINGS_MODULE"):
+        return env["DJANGO_SETTINGS_MODULE"], "environment $DJANGO_SETTINGS_MODULE"
+    manage = _manage_py(cmd, cwd)
+    found = project.settings_module(manage + app_files if cmd.form.startswith("manage.py") else app_files + manage)
+    return (found.value, found.where) if found is not None else (None, None)
+
+
+def _scheduler_of(cmd: BeatCommand, env: dict[str, str], config_files: list[Path],
+                  denied: bool) -> tuple[str, str]:
+    """(the scheduler's name, where it was read): ``?`` when only unreadable places could say."""
+    sub = "WORKER" if cmd.form.endswith("worker -B") else "BEAT"
+    name, where = _first((cmd.scheduler, "command line"),
+                         (env.get(f"CELERY_{sub}_SCHEDULER") if cmd.form.startswith("celery ") else None,
+                          f"environment $CELERY_{sub}_SCHEDULER"))
+    if name is not None and where is not None:
+        return name, where
+    found = project.scheduler(config_files, env)
+    if found is not None:
+        return found.value, found.where
+    if denied:
+        return "?", "not on the command line; the environment and the app's files could not be read"
+    if not config_files:
+        return ("celery.beat:PersistentScheduler", "celery's default; the app's files were not found, and their "
+                "configuration may name another")
+    return "celery.beat:PersistentScheduler", "celery's default"
+
+
+def _max_interval_of(cmd: BeatCommand, env: dict[str, str], config_files: list[Path], kind: str,
+                     problems: list[str]) -> tuple[float | None, str, bool]:
+    """(beat's max interval, where it was read, whether it was set rather than the scheduler's default)."""
+    text, where = _first(
+        (None if cmd.max_interval_s is None else repr(cmd.max_interval_s), "command line"),
+        (env.get("CELERY_BEAT_MAX_INTERVAL") if cmd.form == "celery beat" else None,
+         "environment $CELERY_BEAT_MAX_INTERVAL"))
+    if text is None:
+        found = project.max_loop_interval(config_files, env)
+        if found is not None:
+            text, where = found.value, found.where
+    value = _positive(text)
+    if value is not None:
+        return value, where or "", True
+    if text is not None:
+        problems.append(f"max interval {text!r} ({where}) is not a positive number; using the default")
+    default = DEFAULT_MAX_INTERVAL_S.get(kind)
+    return default, "the scheduler's default" if default is not None else "unknown (the scheduler's own)", False
 
 
 def _manage_py(cmd: BeatCommand, cwd: str | None) -> list[Path]:
@@ -348,13 +361,12 @@ def _shebang(script: str) -> str | None:
     return words[0]
 
 
-def _schedule_file(proc: Any, cmd: BeatCommand, cwd: str | None, env: dict[str, str],
-                   celery_form: bool) -> tuple[str | None, bool | None]:
+def _schedule_file(proc: Any, cmd: BeatCommand, cwd: str | None, env: dict[str, str]) -> tuple[str | None, bool | None]:
     """The shelve's path (absolute when the cwd is known) and whether the process has it open."""
     import psutil
 
     name = cmd.schedule_file
-    if not name and celery_form:
+    if not name and cmd.form.startswith("celery "):
         name = env.get("CELERY_WORKER_SCHEDULE_FILENAME" if cmd.form.endswith("-B") else "CELERY_BEAT_SCHEDULE")
     name = name or DEFAULT_SCHEDULE_FILE
     path = name if os.path.isabs(name) or not cwd else os.path.normpath(os.path.join(cwd, name))
