@@ -95,14 +95,16 @@ def cmd_discover(args: argparse.Namespace) -> int:
 def _configured_hooks(path: Path) -> list[Any]:
     """The raw ``hooks`` of the configuration (not validated: discover works on a file that does not validate;
     only the hooks' names and repair options are read)."""
-    import yaml
+    from timeguard import config
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data, _ = config._parse(path.read_text(encoding="utf-8"), str(path))  # the loader's parser (listing.py)
     except OSError as exc:
         raise ValueError(f"cannot read the configuration {path}: {exc.strerror or exc}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ValueError(f"the configuration {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"the configuration {path} is not UTF-8 text: {exc.reason}") from None
+    except config.ConfigError as exc:
+        raise ValueError(f"cannot read the configuration:\n{exc}") from None
     hooks = data.get("hooks") if isinstance(data, dict) else None
     return list(hooks) if isinstance(hooks, list) else []
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from timeguard import config
+
 
 class EditError(Exception):
     """The file cannot be edited safely; the message says why."""
@@ -27,13 +29,8 @@ class EditError(Exception):
 
 def add_hooks(text: str, hooks: Sequence[Mapping[str, Any]], comment: str = "") -> str:
     """``text`` with ``hooks`` appended to its ``hooks:`` list (see the module's docstring)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        before = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise EditError(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    before = _load(text)
+    root = yaml.compose(text, Loader=config._BoundedLoader)  # _load has parsed it: no error here
     if root is None:
         before = {}
     elif not isinstance(root, yaml.MappingNode) or not isinstance(before, dict):
@@ -113,12 +110,22 @@ def _last_line(node: yaml.Node) -> int:
     return max(_last_line(child) for child in children)
 
 
+def _load(text: str) -> Any:
+    """The file's data as timeguard's loader reads it (bounded aliases and depth, duplicate keys refused, ``on:``
+    a name); EditError saying why not."""
+    try:
+        data, _ = config._parse(text, "the file")  # the loader's own parser, as hooks/listing.py uses it
+    except config.ConfigError as exc:
+        raise EditError("; ".join((f"line {p.line}: " if p.line else "") + (f"{p.path}: " if p.path else "")
+                                  + p.message for p in exc.problems)) from None
+    return data
+
+
 def _check(before: dict[str, Any], new: str, hooks: Sequence[Mapping[str, Any]]) -> None:
     try:
-        after = yaml.safe_load(new)
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise EditError(f"adding the hooks as text would break the file ({problem}; aliases?): add them by "
+        after = _load(new)
+    except EditError as exc:
+        raise EditError(f"adding the hooks as text would break the file ({exc}; aliases?): add them by "
                         "hand") from None
     old_hooks = before.get("hooks") or []
     expected = {**before, "hooks": [*old_hooks, *[dict(h) for h in hooks]]}
