@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from timeguard.discover import project
-from timeguard.discover.beat import _redact, unit_from_cgroup
+from timeguard.discover.beat import _redact, environment_files, missing_from, unit_from_cgroup
 
 
 def make_project(root: Path, files: dict[str, str]) -> Path:
@@ -195,3 +195,23 @@ NOT_ENV = settings.get("NOT_A_VARIABLE")
 """)
     assert project.environment_names([path]) == ["SECRET_KEY", "DEBUG", "TZ_NAME", "DATABASE_URL", "OTHER_DB",
                                                  "BROKER_URL", "CACHE_URL"]
+
+
+@pytest.mark.parametrize(("shown", "paths"), [
+    ("/etc/default/celery (ignore_errors=no)\n", ["/etc/default/celery"]),
+    ("/etc/conf.d/celery (ignore_errors=yes)\n/etc/app/env (ignore_errors=no)\n", ["/etc/conf.d/celery",
+                                                                                   "/etc/app/env"]),
+    ("/srv/my app/env (ignore_errors=no)\n", ["/srv/my app/env"]),
+    ("", []),
+    ("garbage\n", []),
+])
+def test_the_environment_files_systemctl_shows(shown, paths):
+    assert environment_files(shown) == paths
+
+
+def test_a_unit_environment_file_serves_only_when_it_assigns_every_variable(tmp_path: Path):
+    env = tmp_path / "celery.env"
+    env.write_text("# comment\nDATABASE_URL=postgres://app@db/app\nexport SECRET_KEY='x'\n  DEBUG = 0\n")
+    assert missing_from(str(env), ["DATABASE_URL", "SECRET_KEY", "DEBUG"]) == []
+    assert missing_from(str(env), ["DATABASE_URL", "BROKER_URL"]) == ["BROKER_URL"]
+    assert missing_from(str(tmp_path / "missing.env"), ["DATABASE_URL"]) == ["DATABASE_URL"]

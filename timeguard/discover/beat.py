@@ -194,8 +194,11 @@ def inspect_beat(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
                 beat.settings_environment.append(name)
                 beat.settings_values[name] = env[name]
     beat.unit, beat.user_unit = systemd_unit(pid)
-    if beat.unit:
-        beat.environment_file = environment_file(beat.unit)
+    unit_file = environment_file(beat.unit) if beat.unit else None
+    # the unit's file serves the hook when it assigns every variable the settings read (an Environment= line or
+    # a wrapper script may set others: then they come from the beat's environment, see snippet.make)
+    if unit_file is not None and not missing_from(unit_file, beat.settings_environment):
+        beat.environment_file = unit_file
     return beat
 
 
@@ -403,7 +406,8 @@ def unit_from_cgroup(text: str) -> tuple[str | None, str | None]:
 
 
 def environment_file(unit: str) -> str | None:
-    """The unit's first EnvironmentFile=, as systemctl reports it (None without systemd or without one)."""
+    """The unit's EnvironmentFile= as systemctl reports it; None without systemd, without one, or with several
+    (the hook reads one file: the variables then come from the beat's environment instead)."""
     systemctl = shutil.which("systemctl")
     if systemctl is None:
         return None
@@ -412,12 +416,26 @@ def environment_file(unit: str) -> str | None:
                              capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    # "/etc/default/celery (ignore_errors=no)", one per line
-    for line in out.stdout.splitlines() if out.returncode == 0 else ():
-        path = line.split(" (", 1)[0].strip()
-        if path.startswith("/"):
-            return path
-    return None
+    files = environment_files(out.stdout) if out.returncode == 0 else []
+    return files[0] if len(files) == 1 else None
+
+
+def environment_files(shown: str) -> list[str]:
+    """The paths in ``systemctl show --property=EnvironmentFiles --value``: one per line,
+    ``/etc/default/celery (ignore_errors=no)``."""
+    paths = [line.rsplit(" (ignore_errors=", 1)[0].strip() for line in shown.splitlines()]
+    return [p for p in paths if p.startswith("/")]
+
+
+def missing_from(path: str, names: list[str]) -> list[str]:
+    """Which of ``names`` the environment file ``path`` does not assign (``NAME=`` or ``export NAME=`` at the
+    start of a line); all of them when it cannot be read."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return list(names)
+    assigned = set(re.findall(r"^[ \t]*(?:export[ \t]+)?([A-Za-z_]\w*)[ \t]*=", text, re.MULTILINE))
+    return [n for n in names if n not in assigned]
 
 
 def uptime_s(pid: int) -> float | None:
