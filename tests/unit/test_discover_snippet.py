@@ -18,7 +18,7 @@ from timeguard.cli import discover as cli
 from timeguard.discover.argv import DATABASE, OTHER, REDBEAT, SHELVE, UNKNOWN
 from timeguard.discover.beat import Beat
 from timeguard.discover.configfile import EditError, add_hooks
-from timeguard.discover.snippet import covered_by, make, render
+from timeguard.discover.snippet import covered_by, make, plan, render
 from timeguard.hooks.registry import HOOK_TYPES
 from timeguard.repair.celery_beat import CeleryBeatKind
 
@@ -146,6 +146,25 @@ def test_names_never_clash_with_configured_hooks_or_each_other():
     assert names == ["celery-beat-2", "celery-beat-3", "celery-beat-4"]
     assert make(beat(unit=None, app="proj.celery:app"), set()).hook["name"] == "celery-beat-proj.celery-app"  # type: ignore[index]
     assert make(beat(unit=None, app=None), set()).hook["name"] == "celery-beat-4242"  # type: ignore[index]
+
+
+def test_beats_on_one_database_share_one_hook_that_waits_for_the_slowest():
+    fast = beat(pid=1, max_interval_s=1.0)
+    slow = beat(pid=2, max_interval_s=5.0, max_interval_given=False, command=["celery", "beat"])
+    elsewhere = beat(pid=3, database="postgres://app:***@db.internal/other")
+    other_unit = beat(pid=4, unit="beat-b.service")
+    configured = [{"type": "celery_beat", "name": "celery-beat", "database_url": "sqlite:////x"}]
+    rows = plan([fast, slow, elsewhere, other_unit], configured, env_dir="/etc/timeguard")
+    (_, c1, s1), (_, c2, s2), (_, c3, s3), (_, c4, s4) = rows
+    assert c1 is c2 is c3 is c4 is None
+    assert s1.hook is not None and s1.hook["name"] == "celery-beat-2"  # "celery-beat" is configured already
+    assert s1.hook["beat_max_interval_s"] == 5 and "# and pid 2 on the same settings and database" in s1.text
+    assert s2.hook is None and s2.shares == "celery-beat-2" and "shares the hook celery-beat-2" in s2.text
+    assert s3.hook is not None and s3.hook["beat_max_interval_s"] == 1 and s3.hook["name"] == "celery-beat-3"
+    assert s4.hook is not None and s4.hook["beat_service"] == "beat-b.service"
+    # a beat a configured hook covers gets no hook of its own
+    covered = plan([fast], [{"type": "celery_beat", "name": "mine", "beat_service": "celery-beat.service"}], "/x")
+    assert covered[0][1] == "mine"
 
 
 def test_render_is_a_hooks_block_that_parses():

@@ -56,7 +56,7 @@ def _pid(text: str) -> int:
 def cmd_discover(args: argparse.Namespace) -> int:
     from timeguard import config
     from timeguard.discover.beat import find_beats
-    from timeguard.discover.snippet import covered_by, make
+    from timeguard.discover.snippet import plan
 
     path = config.discover(args.config)
     configured: list[Any] = []
@@ -67,20 +67,13 @@ def cmd_discover(args: argparse.Namespace) -> int:
             print(f"timeguard discover: {exc}", file=sys.stderr)
             return EXIT_TROUBLE
     beats = find_beats(args.pid)
-    taken = {str(h.get("name")) for h in configured if isinstance(h, dict)}
     target = Path(args.config) if args.config else (path or config.DEFAULT_PATH)
-    rows = []
-    for beat in beats:
-        covered = covered_by(beat, configured)
-        snippet = make(beat, taken, env_dir=str(target.absolute().parent))
-        if covered and snippet.hook is not None:
-            taken.discard(snippet.hook["name"])
-        rows.append((beat, covered, snippet))
+    rows = plan(beats, configured, env_dir=str(target.absolute().parent))
     to_write = [s for _, covered, s in rows if s.hook is not None and not covered]
     if args.json:
         print(json.dumps({
             "config": str(path) if path else None,
-            "beats": [{**b.to_dict(), "covered_by": c, "hook": s.hook, "snippet": s.text,
+            "beats": [{**b.to_dict(), "covered_by": c, "shares_hook": s.shares, "hook": s.hook, "snippet": s.text,
                        "no_hook_because": s.why_not} for b, c, s in rows],
         }, indent=2))
     else:
@@ -140,6 +133,8 @@ def _status(beat: Any, covered: str | None, snippet: Any) -> str:
         return "not inspectable"
     if covered:
         return f"covered by hook {covered}"
+    if snippet.shares:
+        return f"shares hook {snippet.shares}"
     if snippet.hook is not None:
         return "repairable: hook below"
     return "no hook: see below"

@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ class Snippet:
     hook: dict[str, Any] | None
     text: str
     why_not: str | None = None  # why there is no hook (for the table)
+    shares: str | None = None  # the hook proposed for another beat on the same settings and database
     #: The environment file the hook names that --write creates: its path and variables (values: secrets).
     environment: tuple[str, dict[str, str]] | None = None
 
@@ -49,11 +51,57 @@ def hook_name(beat: Beat, taken: set[str]) -> str:
     return name
 
 
-def make(beat: Beat, taken: set[str], env_dir: str = "/etc/timeguard") -> Snippet:
+def plan(beats: list[Beat], configured: list[Any], env_dir: str) -> list[tuple[Beat, str | None, Snippet]]:
+    """(beat, the configured hook covering it, its snippet) for every beat. Beats of one project on one database
+    (same settings, directory, unit and settings environment: two beats, or a beat restarted in a second copy)
+    share one hook, whose ``beat_max_interval_s`` is the slowest one's: the repair must wait for every beat."""
+    taken = {str(h.get("name")) for h in configured if isinstance(h, Mapping)}
+    covered = {b.pid: covered_by(b, configured) for b in beats}
+    groups: dict[tuple[Any, ...], list[Beat]] = {}
+    for b in beats:
+        if not covered[b.pid]:
+            groups.setdefault(_group_key(b), []).append(b)
+    rows: list[tuple[Beat, str | None, Snippet]] = []
+    proposed: dict[tuple[Any, ...], Snippet] = {}
+    for b in beats:
+        if covered[b.pid]:
+            rows.append((b, covered[b.pid], make(b, set(taken), env_dir)))
+            continue
+        key = _group_key(b)
+        first = proposed.get(key)
+        if first is not None and first.hook is not None:
+            name = first.hook["name"]
+            rows.append((b, None, Snippet(b, None, f"# celery beat pid {b.pid}: shares the hook {name} (same "
+                                          "settings, directory and database)\n", why_not=f"shares hook {name}",
+                                          shares=name)))
+            continue
+        members = groups[key]
+        slowest = max((m.max_interval_s or 0.0 for m in members), default=0.0)
+        leader = b if len(members) == 1 else dataclasses.replace(
+            b, max_interval_s=slowest, max_interval_given=any(m.max_interval_given for m in members))
+        snippet = make(leader, taken, env_dir,
+                       also=[m.pid for m in members if m is not b] if len(members) > 1 else ())
+        proposed[key] = snippet
+        rows.append((b, None, snippet))
+    return rows
+
+
+def _group_key(beat: Beat) -> tuple[Any, ...]:
+    if beat.scheduler != DATABASE or not (beat.inspectable and beat.settings and beat.cwd):
+        return ("pid", beat.pid)
+    # the database when the environment names it; else every variable the settings read may choose it
+    database = beat.database or tuple(sorted(beat.settings_values.items()))
+    return (beat.settings, beat.cwd, beat.unit, database)
+
+
+def make(beat: Beat, taken: set[str], env_dir: str = "/etc/timeguard", also: Sequence[int] = ()) -> Snippet:
     """The snippet for ``beat``; a hook name not in ``taken`` (added to it). ``env_dir``: where an environment
     file for the settings' variables goes (beside the configuration)."""
     head = [f"# celery beat pid {beat.pid} ({beat.form}, app {beat.app or '?'}, user {beat.user or beat.uid}): "
             f"{beat.scheduler_name}"]
+    if also:
+        head.append(f"# and pid {', '.join(map(str, also))} on the same settings and database: beat_max_interval_s "
+                    "is the slowest one's")
     if not beat.inspectable:
         return _commented(beat, head, "not inspectable: " + "; ".join(beat.problems))
     if beat.scheduler == DATABASE:
