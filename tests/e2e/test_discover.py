@@ -307,3 +307,47 @@ def test_no_beat_found_exits_1_and_an_unreadable_configuration_2(beats: Beats) -
     broken.write_text("hooks: [\n")
     bad = discover("--config", str(broken), *beats.pids)
     assert bad.returncode == 2 and "not valid YAML" in bad.stderr
+
+
+CHROOT_SCRIPT = r"""
+set -e
+mount -t tmpfs tg-discover-root "$ROOT"
+for entry in /*; do
+    name=${entry#/}
+    if [ -L "$entry" ]; then ln -s "$(readlink "$entry")" "$ROOT/$name"
+    elif [ -d "$entry" ]; then mkdir "$ROOT/$name"; mount --rbind "$entry" "$ROOT/$name"
+    fi
+done
+cd "$APP_DIR"
+exec chroot "$ROOT" sh -c 'cd "$APP_DIR" && exec "$@"' sh "$@"
+"""
+
+
+def test_a_beat_under_another_root_directory_gets_no_hook_with_this_hosts_paths(beats: Beats) -> None:
+    """A container's or a chroot's beat: its interpreter and directory name files of its own root, not this
+    host's. Here a real chroot (a tmpfs root holding bind mounts of this host's directories, in a private mount
+    namespace: nothing is mounted on the host)."""
+    need(os.geteuid() == 0, "root (unshare --mount, chroot)")
+    need(subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "true"],
+                        capture_output=True, check=False).returncode == 0, "unshare --mount is not permitted here")
+    root = scratch_dir("discover-chroot")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "TG_BEAT", "PYTHONPATH"))}
+    env.update(ROOT=str(root), APP_DIR=str(beats.shelve_dir))
+    proc = ManagedProcess.start(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", CHROOT_SCRIPT, "sh",
+         sys.executable, "-m", "celery", "-A", "shelveapp", "beat", "-l", "info", "--pidfile=",
+         "-s", str(beats.shelve_dir / "chroot-schedule")],
+        name="celery-beat:chroot", log_path=beats.shelve_dir / "chroot.log", env=env)
+    try:
+        _wait_for(lambda: "beat: Starting" in (beats.shelve_dir / "chroot.log").read_text(), proc, 30)
+        out = discover("--json", "--pid", str(proc.pid))
+        assert out.returncode == 0, out.stderr
+        [beat] = json.loads(out.stdout)["beats"]
+        assert beat["other_root"] is True and beat["inspectable"] is True
+        assert beat["scheduler"] == "celery.PersistentScheduler"  # what it runs is still said
+        assert "another root directory" in beat["snippet"] and "celery_shelve" not in beat["snippet"]
+        assert proc.alive(), proc.log_tail()
+        # the module's own beats share this host's root
+        assert all(b["other_root"] is False for b in json.loads(discover("--json", *beats.pids).stdout)["beats"])
+    finally:
+        proc.stop()

@@ -115,6 +115,7 @@ def test_the_variables_the_settings_read_go_to_an_environment_file_beside_the_co
     ({"interpreter": None, "cwd": None}, "the interpreter and the working directory could not be found"),
     ({"inspectable": False, "problems": ["permission denied reading /proc/4242/environ"]},
      "not inspectable: permission denied reading /proc/4242/environ"),
+    ({"other_root": True}, "another root directory (a container or a chroot): its paths are not this host's"),
     ({"scheduler": SHELVE, "scheduler_name": "celery.beat:PersistentScheduler", "schedule_file": "/srv/app/s"},
      "celery_shelve"),
     ({"scheduler": REDBEAT, "scheduler_name": "redbeat.RedBeatScheduler", "broker": "redis://h:6379/1"},

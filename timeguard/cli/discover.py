@@ -163,7 +163,8 @@ def human(rows: list[tuple[Any, str | None, Any]], path: Path | None) -> str:
                        f"{beat.schedule_file}" + {True: " (open)", False: " (not open now)", None: ""}[
                            beat.schedule_file_open])),
                    ("unit", beat.unit or (beat.user_unit and f"{beat.user_unit} (a systemd --user unit)")),
-                   ("environment", beat.environment_file), ("covered by", covered and f"hook {covered} in {path}")]
+                   ("environment", beat.environment_file), ("covered by", covered and f"hook {covered} in {path}"),
+                   ("root", beat.other_root and "another root directory (a container or a chroot)")]
         out += [f"  {name:<14}{value}" for name, value in details if value]
         out += [f"  problem       {p}" for p in beat.problems]
     hooks = [s for _, c, s in rows if not c]

@@ -82,6 +82,8 @@ class Beat:
     #: needs them too (names only here; their values stay in ``settings_values``, never printed).
     settings_environment: list[str] = field(default_factory=list)
     settings_values: dict[str, str] = field(default_factory=dict, repr=False)
+    #: It sees another root directory than timeguard (a container, a chroot): its paths are not this host's.
+    other_root: bool | None = None
     inspectable: bool = True
     problems: list[str] = field(default_factory=list)
 
@@ -193,6 +195,7 @@ def inspect_beat(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
             if name in env and name not in _NOT_SETTINGS_INPUTS:
                 beat.settings_environment.append(name)
                 beat.settings_values[name] = env[name]
+    beat.other_root = other_root(pid)
     beat.unit, beat.user_unit = systemd_unit(pid)
     unit_file = environment_file(beat.unit) if beat.unit else None
     # the unit's file serves the hook when it assigns every variable the settings read (an Environment= line or
@@ -378,6 +381,18 @@ def _schedule_file(proc: Any, cmd: BeatCommand, cwd: str | None, env: dict[str, 
     except psutil.Error:
         return path, None
     return path, any(path + suffix in open_paths for suffix in SHELVE_SUFFIXES)
+
+
+def other_root(pid: int) -> bool | None:
+    """Whether the process's root directory is another than ours (a container, a chroot), so the paths it
+    shows (interpreter, working directory, files) name other files than on this host; None when /proc/PID/root
+    cannot be read (another user's process). A private mount namespace with the same root (systemd's PrivateTmp=,
+    ProtectSystem=) is the same root."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+    except OSError:
+        return None
+    return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
 
 
 def systemd_unit(pid: int) -> tuple[str | None, str | None]:

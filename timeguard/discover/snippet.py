@@ -104,6 +104,9 @@ def make(beat: Beat, taken: set[str], env_dir: str = "/etc/timeguard", also: Seq
                     "is the slowest one's")
     if not beat.inspectable:
         return _commented(beat, head, "not inspectable: " + "; ".join(beat.problems))
+    if beat.other_root:
+        return _commented(beat, head, "it runs under another root directory (a container or a chroot): its paths "
+                          "are not this host's; run timeguard discover, and the repair, where it runs")
     if beat.scheduler == DATABASE:
         missing = [what for what, value in (("the Django settings module", beat.settings),
                                              ("the interpreter", beat.interpreter), ("the working directory",
