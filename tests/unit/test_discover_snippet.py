@@ -318,12 +318,13 @@ def test_write_asks_and_does_nothing_without_a_yes(tmp_path: Path, monkeypatch: 
     assert cli.write(path, [_snippet()], yes=False) == cli.EXIT_TROUBLE
     assert "give --yes" in capsys.readouterr().err
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
-    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    monkeypatch.setattr("builtins.input", lambda: "n")
     assert cli.write(path, [_snippet()], yes=False) == cli.EXIT_TROUBLE
     assert path.read_text() == "state_dir: /x\n"
-    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    monkeypatch.setattr("builtins.input", lambda: "y")
     assert cli.write(path, [_snippet()], yes=False) == cli.EXIT_FOUND
     assert "celery_beat" in path.read_text()
+    assert "add 1 hook (celery-beat) to" in capsys.readouterr().err
 
 
 def test_write_saves_the_settings_environment_readable_by_root_only(tmp_path: Path):

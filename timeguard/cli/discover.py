@@ -216,8 +216,14 @@ def write(path: Path, snippets: list[Any], *, yes: bool, quiet: bool = False) ->
     if not yes:
         if not sys.stdin.isatty():
             return _refuse("not a terminal to ask on: give --yes to write without asking")
-        answer = input(f"add {len(snippets)} hook{'s' if len(snippets) != 1 else ''} ({names}) to {path}{files}? "
-                       "[y/N] ")
+        # the question goes to stderr: stdout may be the --json answer
+        sys.stderr.write(f"add {len(snippets)} hook{'s' if len(snippets) != 1 else ''} ({names}) to {path}{files}? "
+                         "[y/N] ")
+        sys.stderr.flush()
+        try:
+            answer = input()
+        except EOFError:
+            answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             return _refuse("nothing written")
     for env_path, values in environments:
