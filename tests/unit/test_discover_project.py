@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from timeguard.discover import project
-from timeguard.discover.beat import _redact, environment_files, missing_from, unit_from_cgroup
+from timeguard.discover.beat import _redact
+from timeguard.discover.systemd import environment_files, missing_from, unit_from_cgroup
 
 
 def make_project(root: Path, files: dict[str, str]) -> Path:
