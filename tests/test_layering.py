@@ -10,7 +10,7 @@ The layers, bottom to top — a module may import its own layer and the ones bel
 1. the flow's first steps: ``measure`` (sources, consensus, tracking) and ``watch`` (clockwatch, detector);
 2. ``store`` (the journal: connection, transactions, migrations);
 3. ``hooks`` (the plugin API, registry, dispatcher, outbox, audits);
-4. ``repair`` (targets that a hook or the CLI runs);
+4. ``repair`` (targets that a hook or the CLI runs) and ``discover`` (the stores found on this host);
 5. the orchestrator: ``agent``, ``daemon`` (its parts), ``metrics``, ``jobs``;
 6. the command line: ``cli``, ``__main__``.
 """
@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     "measure": 1, "watch": 1,
     "store": 2,
     "hooks": 3,
-    "repair": 4,
+    "repair": 4, "discover": 4,
     "agent": 5, "daemon": 5, "metrics": 5, "jobs": 5,
     "cli": 6, "__main__": 6,
 }

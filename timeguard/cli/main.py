@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     from timeguard.cli.repair import add_parser as add_repair_parser
 
     add_repair_parser(sub, _config_arg)
+    from timeguard.cli.discover import add_parser as add_discover_parser
+
+    add_discover_parser(sub, _config_arg)
     return parser
 
 
@@ -246,6 +249,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from timeguard.cli.repair import cmd_repair
 
         return cmd_repair(args)
+    if args.command == "discover":
+        from timeguard.cli.discover import cmd_discover
+
+        return cmd_discover(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse only admits the commands above
 
 

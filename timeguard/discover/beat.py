@@ -1,0 +1,409 @@
+"""Every ``celery beat`` running on this host, and what it runs: scheduler, max interval, app, Django settings,
+database, interpreter, working directory, systemd unit — from /proc (psutil) and the project's files, never by
+running the application.
+
+Where each answer comes from, first found wins (celery's own order, celery/bin/beat.py and click's
+auto_envvar_prefix="CELERY"):
+
+* scheduler: ``-S/--scheduler`` → ``$CELERY_BEAT_SCHEDULER`` (``$CELERY_WORKER_SCHEDULER`` for ``worker -B``) →
+  the app's configuration in its files (timeguard.discover.project) → celery's default PersistentScheduler;
+* max interval: ``--max-interval`` → ``$CELERY_BEAT_MAX_INTERVAL`` → ``beat_max_loop_interval`` in the files →
+  the scheduler's default: DatabaseScheduler 5 s (django_celery_beat/schedulers.py DEFAULT_MAX_INTERVAL),
+  PersistentScheduler and RedBeat 300 s (celery/beat.py DEFAULT_MAX_INTERVAL; RedBeatScheduler keeps it);
+* schedule file (shelve): ``-s/--schedule`` → ``$CELERY_BEAT_SCHEDULE`` → ``celerybeat-schedule``, relative to
+  the process's working directory (``--workdir`` has already been applied to it);
+* the app: ``-A/--app`` → ``$APP`` → ``$CELERY_APP``.
+
+Another user's process shows its command line to everyone, but its environment, working directory and open
+files only to root and to that user: such a beat is listed with ``problems`` saying what could not be read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from timeguard.discover import argv as argvmod
+from timeguard.discover import project
+from timeguard.discover.argv import DATABASE, OTHER, REDBEAT, SHELVE, UNKNOWN, BeatCommand
+from timeguard.discover.systemd import environment_file, missing_from, systemd_unit
+from timeguard.secrets import redact_url
+
+DEFAULT_MAX_INTERVAL_S = {DATABASE: 5.0, SHELVE: 300.0, REDBEAT: 300.0}
+DEFAULT_SCHEDULE_FILE = "celerybeat-schedule"
+#: The suffixes a dbm flavour adds to a shelve's name (dbm.dumb .dat/.dir/.bak, Berkeley DB .db).
+SHELVE_SUFFIXES = ("", ".db", ".dat", ".dir", ".bak")
+#: Environment variables worth showing: they locate the project's settings, database and broker.
+_ENV_DATABASE_RE = re.compile(r"(^|_)DATABASE_URL$")
+#: Set by the repair's reading of the settings itself (django.settings, django.path).
+_NOT_SETTINGS_INPUTS = frozenset({"DJANGO_SETTINGS_MODULE", "PYTHONPATH"})
+
+
+@dataclass
+class Beat:
+    """One running beat. ``*_from`` fields say where a value was read (``command line``, ``environment $X``,
+    ``path:line``, ``default``)."""
+
+    pid: int
+    user: str | None
+    uid: int | None
+    uptime_s: float | None
+    command: list[str]
+    form: str
+    scheduler: str  # argv.DATABASE, SHELVE, REDBEAT or OTHER
+    scheduler_name: str  # as written, or celery's default
+    scheduler_from: str
+    max_interval_s: float | None  # what beat sleeps at most (None: an unknown scheduler's own default)
+    max_interval_from: str
+    max_interval_given: bool  # set explicitly (command line, environment, file), not the scheduler's default
+    app: str | None = None
+    app_from: str | None = None
+    interpreter: str | None = None
+    interpreter_from: str | None = None
+    cwd: str | None = None
+    settings: str | None = None
+    settings_from: str | None = None
+    database: str | None = None  # redacted
+    database_from: str | None = None
+    broker: str | None = None  # redacted
+    schedule_file: str | None = None  # the shelve's path (PersistentScheduler only)
+    schedule_file_open: bool | None = None  # the process holds it open (None: could not look)
+    unit: str | None = None  # the systemd system unit it runs in
+    user_unit: str | None = None  # a systemd --user unit (not stoppable with systemctl as root)
+    environment_file: str | None = None  # the unit's EnvironmentFile=, if systemctl says
+    #: Variables the project's settings read that the beat's environment has: the repair's reading of the settings
+    #: needs them too (names only here; their values stay in ``settings_values``, never printed).
+    settings_environment: list[str] = field(default_factory=list)
+    settings_values: dict[str, str] = field(default_factory=dict, repr=False)
+    #: It sees another root directory than timeguard (a container, a chroot): its paths are not this host's.
+    other_root: bool | None = None
+    inspectable: bool = True
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["settings_values"]  # may hold passwords
+        return out
+
+
+# --------------------------------------------------------------------------------------------- the scan
+
+
+def find_beats(pids: Iterable[int] | None = None) -> list[Beat]:
+    """Every beat among ``pids`` (default: every process), in pid order. A process running inside another beat
+    of the same command line (a worker's pool, the embedded beat's child) is its parent's, not a second beat."""
+    import psutil
+
+    candidates: dict[int, tuple[Any, list[str], BeatCommand]] = {}
+    procs = psutil.process_iter(["pid", "ppid", "cmdline"]) if pids is None else _processes(pids)
+    for proc in procs:
+        try:
+            cmdline = proc.info["cmdline"] if hasattr(proc, "info") else proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if not cmdline or proc.pid == os.getpid():
+            continue
+        parsed = argvmod.parse(list(cmdline))
+        if parsed is not None:
+            candidates[proc.pid] = (proc, list(cmdline), parsed)
+    beats = []
+    for _, (proc, cmdline, parsed) in sorted(candidates.items()):
+        try:
+            parent = proc.ppid()
+        except psutil.Error:
+            continue
+        if parent in candidates and candidates[parent][1] == cmdline:
+            continue
+        try:
+            beats.append(inspect_beat(proc, cmdline, parsed))
+        except psutil.NoSuchProcess:
+            continue  # it ended while we looked
+    return beats
+
+
+def _processes(pids: Iterable[int]) -> Iterable[Any]:
+    import psutil
+
+    for pid in pids:
+        try:
+            yield psutil.Process(pid)
+        except psutil.Error:
+            continue
+
+
+def inspect_beat(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
+    """Everything this user may read about one beat process."""
+    import psutil
+
+    pid = proc.pid
+    problems: list[str] = list(f"command line: {p}" for p in cmd.problems)
+    denied: list[str] = []
+    try:
+        uid: int | None = proc.uids().real
+        user: str | None = proc.username()
+    except psutil.AccessDenied:
+        uid, user = None, None
+    except KeyError:  # a uid without a name
+        uid, user = proc.uids().real, None
+    env = _read(proc.environ, f"/proc/{pid}/environ", denied)
+    cwd = _read(proc.cwd, f"/proc/{pid}/cwd", denied)
+    if denied:
+        owner = user or f"uid {uid}"
+        who = "root" if uid == 0 else f"root or {owner}"
+        problems.append(f"permission denied reading {' and '.join(denied)} (the process belongs to {owner}: run "
+                        f"timeguard discover as {who})")
+    env = env or {}
+    roots = _import_roots(cwd, env)
+
+    app, app_from = _first((cmd.app, "command line"), (env.get("APP"), "environment $APP"),
+                           (env.get("CELERY_APP"), "environment $CELERY_APP"))
+    app_files = project.app_files(app, roots)
+    settings, settings_from = _settings_of(cmd, env, cwd, app_files)
+    settings_files = project.module_files(settings, roots) if settings else []
+    config_files = project.with_star_imports(app_files + settings_files, roots)
+    scheduler_name, scheduler_from = _scheduler_of(cmd, env, config_files, bool(denied))
+    kind = UNKNOWN if scheduler_name == "?" else argvmod.scheduler_kind(scheduler_name) or OTHER
+    max_interval, max_from, given = _max_interval_of(cmd, env, config_files, kind, problems)
+
+    beat = Beat(pid=pid, user=user, uid=uid, uptime_s=uptime_s(pid), command=[_redact(a) for a in cmdline],
+                form=cmd.form,
+                scheduler=kind, scheduler_name=scheduler_name, scheduler_from=scheduler_from,
+                max_interval_s=max_interval, max_interval_from=max_from, max_interval_given=given,
+                app=app, app_from=app_from, cwd=cwd, settings=settings, settings_from=settings_from,
+                inspectable=not denied, problems=problems)
+    beat.interpreter, beat.interpreter_from = _interpreter(proc, cmd, cwd, env)
+    for name, value in sorted(env.items(), key=lambda item: (item[0] != "DATABASE_URL", item[0])):
+        if _ENV_DATABASE_RE.search(name) and value:
+            beat.database, beat.database_from = redact_url(value), f"environment ${name}"
+            break
+    broker = cmd.broker or env.get("CELERY_BROKER_URL") or env.get("BROKER_URL")
+    if kind == REDBEAT:  # RedBeat's own Redis, else the broker (redbeat/schedulers.py RedBeatConfig)
+        found = project.redbeat_redis_url(config_files, env)
+        broker = found.value if found is not None else broker
+    beat.broker = redact_url(broker) if broker else None
+    if kind == SHELVE:
+        beat.schedule_file, beat.schedule_file_open = _schedule_file(proc, cmd, cwd, env)
+    if settings:
+        for name in project.environment_names(config_files):
+            if name in env and name not in _NOT_SETTINGS_INPUTS:
+                beat.settings_environment.append(name)
+                beat.settings_values[name] = env[name]
+    beat.other_root = other_root(pid)
+    beat.unit, beat.user_unit = systemd_unit(pid)
+    unit_file = environment_file(beat.unit) if beat.unit else None
+    # the unit's file serves the hook when it assigns every variable the settings read (an Environment= line or
+    # a wrapper script may set others: then they come from the beat's environment, see snippet.make)
+    if unit_file is not None and not missing_from(unit_file, beat.settings_environment):
+        beat.environment_file = unit_file
+    return beat
+
+
+_URL_RE = re.compile(r"[A-Za-z][\w+.-]*://\S+")
+
+
+def _redact(arg: str) -> str:
+    """A command-line word with the password of any URL in it masked (``-b redis://:pw@host``)."""
+    return _URL_RE.sub(lambda m: redact_url(m.group(0)), arg)
+
+
+def _settings_of(cmd: BeatCommand, env: dict[str, str], cwd: str | None,
+                 app_files: list[Path]) -> tuple[str | None, str | None]:
+    """The Django settings module: the environment's, else the first ``setdefault`` that runs — manage.py's for
+    the manage.py forms, else the app's; the project's manage.py names the settings it uses by default when the
+    app sets none."""
+    if env.get("DJANGO_SETTINGS_MODULE"):
+        return env["DJANGO_SETTINGS_MODULE"], "environment $DJANGO_SETTINGS_MODULE"
+    manage = _manage_py(cmd, cwd)
+    found = project.settings_module(manage + app_files if cmd.form.startswith("manage.py") else app_files + manage)
+    return (found.value, found.where) if found is not None else (None, None)
+
+
+def _scheduler_of(cmd: BeatCommand, env: dict[str, str], config_files: list[Path],
+                  denied: bool) -> tuple[str, str]:
+    """(the scheduler's name, where it was read): ``?`` when only unreadable places could say."""
+    sub = "WORKER" if cmd.form.endswith("worker -B") else "BEAT"
+    name, where = _first((cmd.scheduler, "command line"),
+                         (env.get(f"CELERY_{sub}_SCHEDULER") if cmd.form.startswith("celery ") else None,
+                          f"environment $CELERY_{sub}_SCHEDULER"))
+    if name is not None and where is not None:
+        return name, where
+    found = project.scheduler(config_files, env)
+    if found is not None:
+        return found.value, found.where
+    if denied:
+        return "?", "not on the command line; the environment and the app's files could not be read"
+    if not config_files:
+        return ("celery.beat:PersistentScheduler", "celery's default; the app's files were not found, and their "
+                "configuration may name another")
+    return "celery.beat:PersistentScheduler", "celery's default"
+
+
+def _max_interval_of(cmd: BeatCommand, env: dict[str, str], config_files: list[Path], kind: str,
+                     problems: list[str]) -> tuple[float | None, str, bool]:
+    """(beat's max interval, where it was read, whether it was set rather than the scheduler's default)."""
+    text, where = _first(
+        (None if cmd.max_interval_s is None else repr(cmd.max_interval_s), "command line"),
+        (env.get("CELERY_BEAT_MAX_INTERVAL") if cmd.form == "celery beat" else None,
+         "environment $CELERY_BEAT_MAX_INTERVAL"))
+    if text is None:
+        found = project.max_loop_interval(config_files, env)
+        if found is not None:
+            text, where = found.value, found.where
+    value = _positive(text)
+    if value is not None:
+        return value, where or "", True
+    if text is not None:
+        problems.append(f"max interval {text!r} ({where}) is not a positive number; using the default")
+    default = DEFAULT_MAX_INTERVAL_S.get(kind)
+    return default, "the scheduler's default" if default is not None else "unknown (the scheduler's own)", False
+
+
+def _manage_py(cmd: BeatCommand, cwd: str | None) -> list[Path]:
+    """The project's manage.py (it sets DJANGO_SETTINGS_MODULE for itself): the one on the command line, else the
+    one in the working directory."""
+    script = cmd.script if cmd.script and os.path.basename(cmd.script) == "manage.py" else "manage.py"
+    if not os.path.isabs(script):
+        if not cwd:
+            return []
+        script = os.path.join(cwd, script)
+    return [Path(script)] if os.path.isfile(script) else []
+
+
+def _read(getter: Any, what: str, denied: list[str]) -> Any:
+    import psutil
+
+    try:
+        return getter()
+    except psutil.AccessDenied:
+        denied.append(what)
+    except (psutil.ZombieProcess, FileNotFoundError):
+        pass
+    return None
+
+
+def _first(*pairs: tuple[str | None, str]) -> tuple[str | None, str | None]:
+    for value, where in pairs:
+        if value:
+            return value, where
+    return None, None
+
+
+def _positive(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 < value < float("inf") else None
+
+
+def _import_roots(cwd: str | None, env: dict[str, str]) -> list[str]:
+    """Where the process imports the project from: its working directory (celery puts it on sys.path), then
+    $PYTHONPATH (relative entries are relative to the working directory)."""
+    roots = [cwd] if cwd else []
+    for entry in env.get("PYTHONPATH", "").split(os.pathsep):
+        if entry:
+            path = entry if os.path.isabs(entry) or not cwd else os.path.join(cwd, entry)
+            if path not in roots:
+                roots.append(path)
+    return roots
+
+
+# ----------------------------------------------------------------------------------------- details
+
+
+def _interpreter(proc: Any, cmd: BeatCommand, cwd: str | None, env: dict[str, str]) -> tuple[str | None, str]:
+    """The Python that runs beat, as the application's own virtualenv names it (``/srv/app/.venv/bin/python``).
+    /proc/PID/exe resolves the venv's symlink to the base interpreter, which has not the project's packages:
+    argv[0] as written (or the celery script's shebang) is preferred."""
+    import psutil
+
+    written = cmd.interpreter
+    if written:
+        if os.path.isabs(written):
+            return written, "command line"
+        if "/" in written and cwd:
+            return os.path.normpath(os.path.join(cwd, written)), "command line (relative to the cwd)"
+        if env.get("PATH"):
+            found = shutil.which(written, path=env["PATH"])
+            if found:
+                return found, "command line, found on the process's $PATH"
+    script = cmd.script
+    if script and cwd and not os.path.isabs(script) and "/" in script:
+        script = os.path.join(cwd, script)
+    if script and not os.path.isabs(script) and env.get("PATH"):
+        script = shutil.which(script, path=env["PATH"]) or script
+    if script and os.path.isabs(script):
+        shebang = _shebang(script)
+        if shebang:
+            return shebang, f"the shebang of {script}"
+    if env.get("VIRTUAL_ENV") and os.path.exists(os.path.join(env["VIRTUAL_ENV"], "bin", "python")):
+        return os.path.join(env["VIRTUAL_ENV"], "bin", "python"), "environment $VIRTUAL_ENV"
+    try:
+        return proc.exe() or None, "/proc/PID/exe (a virtualenv's symlink is resolved: check it)"
+    except psutil.Error:
+        return None, "unknown (permission denied)"
+
+
+def _shebang(script: str) -> str | None:
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    if not words:
+        return None
+    if os.path.basename(words[0]) == "env" and len(words) > 1:
+        return None  # "#!/usr/bin/env python": which one depends on a PATH we may not know
+    return words[0]
+
+
+def _schedule_file(proc: Any, cmd: BeatCommand, cwd: str | None, env: dict[str, str]) -> tuple[str | None, bool | None]:
+    """The shelve's path (absolute when the cwd is known) and whether the process has it open."""
+    import psutil
+
+    name = cmd.schedule_file
+    if not name and cmd.form.startswith("celery "):
+        name = env.get("CELERY_WORKER_SCHEDULE_FILENAME" if cmd.form.endswith("-B") else "CELERY_BEAT_SCHEDULE")
+    name = name or DEFAULT_SCHEDULE_FILE
+    path = name if os.path.isabs(name) or not cwd else os.path.normpath(os.path.join(cwd, name))
+    try:
+        open_paths = {f.path for f in proc.open_files()}
+    except psutil.Error:
+        return path, None
+    return path, any(path + suffix in open_paths for suffix in SHELVE_SUFFIXES)
+
+
+def other_root(pid: int) -> bool | None:
+    """Whether the process's root directory is another than ours (a container, a chroot), so the paths it
+    shows (interpreter, working directory, files) name other files than on this host; None when /proc/PID/root
+    cannot be read (another user's process). A private mount namespace with the same root (systemd's PrivateTmp=,
+    ProtectSystem=) is the same root."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+    except OSError:
+        return None
+    return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
+
+
+def uptime_s(pid: int) -> float | None:
+    """Seconds since the process started, from the boot-time clock (/proc/uptime and /proc/PID/stat's start
+    time): right across wall-clock steps, unlike psutil's create_time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        since_boot = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and parentheses
+    try:
+        start_ticks = int(fields[19])  # field 22 of stat(5); fields[0] is field 3
+    except (IndexError, ValueError):
+        return None
+    return max(0.0, since_boot - start_ticks / os.sysconf("SC_CLK_TCK"))

@@ -1,0 +1,218 @@
+"""The ``hooks:`` entry that would repair a discovered beat, and whether a configured hook covers it already.
+
+* DatabaseScheduler → a ``type: celery_beat`` hook reading the project's own Django settings with its own
+  interpreter: ``django: {settings, python, path: [cwd]}`` (``environment_file`` when the unit has one),
+  ``beat_max_interval_s`` when beat's max interval was set explicitly (the hook's default is DatabaseScheduler's
+  5 s), ``beat_service`` when beat runs in a systemd system unit (the repair then stops it, repairs, starts it).
+* PersistentScheduler (shelve) and RedBeat → a commented entry: their hook types (``celery_shelve``,
+  ``redbeat``) are not in this timeguard yet, and a hook that fails validation must never be written.
+* anything else → a comment saying there is no repair for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from timeguard.discover.argv import DATABASE, REDBEAT, SHELVE
+from timeguard.discover.beat import Beat
+
+HOOK_TYPE = "celery_beat"
+
+
+@dataclass(frozen=True, slots=True)
+class Snippet:
+    """What discover proposes for one beat: ``hook`` (a valid hook's options) or None, and ``text`` — the list
+    item(s) to put under ``hooks:``, commented when ``hook`` is None."""
+
+    beat: Beat
+    hook: dict[str, Any] | None
+    text: str
+    why_not: str | None = None  # why there is no hook (for the table)
+    shares: str | None = None  # the hook proposed for another beat on the same settings and database
+    #: The environment file the hook names that --write creates: its path and variables (values: secrets).
+    environment: tuple[str, dict[str, str]] | None = None
+
+
+def hook_name(beat: Beat, taken: set[str]) -> str:
+    """``celery-beat-<unit or app>``, unique among ``taken`` (which it extends)."""
+    base = beat.unit.removesuffix(".service") if beat.unit else f"celery-beat-{beat.app or beat.pid}"
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-") or "celery-beat"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def plan(beats: list[Beat], configured: list[Any], env_dir: str) -> list[tuple[Beat, str | None, Snippet]]:
+    """(beat, the configured hook covering it, its snippet) for every beat. Beats of one project on one database
+    (same settings, directory, unit and settings environment: two beats, or a beat restarted in a second copy)
+    share one hook, whose ``beat_max_interval_s`` is the slowest one's: the repair must wait for every beat."""
+    taken = {str(h.get("name")) for h in configured if isinstance(h, Mapping)}
+    covered = {b.pid: covered_by(b, configured) for b in beats}
+    groups: dict[tuple[Any, ...], list[Beat]] = {}
+    for b in beats:
+        if not covered[b.pid]:
+            groups.setdefault(_group_key(b), []).append(b)
+    rows: list[tuple[Beat, str | None, Snippet]] = []
+    proposed: dict[tuple[Any, ...], Snippet] = {}
+    for b in beats:
+        if covered[b.pid]:
+            rows.append((b, covered[b.pid], make(b, set(taken), env_dir)))
+            continue
+        key = _group_key(b)
+        first = proposed.get(key)
+        if first is not None and first.hook is not None:
+            name = first.hook["name"]
+            rows.append((b, None, Snippet(b, None, f"# celery beat pid {b.pid}: shares the hook {name} (same "
+                                          "settings, directory and database)\n", why_not=f"shares hook {name}",
+                                          shares=name)))
+            continue
+        members = groups[key]
+        slowest = max((m.max_interval_s or 0.0 for m in members), default=0.0)
+        leader = b if len(members) == 1 else dataclasses.replace(
+            b, max_interval_s=slowest, max_interval_given=any(m.max_interval_given for m in members))
+        snippet = make(leader, taken, env_dir,
+                       also=[m.pid for m in members if m is not b] if len(members) > 1 else ())
+        proposed[key] = snippet
+        rows.append((b, None, snippet))
+    return rows
+
+
+def _group_key(beat: Beat) -> tuple[Any, ...]:
+    if beat.scheduler != DATABASE or not (beat.inspectable and beat.settings and beat.cwd):
+        return ("pid", beat.pid)
+    # the database when the environment names it; else every variable the settings read may choose it
+    database = beat.database or tuple(sorted(beat.settings_values.items()))
+    return (beat.settings, beat.cwd, beat.unit, database)
+
+
+def make(beat: Beat, taken: set[str], env_dir: str = "/etc/timeguard", also: Sequence[int] = ()) -> Snippet:
+    """The snippet for ``beat``; a hook name not in ``taken`` (added to it). ``env_dir``: where an environment
+    file for the settings' variables goes (beside the configuration)."""
+    head = [f"# celery beat pid {beat.pid} ({beat.form}, app {beat.app or '?'}, user {beat.user or beat.uid}): "
+            f"{beat.scheduler_name}"]
+    if also:
+        head.append(f"# and pid {', '.join(map(str, also))} on the same settings and database: beat_max_interval_s "
+                    "is the slowest one's")
+    if not beat.inspectable:
+        return _commented(beat, head, "not inspectable: " + "; ".join(beat.problems))
+    if beat.other_root:
+        return _commented(beat, head, "it runs under another root directory (a container or a chroot): its paths "
+                          "are not this host's; run timeguard discover, and the repair, where it runs")
+    if beat.scheduler == DATABASE:
+        missing = [what for what, value in (("the Django settings module", beat.settings),
+                                             ("the interpreter", beat.interpreter), ("the working directory",
+                                                                                     beat.cwd)) if not value]
+        if missing:
+            return _commented(beat, head, f"{' and '.join(missing)} could not be found: give django.settings, "
+                              "django.python and django.path by hand")
+        django: dict[str, Any] = {"settings": beat.settings, "python": beat.interpreter, "path": [beat.cwd]}
+        if beat.uid not in (None, 0) and beat.user:
+            django["user"] = beat.user  # read the settings as the beat reads them, not as root
+        name = hook_name(beat, taken)
+        environment = None
+        if beat.environment_file:
+            django["environment_file"] = beat.environment_file
+        elif beat.settings_environment:
+            path = f"{env_dir.rstrip('/')}/{name}.env"
+            django["environment_file"] = path
+            environment = (path, {k: beat.settings_values[k] for k in beat.settings_environment})
+            names = ", ".join(f"${k}" for k in beat.settings_environment)
+            head.append(f"# its settings read {names} from the beat's environment: timeguard discover --write "
+                        f"saves them to {path} (mode 0600)")
+        hook: dict[str, Any] = {"type": HOOK_TYPE, "name": name, "django": django}
+        if beat.max_interval_given and beat.max_interval_s is not None:
+            hook["beat_max_interval_s"] = _number(beat.max_interval_s)
+        if beat.unit:
+            hook["beat_service"] = beat.unit
+        return Snippet(beat, hook, "\n".join(head) + "\n" + render_items([hook]), environment=environment)
+    if beat.scheduler == SHELVE:
+        planned = {"type": "celery_shelve", "name": hook_name(beat, taken), "schedule_file": beat.schedule_file,
+                   "beat_service": beat.unit or "FILL-IN.service"}
+        return _commented(beat, head, "celery's default shelve scheduler: its hook type (celery_shelve) comes with "
+                          "a later timeguard (issue 12); it will look like this (the repair stops beat through "
+                          "beat_service, or stop_command + start_command, repairs the file and starts it)", planned)
+    if beat.scheduler == REDBEAT:
+        planned = {"type": "redbeat", "name": hook_name(beat, taken),
+                   "redis_url": beat.broker or "FILL-IN"}
+        return _commented(beat, head, "RedBeat: its hook type (redbeat) comes with a later timeguard (issue 12); it "
+                          "will look like this (redis_url: redbeat_redis_url, else the broker's URL)", planned)
+    return _commented(beat, head, f"timeguard has no repair for the scheduler {beat.scheduler_name}")
+
+
+def _commented(beat: Beat, head: list[str], why: str, planned: dict[str, Any] | None = None) -> Snippet:
+    lines = [*head, f"# {why}"]
+    if planned is not None:
+        lines += [f"# {line}" for line in render_items([planned]).splitlines()]
+    return Snippet(beat, None, "\n".join(lines) + "\n", why_not=why)
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def render_items(hooks: Iterable[Mapping[str, Any]]) -> str:
+    """Hooks as YAML list items (``- type: …``), block style, keys in the order given."""
+    return yaml.safe_dump([dict(h) for h in hooks], sort_keys=False, default_flow_style=False, width=1000)
+
+
+def render(snippets: Iterable[Snippet]) -> str:
+    """A ``hooks:`` block holding every snippet (commented ones as comments), ready to paste."""
+    body = "".join(s.text for s in snippets)
+    return "hooks:\n" + "".join(f"  {line}\n" if line else "\n" for line in body.splitlines())
+
+
+# ---------------------------------------------------------------------------------------- coverage
+
+
+def covered_by(beat: Beat, hooks: Iterable[Any]) -> str | None:
+    """The name of a configured hook that repairs this beat already: a celery_beat hook (or ``type: repair``
+    with ``target: celery_beat``) with the beat's unit, its Django settings (and working directory, when the hook
+    names its path), or its database."""
+    for hook in hooks:
+        if not isinstance(hook, Mapping):
+            continue
+        kind = hook.get("type")
+        if kind != HOOK_TYPE and not (kind == "repair" and hook.get("target") == HOOK_TYPE):
+            continue
+        name = str(hook.get("name", "?"))
+        if beat.unit and hook.get("beat_service") == beat.unit:
+            return name
+        django = hook.get("django")
+        if isinstance(django, Mapping) and beat.settings and django.get("settings") == beat.settings:
+            paths = django.get("path")
+            if not isinstance(paths, list) or not beat.cwd or beat.cwd in paths:
+                return name
+        url = hook.get("database_url")
+        if isinstance(url, str) and beat.database and _same_database(url, beat.database):
+            return name
+    return None
+
+
+_SCHEMES = {"postgres": "postgresql", "mariadb": "mysql"}
+
+
+def _database_key(url: str) -> tuple[str, ...] | None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.split("+", 1)[0]
+    scheme = _SCHEMES.get(scheme, scheme)
+    if scheme == "sqlite":
+        return (scheme, urllib.parse.unquote(parts.path))
+    return (scheme, (parts.hostname or "localhost").lower(), str(port or ""), parts.path.strip("/"))
+
+
+def _same_database(a: str, b: str) -> bool:
+    key = _database_key(a)
+    return key is not None and key == _database_key(b)
