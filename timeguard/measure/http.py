@@ -282,7 +282,8 @@ def query_http(
             sent += 1
             if isinstance(outcome, _Failure):
                 state, reason = _describe_failure(outcome.error, host, address, ca_bundle, timeout_s)
-                reason += wire.via
+                if wire.proxy is not None and str(wire.proxy) not in reason:
+                    reason += wire.via
                 if known is None:
                     return failed(state, reason, address=address, requests=sent)
                 stop_note = f"stopped: {reason}"
