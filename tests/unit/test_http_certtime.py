@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -131,6 +132,63 @@ def test_without_a_system_store_and_without_certifi_nothing_is_trusted(no_system
     context = _tls_context(None)
     assert context.cert_store_stats()["x509_ca"] == 0  # verification will fail, naming the system store
     assert context.verify_mode is ssl.CERT_REQUIRED
+
+
+def hashed_store(directory: Path, *cas: trustme.CA, hashed: int | None = None) -> Path:
+    """A system store as ca-certificates lays it out: a bundle file inside an OpenSSL hashed directory; only the
+    first ``hashed`` CAs (all by default) get their ``<subject hash>.0`` link."""
+    directory.mkdir()
+    bundle = directory / "ca-certificates.crt"
+    bundle.write_bytes(b"".join(ca.cert_pem.bytes() for ca in cas))
+    for index, ca in enumerate(cas[:hashed]):
+        pem = directory / f"ca{index}.pem"
+        ca.cert_pem.write_to_path(str(pem))
+        subject_hash = subprocess.run(["openssl", "x509", "-subject_hash", "-noout", "-in", str(pem)],
+                                      capture_output=True, text=True, check=True).stdout.strip()
+        (directory / f"{subject_hash}.0").symlink_to(pem.name)
+    return bundle
+
+
+def use_store(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    monkeypatch.setenv("SSL_CERT_DIR", str(bundle.parent))
+
+
+def test_the_system_store_is_read_from_its_hashed_directory_when_needed(tmp_path, monkeypatch):
+    """Nothing is parsed up front (Debian's 144 CAs cost 2.3 MiB per context), and a chain still verifies."""
+    ca = trustme.CA()
+    bundle = hashed_store(tmp_path / "certs", trustme.CA(), ca)
+    use_store(monkeypatch, bundle)
+    assert http._system_capath() == str(bundle.parent)
+    assert _tls_context(None).cert_store_stats()["x509_ca"] == 0
+    with running(tls=True, ca=ca, offset_s=0.3) as server:
+        sample = http.query_http(server.url, requests_count=2)  # no ca_bundle: the (simulated) system store
+    assert sample.usable, sample.reason
+    assert sample.offset_lo_s is not None and sample.offset_hi_s is not None
+    assert sample.offset_lo_s - 1e-6 <= 0.3 <= sample.offset_hi_s + 1e-6
+
+
+def test_a_hashed_directory_without_every_ca_of_the_bundle_is_not_used_alone(tmp_path, monkeypatch):
+    bundle = hashed_store(tmp_path / "certs", trustme.CA(), trustme.CA(), hashed=1)
+    use_store(monkeypatch, bundle)
+    assert http._system_capath() is None
+    assert _tls_context(None).cert_store_stats()["x509_ca"] == 2  # loaded whole, as load_default_certs does
+
+
+def test_a_bundle_outside_the_hashed_directory_is_loaded_whole(tmp_path, monkeypatch):
+    bundle = hashed_store(tmp_path / "certs", trustme.CA())
+    elsewhere = tmp_path / "bundle.pem"
+    elsewhere.write_bytes(bundle.read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(elsewhere))
+    monkeypatch.setenv("SSL_CERT_DIR", str(bundle.parent))
+    assert http._system_capath() is None
+    assert _tls_context(None).cert_store_stats()["x509_ca"] == 1
+
+
+def test_a_complete_hashed_store_is_used_alone(tmp_path, monkeypatch):
+    bundle = hashed_store(tmp_path / "certs", trustme.CA(), trustme.CA())
+    use_store(monkeypatch, bundle)
+    assert http._system_capath() == str(bundle.parent)
 
 
 def test_a_directory_bundle_is_loaded_as_a_capath(tmp_path):

@@ -50,6 +50,7 @@ from __future__ import annotations
 import http.client
 import os
 import queue
+import re
 import select
 import socket
 import ssl
@@ -89,6 +90,8 @@ _INCONSISTENT = "Date headers inconsistent (server clock stepped, or a load bala
 #: OpenSSL's X509_V_FLAG_NO_CHECK_TIME (1.1.0+; the ssl module has no name for it). ``SSLContext.verify_flags``
 #: hands any bits to X509_VERIFY_PARAM_set_flags; tests/unit/test_http_certtime.py proves it takes effect.
 _X509_V_FLAG_NO_CHECK_TIME = 0x200000
+#: A certificate's name in an OpenSSL hashed directory: its subject hash and a sequence number.
+_HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 #: Characters left as they are in the request target (what requests' ``requote_uri`` leaves); others are %-encoded.
 _TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
@@ -663,13 +666,16 @@ def _tls_context(ca_bundle: str | None) -> ssl.SSLContext:
     """A verifying client context whose only trust is ``ca_bundle`` (or the system store), times left to us.
 
     ``ca_bundle`` is loaded here with ``load_verify_locations`` (a file, or an OpenSSL hashed directory); without
-    it the system store (``load_default_certs``, which honours SSL_CERT_FILE/SSL_CERT_DIR), or certifi's bundle (the
-    one requests uses), if certifi is installed, on a host whose system store is empty. Chain, signatures and host
+    it the system store (its hashed directory where that holds the whole store, see :func:`_system_capath`; else
+    ``load_default_certs``, which honours SSL_CERT_FILE/SSL_CERT_DIR), or certifi's bundle (the one requests uses),
+    if certifi is installed, on a host whose system store is empty. Chain, signatures and host
     name are verified as usual (``CERT_REQUIRED``, ``check_hostname``); only OpenSSL's validity-time check is off
     (X509_V_FLAG_NO_CHECK_TIME), because it reads the host clock: :func:`_expired_before_release` and
     :func:`_date_outside` judge the times instead. Raises OSError/ssl.SSLError if the bundle cannot be loaded.
     """
-    if ca_bundle is None:
+    if ca_bundle is None and (capath := _system_capath()) is not None:
+        context = ssl.create_default_context(capath=capath)
+    elif ca_bundle is None:
         context = ssl.create_default_context()
         if context.cert_store_stats().get("x509_ca", 0) == 0 and not ssl.get_default_verify_paths().capath:
             try:
@@ -684,6 +690,31 @@ def _tls_context(ca_bundle: str | None) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=ca_bundle)
     context.verify_flags |= _X509_V_FLAG_NO_CHECK_TIME
     return context
+
+
+def _system_capath() -> str | None:
+    """The system store's hashed directory, when it holds every CA of the store's bundle file; else None.
+
+    ``load_default_certs`` parses the whole bundle file into every context: 144 CAs, 2.3 MiB resident on Debian,
+    for each HTTPS source at once (each query has its own context). OpenSSL reads a hashed directory
+    (``<subject hash>.0`` links) only for the certificates a chain needs. Where ca-certificates writes both (Debian,
+    Ubuntu, Alpine: the bundle file lies in the hashed directory), they hold the same CAs; that is checked (the
+    directory has at least as many hashed certificates as the file has certificates), else the store is loaded
+    whole. ``load_default_certs`` trusts the file and the directory together, so the directory alone never trusts
+    more.
+    """
+    paths = ssl.get_default_verify_paths()  # SSL_CERT_FILE/SSL_CERT_DIR included
+    if not paths.capath or not paths.cafile:
+        return None
+    if os.path.dirname(os.path.realpath(paths.cafile)) != os.path.realpath(paths.capath):
+        return None
+    try:
+        hashed = sum(1 for name in os.listdir(paths.capath) if _HASHED_NAME.fullmatch(name))
+        with open(paths.cafile, "rb") as bundle:
+            in_file = sum(line.startswith(b"-----BEGIN CERTIFICATE-----") for line in bundle)
+    except OSError:
+        return None
+    return paths.capath if 0 < in_file <= hashed else None
 
 
 class _CertTimeError(ssl.SSLCertVerificationError):
