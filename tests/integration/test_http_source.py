@@ -777,6 +777,18 @@ def test_head_refused_falls_back_to_get(status):
     assert server.connections == 1  # the GET bodies are read, so the connection stays alive
 
 
+@pytest.mark.parametrize("status", [301, 302, 404, 500])
+def test_any_answer_with_a_date_is_measured_and_redirects_are_not_followed(status):
+    """The Date of a redirect or an error page is the server's clock all the same (as before, with requests'
+    allow_redirects=False); nothing is asked of the Location."""
+    with running(head_status=status, offset_s=-0.6) as server:
+        sample = query_http(server.url, allow_plain_http=True, requests_count=3)
+    assert sample.usable, sample.reason
+    assert contains(sample, -0.6)
+    assert [r.method for r in server.served] == ["HEAD"] * 3
+    assert server.connections == 1
+
+
 @pytest.mark.parametrize(
     "schedule",
     [
