@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.fake_http import running
 from tests.support.fake_proxy import proxying
-from timeguard.measure.http import query_http
+from timeguard.measure.http import _Origin, query_http
 from timeguard.measure.proxy import _bypassed
 from timeguard.model import SourceState
 
@@ -130,3 +130,18 @@ def test_a_socks_proxy_is_refused_before_anything_is_sent(no_proxy_settings):
 )
 def test_no_proxy_matching(host, port, no_proxy, direct):
     assert _bypassed(host, port, no_proxy) is direct
+
+
+@pytest.mark.parametrize(
+    ("url", "absolute"),
+    [
+        ("http://time.example.org/", "http://time.example.org/"),
+        ("http://time.example.org:80/a?b=1#frag", "http://time.example.org/a?b=1"),
+        ("http://time.example.org:8080/", "http://time.example.org:8080/"),
+        ("http://[::1]:8080/x y", "http://[::1]:8080/x%20y"),
+        ("https://[2001:db8::1]/", "https://[2001:db8::1]/"),
+    ],
+)
+def test_the_absolute_form_writes_the_url_as_given_without_the_default_port_or_fragment(url, absolute):
+    origin = _Origin.of(url)
+    assert origin.url_base + origin.target(url) == absolute

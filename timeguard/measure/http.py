@@ -370,7 +370,10 @@ class _Origin:
 
     @property
     def url_base(self) -> str:
-        return f"{self.scheme}://{self.address}"
+        """``scheme://host[:port]``, the port left out where it is the scheme's own (as the URL would write it)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return f"{self.scheme}://{host}" + ("" if self.port == default else f":{self.port}")
 
     def target(self, url: str) -> str:
         """The request target of ``url``: path and query, %-encoded where needed (the fragment is not sent)."""
