@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from tests.support.fake_http import NO_DATE, FakeDateServer, blackhole, refusing, running
 from tests.support.realprogs import run_under_clock
 from timeguard.measure import anchor, net
-from timeguard.measure.http import query_http
+from timeguard.measure.http import Connection, query_http
 from timeguard.measure.httpdate import parse_http_date
 from timeguard.measure.sanity import EARLIEST_PLAUSIBLE_S, implausible
 from timeguard.model import Sample, SourceKind, SourceState
@@ -187,13 +187,30 @@ def test_offset_sign_is_true_minus_host_and_the_wall_clock_is_anchored_before_th
     assert 1 <= len(calls) <= anchor.TRIES
 
 
-def test_a_session_passed_in_is_used_and_left_open():
-    with running(tls=True, offset_s=0.2) as server, requests.Session() as session:
-        sample = query_http(server.url, ca_bundle=server.ca_bundle, requests_count=2, session=session)
-        assert sample.usable, sample.reason
-        assert contains(sample, 0.2)
-        assert session.head(server.url, verify=server.ca_bundle, timeout=5).status_code == 200
+def test_a_connection_passed_in_is_shared_by_queries_and_left_open():
+    """Two queries through one Connection: one TCP connection and TLS handshake in all, open between and after."""
+    with running(tls=True, offset_s=0.2) as server, Connection(server.url, ca_bundle=server.ca_bundle) as connection:
+        first = query_http(server.url, requests_count=2, connection=connection)
+        assert connection.is_open
+        second = query_http(server.url, requests_count=2, connection=connection)
+        assert connection.is_open
+        for sample in (first, second):
+            assert sample.usable, sample.reason
+            assert contains(sample, 0.2)
+    assert not connection.is_open  # closed by its owner, not by the queries
     assert server.connections == 1
+    assert len({request.connection for request in server.served}) == 1
+    assert len(server.served) == 4
+
+
+def test_a_connection_to_another_origin_is_refused():
+    with running(offset_s=0.0) as server, Connection(server.url.replace("127.0.0.1", "localhost")) as connection:
+        sample = query_http(server.url, allow_plain_http=True, connection=connection)
+    assert sample.failure is SourceState.UNUSABLE
+    assert sample.reason == (
+        f"the connection passed in goes to http://localhost:{server.port}, not to the origin of {server.url}"
+    )
+    assert server.served == []
 
 
 def test_ipv6_loopback():
@@ -632,7 +649,7 @@ def test_without_the_time_check_the_chain_and_the_name_are_still_verified(tmp_pa
 CHILD_UNDER_FAKE_CLOCK = r"""
 import json, sys
 import requests
-from timeguard.measure.http import query_http
+from timeguard.measure.http import Connection, query_http
 url, bundle = sys.argv[1], sys.argv[2]
 try:
     requests.head(url, verify=bundle, timeout=5)
@@ -758,6 +775,18 @@ def test_head_refused_falls_back_to_get(status):
     assert sample.requests == 4
     assert f"; HEAD refused ({status}), used GET" in sample.reason
     assert server.connections == 1  # the GET bodies are read, so the connection stays alive
+
+
+@pytest.mark.parametrize("status", [301, 302, 404, 500])
+def test_any_answer_with_a_date_is_measured_and_redirects_are_not_followed(status):
+    """The Date of a redirect or an error page is the server's clock all the same (as before, with requests'
+    allow_redirects=False); nothing is asked of the Location."""
+    with running(head_status=status, offset_s=-0.6) as server:
+        sample = query_http(server.url, allow_plain_http=True, requests_count=3)
+    assert sample.usable, sample.reason
+    assert contains(sample, -0.6)
+    assert [r.method for r in server.served] == ["HEAD"] * 3
+    assert server.connections == 1
 
 
 @pytest.mark.parametrize(

@@ -146,6 +146,8 @@ class FakeDateServer:
         status = self.head_status if (method == "HEAD" and self.head_status) else 200
         if status == 405:
             out.append(("Allow", "GET"))
+        if 300 <= status < 400:
+            out.append(("Location", "/elsewhere"))  # a client that follows it would send a GET there
         return status, out
 
 

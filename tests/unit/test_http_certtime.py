@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import trustme
 
 from tests.support.fake_http import FakeDateServer, running
@@ -92,19 +93,20 @@ def write_ca(ca: trustme.CA, path: str) -> str:
 # --- the trust store: only what the source was configured with --------------------------------------------------
 
 
-@pytest.mark.parametrize("verify", [True, "other"])
-def test_requests_and_urllib3_add_nothing_to_the_trust_store(tmp_path: Path, verify: Any):
-    """requests would load certifi (verify=True) or the verify path into the context on every connect."""
+def test_a_query_trusts_exactly_its_own_bundle(tmp_path: Path):
+    """Each connection has its own context holding only its CA bundle: nothing is added by connecting, and the
+    trust of one source does not leak into another's."""
     other = write_ca(trustme.CA(), str(tmp_path / "other.pem"))
     with running(tls=True, offset_s=0.0) as server:
         assert server.ca_bundle is not None
-        context = _tls_context(server.ca_bundle)
-        with http._timed_session(context) as session:
-            response = session.head(server.url, verify=other if verify == "other" else verify, timeout=5)
-            assert response.status_code == 200
-            with pytest.raises(ValueError, match="never turns certificate verification off"):
-                session.head(server.url, verify=False, timeout=5)
-    assert context.cert_store_stats()["x509_ca"] == 1
+        with http.Connection(server.url, ca_bundle=server.ca_bundle) as trusting:
+            sample = http.query_http(server.url, requests_count=1, connection=trusting)
+            assert sample.usable, sample.reason
+            assert trusting._tls is not None
+            assert trusting._tls.cert_store_stats()["x509_ca"] == 1
+        refused = http.query_http(server.url, ca_bundle=other, requests_count=1)
+    assert refused.failure is not None
+    assert "unable to get local issuer certificate" in refused.reason
 
 
 def test_without_a_bundle_the_system_store_is_used():
@@ -114,11 +116,79 @@ def test_without_a_bundle_the_system_store_is_used():
     assert context.verify_flags & NO_CHECK_TIME
 
 
-def test_a_host_without_a_system_store_falls_back_to_the_bundle_requests_ships(monkeypatch, tmp_path):
+@pytest.fixture
+def no_system_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "none"))
     assert ssl.create_default_context().cert_store_stats()["x509_ca"] == 0  # the situation simulated
-    assert _tls_context(None).cert_store_stats()["x509_ca"] > 50  # certifi's
+
+
+def test_a_host_without_a_system_store_falls_back_to_certifis_bundle(no_system_store):
+    assert _tls_context(None).cert_store_stats()["x509_ca"] > 50  # certifi's (the bundle requests ships)
+
+
+def test_without_a_system_store_and_without_certifi_nothing_is_trusted(no_system_store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "certifi", None)  # import certifi raises ImportError
+    context = _tls_context(None)
+    assert context.cert_store_stats()["x509_ca"] == 0  # verification will fail, naming the system store
+    assert context.verify_mode is ssl.CERT_REQUIRED
+
+
+def hashed_store(directory: Path, *cas: trustme.CA, hashed: int | None = None) -> Path:
+    """A system store as ca-certificates lays it out: a bundle file inside an OpenSSL hashed directory; only the
+    first ``hashed`` CAs (all by default) get their ``<subject hash>.0`` link."""
+    directory.mkdir()
+    bundle = directory / "ca-certificates.crt"
+    bundle.write_bytes(b"".join(ca.cert_pem.bytes() for ca in cas))
+    for index, ca in enumerate(cas[:hashed]):
+        pem = directory / f"ca{index}.pem"
+        ca.cert_pem.write_to_path(str(pem))
+        subject_hash = subprocess.run(["openssl", "x509", "-subject_hash", "-noout", "-in", str(pem)],
+                                      capture_output=True, text=True, check=True).stdout.strip()
+        (directory / f"{subject_hash}.0").symlink_to(pem.name)
+    return bundle
+
+
+def use_store(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    monkeypatch.setenv("SSL_CERT_DIR", str(bundle.parent))
+
+
+def test_the_system_store_is_read_from_its_hashed_directory_when_needed(tmp_path, monkeypatch):
+    """Nothing is parsed up front (Debian's 144 CAs cost 2.3 MiB per context), and a chain still verifies."""
+    ca = trustme.CA()
+    bundle = hashed_store(tmp_path / "certs", trustme.CA(), ca)
+    use_store(monkeypatch, bundle)
+    assert http._system_capath() == str(bundle.parent)
+    assert _tls_context(None).cert_store_stats()["x509_ca"] == 0
+    with running(tls=True, ca=ca, offset_s=0.3) as server:
+        sample = http.query_http(server.url, requests_count=2)  # no ca_bundle: the (simulated) system store
+    assert sample.usable, sample.reason
+    assert sample.offset_lo_s is not None and sample.offset_hi_s is not None
+    assert sample.offset_lo_s - 1e-6 <= 0.3 <= sample.offset_hi_s + 1e-6
+
+
+def test_a_hashed_directory_without_every_ca_of_the_bundle_is_not_used_alone(tmp_path, monkeypatch):
+    bundle = hashed_store(tmp_path / "certs", trustme.CA(), trustme.CA(), hashed=1)
+    use_store(monkeypatch, bundle)
+    assert http._system_capath() is None
+    assert _tls_context(None).cert_store_stats()["x509_ca"] == 2  # loaded whole, as load_default_certs does
+
+
+def test_a_bundle_outside_the_hashed_directory_is_loaded_whole(tmp_path, monkeypatch):
+    bundle = hashed_store(tmp_path / "certs", trustme.CA())
+    elsewhere = tmp_path / "bundle.pem"
+    elsewhere.write_bytes(bundle.read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(elsewhere))
+    monkeypatch.setenv("SSL_CERT_DIR", str(bundle.parent))
+    assert http._system_capath() is None
+    assert _tls_context(None).cert_store_stats()["x509_ca"] == 1
+
+
+def test_a_complete_hashed_store_is_used_alone(tmp_path, monkeypatch):
+    bundle = hashed_store(tmp_path / "certs", trustme.CA(), trustme.CA())
+    use_store(monkeypatch, bundle)
+    assert http._system_capath() == str(bundle.parent)
 
 
 def test_a_directory_bundle_is_loaded_as_a_capath(tmp_path):
@@ -232,13 +302,13 @@ def test_the_date_must_lie_within_the_chain_validity_bounds_included(date_offset
         assert "an honest server never serves a time outside its own certificate's validity" in why
 
 
-def test_a_session_passed_in_still_has_its_dates_checked():
-    """A plain requests session checks times against the host clock itself; the Date check still applies."""
+def test_a_connection_passed_in_still_has_its_dates_checked():
+    """A Date outside the certificate's validity is refused through a caller's connection too."""
     with (
         running(tls=True, offset_s=60 * 86_400, not_before=days_from_now(-30), not_after=days_from_now(30)) as server,
-        requests.Session() as session,
+        http.Connection(server.url, ca_bundle=server.ca_bundle) as connection,
     ):
-        sample = http.query_http(server.url, ca_bundle=server.ca_bundle, requests_count=2, session=session)
+        sample = http.query_http(server.url, requests_count=2, connection=connection)
     assert sample.failure is not None
     assert sample.reason.startswith("the server's Date ")
     assert "is after the server's certificate expired" in sample.reason

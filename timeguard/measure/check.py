@@ -1,7 +1,7 @@
 """One cross-check: every configured source queried at once, under one deadline, then the consensus.
 
 Each source runs in its own daemon thread. A source that is stuck where no timeout reaches
-(``getaddrinfo`` inside requests, a kernel that never answers connect) is abandoned at the deadline
+(a resolver that never answers, a kernel that never answers connect) is abandoned at the deadline
 and reported as unreachable, so one check never takes longer than ``timeout_s`` plus a few
 milliseconds, however many sources are dead, blackholed or stuck in DNS.
 """
@@ -76,7 +76,7 @@ def parse_host(text: str, default_port: int = 123) -> NtpServer:
 
 def probes(cfg: Config) -> list[Probe]:
     """The configured sources as probes. Each source module is imported only when a source of its kind is
-    configured: ``timeguard --help`` loads neither, and an NTP-only daemon never loads requests (~7 MiB)."""
+    configured: ``timeguard --help`` loads neither, and an NTP-only daemon never loads the HTTP source."""
     out = []
     if cfg.sources.ntp:
         from timeguard.measure.ntp import query_ntp

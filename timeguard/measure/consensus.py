@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from timeguard.measure.median import median as median_of
 from timeguard.model import (
     ClassAgreement,
     Sample,
@@ -99,7 +99,7 @@ def _middle_region(
     # nearest the median of all midpoints, so the choice never depends on the order of the inputs.
     if len(regions) == 1:
         return regions[0]
-    median = statistics.median((lo + hi) / 2 for lo, hi in intervals)
+    median = median_of((lo + hi) / 2 for lo, hi in intervals)
     return min(regions, key=lambda r: (abs((r[0] + r[1]) / 2 - median), r[0]))
 
 

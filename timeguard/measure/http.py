@@ -33,17 +33,25 @@ as ``SSLSocket.get_verified_chain()``), which gives the chain OpenSSL verified, 
 missing only the leaf (``getpeercert()``) can be judged. Verification is never switched off: a source whose
 certificate fails any of these checks gives no time at all.
 
-Names are resolved with :func:`timeguard.measure.net.resolve` (a deadline of its own, one pending lookup per name
-shared by every caller), not inside urllib3, whose ``getaddrinfo`` has no timeout; the connection then goes to the
-resolved address while SNI, the certificate's name check and ``Host`` keep the URL's host name.
+The I/O is the standard library's (``http.client`` on a socket this module connects, ``ssl``), not requests: the
+method needs control that requests does not give — the moment the request left and the moment the headers were in,
+DNS with a deadline, certificate times judged against the server's Date, one TLS context per query with exactly the
+configured CA bundle — and got it only by subclassing urllib3's connections, pools and requests' adapter, at ~5 MiB
+of resident memory in the daemon. Names are resolved with :func:`timeguard.measure.net.resolve` (a deadline of its
+own, one pending lookup per name shared by every caller); the socket goes to the resolved address while SNI, the
+certificate's name check and ``Host`` keep the URL's host name. A proxy set in the environment (``HTTPS_PROXY``,
+``NO_PROXY``…) is used as requests used it (:mod:`timeguard.measure.proxy`).
 
 Nothing here raises for network, TLS or HTTP trouble: every failure is a :class:`Sample` with a reason.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import queue
+import re
+import select
 import socket
 import ssl
 import sys
@@ -52,25 +60,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
-
-import requests
-import requests.adapters
-import requests.certs
-import urllib3.connection
-import urllib3.connectionpool
-import urllib3.exceptions
+from urllib.parse import quote, urlsplit
 
 from timeguard.measure.anchor import read_anchor
 from timeguard.measure.httpdate import HttpDateError, parse_http_date
 from timeguard.measure.narrowing import NS as _NS
 from timeguard.measure.narrowing import Interval, date_constraint, rtt_estimate_ns, send_at_ns
 from timeguard.measure.net import ResolveError, resolve
+from timeguard.measure.proxy import ProxyError, proxy_for, tunnel
 from timeguard.measure.sanity import EARLIEST_PLAUSIBLE_S, implausible
 from timeguard.model import Sample, SourceKind, SourceState
 from timeguard.timefmt import iso
 
-__all__ = ["query_http"]
+__all__ = ["Connection", "query_http"]
 
 #: Time the worker needs to wake up and send after its scheduled moment (a scheduling margin, not a bound).
 _SEND_MARGIN_NS = 2_000_000
@@ -88,8 +90,10 @@ _INCONSISTENT = "Date headers inconsistent (server clock stepped, or a load bala
 #: OpenSSL's X509_V_FLAG_NO_CHECK_TIME (1.1.0+; the ssl module has no name for it). ``SSLContext.verify_flags``
 #: hands any bits to X509_VERIFY_PARAM_set_flags; tests/unit/test_http_certtime.py proves it takes effect.
 _X509_V_FLAG_NO_CHECK_TIME = 0x200000
-#: DNS budget for a connection made without a numeric timeout (query_http always gives one).
-_DNS_FALLBACK_S = 10.0
+#: A certificate's name in an OpenSSL hashed directory: its subject hash and a sequence number.
+_HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+#: Characters left as they are in the request target (what requests' ``requote_uri`` leaves); others are %-encoded.
+_TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +143,7 @@ def query_http(
     ca_bundle: str | None = None,
     allow_plain_http: bool = False,
     wall_ns: Callable[[], int] = time.time_ns,
-    session: requests.Session | None = None,
+    connection: Connection | None = None,
 ) -> Sample:
     """Measure the host clock's offset against the ``Date`` headers of ``url``.
 
@@ -148,10 +152,11 @@ def query_http(
     against ``ca_bundle`` (a PEM file or an OpenSSL hashed directory, loaded into this query's own SSLContext) or
     the system store, with certificate validity judged against the server's Date and this release's build date,
     never the host clock (see the module docstring); ``http://`` is refused unless ``allow_plain_http``.
-    ``wall_ns`` anchors the query once (measure/anchor.py). A ``session`` passed in is used (keep-alive) and left
-    open, with its own TLS settings and DNS (requests' defaults check certificate times against the host clock and
-    resolve without a deadline); the Date is still checked against the certificate. If a probe is abandoned at the
-    deadline it may still be using that session for up to ``timeout_s``.
+    ``wall_ns`` anchors the query once (measure/anchor.py). The probes of one query share one kept-alive
+    connection (one TLS handshake); a ``connection`` passed in (a :class:`Connection` to the URL's origin, with its
+    own CA bundle) is used instead and left open, so that several queries share it. If a probe is abandoned at the
+    deadline it may hold that connection for up to ``timeout_s``; a later query waits for it within its own
+    deadline.
     """
     start_mono_ns = time.monotonic_ns()
     deadline_ns = start_mono_ns + max(0, int(timeout_s * _NS))
@@ -161,16 +166,10 @@ def query_http(
         return Sample.failed(label, SourceKind.HTTP, state, reason, **extra)
 
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        port = parts.port
+        origin = _Origin.of(url)
     except ValueError as exc:
-        return failed(SourceState.UNUSABLE, f"invalid URL {url!r}: {exc}")
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not host:
-        return failed(SourceState.UNUSABLE, f"invalid URL {url!r}: expected https://host[:port]/path")
-    port = port or (443 if scheme == "https" else 80)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return failed(SourceState.UNUSABLE, str(exc))
+    scheme, host, address = origin.scheme, origin.host, origin.address
     if scheme == "http" and not allow_plain_http:
         return failed(
             SourceState.UNUSABLE,
@@ -182,25 +181,31 @@ def query_http(
     if requests_count < 1:
         return failed(SourceState.UNUSABLE, f"requests_count must be at least 1, got {requests_count}")
 
-    if session is None:
+    if connection is None:
         try:
-            tls = _tls_context(ca_bundle) if scheme == "https" else None
+            wire = Connection(url, ca_bundle=ca_bundle)
+        except ProxyError as exc:
+            return failed(SourceState.UNREACHABLE, f"{exc}; nothing was sent", address=address)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             detail = getattr(exc, "strerror", None) or str(exc)
             what = f"the CA bundle {ca_bundle}" if ca_bundle else "the system CA store"
             return failed(SourceState.UNREACHABLE, f"cannot load {what}: {detail}; nothing was sent", address=address)
-        http = _timed_session(tls)
+    elif connection.origin != origin:
+        return failed(
+            SourceState.UNUSABLE,
+            f"the connection passed in goes to {connection.origin.url_base}, not to the origin of {url}",
+            address=address,
+        )
     else:
-        http = session
+        wire = connection
+        ca_bundle = connection.ca_bundle
 
     # One wall-clock reading; every later local time is derived from the monotonic clock. The anchor's own
     # uncertainty is common to every constraint, so it widens the final interval once (see measure/anchor.py).
     anchor = read_anchor(wall_ns)
     local_ns = anchor.wall_at
 
-    own_session = session is None
-    verify: str | bool = ca_bundle or True
-    prober = _Prober(http, url, verify, own_session)
+    prober = _Prober(wire, origin.target(url), own=connection is None)
 
     known: Interval | None = None  # what the answers so far prove
     rtts_ns: list[int] = []
@@ -270,13 +275,18 @@ def query_http(
                 reason = f"no answer within the {timeout_s:g} s timeout"
                 if known is None:
                     return failed(
-                        SourceState.UNREACHABLE, f"{reason} ({_what_was_slow(url)})", address=address, requests=sent
+                        SourceState.UNREACHABLE,
+                        f"{reason} ({_what_was_slow(url)}){wire.via}",
+                        address=address,
+                        requests=sent,
                     )
                 stop_note = f"stopped: {reason}"
                 break
             sent += 1
             if isinstance(outcome, _Failure):
                 state, reason = _describe_failure(outcome.error, host, address, ca_bundle, timeout_s)
+                if wire.proxy is not None and str(wire.proxy) not in reason:
+                    reason += wire.via
                 if known is None:
                     return failed(state, reason, address=address, requests=sent)
                 stop_note = f"stopped: {reason}"
@@ -302,15 +312,11 @@ def query_http(
                 date_s = parse_http_date(outcome.date)
             except HttpDateError as exc:
                 return refused(f"unusable Date header: {exc.reason}")
-            if scheme == "https":
-                if outcome.validity is None:
-                    return refused(
-                        f"cannot read the validity dates of the certificate of {address}, so its Date cannot be "
-                        "checked against them"
-                    )
-                if why := _expired_before_release(outcome.validity):  # (a session passed in: not refused earlier)
-                    state, reason = _describe_failure(_CertTimeError(why), host, address, ca_bundle, timeout_s)
-                    return refused(reason, state)
+            if scheme == "https" and outcome.validity is None:
+                return refused(
+                    f"cannot read the validity dates of the certificate of {address}, so its Date cannot be "
+                    "checked against them"
+                )
             if why := implausible(date_s):
                 return refused(f"Date {outcome.date!r} {why}")
             if outcome.validity is not None and (why := _date_outside(outcome.validity, date_s, outcome.date)):
@@ -337,19 +343,264 @@ def query_http(
     return result()
 
 
-class _Prober:
-    """Runs each probe in a daemon thread so that nothing (DNS, a server that drips bytes) outlives the deadline.
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Where a URL's requests go: scheme, host (no brackets) and port."""
 
-    requests' timeouts bound each socket operation, not the whole request, and name resolution has none. A
-    worker hands its answer over as soon as the headers are in and only then reads the (small) body; the next
-    worker waits for that, up to its send moment, so that it finds the kept-alive connection back in the pool.
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def of(cls, url: str) -> _Origin:
+        """Raises ValueError with the message a person reads for a URL that is not http(s)://host[:port]/…"""
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ValueError(f"invalid URL {url!r}: {exc}") from exc
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not host:
+            raise ValueError(f"invalid URL {url!r}: expected https://host[:port]/path")
+        return cls(scheme, host, port or (443 if scheme == "https" else 80))
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def url_base(self) -> str:
+        """``scheme://host[:port]``, the port left out where it is the scheme's own (as the URL would write it)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return f"{self.scheme}://{host}" + ("" if self.port == default else f":{self.port}")
+
+    def target(self, url: str) -> str:
+        """The request target of ``url``: path and query, %-encoded where needed (the fragment is not sent)."""
+        parts = urlsplit(url)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return quote(path, safe=_TARGET_SAFE)
+
+
+class Connection:
+    """One kept-alive HTTP/1.1 connection to the origin of ``url``, reconnected when the server has closed it.
+
+    For HTTPS it owns the TLS context of the source (``ca_bundle`` or the system store, validity times left to
+    this module). Connecting resolves the name with a deadline, tries the addresses in the resolver's order, goes
+    through the environment's proxy if one applies, and refuses a chain that expired before this release. One
+    exchange at a time (a lock): a probe abandoned at a deadline keeps it until its socket timeout ends. Raises
+    OSError/ssl.SSLError if the CA bundle cannot be loaded and :class:`ProxyError` for an unusable proxy setting.
+    Use ``with`` or :meth:`close`.
     """
 
-    def __init__(self, session: requests.Session, url: str, verify: str | bool, own_session: bool) -> None:
-        self._session = session
-        self._url = url
-        self._verify = verify
-        self._own_session = own_session
+    def __init__(self, url: str, *, ca_bundle: str | None = None) -> None:
+        self.origin = _Origin.of(url)
+        self.ca_bundle = ca_bundle
+        self.proxy = proxy_for(self.origin.scheme, self.origin.host, self.origin.port)
+        self._tls = _tls_context(ca_bundle) if self.origin.scheme == "https" else None
+        self._lock = threading.Lock()
+        self._wire: _Wire | None = None
+        self.connects = 0  # TCP connections opened (keep-alive shows as 1 for many exchanges)
+
+    @property
+    def via(self) -> str:
+        """A suffix for reasons: which proxy the requests went through, if any."""
+        return f"; through {self.proxy}" if self.proxy else ""
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        wire = self._wire
+        return wire is not None and wire.sock is not None
+
+    def close(self) -> None:
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.close()
+
+    def exchange(
+        self, method: str, target: str, deadline_ns: int, at_mono_ns: int | None = None, deferred: int = 0
+    ) -> tuple[_Answer, http.client.HTTPResponse]:
+        """Send one request and read the answer's headers (the caller drains or closes the body, then releases).
+
+        Socket operations time out a little before ``deadline_ns``, so that this module's own, more specific,
+        timeout error comes first. ``t0``/``t1`` of the answer are when the request's first byte was handed to
+        the kernel and when the headers were in; connecting (DNS, TCP, proxy, TLS) happens before ``t0``.
+        The caller must call :meth:`release` with the response when done with it.
+        """
+        remaining_s = max(0.001, (deadline_ns - time.monotonic_ns()) / _NS - 0.02)
+        if not self._lock.acquire(timeout=remaining_s):
+            raise TimeoutError("the connection is still held by a probe abandoned at an earlier deadline")
+        try:
+            wire = self._wire
+            if wire is None or wire.sock is None or _dropped(wire.sock):
+                if wire is not None:
+                    wire.close()
+                wire = self._wire = _Wire(self, deadline_ns)
+                wire.connect()
+                self.connects += 1
+            assert wire.sock is not None
+            wire.sock.settimeout(max(0.001, (deadline_ns - time.monotonic_ns()) / _NS - 0.02))
+            wire.tg_sent_ns = None
+            headers = dict(_HEADERS)
+            if self.proxy is not None and self._tls is None:  # plain http through the proxy: absolute form
+                target = self.origin.url_base + target
+                if self.proxy.authorization:
+                    headers["Proxy-Authorization"] = self.proxy.authorization
+            start = time.monotonic_ns()
+            wire.request(method, target, headers=headers)
+            response = wire.getresponse()
+            t1 = time.monotonic_ns()
+            t0 = wire.tg_sent_ns if wire.tg_sent_ns is not None else start
+        except BaseException:
+            self._drop()
+            self._lock.release()
+            raise
+        answer = _Answer(
+            t0,
+            t1,
+            response.status,
+            response.getheader("Date"),
+            response.getheader("Age"),
+            late_ns=t0 - (at_mono_ns if at_mono_ns is not None else t0),
+            deferred=deferred,
+            validity=wire.tg_validity,
+        )
+        return answer, response
+
+    def release(self, response: http.client.HTTPResponse) -> None:
+        """Read a small body so the connection stays alive; a large, unsized or broken one drops the connection."""
+        try:
+            length = response.getheader("Content-Length", "")
+            if response.length == 0 or (length.isdigit() and int(length) <= _MAX_BODY_BYTES):
+                response.read()
+        except Exception:  # noqa: BLE001, S110 — the Date is already measured; the next probe reconnects
+            pass
+        finally:
+            if not response.isclosed():
+                self._drop()  # unread bytes would be taken for the next answer
+            response.close()
+            self._lock.release()
+
+    def _drop(self) -> None:
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.close()
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive socket was closed by the server (readable while idle: EOF, or stray bytes)."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
+class _ConnectTimeout(TimeoutError):
+    """No TCP connection to any address of the host within the time left (not: refused, unreachable)."""
+
+
+class _Wire(http.client.HTTPConnection):
+    """``http.client``'s request writing and answer parsing, on a socket :meth:`connect` opens (see Connection).
+
+    ``send`` records when the request's first byte is handed to the kernel; ``auto_open`` is off, so a request
+    never connects inside the stamps.
+    """
+
+    auto_open = 0
+    tg_sent_ns: int | None = None
+    tg_validity: _Validity | None = None
+
+    def __init__(self, owner: Connection, deadline_ns: int) -> None:
+        origin = owner.origin
+        super().__init__(origin.host, origin.port)
+        self.default_port = 443 if origin.scheme == "https" else 80  # Host carries the port only if not this
+        self._owner = owner
+        self._deadline_ns = deadline_ns
+
+    def send(self, data: Any) -> None:
+        if self.tg_sent_ns is None:
+            self.tg_sent_ns = time.monotonic_ns()
+        super().send(data)
+
+    def connect(self) -> None:
+        owner, origin = self._owner, self._owner.origin
+        proxy = owner.proxy
+        sock = _open_tcp(*((proxy.host, proxy.port) if proxy else (origin.host, origin.port)), self._deadline_ns)
+        try:
+            sys.audit("http.client.connect", self, origin.host, origin.port)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if proxy is not None and owner._tls is not None:
+                tunnel(sock, proxy, origin.host, origin.port)
+            if owner._tls is not None:
+                sock = owner._tls.wrap_socket(sock, server_hostname=origin.host)  # no SNI for an IP literal
+                self.tg_validity = _validity(sock)
+                if self.tg_validity is not None and (why := _expired_before_release(self.tg_validity)):
+                    raise _CertTimeError(why)  # no request is sent over this connection
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _open_tcp(host: str, port: int, deadline_ns: int) -> socket.socket:
+    """A TCP connection to ``host``'s addresses from :func:`net.resolve`, tried in the resolver's order.
+
+    DNS waits at most the time left (net.resolve shares one lookup per name, so a resolver that hangs for good
+    holds one thread per name, not one per probe). Each address gets the time still left; a refused or unreachable
+    one passes to the next. Raises ResolveError, :class:`_ConnectTimeout`, or the last address's OSError.
+    """
+
+    def left_s() -> float:
+        return (deadline_ns - time.monotonic_ns()) / _NS - 0.02
+
+    addresses = resolve(host, port, timeout_s=max(left_s(), 0.001), socktype=socket.SOCK_STREAM)
+    last_error: OSError | None = None
+    for address in addresses:
+        if (remaining_s := left_s()) <= 0:
+            break
+        try:
+            sock = socket.socket(address.family, socket.SOCK_STREAM)
+        except OSError as exc:  # e.g. IPv6 disabled in this kernel or container: try the next address
+            last_error = exc
+            continue
+        try:
+            sock.settimeout(remaining_s)
+            sock.connect(address.sockaddr)
+        except TimeoutError as exc:
+            sock.close()
+            raise _ConnectTimeout(f"connecting to {address} timed out") from exc
+        except OSError as exc:  # refused, unreachable: the next address may work
+            sock.close()
+            last_error = exc
+            continue
+        return sock
+    if last_error is None:
+        raise _ConnectTimeout(f"no time left to connect to {host}")
+    raise last_error
+
+
+class _Prober:
+    """Runs each probe in a daemon thread so that nothing (DNS, a TLS handshake or a server that drips bytes)
+    outlives the deadline.
+
+    Socket timeouts bound each operation, not the whole exchange. A worker hands its answer over as soon as the
+    headers are in and only then reads the (small) body; the next worker waits for that, up to its send moment, so
+    that it finds the kept-alive connection free. The connection is closed when the query is over and its last
+    worker has ended (unless it was passed in: then it is left open).
+    """
+
+    def __init__(self, connection: Connection, target: str, own: bool) -> None:
+        self._connection = connection
+        self._target = target
+        self._own = own
         self._lock = threading.Lock()
         self._active = 0  # workers still running (draining, or abandoned at the deadline)
         self._finished = False
@@ -375,8 +626,8 @@ class _Prober:
     def finish(self) -> None:
         with self._lock:
             self._finished = True
-            if self._active == 0 and self._own_session:
-                self._session.close()
+            if self._active == 0 and self._own:
+                self._connection.close()
 
     def _run(
         self,
@@ -401,224 +652,72 @@ class _Prober:
                 at += _NS  # the server's clock ticks at the same phase one second later
                 deferred += 1
             try:
-                answer, response = self._exchange(method, at, deferred, deadline_ns)
+                answer, response = self._connection.exchange(method, self._target, deadline_ns, at, deferred)
             except Exception as exc:  # noqa: BLE001 — every failure becomes a Sample, never an exception
                 answers.put(_Failure(exc))
                 return
             answers.put(answer)
-            _drain(response)
+            self._connection.release(response)
         finally:
             with self._lock:
                 self._active -= 1
-                if self._finished and self._active == 0 and self._own_session:
-                    self._session.close()
-
-    def _exchange(self, method: str, at: int, deferred: int, deadline_ns: int) -> tuple[_Answer, requests.Response]:
-        t0 = time.monotonic_ns()
-        # A little under the deadline, so that requests' own (more specific) timeout error comes first.
-        remaining_s = max(0.001, (deadline_ns - t0) / _NS - 0.02)
-        response = self._session.request(
-            method,
-            self._url,
-            headers=_HEADERS,
-            timeout=(remaining_s, remaining_s),
-            verify=self._verify,
-            allow_redirects=False,
-            stream=True,
-        )
-        t1 = time.monotonic_ns()
-        sent_ns, answered_ns = _wire_times(response)
-        if sent_ns is not None and answered_ns is not None and t0 <= sent_ns <= answered_ns <= t1:
-            t0, t1 = sent_ns, answered_ns  # tighter, and provably inside the outer bracket
-        headers = response.headers
-        answer = _Answer(
-            t0,
-            t1,
-            response.status_code,
-            headers.get("Date"),
-            headers.get("Age"),
-            late_ns=t0 - at,
-            deferred=deferred,
-            validity=_response_validity(response),
-        )
-        return answer, response
-
-
-class _StampedConnection:
-    """Records when urllib3 starts sending a request and when the answer's headers are in; resolves with net.
-
-    ``requests`` spends about half a millisecond of Python before it sends and after it receives (environment
-    proxies, netrc, cookies, hooks); stamping at the connection keeps that, the TLS handshake and the DNS lookup
-    and TCP connect of a new connection out of the interval a probe proves. Mixed into urllib3's connection
-    classes.
-    """
-
-    tg_sent_ns: int | None = None
-    tg_answered_ns: int | None = None
-
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        self.tg_answered_ns = None
-        if getattr(self, "sock", None) is None:
-            # Plain HTTP connects lazily inside request(); do it before the stamp (HTTPS is connected already).
-            self.connect()  # type: ignore[attr-defined]
-        self.tg_sent_ns = time.monotonic_ns()
-        return super().request(*args, **kwargs)  # type: ignore[misc]
-
-    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        response = super().getresponse(*args, **kwargs)  # type: ignore[misc]
-        self.tg_answered_ns = time.monotonic_ns()
-        return response
-
-    def _new_conn(self) -> socket.socket:
-        """A TCP connection to the host's addresses from :func:`net.resolve`, tried in the resolver's order.
-
-        Replaces urllib3's, which calls ``getaddrinfo`` without a timeout, in this worker: a resolver that hangs for
-        good would then hold one thread per probe for ever. ``net.resolve`` waits at most the connect timeout and
-        shares one lookup per name. ``self.host`` stays the URL's host, so SNI, the certificate's name check and
-        the ``Host`` header do not change; only the socket goes to the resolved address.
-        """
-        raw_timeout = getattr(self, "timeout", None)
-        timeout_s = float(raw_timeout) if isinstance(raw_timeout, int | float) else None
-        deadline = time.monotonic() + (timeout_s if timeout_s is not None else _DNS_FALLBACK_S)
-        host: str = self.host  # type: ignore[attr-defined]
-        port: int = self.port  # type: ignore[attr-defined]
-        try:
-            addresses = resolve(
-                getattr(self, "_dns_host", host),
-                port,
-                timeout_s=timeout_s if timeout_s is not None else _DNS_FALLBACK_S,
-                socktype=socket.SOCK_STREAM,
-            )
-        except ResolveError as exc:
-            raise urllib3.exceptions.NameResolutionError(host, self, exc) from exc  # type: ignore[arg-type]
-        last_error: OSError | None = None
-        for address in addresses:
-            remaining_s = deadline - time.monotonic() if timeout_s is not None else None
-            if remaining_s is not None and remaining_s <= 0:
-                break
-            try:
-                sock = socket.socket(address.family, socket.SOCK_STREAM)
-            except OSError as exc:  # e.g. IPv6 disabled in this kernel or container: try the next address
-                last_error = exc
-                continue
-            try:
-                for option in getattr(self, "socket_options", None) or ():
-                    sock.setsockopt(*option)
-                sock.settimeout(remaining_s)
-                if source := getattr(self, "source_address", None):
-                    sock.bind(source)
-                sock.connect(address.sockaddr)
-            except TimeoutError as exc:
-                sock.close()
-                raise urllib3.exceptions.ConnectTimeoutError(
-                    self, f"Connection to {host} ({address}) timed out. (connect timeout={raw_timeout})"
-                ) from exc
-            except OSError as exc:  # refused, unreachable: the next address may work
-                sock.close()
-                last_error = exc
-                continue
-            sys.audit("http.client.connect", self, host, port)
-            return sock
-        if last_error is None:
-            raise urllib3.exceptions.ConnectTimeoutError(
-                self, f"Connection to {host} timed out. (connect timeout={raw_timeout})"
-            )
-        raise urllib3.exceptions.NewConnectionError(
-            self, f"Failed to establish a new connection: {last_error}"
-        ) from last_error
-
-
-class _StampedHTTPConnection(_StampedConnection, urllib3.connection.HTTPConnection):
-    pass
-
-
-class _StampedHTTPSConnection(_StampedConnection, urllib3.connection.HTTPSConnection):
-    """After the (time-check-free) verified handshake, reads the chain's validity and refuses a pre-release one."""
-
-    tg_validity: _Validity | None = None
-
-    def connect(self) -> None:
-        self.tg_validity = None
-        super().connect()
-        self.tg_validity = _validity(self.sock)
-        if self.tg_validity is not None and (why := _expired_before_release(self.tg_validity)):
-            raise _CertTimeError(why)  # urllib3 closes the connection; no request is sent over it
-
-
-class _StampedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
-    ConnectionCls = _StampedHTTPConnection
-
-
-class _StampedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
-    ConnectionCls = _StampedHTTPSConnection
-
-
-class _StampedAdapter(requests.adapters.HTTPAdapter):
-    """Our connection classes, and for HTTPS exactly the trust store of ``tls``.
-
-    requests turns ``verify`` into ``ca_certs``/``ca_cert_dir`` (``verify=True``: certifi's bundle), and urllib3
-    would load those into the SSLContext on every connect, adding to the store :func:`_tls_context` built from
-    ``ca_bundle``. With ``tls`` given they are dropped here, so the context's store is the only trust; query_http
-    still passes ``verify=ca_bundle or True`` (what a plain requests session would need) and never ``False``.
-    """
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self._tls = tls  # before super().__init__, which calls init_poolmanager
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        if self._tls is not None:
-            kwargs["ssl_context"] = self._tls
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _StampedHTTPPool, "https": _StampedHTTPSPool}
-
-    def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
-        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
-        if self._tls is not None:
-            if verify is False:
-                raise ValueError("timeguard never turns certificate verification off")
-            pool_kwargs.pop("ca_certs", None)
-            pool_kwargs.pop("ca_cert_dir", None)
-            pool_kwargs["cert_reqs"] = "CERT_REQUIRED"
-        return host_params, pool_kwargs
-
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        if self._tls is None or not url.lower().startswith("https"):
-            super().cert_verify(conn, url, verify, cert)
-            return
-        conn.cert_reqs = "CERT_REQUIRED"
-        conn.ca_certs = None  # the trust store is in self._tls; see the class docstring
-        conn.ca_cert_dir = None
-
-
-def _timed_session(tls: ssl.SSLContext | None = None) -> requests.Session:
-    session = requests.Session()
-    adapter = _StampedAdapter(tls)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+                if self._finished and self._active == 0 and self._own:
+                    self._connection.close()
 
 
 def _tls_context(ca_bundle: str | None) -> ssl.SSLContext:
     """A verifying client context whose only trust is ``ca_bundle`` (or the system store), times left to us.
 
     ``ca_bundle`` is loaded here with ``load_verify_locations`` (a file, or an OpenSSL hashed directory); without
-    it the system store (``load_default_certs``, which honours SSL_CERT_FILE/SSL_CERT_DIR), or certifi's bundle (the
-    one requests would use) on a host whose system store is empty. Chain, signatures and host name are verified as
-    usual (``CERT_REQUIRED``, ``check_hostname``); only OpenSSL's validity-time check is off
+    it the system store (its hashed directory where that holds the whole store, see :func:`_system_capath`; else
+    ``load_default_certs``, which honours SSL_CERT_FILE/SSL_CERT_DIR), or certifi's bundle (the one requests uses),
+    if certifi is installed, on a host whose system store is empty. Chain, signatures and host
+    name are verified as usual (``CERT_REQUIRED``, ``check_hostname``); only OpenSSL's validity-time check is off
     (X509_V_FLAG_NO_CHECK_TIME), because it reads the host clock: :func:`_expired_before_release` and
     :func:`_date_outside` judge the times instead. Raises OSError/ssl.SSLError if the bundle cannot be loaded.
     """
-    if ca_bundle is None:
+    if ca_bundle is None and (capath := _system_capath()) is not None:
+        context = ssl.create_default_context(capath=capath)
+    elif ca_bundle is None:
         context = ssl.create_default_context()
         if context.cert_store_stats().get("x509_ca", 0) == 0 and not ssl.get_default_verify_paths().capath:
-            context.load_verify_locations(cafile=requests.certs.where())
+            try:
+                import certifi
+            except ImportError:
+                pass  # nothing to fall back on: verification fails and says "the system CA store"
+            else:
+                context.load_verify_locations(cafile=certifi.where())
     elif os.path.isdir(ca_bundle):
         context = ssl.create_default_context(capath=ca_bundle)
     else:
         context = ssl.create_default_context(cafile=ca_bundle)
     context.verify_flags |= _X509_V_FLAG_NO_CHECK_TIME
     return context
+
+
+def _system_capath() -> str | None:
+    """The system store's hashed directory, when it holds every CA of the store's bundle file; else None.
+
+    ``load_default_certs`` parses the whole bundle file into every context: 144 CAs, 2.3 MiB resident on Debian,
+    for each HTTPS source at once (each query has its own context). OpenSSL reads a hashed directory
+    (``<subject hash>.0`` links) only for the certificates a chain needs. Where ca-certificates writes both (Debian,
+    Ubuntu, Alpine: the bundle file lies in the hashed directory), they hold the same CAs; that is checked (the
+    directory has at least as many hashed certificates as the file has certificates), else the store is loaded
+    whole. ``load_default_certs`` trusts the file and the directory together, so the directory alone never trusts
+    more.
+    """
+    paths = ssl.get_default_verify_paths()  # SSL_CERT_FILE/SSL_CERT_DIR included
+    if not paths.capath or not paths.cafile:
+        return None
+    if os.path.dirname(os.path.realpath(paths.cafile)) != os.path.realpath(paths.capath):
+        return None
+    try:
+        hashed = sum(1 for name in os.listdir(paths.capath) if _HASHED_NAME.fullmatch(name))
+        with open(paths.cafile, "rb") as bundle:
+            in_file = sum(line.startswith(b"-----BEGIN CERTIFICATE-----") for line in bundle)
+    except OSError:
+        return None
+    return paths.capath if 0 < in_file <= hashed else None
 
 
 class _CertTimeError(ssl.SSLCertVerificationError):
@@ -706,43 +805,12 @@ def _iso(seconds: float) -> str:
     return iso(seconds, "seconds")
 
 
-def _response_validity(response: requests.Response) -> _Validity | None:
-    """The certificate validity of the connection ``response`` came over (read before it is released)."""
-    connection = getattr(response.raw, "connection", None)
-    if isinstance(connection, _StampedHTTPSConnection):
-        return connection.tg_validity
-    sock = getattr(connection, "sock", None)
-    return _validity(sock) if sock is not None and hasattr(sock, "getpeercert") else None
-
-
-def _wire_times(response: requests.Response) -> tuple[int | None, int | None]:
-    """The connection-level stamps of this response, if it came through a :class:`_StampedConnection`.
-
-    The caller accepts them only inside its own bracket, so a stale or missing stamp (a session passed in, a
-    proxy, another urllib3) can only cost precision, never make the interval wrong.
-    """
-    connection = getattr(response.raw, "connection", None)
-    return getattr(connection, "tg_sent_ns", None), getattr(connection, "tg_answered_ns", None)
-
-
-def _drain(response: requests.Response) -> None:
-    """Read a small body so the connection is kept alive; a large or unsized one drops the connection."""
-    try:
-        length = response.headers.get("Content-Length", "")
-        if response.request.method == "HEAD" or (length.isdigit() and int(length) <= _MAX_BODY_BYTES):
-            _ = response.content
-    except Exception:  # noqa: BLE001, S110 — the Date is already measured; the next probe reconnects
-        pass
-    finally:
-        response.close()
-
-
 def _what_was_slow(url: str) -> str:
     return f"DNS, connect or the server behind {url} did not finish in time"
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and everything it wraps (requests → urllib3 MaxRetryError.reason → socket/ssl errors)."""
+    """The exception and everything it wraps (``__cause__``, ``__context__``, exceptions in its args)."""
     seen: set[int] = set()
     todo: list[BaseException] = [exc]
     while todo:
@@ -751,7 +819,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(current))
         yield current
-        for inner in (getattr(current, "reason", None), current.__cause__, current.__context__, *current.args):
+        for inner in (current.__cause__, current.__context__, *current.args):
             if isinstance(inner, BaseException):
                 todo.append(inner)
 
@@ -771,33 +839,27 @@ def _describe_failure(
         where = f"CA bundle {ca_bundle}" if ca_bundle else "the system CA store; pass ca_bundle for a private CA"
         reason = f"TLS certificate verification failed for {address}: {detail} (checked against {where})"
         if not isinstance(verify_error, _CertTimeError) and ("expired" in detail or "not yet valid" in detail):
-            reason += "; a host clock far off also causes this"  # OpenSSL's own time check (a session passed in)
+            reason += "; a host clock far off also causes this"  # (OpenSSL's own time check is off: not expected)
         return unreachable, reason
-    if isinstance(exc, requests.exceptions.SSLError) or find(ssl.SSLError):
-        tls_error = find(ssl.SSLError)
-        detail = (tls_error.reason or str(tls_error)) if tls_error else str(exc)
+    if tls_error := find(ssl.SSLError):
+        detail = tls_error.reason or str(tls_error)
         return unreachable, f"TLS handshake with {address} failed: {detail} (is it really an HTTPS port?)"
+    if proxy_error := find(ProxyError):
+        return unreachable, str(proxy_error)
     if dns_error := find(ResolveError):
         return unreachable, str(dns_error)
     if gai := find(socket.gaierror):
         return unreachable, f"DNS: cannot resolve {host!r}: {gai.strerror or gai}"
-    if find(urllib3.exceptions.NameResolutionError):
-        return unreachable, f"DNS: cannot resolve {host!r}"
     if find(ConnectionRefusedError):
         return unreachable, f"connection refused by {address} (nothing listening on that port?)"
-    if find(ConnectionResetError):
+    if find(ConnectionResetError):  # http.client's RemoteDisconnected too: closed without an answer
         return unreachable, f"connection reset by {address}"
-    # urllib3's NewConnectionError subclasses ConnectTimeoutError: only a real timeout is a timeout.
-    connect_timeout = find(urllib3.exceptions.ConnectTimeoutError)
-    if isinstance(exc, requests.exceptions.ConnectTimeout) or (
-        connect_timeout is not None and not isinstance(connect_timeout, urllib3.exceptions.NewConnectionError)
-    ):
+    if find(_ConnectTimeout):
         return unreachable, f"no TCP connection to {address} within the {timeout_s:g} s timeout"
-    if isinstance(exc, requests.exceptions.Timeout) or find((urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+    if find(TimeoutError):
         return unreachable, f"connected to {address}, but no answer within the {timeout_s:g} s timeout"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        inner = find(OSError)
-        return unreachable, f"cannot talk to {address}: {inner or exc}"
-    if isinstance(exc, requests.exceptions.RequestException):
-        return SourceState.UNUSABLE, f"bad HTTP answer from {address}: {exc}"
+    if bad_answer := find(http.client.HTTPException):
+        return SourceState.UNUSABLE, f"bad HTTP answer from {address}: {type(bad_answer).__name__}: {bad_answer}"
+    if os_error := find(OSError):
+        return unreachable, f"cannot talk to {address}: {os_error}"
     return unreachable, f"unexpected error talking to {address}: {type(exc).__name__}: {exc}"

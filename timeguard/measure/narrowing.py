@@ -16,9 +16,10 @@ Every quantity is an integer of nanoseconds, so the arithmetic is exact even for
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from timeguard.measure.median import median
 
 NS = 1_000_000_000
 #: Sent later than this share of the interval, a probe's split is off-centre and mostly repeats what is known.
@@ -71,4 +72,4 @@ def rtt_estimate_ns(rtts_ns: Sequence[int]) -> int:
     """The round trip the next probe will see: the median of all but the first (which paid for the TCP and TLS
     handshakes, where the later ones reuse the kept-alive connection)."""
     later = rtts_ns[1:] or rtts_ns
-    return int(statistics.median(later))
+    return int(median(later))

@@ -21,7 +21,7 @@ The validation is a pure function of bytes (:func:`check_reply`); the socket loo
 from __future__ import annotations
 
 import math
-import secrets
+import os
 import socket
 import struct
 import time
@@ -204,7 +204,7 @@ def new_nonce(exclude: Collection[int] = ()) -> int:
     Zero is excluded because a server that does not echo the origin sends zero there.
     """
     while True:
-        nonce = secrets.randbits(64)
+        nonce = int.from_bytes(os.urandom(8), "big")  # what secrets.randbits reads, without hmac/hashlib
         if nonce and nonce not in exclude:
             return nonce
 
