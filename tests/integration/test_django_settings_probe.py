@@ -114,7 +114,7 @@ def test_another_alias_a_prefix_and_output_on_stdout(project: Path) -> None:
     ("alias", "django.database_alias 'beat' is not in DATABASES (its aliases: default)"),
     ("unsupported", "ENGINE 'django.db.backends.dummy' is not supported by the celery_beat repair"),
     ("garbage", "exited 0 without reading the settings tg_unsupported: hello, not JSON"),
-    ("timeout", "did not finish within 1 s (django.timeout_s); the probe was killed"),
+    ("timeout", "did not finish within 1 s (django.timeout_s); it was killed"),
     ("no-such-user", "django.user 'no-such-user-tg': no such user"),
 ])
 def test_each_failure_is_one_clear_error(case: str, why: str, project: Path, tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ def test_the_probe_runs_as_the_configured_user(tmp_path: Path, monkeypatch: pyte
     out = subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "/usr/bin/python3",
                           "-c", script], capture_output=True, text=True, timeout=30, cwd="/",
                          env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}, check=False)
-    assert json.loads(out.stdout or "null") == ("django.user 'root': running the settings probe as another user "
+    assert json.loads(out.stdout or "null") == ("django.user 'root': running the application's code as another user "
                                                 "needs root (timeguard runs as uid 65534); leave user out to run it "
                                                 "as this one"), out.stderr
 

@@ -22,19 +22,14 @@ DatabaseScheduler's default, 5 s). Like a secret, this is resolved only where th
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
-import signal
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from timeguard.repair import dburl
-from timeguard.repair.envfile import EnvFileError, parse
+from timeguard.repair.apprun import AppInterpreter, last_line
 from timeguard.repair.target import RepairError
 from timeguard.secrets import redact_text
 
@@ -42,9 +37,6 @@ DEFAULT_TIMEOUT_S = 30.0
 TIMEOUT_RANGE_S = (1.0, 600.0)
 KEYS = ("settings", "python", "path", "environment_file", "user", "database_alias", "timeout_s")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-MARK = "TIMEGUARD-DJANGO-PROBE "
-#: What of timeguard's environment a probe run as another ``user`` sees (besides LC_*).
-_PASSED_TO_USER = frozenset({"PATH", "LANG", "LANGUAGE", "TZ"})
 
 #: The option's JSON Schema (``config schema``); :func:`shape_problems` is the check that says why.
 DJANGO_SCHEMA: dict[str, Any] = {
@@ -66,20 +58,9 @@ DJANGO_SCHEMA: dict[str, Any] = {
     },
 }
 
-#: Runs in the application's interpreter: argv[1] is JSON {path, alias}. Anything the settings print goes to
-#: stderr; the answer is the one stdout line that starts with MARK.
+#: Runs in the application's interpreter (after apprun's prelude: args, answer, failed); args: {alias}.
 PROBE = r'''
-import json, os, sys, traceback
-out, sys.stdout = sys.stdout, sys.stderr
-args = json.loads(sys.argv[1])
-sys.path[:0] = args["path"]
-def answer(**kw):
-    out.write("\n" + MARK + json.dumps(kw, default=str) + "\n")
-    out.flush()
-    sys.exit(0)
-def failed(kind):
-    lines = [l.strip() for l in traceback.format_exc().strip().splitlines() if l.strip()]
-    answer(error=kind, detail=lines[-1] if lines else "")
+import os
 try:
     import django
 except Exception:
@@ -127,7 +108,7 @@ answer(database=entry, use_tz=bool(settings.USE_TZ), time_zone=str(settings.TIME
        tz_aware=bool(getattr(settings, "DJANGO_CELERY_BEAT_TZ_AWARE", True)), task_table=task, tasks_table=tasks,
        beat_max_interval_s=interval, beat_max_interval_set=interval_set,
        django=django.get_version(), django_celery_beat=getattr(django_celery_beat, "__version__", "?"))
-'''.replace("MARK", repr(MARK))
+'''
 
 
 class DjangoSettingsError(RepairError):
@@ -162,6 +143,10 @@ class DjangoSource:
 
     def describe(self) -> str:
         return f"{self.settings} in {self.python}"
+
+    def interpreter(self) -> AppInterpreter:
+        return AppInterpreter(python=self.python, path=self.path, environment_file=self.environment_file,
+                              user=self.user, timeout_s=self.timeout_s, key="django")
 
 
 def shape_problems(value: Any, key: str = "django") -> list[tuple[str, str]]:
@@ -218,80 +203,9 @@ class DjangoSettings:
 
 def probe(source: DjangoSource) -> DjangoSettings:
     """Run the application's interpreter on its settings and read them; DjangoSettingsError saying what failed."""
-    python = source.python
-    if not os.path.exists(python):
-        raise DjangoSettingsError(f"django.python {python}: no such file (the application's interpreter)")
-    if not os.access(python, os.X_OK) or os.path.isdir(python):
-        raise DjangoSettingsError(f"django.python {python}: not an executable file")
-    env = dict(os.environ)
-    run_as: dict[str, Any] = {}
-    if source.user is not None:
-        run_as, home = _user(source.user)
-        # timeguard's own environment may hold its secrets (a webhook's secret_env…): another user gets only the
-        # locale, PATH and the environment file
-        env = {k: v for k, v in os.environ.items() if k in _PASSED_TO_USER or k.startswith("LC_")}
-        env.update({"HOME": home, "USER": source.user, "LOGNAME": source.user})
-    if source.environment_file is not None:
-        try:
-            text = Path(source.environment_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or str(exc)
-            raise DjangoSettingsError(f"django.environment_file {source.environment_file}: {why}") from None
-        try:
-            env.update(parse(text, f"django.environment_file {source.environment_file}"))
-        except EnvFileError as exc:
-            raise DjangoSettingsError(str(exc)) from None
-    env["DJANGO_SETTINGS_MODULE"] = source.settings
-    cwd = source.path[0] if source.path else "/"
-    argv = [python, "-c", PROBE, json.dumps({"path": list(source.path), "alias": source.database_alias})]
-    try:
-        child = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, start_new_session=True, **run_as)
-    except OSError as exc:
-        raise DjangoSettingsError(f"django.python {python}: cannot run it: {exc.strerror or exc}") from None
-    try:
-        stdout, stderr = child.communicate(timeout=source.timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(child)
-        raise DjangoSettingsError(f"django: reading the settings {source.describe()} did not finish within "
-                                  f"{source.timeout_s:g} s (django.timeout_s); the probe was killed") from None
-    return _read_answer(source, child.returncode, stdout.decode("utf-8", "replace"),
-                        stderr.decode("utf-8", "replace"))
-
-
-def _kill_group(child: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the probe's own session: the settings may have started children
-        os.killpg(child.pid, signal.SIGKILL)
-    child.communicate()
-
-
-def _user(name: str) -> tuple[dict[str, Any], str]:
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise DjangoSettingsError(f"django.user {name!r}: no such user") from None
-    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
-        raise DjangoSettingsError(f"django.user {name!r}: running the settings probe as another user needs root "
-                                  f"(timeguard runs as uid {os.geteuid()}); leave user out to run it as this one")
-    groups = os.getgrouplist(name, entry.pw_gid)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups}, entry.pw_dir
-
-
-def _read_answer(source: DjangoSource, returncode: int, stdout: str, stderr: str) -> DjangoSettings:
-    lines = [line[len(MARK):] for line in stdout.splitlines() if line.startswith(MARK)]
-    if not lines:
-        tail = redact_text(_last_line(stderr) or _last_line(stdout) or "no output")
-        raise DjangoSettingsError(f"django: {source.python} exited {returncode} without reading the settings "
-                                  f"{source.settings}: {tail}")
-    try:
-        answer = json.loads(lines[-1])
-        if not isinstance(answer, dict):
-            raise ValueError("not an object")
-    except ValueError:
-        raise DjangoSettingsError(f"django: the settings probe in {source.python} printed an unreadable answer "
-                                  f"({_last_line(lines[-1])[:80]!r})") from None
+    answer = source.interpreter().run(PROBE, {"alias": source.database_alias}, error=DjangoSettingsError,
+                                      doing=f"reading the settings {source.settings}",
+                                      env={"DJANGO_SETTINGS_MODULE": source.settings})
     error = answer.get("error")
     if error is not None:
         raise DjangoSettingsError(_error_message(source, str(error), str(answer.get("detail", ""))))
@@ -305,7 +219,7 @@ def _read_answer(source: DjangoSource, returncode: int, stdout: str, stderr: str
 
 
 def _error_message(source: DjangoSource, error: str, detail: str) -> str:
-    detail = redact_text(_last_line(detail))
+    detail = redact_text(last_line(detail))
     messages = {
         "no_django": f"django.python {source.python}: Django is not installed in that interpreter ({detail}); "
                      "give the application's own interpreter (its virtualenv's bin/python)",
@@ -334,8 +248,3 @@ def _settings(source: DjangoSource, answer: Mapping[str, Any]) -> DjangoSettings
                           beat_max_interval_s=float(interval),
                           versions=f"Django {answer.get('django')}, django-celery-beat "
                                    f"{answer.get('django_celery_beat')}")
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
