@@ -98,13 +98,16 @@ def _repair_child(url: str, now: float, journal_path: str) -> int:
         outcome = engine.apply(lambda: now, undo_log=UndoLog(journal), incident_id="bench", sleep=lambda s: None)
         t_apply = time.monotonic() - t0
         rss_repair = _peak_rss_mib()
+        t0 = time.monotonic()
         undo_records = sum(1 for _r in UndoLog(journal).iter_records("bench"))
+        t_undo_read = time.monotonic() - t0
     engine.close()
     print(json.dumps({
         "planned_changes": plan.total, "plan_s": round(t_plan, 3),
         "round_s": [round(r.duration_s, 3) for r in outcome.rounds],
         "apply_total_s_without_waits": round(t_apply, 3), "rows_changed": outcome.rows_changed(),
-        "clean": outcome.clean, "undo_records": undo_records, "peak_rss_mib": round(rss_repair, 1),
+        "clean": outcome.clean, "undo_records": undo_records, "undo_read_s": round(t_undo_read, 3),
+        "peak_rss_mib": round(rss_repair, 1),
         "peak_rss_mib_with_undo_read": round(_peak_rss_mib(), 1),
     }))
     return 0

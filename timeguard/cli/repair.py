@@ -165,7 +165,7 @@ def _cmd_target(args: argparse.Namespace) -> int:
         def trusted_now() -> float:
             return time.time() + offset_s  # the host clock corrected by the verdict's offset
 
-        plan = target.plan(trusted_now())
+        plan = _plan(target, trusted_now(), every=args.dry_run)
         if args.dry_run:
             if args.json:
                 print(json.dumps({"dry_run": True, where_key: target.where, **plan.to_dict()}, indent=2))
@@ -183,6 +183,9 @@ def _cmd_target(args: argparse.Namespace) -> int:
         incident = new_id()
         if not args.json:
             sys.stdout.write(target.format_plan(plan.changes))
+            if plan.total > len(plan.changes):
+                print(f"… and {plan.total - len(plan.changes)} more (--dry-run lists every one; the undo records "
+                      "keep them after the repair)")
             print(target.applying_note(incident), flush=True)
         journal = _journal(cfg)
         try:
@@ -201,6 +204,16 @@ def _cmd_target(args: argparse.Namespace) -> int:
     if not outcome.clean:
         return _err(target.not_clean_message)
     return EXIT_OK
+
+
+def _plan(target: Any, now_s: float, *, every: bool) -> Any:
+    """The target's plan; ``every``: with every change listed, where the target lists only the first ones by
+    default (its ``plan`` takes ``limit``, as celery_beat's does: a large store's plan is counted, not held)."""
+    import inspect
+
+    if every and "limit" in inspect.signature(target.plan).parameters:
+        return target.plan(now_s, limit=None)
+    return target.plan(now_s)
 
 
 def _print_report(target: Any, report: Any, unreadable: Any = ()) -> None:

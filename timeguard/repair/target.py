@@ -313,7 +313,7 @@ class BaseTarget:
         return f"applying (incident {incident_id}) …"
 
     def outcome_line(self, outcome: Any) -> str:
-        return (f"{'repaired' if outcome.clean else 'NOT CLEAN'}: {len(outcome.plan.changes)} value(s), "
+        return (f"{'repaired' if outcome.clean else 'NOT CLEAN'}: {outcome.plan.total} value(s), "
                 f"{len(outcome.rounds)} round(s)")
 
     def outcome_summary(self, outcome: Any) -> tuple[str, str]:
@@ -323,7 +323,7 @@ class BaseTarget:
             return "failed", f"future times remain after {len(outcome.rounds)} round(s) in {self.where}{note}"
         if not outcome.changed:
             return "ok", f"nothing to repair in {self.where}{note}"
-        return "changed", (f"repaired {self.where}: {len(outcome.plan.changes)} value(s) in "
+        return "changed", (f"repaired {self.where}: {outcome.plan.total} value(s) in "
                            f"{len(outcome.rounds)} round(s){note}")
 
     def undo_hint(self, incident_id: str) -> str:
