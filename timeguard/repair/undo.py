@@ -92,26 +92,31 @@ class UndoLog:
         if bad:
             raise JournalError(f"{self.path}: repair round {bad[0]['seq']} of {incident_id} is unreadable (its "
                                "records are not JSON)")
-        # A record's place in the journal as text that sorts like it: the first place per key holds the first-seen
-        # old value (and the repair that saw it), the last one the latest new value (and its round).
-        place = "printf('%015d%06d', r.seq, j.key)"
+        # A record's place in the journal (its row, its index there) as text that sorts like it, before the record's
+        # JSON: the smallest per key holds the first-seen old value, the largest the latest new value. The repair
+        # and the time of a row are looked up in ``rows`` (a few entries: one per batch of a round).
+        rows = {r["seq"]: (r["repair_id"], r["applied_wall_s"]) for r in self.journal.read(
+            f"SELECT seq, repair_id, applied_wall_s FROM repair_round AS r WHERE {where}", params)}  # noqa: S608
+        place = "printf('%015d%06d', r.seq, j.key) || j.value"
         sql = (
             "SELECT g.target, g.fingerprint, g.item, g.field, g.first, g.last, m.round_seq FROM ("  # noqa: S608
             "SELECT r.target AS target, r.fingerprint AS fingerprint, json_extract(j.value, '$[0]') AS item, "
-            "json_extract(j.value, '$[2]') AS field, "
-            f"MIN({place} || json_array(r.repair_id, json(j.value))) AS first, "
-            f"MAX({place} || json_array(r.seq, r.applied_wall_s, json(j.value))) AS last "
+            f"json_extract(j.value, '$[2]') AS field, MIN({place}) AS first, MAX({place}) AS last "
             f"FROM repair_round AS r, json_each(r.records) AS j WHERE {where} GROUP BY 1, 2, 3, 4) AS g "
             "LEFT JOIN repair_undone AS m ON m.incident_id = ? AND m.target = g.target "
             "AND m.fingerprint = g.fingerprint AND m.item = g.item AND m.field = g.field ORDER BY g.first"
         )
-        skip = 21  # the place's digits
         for row in self.journal.iter_read(sql, [*params, incident_id]):
-            repair_id, (item, name, field, old, _new) = json.loads(row["first"][skip:])
-            seq, wall_s, (_item, _name, _field, _old, new) = json.loads(row["last"][skip:])
+            first, last = row["first"], row["last"]
+            _item, name, _field, old, new = json.loads(first[21:])
+            if last != first:
+                new = json.loads(last[21:])[4]
+            repair_id, wall_s = rows[int(first[:15])][0], rows[int(last[:15])][1]
+            seq = int(last[:15])
             done = int(row["round_seq"] is not None and row["round_seq"] >= seq)
             if undone is not None and done != int(undone):
                 continue
+            item, field = row["item"], row["field"]
             key = (row["target"], row["fingerprint"], item, field)
             yield {"key": key, "incident_id": incident_id, "target": row["target"], "repair_id": repair_id,
                    "fingerprint": row["fingerprint"], "item": item, "name": name, "field": field, "old_value": old,
