@@ -111,3 +111,33 @@ def test_a_round_on_a_large_store_streams_its_rows_and_undo_records(beat: BeatDB
                                                         "periodictasks:1"]
     finally:
         engine.close()
+
+
+def test_a_round_whose_undo_records_cannot_be_written_changes_nothing(beat: BeatDB, tmp_path: Path) -> None:
+    """The journal is locked by another process for the whole round: the recorder's write fails (while the rows
+    stream, or before the round commits, whichever comes first), the round rolls back, and neither the store nor
+    the journal keeps anything of it."""
+    import sqlite3
+
+    from timeguard.repair.target import RepairError
+
+    engine = CeleryBeatRepair(beat.url, beat_max_interval_s=0, wait_margin_s=0)
+    path = tmp_path / "journal.sqlite"
+    try:
+        with Journal(path) as journal:
+            journal._db.execute("PRAGMA busy_timeout = 300")  # fail in 0.3 s, not the daemon's 10 s
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process holds the journal's write lock
+            try:
+                with pytest.raises(RepairError, match="the undo records could not be written, nothing was changed"):
+                    engine.apply(lambda: NOW, undo_log=UndoLog(journal), incident_id="locked", sleep=lambda s: None)
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            assert journal.read("SELECT COUNT(*) FROM repair_round")[0][0] == 0
+        future = beat.sql(f"SELECT COUNT(*) FROM {PREFIX}periodictask WHERE last_run_at > :t AND date_changed > :t",
+                          {"t": beat.stamp(NOW + 600)})
+        assert future[0][0] == FUTURE_ROWS
+        assert beat.last_update() == pytest.approx(FUTURE, abs=1e-3)
+    finally:
+        engine.close()
