@@ -141,3 +141,36 @@ def test_a_round_whose_undo_records_cannot_be_written_changes_nothing(beat: Beat
         assert beat.last_update() == pytest.approx(FUTURE, abs=1e-3)
     finally:
         engine.close()
+
+
+def test_the_dry_run_of_a_large_store_lists_every_change_streamed(beat: BeatDB, tmp_path: Path) -> None:
+    """``timeguard repair celery-beat --dry-run`` lists every change (the plan itself lists the first 100), as
+    JSON written item by item and as one table, at the real now (``--trust-local-clock``: nothing is written)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    now = time.time()
+    beat.fill(3000, 1500, future_s=now + 180 * 86400, past_s=now - 3600)
+    beat.set_last_update(now + 180 * 86400)
+    config = tmp_path / "timeguard.yaml"
+    config.write_text("{}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TIMEGUARD_CONFIG", "TIMEGUARD_BEAT_DATABASE_URL")}
+    argv = [sys.executable, "-m", "timeguard", "repair", "celery-beat", "--database-url", beat.url, "--dry-run",
+            "--trust-local-clock", "--config", str(config)]
+    run = subprocess.run([*argv, "--json"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["dry_run"] is True and out["changes_total"] == len(out["changes"]) == 3001
+    assert out["counts"] == {"last_run_at": 1500, "date_changed": 1500, "last_update": 1}
+    assert [c["name"] for c in out["changes"][:3]] == ["task-1", "task-1", "task-2"]
+    assert out["changes"][-1]["column"] == "last_update" and out["report"] == [] and out["unreadable"] == []
+    run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("TASK") and sum(1 for line in lines if line.startswith("TASK")) == 1
+    assert len(lines) == 1 + 3001
+    assert beat.sql(f"SELECT COUNT(*) FROM {PREFIX}periodictask WHERE last_run_at > :t",
+                    {"t": beat.stamp(now + 600)})[0][0] == 1500  # a dry run writes nothing

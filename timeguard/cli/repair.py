@@ -7,6 +7,7 @@ Exit codes: 0 repaired or nothing to do, 1 refused or failed (the message says w
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -165,12 +166,16 @@ def _cmd_target(args: argparse.Namespace) -> int:
         def trusted_now() -> float:
             return time.time() + offset_s  # the host clock corrected by the verdict's offset
 
-        plan = _plan(target, trusted_now(), every=args.dry_run)
+        plan = target.plan(trusted_now())
         if args.dry_run:
-            if args.json:
-                print(json.dumps({"dry_run": True, where_key: target.where, **plan.to_dict()}, indent=2))
+            head = {"dry_run": True, where_key: target.where, **plan.to_dict()}
+            if plan.total > len(plan.changes) and hasattr(target, "iter_changes"):
+                _write_every_change(target, head, plan.now_s, as_json=args.json)
+            elif args.json:
+                print(json.dumps(head, indent=2))
             else:
                 sys.stdout.write(target.format_plan(plan.changes))
+            if not args.json:
                 _print_report(target, plan.report, plan.unreadable)
             return EXIT_OK
         if plan.empty:
@@ -206,14 +211,25 @@ def _cmd_target(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _plan(target: Any, now_s: float, *, every: bool) -> Any:
-    """The target's plan; ``every``: with every change listed, where the target lists only the first ones by
-    default (its ``plan`` takes ``limit``, as celery_beat's does: a large store's plan is counted, not held)."""
-    import inspect
-
-    if every and "limit" in inspect.signature(target.plan).parameters:
-        return target.plan(now_s, limit=None)
-    return target.plan(now_s)
+def _write_every_change(target: Any, head: dict[str, Any], now_s: float, *, as_json: bool) -> None:
+    """A dry run's listing of a plan that lists only its first changes (a large store): every change, streamed
+    from the target (``iter_changes``) as it is read — a table a thousand rows at a time, or the JSON object with
+    its ``changes`` written item by item — so the listing never holds the whole store."""
+    changes = target.iter_changes(now_s)
+    if as_json:
+        head = {**head, "changes": []}
+        text = json.dumps(head, indent=2)
+        opening = text.index('"changes": []') + len('"changes": [')
+        sys.stdout.write(text[:opening])
+        for number, change in enumerate(changes):
+            sys.stdout.write(("," if number else "") + "\n    " + json.dumps(change.to_dict()))
+        sys.stdout.write("\n  " + text[opening:] + "\n")
+        return
+    first = True
+    while batch := list(itertools.islice(changes, 1000)):
+        table = target.format_plan(batch)
+        sys.stdout.write(table if first else table.split("\n", 1)[1])  # one heading
+        first = False
 
 
 def _print_report(target: Any, report: Any, unreadable: Any = ()) -> None:

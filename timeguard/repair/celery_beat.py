@@ -780,43 +780,67 @@ class CeleryBeatRepair:
         with self._transaction("reading the beat tables", read_only=True) as conn:
             return self._plan(conn, now_s, limit=limit)
 
+    def iter_changes(self, now_s: float) -> Iterator[PlannedChange]:
+        """Every change :meth:`plan` counts, one at a time from one read-only transaction: the dry run's full
+        listing of a large store (``plan`` lists only the first ones). Read it to the end, or close it."""
+        now_s = checked_now(now_s)
+        with self._transaction("reading the beat tables", read_only=True) as conn:
+            for row_id, name, column, old in self._task_changes(conn, now_s, []):
+                yield PlannedChange("periodictask", row_id, name, column, old, now_s, _why(column, old - now_s))
+            lu_change = self._lu_change(conn, now_s, [])
+            if lu_change is not None:
+                yield lu_change
+
+    def _task_changes(self, conn: Any, now_s: float,
+                      unreadable: list[UnreadableValue]) -> Iterator[tuple[int, str, str, float]]:
+        """(row id, name, column, old epoch) of every future task timestamp, streamed in id order; the values it
+        cannot read go to ``unreadable``."""
+        for row_id, name, lr, dc, lr_future, dc_future in self._future_rows(conn, now_s, lock=False,
+                                                                            skipped=unreadable):
+            for column, value, future in (("last_run_at", lr, lr_future), ("date_changed", dc, dc_future)):
+                if future:
+                    old = self.epoch(value, column)
+                    assert old is not None
+                    yield row_id, name, column, old
+
+    def _lu_change(self, conn: Any, now_s: float, unreadable: list[UnreadableValue]) -> PlannedChange | None:
+        """The reload signal's change, when last_update is future or unreadable (said in ``unreadable``)."""
+        _present, last_update = self._last_update(conn, lock=False)
+        old_lu, lu_replace, lu_why = self._last_update_state(last_update, now_s + self.tolerance_s)
+        if lu_why is not None:
+            unreadable.append(UnreadableValue("periodictasks", 1, "(reload signal)", "last_update",
+                                              _show_raw(last_update), f"{lu_why}; replaced by the reload signal"))
+            return PlannedChange("periodictasks", 1, "(reload signal)", "last_update", None, now_s,
+                                 "unreadable: a running beat could not read it either")
+        if lu_replace:
+            assert old_lu is not None
+            return PlannedChange("periodictasks", 1, "(reload signal)", "last_update", old_lu, now_s,
+                                 _why("last_update", old_lu - now_s))
+        return None
+
     def _plan(self, conn: Any, now_s: float, *, limit: int | None = PLAN_LIST_MAX) -> BeatPlan:
         changes: list[PlannedChange] = []
         totals = {"last_run_at": 0, "date_changed": 0, "last_update": 0}
         unreadable: list[UnreadableValue] = []
         max_old: float | None = None
         tasks: list[str] = []  # the first AUDIT_TASKS names, in order
-        n_tasks = 0
-        for row_id, name, lr, dc, lr_future, dc_future in self._future_rows(conn, now_s, lock=False,
-                                                                            skipped=unreadable):
-            n_tasks += 1
-            if len(tasks) < AUDIT_TASKS or name < tasks[-1]:
-                bisect.insort(tasks, name)
-                del tasks[AUDIT_TASKS:]
-            for column, value, future in (("last_run_at", lr, lr_future), ("date_changed", dc, dc_future)):
-                if future:
-                    old = self.epoch(value, column)
-                    assert old is not None
-                    totals[column] += 1
-                    max_old = old if max_old is None else max(max_old, old)
-                    if limit is None or len(changes) < limit:
-                        changes.append(PlannedChange("periodictask", row_id, name, column, old, now_s,
-                                                     _why(column, old - now_s)))
-        _present, last_update = self._last_update(conn, lock=False)
-        old_lu, lu_replace, lu_why = self._last_update_state(last_update, now_s + self.tolerance_s)
-        lu_change = None
-        if lu_why is not None:
-            unreadable.append(UnreadableValue("periodictasks", 1, "(reload signal)", "last_update",
-                                              _show_raw(last_update), f"{lu_why}; replaced by the reload signal"))
-            lu_change = PlannedChange("periodictasks", 1, "(reload signal)", "last_update", None, now_s,
-                                      "unreadable: a running beat could not read it either")
-        elif lu_replace:
-            assert old_lu is not None
-            max_old = old_lu if max_old is None else max(max_old, old_lu)
-            lu_change = PlannedChange("periodictasks", 1, "(reload signal)", "last_update", old_lu, now_s,
-                                      _why("last_update", old_lu - now_s))
+        n_tasks, last_row = 0, None
+        for row_id, name, column, old in self._task_changes(conn, now_s, unreadable):
+            if row_id != last_row:  # a task's changes come together (id order)
+                n_tasks, last_row = n_tasks + 1, row_id
+                if len(tasks) < AUDIT_TASKS or name < tasks[-1]:
+                    bisect.insort(tasks, name)
+                    del tasks[AUDIT_TASKS:]
+            totals[column] += 1
+            max_old = old if max_old is None else max(max_old, old)
+            if limit is None or len(changes) < limit:
+                changes.append(PlannedChange("periodictask", row_id, name, column, old, now_s,
+                                             _why(column, old - now_s)))
+        lu_change = self._lu_change(conn, now_s, unreadable)
         if lu_change is not None:
             totals["last_update"] = 1
+            if lu_change.old_s is not None:
+                max_old = lu_change.old_s if max_old is None else max(max_old, lu_change.old_s)
             if limit is None or len(changes) < limit:
                 changes.append(lu_change)
         report, report_unreadable, report_total = self._report(conn, now_s, limit=limit)
