@@ -439,12 +439,12 @@ def raw_text(db: BeatDB, column: str, table: str = "periodictask", key: str = "n
 
 
 def store(db: BeatDB, table: str, column: str, literal: str, where: str) -> None:
-    if db.backend == "mysql":  # MariaDB's strict mode refuses the zero date: an old or relaxed server stored it
-        with db.engine().begin() as conn:
+    """The SQL ``literal`` as written, through the driver: SQLAlchemy's text() would take a ``:0`` inside a
+    quoted literal (hypothesis writes such text) for a bind parameter."""
+    with db.engine().begin() as conn:
+        if db.backend == "mysql":  # MariaDB's strict mode refuses the zero date: an old or relaxed server stored it
             conn.exec_driver_sql("SET SESSION sql_mode = ''")
-            conn.exec_driver_sql(f"UPDATE {PREFIX}{table} SET {column} = {literal} WHERE {where}")
-        return
-    db.sql(f"UPDATE {PREFIX}{table} SET {column} = {literal} WHERE {where}")
+        conn.exec_driver_sql(f"UPDATE {PREFIX}{table} SET {column} = {literal} WHERE {where}")
 
 
 def test_unreadable_values_are_reported_and_skipped_every_other_row_repaired(db: BeatDB, journal: Journal) -> None:

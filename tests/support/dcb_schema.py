@@ -142,6 +142,30 @@ class BeatDB:
         rows = self.sql(f"SELECT last_update FROM {PREFIX}periodictasks WHERE ident = 1")
         return self.epoch(rows[0][0]) if rows else None
 
+    def fill(self, tasks: int, future: int, *, future_s: float, past_s: float) -> None:
+        """Replace every task by ``tasks`` interval tasks named task-1…task-N in one statement, the first ``future``
+        of them with last_run_at and date_changed at ``future_s``, the others at ``past_s`` (large stores)."""
+        if self.backend == "postgresql":
+            numbers, g = "generate_series(1, :n) AS s(g)", "g"
+        elif self.backend == "mysql":  # MariaDB's sequence engine
+            numbers, g = f"seq_1_to_{int(tasks)} AS s", "s.seq"
+        else:
+            g = "g"
+            numbers = "(WITH RECURSIVE r(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM r WHERE g < :n) SELECT g FROM r)"
+        name = f"CONCAT('task-', {g})" if self.backend == "mysql" else f"'task-' || {g}"
+        self.sql(f"DELETE FROM {PREFIX}periodictask")
+        self.sql(f"DELETE FROM {PREFIX}intervalschedule")
+        self.sql(f"INSERT INTO {PREFIX}intervalschedule (every, period) VALUES (10, 'seconds')")
+        self.sql(
+            f"INSERT INTO {PREFIX}periodictask (name, task, args, kwargs, expires, enabled, last_run_at, "
+            "total_run_count, date_changed, description, interval_id, one_off, headers) "
+            f"SELECT {name}, 'app.tasks.noop', '[]', '{{}}', NULL, true, "
+            f"CASE WHEN {g} <= :future THEN :fut ELSE :past END, 1, "
+            f"CASE WHEN {g} <= :future THEN :fut ELSE :past END, "
+            f"'', (SELECT MIN(id) FROM {PREFIX}intervalschedule), false, '{{}}' FROM {numbers}",
+            {"future": future, "n": tasks, "fut": self.stamp(future_s), "past": self.stamp(past_s)},
+        )
+
 
 def migrate(django_db: dict[str, Any], workdir: Path) -> None:
     """Create django-celery-beat's tables with its own migrations, in a subprocess."""

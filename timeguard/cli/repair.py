@@ -8,6 +8,7 @@ or no store named: no database, no ``--hook``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -257,11 +258,15 @@ def _cmd_target(args: argparse.Namespace) -> int:
 
         plan = target.plan(trusted_now())
         if args.dry_run:
-            if args.json:
-                verdict = {"clock": "local", "verdict_problem": no_verdict.split("\n")[0]} if no_verdict else {}
-                print(json.dumps({"dry_run": True, where_key: target.where, **verdict, **plan.to_dict()}, indent=2))
+            verdict = {"clock": "local", "verdict_problem": no_verdict.split("\n")[0]} if no_verdict else {}
+            head = {"dry_run": True, where_key: target.where, **verdict, **plan.to_dict()}
+            if plan.total > len(plan.changes) and hasattr(target, "iter_changes"):
+                _write_every_change(target, head, plan.now_s, as_json=args.json)
+            elif args.json:
+                print(json.dumps(head, indent=2))
             else:
                 sys.stdout.write(target.format_plan(plan.changes))
+            if not args.json:
                 _print_report(target, plan.report, plan.unreadable)
             return EXIT_OK
         if plan.empty:
@@ -274,6 +279,9 @@ def _cmd_target(args: argparse.Namespace) -> int:
         incident = new_id()
         if not args.json:
             sys.stdout.write(target.format_plan(plan.changes))
+            if plan.total > len(plan.changes):
+                print(f"… and {plan.total - len(plan.changes)} more (--dry-run lists every one; the undo records "
+                      "keep them after the repair)")
             print(target.applying_note(incident), flush=True)
         journal = _journal(cfg)
         stopped = False
@@ -299,6 +307,27 @@ def _cmd_target(args: argparse.Namespace) -> int:
     if not outcome.clean:
         return _err(target.not_clean_message)
     return EXIT_OK
+
+
+def _write_every_change(target: Any, head: dict[str, Any], now_s: float, *, as_json: bool) -> None:
+    """A dry run's listing of a plan that lists only its first changes (a large store): every change, streamed
+    from the target (``iter_changes``) as it is read — a table a thousand rows at a time, or the JSON object with
+    its ``changes`` written item by item — so the listing never holds the whole store."""
+    changes = target.iter_changes(now_s)
+    if as_json:
+        head = {**head, "changes": []}
+        text = json.dumps(head, indent=2)
+        opening = text.index('"changes": []') + len('"changes": [')
+        sys.stdout.write(text[:opening])
+        for number, change in enumerate(changes):
+            sys.stdout.write(("," if number else "") + "\n    " + json.dumps(change.to_dict()))
+        sys.stdout.write("\n  " + text[opening:] + "\n")
+        return
+    first = True
+    while batch := list(itertools.islice(changes, 1000)):
+        table = target.format_plan(batch)
+        sys.stdout.write(table if first else table.split("\n", 1)[1])  # one heading
+        first = False
 
 
 def _print_report(target: Any, report: Any, unreadable: Any = ()) -> None:

@@ -22,8 +22,11 @@ The trusted now is always passed in (``now_s`` / ``now_fn``): this module never 
 from __future__ import annotations
 
 import argparse
+import bisect
 import datetime as dt
+import itertools
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -90,6 +93,16 @@ _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # Which convention a column follows: "lr" = last_run_at (beat's _default_now), "dc" = Django's now()
 # (date_changed, last_update, expires, clocked_time).
 _COLUMN_KIND = {"last_run_at": "lr", "date_changed": "dc", "last_update": "dc", "expires": "dc", "clocked_time": "dc"}
+#: Rows fetched from the database at a time (a server-side cursor), and undo records per journal row: a round holds
+#: a batch or two, never the whole set (100,000 rows held whole cost ~250 MiB of tuples, records and JSON).
+STREAM_BATCH = 1000
+#: Changes and report items a plan lists by default; the rest are counted (Plan.totals, BeatPlan.report_total). A
+#: hook's result and an audit's details are stored in the journal: 50,000 listed rows there would be megabytes per
+#: run. The full list: ``timeguard repair celery-beat --dry-run`` (plan(limit=None), streamed) and, after a
+#: repair, its undo records (``timeguard repair undo INCIDENT --dry-run``).
+PLAN_LIST_MAX = 100
+#: Task names an audit's details name (the first ones in name order).
+AUDIT_TASKS = 50
 
 
 def number_problem(key: str, value: Any) -> str | None:
@@ -104,32 +117,56 @@ class _Race(Exception):
 
 
 class _Recorder:
-    """Builds one round's undo records from the locked rows and writes them to the journal, in a thread that runs
-    while the database runs the UPDATE (for 50,000 rows each takes most of a second). ``wait`` returns the records
-    or re-raises the failure."""
+    """Writes one round's undo records to the journal in a thread, batch by batch as the locked rows stream in from
+    the database, within ONE journal transaction (the round's records are committed together or not at all). At
+    most two batches wait in the queue, so the round never holds its whole record set. ``wait`` commits and returns
+    once everything is written, or raises; ``abort`` rolls the journal transaction back."""
 
-    def __init__(self, build: Callable[[], list[tuple[Any, ...]]], undo_log: UndoLog | None, *, incident_id: str,
-                 repair_id: str, fingerprint: str, wall_s: float, mono_s: float) -> None:
+    _END, _ABORT = object(), object()
+
+    def __init__(self, build: Callable[[list[tuple[Any, ...]]], list[tuple[Any, ...]]], undo_log: UndoLog,
+                 last: tuple[Any, ...], *, incident_id: str, repair_id: str, fingerprint: str, wall_s: float,
+                 mono_s: float) -> None:
         self.error: BaseException | None = None
-        self.records: list[tuple[Any, ...]] = []
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
 
         def run() -> None:
             try:
-                self.records = build()
-                if undo_log is not None:
-                    undo_log.record(TARGET, incident_id, repair_id, fingerprint, self.records,
-                                    applied_wall_s=wall_s, applied_mono_s=mono_s)
+                with undo_log.recording(TARGET, incident_id, repair_id, fingerprint, applied_wall_s=wall_s,
+                                        applied_mono_s=mono_s) as add:
+                    while (batch := self._queue.get()) is not self._END:
+                        if batch is self._ABORT:
+                            raise _Aborted
+                        add(build(batch))
+                    add([last])
+            except _Aborted:
+                pass
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 self.error = exc
+                while self._queue.get() not in (self._END, self._ABORT):  # let put() and wait() finish
+                    pass
 
         self.thread = threading.Thread(target=run, name="repair-undo-record", daemon=True)
         self.thread.start()
 
-    def wait(self) -> list[tuple[Any, ...]]:
+    def put(self, batch: list[tuple[Any, ...]]) -> None:
+        if self.error is not None:  # stop reading the rows: the round is rolled back
+            raise RepairError(f"the undo records could not be written, nothing was changed: {self.error}")
+        self._queue.put(batch)
+
+    def wait(self) -> None:
+        self._queue.put(self._END)
         self.thread.join()
         if self.error is not None:
             raise RepairError(f"the undo records could not be written, nothing was changed: {self.error}")
-        return self.records
+
+    def abort(self) -> None:
+        self._queue.put(self._ABORT)
+        self.thread.join()
+
+
+class _Aborted(Exception):
+    """The round failed before its records were complete: the recorder rolls its journal transaction back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +232,20 @@ class UnreadableValue:
 
 
 @dataclass(frozen=True, slots=True)
+class BeatPlan(Plan):
+    """A celery_beat plan: ``changes`` and ``report`` list the first ones (all with ``limit=None``); these fields
+    speak for the whole store, counted while the rows streamed past."""
+
+    max_old_s: float | None = None  # the furthest readable old value among all changes
+    tasks: tuple[str, ...] = ()  # the first AUDIT_TASKS names (in name order) of the tasks with a change
+    tasks_total: int = 0
+    report_total: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**Plan.to_dict(self), "report_total": self.report_total}
+
+
+@dataclass(frozen=True, slots=True)
 class RoundResult:
     number: int
     last_run_at: int
@@ -209,7 +260,7 @@ class RoundResult:
 class RepairOutcome:
     incident_id: str
     repair_id: str
-    plan: Plan  # what was future before round 1 (the report comes from it)
+    plan: BeatPlan  # what was future before round 1 (the report comes from it; the first changes listed)
     rounds: tuple[RoundResult, ...]
     clean: bool  # the last look found no future timestamp
 
@@ -228,7 +279,7 @@ class RepairOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {"incident_id": self.incident_id, "repair_id": self.repair_id, "clean": self.clean,
                 "rows_changed": self.rows_changed(), "rounds": [asdict(r) for r in self.rounds],
-                "report": [r.to_dict() for r in self.plan.report],
+                "report": [r.to_dict() for r in self.plan.report], "report_total": self.plan.report_total,
                 "unreadable": [u.to_dict() for u in self.plan.unreadable], "plan": self.plan.to_dict()}
 
 
@@ -604,11 +655,18 @@ class CeleryBeatRepair:
                 return _Raw(raw)
         return getattr(row, name)
 
-    def _future_rows(self, conn: Any, now_s: float, *, lock: bool) -> tuple[list[tuple[Any, ...]],
-                                                                            list[UnreadableValue]]:
-        """The task rows with a future last_run_at or date_changed, as (id, name, last_run_at, date_changed,
-        last_run_at future, date_changed future) — the flags are the database's own comparison, the one the UPDATE
-        makes — and the rows skipped because one of the two holds a value the engine cannot read."""
+    def _stream(self, conn: Any, query: Any) -> Any:
+        """The rows of ``query``, fetched STREAM_BATCH at a time: a server-side cursor on PostgreSQL (psycopg) and
+        MySQL/MariaDB (PyMySQL's SSCursor); SQLite's cursor steps through the table by itself. Read it to the end
+        before the next statement on ``conn`` (MySQL cannot run one while a streamed result is open)."""
+        return conn.execute(query.execution_options(yield_per=STREAM_BATCH))
+
+    def _future_rows(self, conn: Any, now_s: float, *, lock: bool,
+                     skipped: list[UnreadableValue]) -> Iterator[tuple[Any, ...]]:
+        """The task rows with a future last_run_at or date_changed, streamed in id order, as (id, name,
+        last_run_at, date_changed, last_run_at future, date_changed future) — the flags are the database's own
+        comparison, the one the UPDATE makes. The rows skipped because one of the two holds a value the engine
+        cannot read are appended to ``skipped`` (complete once the iterator is exhausted)."""
         sa = _sqlalchemy()
         t = self.t_task
         lim_lr, lim_dc = self._limits(now_s)
@@ -619,11 +677,9 @@ class CeleryBeatRepair:
                  .where(sa.or_(t.c.last_run_at > lim_lr, t.c.date_changed > lim_dc, lr_bad, dc_bad)).order_by(t.c.id))
         if lock and not self.is_sqlite:
             query = query.with_for_update()
-        rows: list[tuple[Any, ...]] = []
-        skipped: list[UnreadableValue] = []
         pg, fast = self.is_pg, not self.is_sqlite  # SQLite text: Python's parser has the last word on every value
         plain = (dt.datetime, type(None))
-        for r in conn.execute(query):  # positional: 100,000 rows are read here under the row locks
+        for r in self._stream(conn, query):  # positional: 100,000 rows are read here under the row locks
             if pg:
                 row_id, name, lr, lr_raw, dc, dc_raw, lr_f, dc_f, lr_bad, dc_bad = r
                 lr, dc = (lr if lr_raw is None else _Raw(lr_raw)), (dc if dc_raw is None else _Raw(dc_raw))
@@ -632,7 +688,7 @@ class CeleryBeatRepair:
             # The database's range test (the same bounds) stands for Python's on driver-made datetimes.
             if fast and not (lr_bad or dc_bad) and type(lr) in plain and type(dc) in plain:
                 if lr_f or dc_f:
-                    rows.append((row_id, name, lr, dc, lr_f, dc_f))
+                    yield row_id, name, lr, dc, lr_f, dc_f
                 continue
             problems = []
             for column, value, sql_bad in (("last_run_at", lr, lr_bad), ("date_changed", dc, dc_bad)):
@@ -646,8 +702,7 @@ class CeleryBeatRepair:
             if problems:
                 skipped.extend(problems)
             elif lr_f or dc_f:
-                rows.append((row_id, name, lr, dc, lr_f, dc_f))
-        return rows, skipped
+                yield row_id, name, lr, dc, lr_f, dc_f
 
     def _last_update(self, conn: Any, *, lock: bool) -> tuple[bool, Any]:
         sa = _sqlalchemy()
@@ -666,7 +721,10 @@ class CeleryBeatRepair:
         old = self.epoch(last_update, "last_update")
         return old, old is not None and old > limit, None
 
-    def _report(self, conn: Any, now_s: float) -> tuple[list[ReportItem], list[UnreadableValue]]:
+    def _report(self, conn: Any, now_s: float, *,
+                limit: int | None) -> tuple[list[ReportItem], list[UnreadableValue], int]:
+        """What the false period left behind (the first ``limit`` items; all with None), the unreadable values read
+        for it, and how many items there are in all."""
         sa = _sqlalchemy()
         t, c = self.t_task, self.t_clocked
         now_dc = self.db_value(now_s, "date_changed")
@@ -689,13 +747,17 @@ class CeleryBeatRepair:
         )
         items: list[ReportItem] = []
         unreadable: list[UnreadableValue] = []
-        for row in conn.execute(query):
+        total = 0
+        for row in self._stream(conn, query):
             expires, clocked_time = self._value(row, "expires"), self._value(row, "clocked_time")
             for column, value in (("expires", expires), ("clocked_time", clocked_time)):
                 why = None if value is None else self.unreadable_why(value)
                 if why is not None:
                     unreadable.append(UnreadableValue("periodictask", row.id, row.name, column, _show_raw(value),
                                                       f"{why}; only read for the report"))
+            total += 1
+            if limit is not None and len(items) >= limit:
+                continue
             if row.one_off:
                 clocked = self._epoch_or_none(clocked_time, "clocked_time")
                 when = f"clocked for {fmt_utc(clocked)}" if clocked is not None else "one-off"
@@ -708,40 +770,85 @@ class CeleryBeatRepair:
                 items.append(ReportItem(row.id, row.name, "expired_disabled",
                                         f"expires {shown}, but beat disabled it "
                                         "as expired during the false period — left disabled"))
-        return items, unreadable
+        return items, unreadable, total
 
-    def plan(self, now_s: float) -> Plan:
+    def plan(self, now_s: float, *, limit: int | None = PLAN_LIST_MAX) -> BeatPlan:
         """Read-only (a SQLite file is opened read-only): every timestamp the repair would bring back to
-        ``now_s``, the report, and the values it cannot read (their rows are left as they are)."""
+        ``now_s``, the report, and the values it cannot read (their rows are left as they are). The first ``limit``
+        changes and report items are listed (every one with None), all are counted; the rows stream past."""
         now_s = checked_now(now_s)
         with self._transaction("reading the beat tables", read_only=True) as conn:
-            return self._plan(conn, now_s)
+            return self._plan(conn, now_s, limit=limit)
 
-    def _plan(self, conn: Any, now_s: float) -> Plan:
-        changes: list[PlannedChange] = []
-        rows, unreadable = self._future_rows(conn, now_s, lock=False)
-        for row_id, name, lr, dc, lr_future, dc_future in rows:
+    def iter_changes(self, now_s: float) -> Iterator[PlannedChange]:
+        """Every change :meth:`plan` counts, one at a time from one read-only transaction: the dry run's full
+        listing of a large store (``plan`` lists only the first ones). Read it to the end, or close it."""
+        now_s = checked_now(now_s)
+        with self._transaction("reading the beat tables", read_only=True) as conn:
+            for row_id, name, column, old in self._task_changes(conn, now_s, []):
+                yield PlannedChange("periodictask", row_id, name, column, old, now_s, _why(column, old - now_s))
+            lu_change = self._lu_change(conn, now_s, [])
+            if lu_change is not None:
+                yield lu_change
+
+    def _task_changes(self, conn: Any, now_s: float,
+                      unreadable: list[UnreadableValue]) -> Iterator[tuple[int, str, str, float]]:
+        """(row id, name, column, old epoch) of every future task timestamp, streamed in id order; the values it
+        cannot read go to ``unreadable``."""
+        for row_id, name, lr, dc, lr_future, dc_future in self._future_rows(conn, now_s, lock=False,
+                                                                            skipped=unreadable):
             for column, value, future in (("last_run_at", lr, lr_future), ("date_changed", dc, dc_future)):
                 if future:
                     old = self.epoch(value, column)
                     assert old is not None
-                    changes.append(PlannedChange("periodictask", row_id, name, column, old, now_s,
-                                                 _why(column, old - now_s)))
+                    yield row_id, name, column, old
+
+    def _lu_change(self, conn: Any, now_s: float, unreadable: list[UnreadableValue]) -> PlannedChange | None:
+        """The reload signal's change, when last_update is future or unreadable (said in ``unreadable``)."""
         _present, last_update = self._last_update(conn, lock=False)
         old_lu, lu_replace, lu_why = self._last_update_state(last_update, now_s + self.tolerance_s)
         if lu_why is not None:
             unreadable.append(UnreadableValue("periodictasks", 1, "(reload signal)", "last_update",
                                               _show_raw(last_update), f"{lu_why}; replaced by the reload signal"))
-            changes.append(PlannedChange("periodictasks", 1, "(reload signal)", "last_update", None, now_s,
-                                         "unreadable: a running beat could not read it either"))
-        elif lu_replace:
+            return PlannedChange("periodictasks", 1, "(reload signal)", "last_update", None, now_s,
+                                 "unreadable: a running beat could not read it either")
+        if lu_replace:
             assert old_lu is not None
-            changes.append(PlannedChange("periodictasks", 1, "(reload signal)", "last_update", old_lu, now_s,
-                                         _why("last_update", old_lu - now_s)))
-        report, report_unreadable = self._report(conn, now_s)
+            return PlannedChange("periodictasks", 1, "(reload signal)", "last_update", old_lu, now_s,
+                                 _why("last_update", old_lu - now_s))
+        return None
+
+    def _plan(self, conn: Any, now_s: float, *, limit: int | None = PLAN_LIST_MAX) -> BeatPlan:
+        changes: list[PlannedChange] = []
+        totals = {"last_run_at": 0, "date_changed": 0, "last_update": 0}
+        unreadable: list[UnreadableValue] = []
+        max_old: float | None = None
+        tasks: list[str] = []  # the first AUDIT_TASKS names, in order
+        n_tasks, last_row = 0, None
+        for row_id, name, column, old in self._task_changes(conn, now_s, unreadable):
+            if row_id != last_row:  # a task's changes come together (id order)
+                n_tasks, last_row = n_tasks + 1, row_id
+                if len(tasks) < AUDIT_TASKS or name < tasks[-1]:
+                    bisect.insort(tasks, name)
+                    del tasks[AUDIT_TASKS:]
+            totals[column] += 1
+            max_old = old if max_old is None else max(max_old, old)
+            if limit is None or len(changes) < limit:
+                changes.append(PlannedChange("periodictask", row_id, name, column, old, now_s,
+                                             _why(column, old - now_s)))
+        lu_change = self._lu_change(conn, now_s, unreadable)
+        if lu_change is not None:
+            totals["last_update"] = 1
+            if lu_change.old_s is not None:
+                max_old = lu_change.old_s if max_old is None else max(max_old, lu_change.old_s)
+            if limit is None or len(changes) < limit:
+                changes.append(lu_change)
+        report, report_unreadable, report_total = self._report(conn, now_s, limit=limit)
         seen = {(u.table, u.row_id, u.column) for u in unreadable}
         unreadable += [u for u in report_unreadable if (u.table, u.row_id, u.column) not in seen]
-        return Plan(now_s, self.tolerance_s, tuple(changes), tuple(report), tuple(unreadable))
+        return BeatPlan(now_s, self.tolerance_s, tuple(changes), tuple(report), tuple(unreadable),
+                        totals={k: n for k, n in totals.items() if n}, max_old_s=max_old, tasks=tuple(tasks),
+                        tasks_total=n_tasks, report_total=report_total)
 
     # ----------------------------------------------------------------------------------------- writing
 
@@ -775,50 +882,62 @@ class CeleryBeatRepair:
         with self._transaction(f"repair round {number} (phase A)") as conn:
             # The periodictasks row is every agent's mutex: a second agent waits here, then finds nothing.
             present, last_update = self._last_update(conn, lock=True)
-            rows, skipped = self._future_rows(conn, now_s, lock=True)
             _old_lu, lu_future, _why_lu = self._last_update_state(last_update, limit)
-            if not rows and not lu_future:
+            skipped: list[UnreadableValue] = []
+            rows = self._future_rows(conn, now_s, lock=True, skipped=skipped)  # streamed, locked as they come
+            first = next(rows, None)
+            if first is None and not lu_future:
                 return None
             new_lr_text, new_dc_text = self.to_text(new_lr), self.to_text(new_dc)
             text = self.to_text
             lu_record = ("periodictasks:1", "(reload signal)", "last_update",
                          self.to_text(last_update) if present else None, new_dc_text)
 
-            def build() -> list[tuple[Any, ...]]:
-                """(item, name, column, old, new) for UndoLog.record, from the database's own
-                comparison (the UPDATE's), so the counts agree with it exactly; one pass over plain tuples."""
-                lr: list[tuple[Any, ...]] = []
-                dc: list[tuple[Any, ...]] = []
-                for row_id, name, old_lr, old_dc, lr_f, dc_f in rows:
-                    if lr_f:
-                        lr.append((f"periodictask:{row_id}", name, "last_run_at", text(old_lr), new_lr_text))
-                    if dc_f:
-                        dc.append((f"periodictask:{row_id}", name, "date_changed", text(old_dc), new_dc_text))
-                return [*lr, *dc, lu_record]
+            def build(batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+                """(item, name, column, old, new) for the undo log, from the database's own comparison (the
+                UPDATE's), so the counts agree with it exactly; one pass over plain tuples."""
+                lr = [(f"periodictask:{row_id}", name, "last_run_at", text(old_lr), new_lr_text)
+                      for row_id, name, old_lr, _dc, lr_f, _dc_f in batch if lr_f]
+                dc = [(f"periodictask:{row_id}", name, "date_changed", text(old_dc), new_dc_text)
+                      for row_id, name, _lr, old_dc, _lr_f, dc_f in batch if dc_f]
+                return lr + dc
 
-            # Recorded before COMMIT: a failed journal write rolls the round back.
-            recorder = _Recorder(build, undo_log, incident_id=incident_id, repair_id=repair_id,
-                                 fingerprint=self.fingerprint, wall_s=now_s, mono_s=mono())
-            # One set-based compare-and-set statement (one new row version per row, not two): each column is
-            # clamped only if it is still in the future, never to NULL. Rows holding a value the engine cannot read
-            # are left alone (the plan reports them).
-            lr_future, dc_future = t.c.last_run_at > lim_lr, t.c.date_changed > lim_dc
-            stmt = (sa.update(t)
-                    .where(sa.or_(lr_future, dc_future), sa.not_(self._bad(t.c.last_run_at)),
-                           sa.not_(self._bad(t.c.date_changed)))
-                    .values(last_run_at=sa.case((lr_future, new_lr), else_=t.c.last_run_at),
-                            date_changed=sa.case((dc_future, new_dc), else_=t.c.date_changed)))
-            skipped_ids = sorted({u.row_id for u in skipped})
-            if skipped_ids:  # those only Python refuses (the database's own test is in the WHERE above)
-                stmt = stmt.where(t.c.id.not_in(skipped_ids))
+            # Recorded before COMMIT, in one journal transaction, a batch at a time while the next batch is
+            # fetched: a failed journal write rolls the round back.
+            recorder = None if undo_log is None else _Recorder(
+                build, undo_log, lu_record, incident_id=incident_id, repair_id=repair_id,
+                fingerprint=self.fingerprint, wall_s=now_s, mono_s=mono())
+            n_locked = n_lr = n_dc = 0
             try:
-                n_rows = conn.execute(stmt).rowcount
-            finally:
-                records = recorder.wait()
-            if n_rows != len(rows):  # a row became future after the locking read: redo the round
-                raise _Race(f"locked {len(rows)} rows, updated {n_rows}")
-            n_lr = sum(1 for r in records if r[2] == "last_run_at")
-            n_dc = len(records) - 1 - n_lr
+                stream = itertools.chain([first] if first is not None else [], rows)
+                while batch := list(itertools.islice(stream, STREAM_BATCH)):
+                    n_locked += len(batch)
+                    n_lr += sum(1 for r in batch if r[4])
+                    n_dc += sum(1 for r in batch if r[5])
+                    if recorder is not None:
+                        recorder.put(batch)
+                    del batch
+                # One set-based compare-and-set statement (one new row version per row, not two): each column is
+                # clamped only if it is still in the future, never to NULL. Rows holding a value the engine cannot
+                # read are left alone (the plan reports them).
+                lr_future, dc_future = t.c.last_run_at > lim_lr, t.c.date_changed > lim_dc
+                stmt = (sa.update(t)
+                        .where(sa.or_(lr_future, dc_future), sa.not_(self._bad(t.c.last_run_at)),
+                               sa.not_(self._bad(t.c.date_changed)))
+                        .values(last_run_at=sa.case((lr_future, new_lr), else_=t.c.last_run_at),
+                                date_changed=sa.case((dc_future, new_dc), else_=t.c.date_changed)))
+                skipped_ids = sorted({u.row_id for u in skipped})
+                if skipped_ids:  # those only Python refuses (the database's own test is in the WHERE above)
+                    stmt = stmt.where(t.c.id.not_in(skipped_ids))
+                n_rows = conn.execute(stmt).rowcount  # the recorder writes its last batches meanwhile
+                if n_rows != n_locked:  # a row became future after the locking read: redo the round
+                    raise _Race(f"locked {n_locked} rows, updated {n_rows}")
+            except BaseException:
+                if recorder is not None:
+                    recorder.abort()
+                raise
+            if recorder is not None:
+                recorder.wait()
             self._upsert_last_update(conn, new_dc)
         return RoundResult(number, n_lr, n_dc, 1, now_s, None, mono() - started)
 
@@ -894,9 +1013,9 @@ class CeleryBeatRepair:
         """Future timestamps left (rows whose values cannot be read are not counted: they are reported)."""
         now_s = checked_now(now_s)
         with self._transaction("verifying the repair") as conn:
-            rows, _skipped = self._future_rows(conn, now_s, lock=False)
+            rows = sum(1 for _row in self._future_rows(conn, now_s, lock=False, skipped=[]))
             _, last_update = self._last_update(conn, lock=False)
-        return len(rows) + int(self._last_update_state(last_update, now_s + self.tolerance_s)[1])
+        return rows + int(self._last_update_state(last_update, now_s + self.tolerance_s)[1])
 
     # ------------------------------------------------------------------------------- RepairTarget protocol
 
@@ -917,14 +1036,13 @@ class CeleryBeatRepair:
         details = {"database": self.where, "unreadable": [u.to_dict() for u in plan.unreadable]}
         if plan.empty:
             return Audit(False, f"no future timestamp in {self.where}{note}", details)
-        known = [c.old_s for c in plan.changes if c.old_s is not None]
-        ahead = max(known) - now_s if known else 0.0
-        tasks = sorted({c.name for c in plan.changes if c.table == "periodictask"})
+        ahead = plan.max_old_s - now_s if plan.max_old_s is not None else 0.0
         return Audit(
             True,
-            f"{len(plan.changes)} timestamp(s) in the future in {self.where}, up to {fmt_duration(ahead)} ahead"
-            f" ({len(tasks)} task(s): beat will not run them before then){note}",
-            {**details, "counts": plan.counts(), "max_ahead_s": ahead, "tasks": tasks[:50], "tasks_total": len(tasks)},
+            f"{plan.total} timestamp(s) in the future in {self.where}, up to {fmt_duration(ahead)} ahead"
+            f" ({plan.tasks_total} task(s): beat will not run them before then){note}",
+            {**details, "counts": plan.counts(), "max_ahead_s": ahead, "tasks": list(plan.tasks),
+             "tasks_total": plan.tasks_total},
         )
 
     def format_plan(self, changes: Sequence[PlannedChange]) -> str:
@@ -941,7 +1059,7 @@ class CeleryBeatRepair:
 
     def outcome_summary(self, outcome: RepairOutcome) -> tuple[str, str]:
         """(``failed`` | ``ok`` | ``changed``, the hook's summary)."""
-        report = (f"; {len(outcome.plan.report)} task(s) ran early or expired during the false period (reported, "
+        report = (f"; {outcome.plan.report_total} task(s) ran early or expired during the false period (reported, "
                   "left as they are)") if outcome.plan.report else ""
         report += unreadable_note(outcome.plan.unreadable)
         if not outcome.clean:
@@ -963,53 +1081,58 @@ class CeleryBeatRepair:
         """Restore the first-seen old values of ``incident_id``'s repair on this database, only where a row
         still holds the value the repair wrote; then bump last_update twice so a running beat reloads."""
         sa = _sqlalchemy()
-        records = [{**r, "row_id": _row_id(r["item"])}
-                   for r in undo_log.records(incident_id, target=TARGET, undone=False)
-                   if self.same_database(r["fingerprint"])]
-        task_records = [r for r in records if r["item"].startswith("periodictask:")]
-        if not records:
+        # Streamed from the journal (merged there), STREAM_BATCH at a time: each batch's rows are locked and read,
+        # compared and restored before the next batch is read, all in one transaction.
+        records = undo_log.iter_records(incident_id, target=TARGET, fingerprint=self.fingerprint, undone=False)
+        first = next(records, None)
+        if first is None:
             return UndoOutcome(incident_id, (), (), dry_run)
         restored: list[dict[str, Any]] = []
         skipped: list[dict[str, Any]] = []
+        done_keys: list[tuple[Any, ...]] = []
+        columns = {"last_run_at": "last_run_at", "date_changed": "date_changed"}  # one string object per column
         t = self.t_task
         with self._transaction(f"undo of {incident_id}") as conn:
-            ids = sorted({r["row_id"] for r in task_records})
-            current: dict[int, Any] = {}
-            for start in range(0, len(ids), 1000):
-                chunk = ids[start:start + 1000]
-                query = (sa.select(t.c.id, t.c.name, *self._stamp(t.c.last_run_at), *self._stamp(t.c.date_changed))
-                         .where(t.c.id.in_(chunk)))
-                if not self.is_sqlite:
-                    query = query.with_for_update()
-                for row in conn.execute(query):
-                    current[row.id] = {c: self._value(row, c) for c in ("last_run_at", "date_changed")}
-            todo: dict[str, list[dict[str, Any]]] = {"last_run_at": [], "date_changed": []}
-            done_keys: list[tuple[Any, ...]] = []
-            for r in task_records:
-                row = current.get(r["row_id"])
-                column = r["field"]
-                entry = {"row_id": r["row_id"], "name": r["name"], "column": column,
-                         "from_s": None, "to_s": self.epoch(self.from_text(r["old_value"]), column)}
-                if row is None:
-                    skipped.append({**entry, "why": "the row no longer exists"})
+            stream = itertools.chain([first], records)
+            while batch := list(itertools.islice(stream, STREAM_BATCH)):
+                task_records = [(_row_id(r["item"]), r) for r in batch if r["item"].startswith("periodictask:")]
+                current: dict[int, Any] = {}
+                ids = sorted({row_id for row_id, _r in task_records})
+                if ids:
+                    query = (sa.select(t.c.id, *self._stamp(t.c.last_run_at), *self._stamp(t.c.date_changed))
+                             .where(t.c.id.in_(ids)))
+                    if not self.is_sqlite:
+                        query = query.with_for_update()
+                    for row in conn.execute(query):
+                        current[row.id] = {c: self._value(row, c) for c in columns}
+                todo: dict[str, list[dict[str, Any]]] = {"last_run_at": [], "date_changed": []}
+                for row_id, r in task_records:
+                    row = current.get(row_id)
+                    column = columns.get(r["field"], r["field"])
+                    entry = {"row_id": row_id, "name": r["name"], "column": column,
+                             "from_s": None, "to_s": self.epoch(self.from_text(r["old_value"]), column)}
+                    if row is None:
+                        skipped.append({**entry, "why": "the row no longer exists"})
+                        continue
+                    now_value = row[column]
+                    entry["from_s"] = self._epoch_or_none(now_value, column)
+                    if self.to_text(now_value) != self.to_text(self.from_text(r["new_value"])):
+                        skipped.append({**entry, "why": "changed since the repair (not the value it wrote)"})
+                        continue
+                    restored.append(entry)
+                    done_keys.append((TARGET, self.fingerprint, r["item"], column))
+                    todo[column].append({"b_id": row_id, "b_old": self.from_text(r["old_value"]),
+                                         "b_new": self.from_text(r["new_value"])})
+                if dry_run:
                     continue
-                now_value = row[column]
-                entry["from_s"] = self._epoch_or_none(now_value, column)
-                if self.to_text(now_value) != self.to_text(self.from_text(r["new_value"])):
-                    skipped.append({**entry, "why": "changed since the repair (not the value it wrote)"})
-                    continue
-                restored.append(entry)
-                done_keys.append(r["key"])
-                todo[column].append({"b_id": r["row_id"], "b_old": self.from_text(r["old_value"]),
-                                     "b_new": self.from_text(r["new_value"])})
+                for column, params in todo.items():
+                    if params:
+                        col = t.c[column]
+                        stmt = (sa.update(t).where(t.c.id == sa.bindparam("b_id"))
+                                .where(col == sa.bindparam("b_new")).values({column: sa.bindparam("b_old")}))
+                        conn.execute(stmt, params)
             if dry_run:
                 return UndoOutcome(incident_id, tuple(restored), tuple(skipped), True)
-            for column, params in todo.items():
-                if params:
-                    col = t.c[column]
-                    stmt = (sa.update(t).where(t.c.id == sa.bindparam("b_id")).where(col == sa.bindparam("b_new"))
-                            .values({column: sa.bindparam("b_old")}))
-                    conn.execute(stmt, params)
             undo_log.mark_undone(incident_id, done_keys)
             now_a = checked_now(now_fn())
             self._upsert_last_update(conn, self.db_value(now_a, "last_update"))

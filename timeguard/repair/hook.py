@@ -232,7 +232,7 @@ class RepairHook:
             try:
                 if ctx.dry_run:
                     plan = target.plan(trusted)
-                    return HookResult.skipped(f"dry run: would change {len(plan.changes)} timestamp(s) in "
+                    return HookResult.skipped(f"dry run: would change {plan.total} timestamp(s) in "
                                               f"{target.where}{unreadable_note(plan.unreadable)}", **plan.to_dict())
                 stopped = False
                 if self.stop_command:
@@ -251,7 +251,7 @@ class RepairHook:
             return HookResult.failed(str(exc))
         details = outcome.to_dict()
         details.pop("plan", None)
-        details["changes"] = len(outcome.plan.changes)
+        details["changes"] = outcome.plan.total  # the plan's first changes are listed in the CLI, not here
         status, summary = target.outcome_summary(outcome)
         return getattr(HookResult, status)(summary, **details)
 

@@ -163,17 +163,29 @@ class ChangeRow(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """What a repair would change. A target whose store can hold more changes than a person reads (or a hook result
+    in the journal should carry) lists only the first ones in ``changes`` and counts every one in ``totals``
+    (field → count); ``total`` and ``counts()`` always speak for the whole plan."""
+
     now_s: float
     tolerance_s: float
     changes: tuple[Any, ...]  # ChangeRow
     report: tuple[Any, ...] = ()  # .name, .detail
     unreadable: tuple[Any, ...] = ()  # .describe(), .to_dict()
+    totals: Mapping[str, int] | None = None  # every change counted by field, when ``changes`` lists only the first
+
+    @property
+    def total(self) -> int:
+        """How many values the repair would change (listed or not)."""
+        return len(self.changes) if self.totals is None else sum(self.totals.values())
 
     @property
     def empty(self) -> bool:
-        return not self.changes
+        return not self.total
 
     def counts(self) -> dict[str, int]:
+        if self.totals is not None:
+            return dict(self.totals)
         counts: dict[str, int] = {}
         for change in self.changes:
             counts[change.field] = counts.get(change.field, 0) + 1
@@ -181,8 +193,8 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"now_s": self.now_s, "tolerance_s": self.tolerance_s, "counts": self.counts(),
-                "changes": [c.to_dict() for c in self.changes], "report": [r.to_dict() for r in self.report],
-                "unreadable": [u.to_dict() for u in self.unreadable]}
+                "changes_total": self.total, "changes": [c.to_dict() for c in self.changes],
+                "report": [r.to_dict() for r in self.report], "unreadable": [u.to_dict() for u in self.unreadable]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +313,7 @@ class BaseTarget:
         return f"applying (incident {incident_id}) …"
 
     def outcome_line(self, outcome: Any) -> str:
-        return (f"{'repaired' if outcome.clean else 'NOT CLEAN'}: {len(outcome.plan.changes)} value(s), "
+        return (f"{'repaired' if outcome.clean else 'NOT CLEAN'}: {outcome.plan.total} value(s), "
                 f"{len(outcome.rounds)} round(s)")
 
     def outcome_summary(self, outcome: Any) -> tuple[str, str]:
@@ -311,7 +323,7 @@ class BaseTarget:
             return "failed", f"future times remain after {len(outcome.rounds)} round(s) in {self.where}{note}"
         if not outcome.changed:
             return "ok", f"nothing to repair in {self.where}{note}"
-        return "changed", (f"repaired {self.where}: {len(outcome.plan.changes)} value(s) in "
+        return "changed", (f"repaired {self.where}: {outcome.plan.total} value(s) in "
                            f"{len(outcome.rounds)} round(s){note}")
 
     def undo_hint(self, incident_id: str) -> str:

@@ -600,6 +600,26 @@ class Journal:
         except _SQLITE_ERRORS as exc:
             raise _as_journal_error(self.path, exc, "read failed", LOCK_WAIT_S) from exc
 
+    def iter_read(self, sql: str, params: Iterable[Any] = (), *, batch: int = READ_BATCH) -> Iterator[sqlite3.Row]:
+        """:meth:`read` a ``batch`` of rows at a time, the lock released between batches. For a query SQLite
+        computes before its first row (GROUP BY, ORDER BY without an index): writes meanwhile cannot change it."""
+        try:
+            with self._lock:
+                cursor = self._db.execute(sql, tuple(params))
+                cursor.row_factory = sqlite3.Row
+            try:
+                while True:
+                    with self._lock:
+                        rows = cursor.fetchmany(batch)
+                    yield from rows
+                    if len(rows) < batch:
+                        return
+            finally:
+                with self._lock:
+                    cursor.close()
+        except _SQLITE_ERRORS as exc:
+            raise _as_journal_error(self.path, exc, "read failed", LOCK_WAIT_S) from exc
+
     # -------------------------------------------------------------------------------------------- events
 
     def record_event(self, event: Event) -> None:
