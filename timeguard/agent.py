@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from timeguard import __version__, logs
 from timeguard.config import Config
+from timeguard.daemon import memory
 from timeguard.daemon.hooks import HookRuntime
 from timeguard.daemon.metrics_feed import MetricsFeed
 from timeguard.daemon.recorder import Recorder
@@ -78,6 +79,7 @@ class Agent:
 
     def run(self) -> int:
         self.signals.install()  # first: a SIGHUP's default action during start-up would kill the daemon
+        memory.limit_arenas()  # before any thread starts
         self.recorder = Recorder.open(self.cfg.state_dir, boot_id=self.boot_id, log=self.log)
         self._start_hooks()
         reading = self._reader()
@@ -92,6 +94,7 @@ class Agent:
                              fallback="polling REALTIME-BOOTTIME every tick")
         self._rebuild_probes()
         self._metrics = MetricsFeed(self.cfg.metrics, self.log)
+        memory.release(collect=True)  # what loading the configuration and the journal left behind
         self._start_jobs()
         self.log.info("started", version=__version__, config=self.cfg.origin, boot_id=self.boot_id,
                       pid=os.getpid(), timerfd=clockwatch.watcher is not None)
@@ -286,6 +289,7 @@ class Agent:
             self.tracker.verdict_epoch_s = now.boot_epoch_s
             self.detector.round_done(kind, verdict)
         self._after_verdict(verdict, kind, polled=len(due))
+        memory.release()  # the round's garbage: idle until the next one
 
     def _after_verdict(self, verdict: Verdict, kind: SourceKind, *, polled: int) -> None:
         now = self._reader()
