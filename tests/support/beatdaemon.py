@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class Daemon:
     config: Path
     log: Path
     proc: ManagedProcess
+    started_mono: float = 0.0  # CLOCK_MONOTONIC just before the process was started
 
     def events(self, kind: EventKind | None = None) -> list[Event]:
         return daemonlib.events(self.config, kind)
@@ -82,15 +84,29 @@ class Daemon:
 @contextlib.contextmanager
 def running_daemon(db: BeatDatabase, beat_clock: FakeClock, ntp: Sequence[Any], http: Any, *,
                    hook: dict[str, Any] | None = None, extra_hooks: Sequence[dict[str, Any]] = (),
-                   env: dict[str, str] | None = None, first_checks: int = 2) -> Iterator[Daemon]:
+                   env: dict[str, str] | None = None, first_checks: int = 2, ready: bool = True
+                   ) -> Iterator[Daemon]:
     """``timeguard run`` under ``beat_clock.sharing(1)`` with the celery_beat hook for ``db`` (``hook``: its
-    options) and ``extra_hooks``; yields once it has recorded ``first_checks`` checks. Stopped by PID on exit."""
+    options) and ``extra_hooks``; yields once it has recorded ``first_checks`` checks and its first audit
+    (``ready=False``: at once, as a host's boot starts it — the boot case). Stopped by PID on exit."""
     directory = scratch_dir("beatdaemon")
     hooks = [repair_hook(db, **(hook or {})), *extra_hooks]
     config = daemonlib.write_config(directory, {"ntp": list(ntp), "http": http}, hooks=hooks)
-    log = directory / "daemon.log"
+    with restarted(config, beat_clock, env, ready=ready, first_checks=first_checks) as daemon:
+        yield daemon
+
+
+@contextlib.contextmanager
+def restarted(config: Path, beat_clock: FakeClock, env: dict[str, str] | None = None, *, ready: bool = True,
+              first_checks: int = 2) -> Iterator[Daemon]:
+    """``timeguard run --config CONFIG`` (again: the same state directory and journal), as running_daemon."""
+    log = config.parent / f"daemon-{time.monotonic_ns()}.log"
+    started = time.monotonic()
     with daemonlib.start(config, beat_clock.sharing(1), log, env={**os.environ, **(env or {})}) as proc:
-        daemon = Daemon(config, log, proc)
+        daemon = Daemon(config, log, proc, started)
+        if not ready:
+            yield daemon
+            return
         daemonlib.wait_for("the first checks", lambda: daemonlib.checks(config) >= first_checks, 20, proc)
         # The daemon audits the hook's database once every source class has answered, then every
         # audit_interval_s (600 s; after a skipped audit: audit_retry_s, 30 s, doubling). Wait for that first

@@ -91,6 +91,9 @@ class HookContext:
     #: Queue a message for at-least-once delivery by the outbox: ``enqueue(hook_name, event, payload)`` returns
     #: the delivery id (stable across retries: the receiver's idempotency key). None where there is no outbox.
     enqueue: Callable[[str, Event, Mapping[str, Any]], str] | None = None
+    #: The verdict summary *now* (``verdict`` is the one when the run started): a hook that needs evidence which
+    #: has not arrived yet (a step right after start-up) can wait for it. None where nothing forms verdicts.
+    current_verdict: Callable[[], Mapping[str, Any] | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -237,7 +237,7 @@ class Dispatcher:
     def _context(self, dry_run: bool, cancelled: Callable[[], bool]) -> HookContext:
         return HookContext(dry_run=dry_run, trusted_now=self._trusted_now, verdict=self._verdict(),
                            journal=self._journal, hostname=self._hostname, cancelled=cancelled,
-                           enqueue=self._enqueue)
+                           enqueue=self._enqueue, current_verdict=self._verdict)
 
     def _record(self, run: HookRun) -> None:
         if self._on_run is not None:
