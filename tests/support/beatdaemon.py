@@ -144,10 +144,16 @@ class Resumed:
 
 
 def rollback_and_resume(db: BeatDatabase, beat_clock: FakeClock, beat: BeatProcess, daemon: Daemon, *,
-                        quiet_s: float = 1.0, resend_timeout_s: float = 40.0) -> Resumed:
+                        quiet_s: float = 1.0, resend_timeout_s: float = 40.0, before_step: Any = None) -> Resumed:
     """With the clock at +180 d, ``beat`` running and the daemon watching: drive_into_bug (the clock back to +0,
     beat silent for ``quiet_s``), then wait for the daemon's rollback, beat's reload and its first custom send."""
-    bug = beatlib.drive_into_bug(db, beat_clock, beat, quiet_s=quiet_s)
+    bug = beatlib.drive_into_bug(db, beat_clock, beat, quiet_s=quiet_s, before_step=before_step)
+    return resumed_after(bug, beat, daemon, resend_timeout_s=resend_timeout_s)
+
+
+def resumed_after(bug: beatlib.BugShown, beat: BeatProcess, daemon: Daemon, *,
+                  resend_timeout_s: float = 40.0) -> Resumed:
+    """After the step of ``bug``: the daemon's rollback event, beat's reload and its first custom send."""
     t_step = bug.step_mono
     rollback = daemon.wait_event(EventKind.ROLLBACK, 10, since_mono=t_step - 1)
     reload = beat.wait_log(RELOAD_LINE, timeout_s=resend_timeout_s, since=t_step)
