@@ -53,8 +53,16 @@ def test_pg_stat_activity_shows_beats_poll_and_nothing_else(pg: Any) -> None:
         reference = watch.reference()
         assert watch.polls_since(reference) == set()
         ours.execute(POLL)  # the repair's own session
-        other.execute(f'SELECT count(*) FROM "{PREFIX}periodictask"')  # beat's reload, the admin…: not a poll
-        assert watch.polls_since(reference) == set()
+        t = f'"{PREFIX}periodictasks"'
+        for not_a_poll in (
+            f'SELECT count(*) FROM "{PREFIX}periodictask"',  # beat's reload, the admin…: another table
+            f'SELECT {t}."ident", {t}."last_update" FROM {t} WHERE {t}."ident" = 1 '
+            f'ORDER BY {t}."ident" ASC LIMIT 1',  # PeriodicTasks.objects.filter(ident=1).first(): a script's
+            f'SELECT {t}."ident", {t}."last_update" FROM {t} WHERE {t}."ident" = 1 LIMIT 21 FOR UPDATE',
+            f"SELECT * FROM {t}",  # a person looking
+        ):
+            other.execute(not_a_poll)
+            assert watch.polls_since(reference) == set(), not_a_poll
         beat.execute(POLL)
         [(pid, started)] = watch.polls_since(reference)
         assert pid == beat.info.backend_pid and started > reference

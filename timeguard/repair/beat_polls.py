@@ -15,11 +15,15 @@ every tick starts with ``schedule_changed()`` — one read of ``periodictasks``.
 Where the database shows its sessions, the repair *watches* for the poll instead and goes on as soon as it has
 happened — typically well inside the budget, and whatever ``max_interval`` beat really runs with:
 
-* PostgreSQL: ``pg_stat_activity`` keeps each session's last statement and its ``query_start``. A poll is a
-  ``SELECT`` on the periodictasks table by a session that is not timeguard's (``application_name``), whose
-  ``query_start`` is later than a reference read from the server's own clock *after* the repair's commit: a
-  statement that started after the commit sees it (READ COMMITTED). Only the server's clock is compared with
-  itself; the host clock plays no part. Sampled every :data:`SAMPLE_S`; a poll followed at once by other
+* PostgreSQL: ``pg_stat_activity`` keeps each session's last statement and its ``query_start``. A poll is the
+  statement of ``PeriodicTasks.last_change()`` — ``objects.get(ident=1)``, which Django sends as ``SELECT … FROM
+  periodictasks WHERE ident = 1 LIMIT 21`` and which only ``DatabaseScheduler.schedule_changed()`` calls — by a
+  session that is not timeguard's (``application_name``), whose ``query_start`` is later than a reference read
+  from the server's own clock *after* the repair's commit: a statement that started after the commit sees it
+  (READ COMMITTED). Any other read of the table does not count (``filter(ident=1).first()``, a ``FOR UPDATE`` of
+  ``update_changed()``, a person's ``SELECT *``): taking one of them for beat's poll would signal phase B before
+  beat read ``now_A``, and beat would not reload. Only the server's clock is compared with itself; the host clock
+  plays no part. Sampled every :data:`SAMPLE_S`; a poll followed at once by other
   statements of the same session can be missed — the next one is seen, or the budget ends the wait.
   Without the right to read other roles' statements (``pg_read_all_stats`` or the same role) nothing is seen,
   and the budget applies.
@@ -123,15 +127,23 @@ class PostgresPollWatch:
             "SELECT pid, query_start FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid() "
             "AND coalesce(application_name, '') <> %(app)s AND query_start > %(ref)s "
-            "AND lower(ltrim(query)) LIKE 'select%%' "
             "AND query ~* %(pattern)s",
-            {"app": APPLICATION_NAME, "ref": reference,
-             "pattern": r'(^|[^a-z0-9_])"?' + _regex_escape(self._table) + r'"?([^a-z0-9_]|$)'},
+            {"app": APPLICATION_NAME, "ref": reference, "pattern": poll_pattern(self._table)},
         )
         return {(r[0], r[1]) for r in rows}
 
     def close(self) -> None:
         self._conn.close()
+
+
+def poll_pattern(table: str) -> str:
+    """A PostgreSQL regular expression (case-insensitive) for the statement of ``PeriodicTasks.objects.get(
+    ident=1)`` on ``table``: Django's get() adds ``LIMIT 21``; parameters are literals (client-side binding, the
+    default of Django's psycopg 2 and 3 backends) or ``$n`` (server-side binding)."""
+    name = r'("?[a-z0-9_$]+"?\.)?"?' + _regex_escape(table) + '"?'
+    column = r'("?[a-z0-9_$]+"?\.)*"?ident"?'
+    return (r"^\s*select\s.*\sfrom\s+" + name + r"\s+where\s+" + column + r"\s*=\s*(1|\$[0-9]+)"
+            r"\s+limit\s+(21|\$[0-9]+)\s*;?\s*$")
 
 
 def _regex_escape(name: str) -> str:
