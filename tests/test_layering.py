@@ -143,3 +143,10 @@ def test_the_walk_sees_imports_inside_functions_and_type_checking_blocks():
     found = {(m, t) for m, t, _ in imports()}
     assert ("timeguard.cli.main", "timeguard.agent") in found  # inside _cmd_run
     assert ("timeguard.hooks.audit", "timeguard.hooks.dispatch") in found  # only under TYPE_CHECKING
+
+
+def test_the_orchestrator_stays_an_orchestrator():
+    """agent.py wires the flow together and decides nothing itself (issue 10: at most 350 lines); policy belongs in
+    the pure modules below it, I/O in daemon/."""
+    lines = (ROOT / "agent.py").read_text(encoding="utf-8").count("\n")
+    assert lines <= 350, f"timeguard/agent.py has {lines} lines: move what it decides or does into its own module"

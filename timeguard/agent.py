@@ -79,7 +79,6 @@ class Agent:
 
     def run(self) -> int:
         self.signals.install()  # first: a SIGHUP's default action during start-up would kill the daemon
-        memory.limit_arenas()  # before any thread starts
         self.recorder = Recorder.open(self.cfg.state_dir, boot_id=self.boot_id, log=self.log)
         self._start_hooks()
         reading = self._reader()
@@ -139,10 +138,9 @@ class Agent:
         self._notifier.stopping()
         self._notifier.close()
         self.hooks.stop(outbox=True)
-        if self._jobs is not None:
-            self._jobs.shutdown()
-        if self._metrics is not None:
-            self._metrics.close()
+        for part in (self._jobs, self._metrics):  # made late in run(): absent after a failed start
+            if part is not None:
+                part.close()
         try:
             self.recorder.clock(self._reader(), floor=True, reason="shutdown")
             self.recorder.flush()
@@ -273,9 +271,7 @@ class Agent:
         with self._lock:
             due = self.tracker.due(kind, time.monotonic(), POLL_SLACK_S)
         if due:
-            wait = max(d.when_s for d in due) - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
+            time.sleep(max(max(d.when_s for d in due) - time.monotonic(), 0.0))
             start = self._reader()
             samples = measure_all([d.probe for d in due], self.cfg.timeout_s)
             with self._lock:

@@ -63,6 +63,7 @@ from tests.support.realprogs import (
     scratch_dir,
     shm_entries,
 )
+from timeguard.repair.celery_beat import DEFAULT_WAIT_MARGIN_S
 
 pytestmark = pytest.mark.real
 
@@ -72,7 +73,8 @@ BEATCTL = REPO / "tests" / "support" / "beatctl.py"
 # test starts from a shorter one.
 SHORT_QUIET_S = 3.0
 BEAT_MAX_INTERVAL_S = 1  # beat runs with --max-interval 1; the repair is told the same
-WAIT_S = BEAT_MAX_INTERVAL_S + 2.0  # the engine's wait between phase A and B (max interval + 2 s margin)
+# the engine's wait between phase A and B on SQLite, where it cannot see beat's poll: max interval + margin
+WAIT_S = BEAT_MAX_INTERVAL_S + DEFAULT_WAIT_MARGIN_S
 RATE_WINDOW_S = 5.0
 CLI_TIMEOUT_S = 90.0
 RELOAD = r"DatabaseScheduler: Schedule changed"

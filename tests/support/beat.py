@@ -572,10 +572,11 @@ def wait_persisted(db: BeatDatabase, timeout_s: float = 20) -> BeatState:
 
 
 def drive_into_bug(db: BeatDatabase, clock: FakeClock, beat: BeatProcess, *, quiet_s: float = QUIET_S,
-                   after_step: Any = None) -> BugShown:
+                   after_step: Any = None, before_step: Any = None) -> BugShown:
     """With ``clock`` at +180 d and ``beat`` running: measure the rates, wait until the future values are in the
     database, step the clock back to +0 and assert that beat sends no custom task for ``quiet_s`` while its
-    loop keeps ticking. ``after_step()`` (optional) runs right after the step, e.g. to start a timer."""
+    loop keeps ticking. ``after_step()`` (optional) runs right after the step, e.g. to start a timer;
+    ``before_step()`` right before it (e.g. to start a daemon a few seconds before, as a host's boot does)."""
     kind = db.kind
     first, rates = run_at_future(beat)
     print(f"[{kind}] first send {first - (beat.started_mono or first):.2f} s after start")
@@ -584,6 +585,8 @@ def drive_into_bug(db: BeatDatabase, clock: FakeClock, beat: BeatProcess, *, qui
     assert {"every-minute", "clocked-once"} <= names, names  # due at once: their last run is 180 d "ago"
     wait_persisted(db)
 
+    if before_step is not None:
+        before_step()
     clock.set(0)  # the correction: back to real time
     t_step = time.monotonic()
     if after_step is not None:

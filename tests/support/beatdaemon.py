@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class Daemon:
     config: Path
     log: Path
     proc: ManagedProcess
+    started_mono: float = 0.0  # CLOCK_MONOTONIC just before the process was started
 
     def events(self, kind: EventKind | None = None) -> list[Event]:
         return daemonlib.events(self.config, kind)
@@ -84,15 +86,29 @@ class Daemon:
 @contextlib.contextmanager
 def running_daemon(db: BeatDatabase, beat_clock: FakeClock, ntp: Sequence[Any], http: Any, *,
                    hook: dict[str, Any] | None = None, extra_hooks: Sequence[dict[str, Any]] = (),
-                   env: dict[str, str] | None = None, first_checks: int = 2) -> Iterator[Daemon]:
+                   env: dict[str, str] | None = None, first_checks: int = 2, ready: bool = True
+                   ) -> Iterator[Daemon]:
     """``timeguard run`` under ``beat_clock.sharing(1)`` with the celery_beat hook for ``db`` (``hook``: its
-    options) and ``extra_hooks``; yields once it has recorded ``first_checks`` checks. Stopped by PID on exit."""
+    options) and ``extra_hooks``; yields once it has recorded ``first_checks`` checks and its first audit
+    (``ready=False``: at once, as a host's boot starts it — the boot case). Stopped by PID on exit."""
     directory = scratch_dir("beatdaemon")
     hooks = [repair_hook(db, **(hook or {})), *extra_hooks]
     config = daemonlib.write_config(directory, {"ntp": list(ntp), "http": http}, hooks=hooks)
-    log = directory / "daemon.log"
+    with restarted(config, beat_clock, env, ready=ready, first_checks=first_checks) as daemon:
+        yield daemon
+
+
+@contextlib.contextmanager
+def restarted(config: Path, beat_clock: FakeClock, env: dict[str, str] | None = None, *, ready: bool = True,
+              first_checks: int = 2) -> Iterator[Daemon]:
+    """``timeguard run --config CONFIG`` (again: the same state directory and journal), as running_daemon."""
+    log = config.parent / f"daemon-{time.monotonic_ns()}.log"
+    started = time.monotonic()
     with daemonlib.start(config, beat_clock.sharing(1), log, env={**os.environ, **(env or {})}) as proc:
-        daemon = Daemon(config, log, proc)
+        daemon = Daemon(config, log, proc, started)
+        if not ready:
+            yield daemon
+            return
         daemonlib.wait_for("the first checks", lambda: daemonlib.checks(config) >= first_checks, 20, proc)
         # The daemon audits the hook's database once every source class has answered, then every
         # audit_interval_s (600 s; after a skipped audit: audit_retry_s, 30 s, doubling). Wait for that first
@@ -130,10 +146,16 @@ class Resumed:
 
 
 def rollback_and_resume(db: BeatDatabase, beat_clock: FakeClock, beat: BeatProcess, daemon: Daemon, *,
-                        quiet_s: float = 1.0, resend_timeout_s: float = 40.0) -> Resumed:
+                        quiet_s: float = 1.0, resend_timeout_s: float = 40.0, before_step: Any = None) -> Resumed:
     """With the clock at +180 d, ``beat`` running and the daemon watching: drive_into_bug (the clock back to +0,
     beat silent for ``quiet_s``), then wait for the daemon's rollback, beat's reload and its first custom send."""
-    bug = beatlib.drive_into_bug(db, beat_clock, beat, quiet_s=quiet_s)
+    bug = beatlib.drive_into_bug(db, beat_clock, beat, quiet_s=quiet_s, before_step=before_step)
+    return resumed_after(bug, beat, daemon, resend_timeout_s=resend_timeout_s)
+
+
+def resumed_after(bug: beatlib.BugShown, beat: BeatProcess, daemon: Daemon, *,
+                  resend_timeout_s: float = 40.0) -> Resumed:
+    """After the step of ``bug``: the daemon's rollback event, beat's reload and its first custom send."""
     t_step = bug.step_mono
     rollback = daemon.wait_event(EventKind.ROLLBACK, 10, since_mono=t_step - 1)
     reload = beat.wait_log(RELOAD_LINE, timeout_s=resend_timeout_s, since=t_step)

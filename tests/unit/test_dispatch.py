@@ -147,3 +147,17 @@ def test_a_hook_that_fails_to_build_is_recorded_not_raised():
 
 def test_long_output_is_truncated():
     assert dispatch_mod._truncate("x" * (dispatch_mod.MAX_OUTPUT + 10)).endswith("[… 10 more characters cut]")
+
+
+def test_a_run_can_read_the_verdict_now_except_a_test_events():
+    """A repair hook whose event came before the evidence waits for the verdict (repair/hook.py): the context gives
+    it the dispatcher's verdict source; a test event (`timeguard hooks test`, no daemon forming verdicts) does not."""
+    verdicts = iter([{"status": "UNKNOWN"}, {"status": "OK"}, {"status": "OK", "later": True}])
+    d = Dispatcher([spec("good", "ok")], trusted_now=lambda: 1.0, verdict=lambda: next(verdicts),
+                   hostname="h")
+    d.run_now("good", event())
+    [(_, ctx)] = d.hooks[0].hook.seen
+    assert ctx.verdict == {"status": "UNKNOWN"}
+    assert ctx.current_verdict is not None and ctx.current_verdict() == {"status": "OK"}
+    d.run_now("good", event(EventKind.TEST, test=True))
+    assert d.hooks[0].hook.seen[1][1].current_verdict is None

@@ -308,7 +308,10 @@ def _event_kinds() -> list[Any]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from timeguard import config, logs
     from timeguard.agent import Agent
+    from timeguard.daemon import memory
     from timeguard.hooks.registry import HOOK_TYPES
+
+    memory.limit_arenas()  # before the daemon starts a thread (timeguard/daemon/memory.py)
 
     path = config.discover(args.config)
     try:

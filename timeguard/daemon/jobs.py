@@ -83,7 +83,7 @@ class Jobs:
 
         threading.Thread(target=rearm, name="rearm-jobs", daemon=True).start()
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
         self._scheduler.shutdown(wait=False)
 
 

@@ -119,6 +119,9 @@ class HookContext:
     history: IncidentHistory | None = None
     #: Where a repair records what it replaces (undo); None where nothing can be recorded.
     undo_log: UndoRecords | None = None
+    #: The verdict summary *now* (``verdict`` is the one when the run started): a hook that needs evidence which
+    #: has not arrived yet (a step right after start-up) can wait for it. None where nothing forms verdicts.
+    current_verdict: Callable[[], Mapping[str, Any] | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

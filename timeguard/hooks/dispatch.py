@@ -209,7 +209,8 @@ class Dispatcher:
     def _run_isolated(self, hook: ConfiguredHook, event: Event, dry_run: bool) -> HookResult:
         assert hook.hook is not None
         cancelled = threading.Event()
-        ctx = self._context(dry_run, lambda: cancelled.is_set() or self._stopping.is_set())
+        # A test event (`timeguard hooks test`) is judged on the verdict at hand: nothing forms new ones there.
+        ctx = self._context(dry_run, lambda: cancelled.is_set() or self._stopping.is_set(), live=not event.test)
         box: list[HookResult] = []
 
         def call() -> None:
@@ -237,10 +238,11 @@ class Dispatcher:
             hook.stuck_event = event.id
         return HookResult(HookStatus.FAILED, f"timed out after {hook.spec.timeout_s:g} s (abandoned)")
 
-    def _context(self, dry_run: bool, cancelled: Callable[[], bool]) -> HookContext:
+    def _context(self, dry_run: bool, cancelled: Callable[[], bool], *, live: bool = True) -> HookContext:
         return HookContext(dry_run=dry_run, trusted_now=self._trusted_now, verdict=self._verdict(),
                            hostname=self._hostname, cancelled=cancelled, enqueue=self._enqueue,
-                           history=self._history, undo_log=self._undo_log)
+                           history=self._history, undo_log=self._undo_log,
+                           current_verdict=self._verdict if live else None)
 
     def _record(self, run: HookRun) -> None:
         if self._on_run is not None:

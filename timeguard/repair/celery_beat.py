@@ -7,10 +7,14 @@ never due again until that date, and a *running* beat only rebuilds its schedule
 * Phase A, one transaction: lock the future rows, record their old values in the journal (undo), clamp
   ``last_run_at`` and ``date_changed`` to the trusted now with set-based compare-and-set UPDATEs
   (``WHERE col > now + tolerance``), ``last_update := now_A``.
-* wait ≥ beat's ``max_interval`` + margin, so every running beat has read ``now_A``;
+* wait until beat has polled, so it has read ``now_A``;
 * Phase B: ``last_update := now_B > now_A``, so every running beat reloads;
-* wait again and look for future rows: a beat that still held unsynced future values writes them back when
-  it reloads (research §1.5), so rounds repeat until one finds nothing (bounded by ``max_rounds``).
+* wait until beat's reload is over and look for future rows: a beat that still held unsynced future values
+  writes them back when it reloads (research §1.5), so rounds repeat until one finds nothing (bounded by
+  ``max_rounds``).
+
+How long each wait lasts is :mod:`timeguard.repair.beat_polls`: as long as *this* beat needs — its poll, seen in
+the database's session view where there is one (PostgreSQL), else beat's ``max_interval`` + a margin.
 
 Never NULL (beat 2.8+ would fall back to ``date_changed``); tasks that fired early or were disabled as expired
 during the false period are reported, never re-enabled. Storage conventions (research §1.8) are options with
@@ -41,6 +45,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from timeguard.config import option
 from timeguard.repair import dburl
+from timeguard.repair.beat_polls import APPLICATION_NAME, PollWatch, PostgresPollWatch, Waited, wait_for_polls
 from timeguard.repair.django_settings import DJANGO_SCHEMA, DjangoSettings, DjangoSource, probe
 from timeguard.repair.evidence import MAX_OFFSET_RANGE_S
 from timeguard.repair.target import (
@@ -72,8 +77,15 @@ DEFAULT_TABLE_PREFIX = "django_celery_beat_"
 #: USE_TZ=False, where naive local and naive UTC values can differ by any UTC offset (research §0.2, §1.8).
 DEFAULT_TOLERANCE_S = 600.0
 DEFAULT_TOLERANCE_NAIVE_S = 26 * 3600.0
+#: Beat's own default (DatabaseScheduler.max_interval without --max-interval or beat_max_loop_interval): the
+#: budget of a wait when neither the configuration nor `timeguard discover` says what this beat runs with.
 DEFAULT_BEAT_MAX_INTERVAL_S = 5.0
-DEFAULT_WAIT_MARGIN_S = 2.0
+#: Added to max_interval: two polls are at most max_interval + one tick's own work apart (Celery's loop:
+#: ``interval = tick(); sleep(interval)``). After a rollback a tick is one indexed read of periodictasks and the
+#: sends of the few tasks still due (milliseconds each on a local broker); 0.5 s also covers the commit racing a
+#: poll that started just before it. A longer tick (a broker that blocks a send) is what the session view
+#: (beat_polls.py) sees through; where there is none, raise wait_margin_s.
+DEFAULT_WAIT_MARGIN_S = 0.5
 DEFAULT_MAX_ROUNDS = 3
 DEFAULT_LOCK_TIMEOUT_S = 5.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
@@ -254,6 +266,10 @@ class RoundResult:
     now_a_s: float
     now_b_s: float | None
     duration_s: float
+    #: How long the waits after phase A and after phase B took, and how each ended (beat_polls.Waited.how).
+    waited_a_s: float = 0.0
+    waited_b_s: float = 0.0
+    waits: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +279,7 @@ class RepairOutcome:
     plan: BeatPlan  # what was future before round 1 (the report comes from it; the first changes listed)
     rounds: tuple[RoundResult, ...]
     clean: bool  # the last look found no future timestamp
+    cancelled: bool = False  # cut short (the daemon stops, the hook timed out): not verified, not failed
 
     @property
     def changed(self) -> bool:
@@ -278,6 +295,7 @@ class RepairOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {"incident_id": self.incident_id, "repair_id": self.repair_id, "clean": self.clean,
+                "cancelled": self.cancelled,
                 "rows_changed": self.rows_changed(), "rounds": [asdict(r) for r in self.rounds],
                 "report": [r.to_dict() for r in self.plan.report], "report_total": self.plan.report_total,
                 "unreadable": [u.to_dict() for u in self.plan.unreadable], "plan": self.plan.to_dict()}
@@ -409,7 +427,21 @@ class CeleryBeatRepair:
 
     @property
     def wait_s(self) -> float:
+        """The budget of one wait for beat's poll: the longest two polls can be apart (beat_polls.py)."""
         return self.beat_max_interval_s + self.wait_margin_s
+
+    def _poll_watch(self) -> PollWatch | None:
+        """The database's view of beat's polls (PostgreSQL), or None: then every wait is its budget."""
+        if not self.is_pg:
+            return None
+        try:
+            return PostgresPollWatch(self._get_engine(), self.t_tasks.name, self.schema)
+        except Exception:  # noqa: BLE001 - a shortcut only: without it the repair waits its budget
+            return None
+
+    def _wait_for_beat(self, watch: PollWatch | None, polls: int, sleep: Callable[[float], None],
+                       mono: Callable[[], float], cancelled: Callable[[], bool]) -> Waited:
+        return wait_for_polls(watch, polls=polls, budget_s=self.wait_s, sleep=sleep, mono=mono, cancelled=cancelled)
 
     # ------------------------------------------------------------------------------------------ plumbing
 
@@ -448,6 +480,8 @@ class CeleryBeatRepair:
         creator = None
         if self.backend in ("postgresql", "mysql", "mariadb"):
             connect_args["connect_timeout"] = max(1, round(self.connect_timeout_s))
+            if self.is_pg:  # so that the wait for beat's poll never takes one of ours for it (beat_polls.py)
+                connect_args["application_name"] = APPLICATION_NAME
         else:
             path = self._sqlite_path()
             if not os.path.exists(path):  # checked first: SQLite would create an empty file
@@ -963,7 +997,11 @@ class CeleryBeatRepair:
         ``owner_stopped``: no beat runs (the operator stopped it), so one round without the reload dance.
         ``cancelled()`` (the hook timed out, the daemon stops) cuts a wait short: a round whose phase A is
         committed still writes its phase B (a running beat may then reload, and whatever it writes back is
-        found by the next audit), and no further round starts. The outcome is then not clean."""
+        found by the next audit), and no further round starts. The outcome is then ``cancelled``, not clean.
+
+        Each round waits twice (beat_polls.py): after phase A until beat has polled once (it read ``now_A``),
+        after phase B until it has polled twice (the first poll reloads and writes back what it held, the second
+        shows that tick is over), each wait at most beat's ``max_interval`` + margin per poll."""
         if sleep is None:
             sleep = cancellable_sleep(cancelled)
         given_now = now_fn
@@ -976,10 +1014,22 @@ class CeleryBeatRepair:
         with self._transaction("reading the beat tables") as conn:
             plan = self._plan(conn, first_now)
         rounds: list[RoundResult] = []
+        watch = None if owner_stopped else self._poll_watch()
+        try:
+            return self._rounds(now_fn, plan, rounds, watch, undo_log=undo_log, incident_id=incident_id,
+                                repair_id=repair_id, sleep=sleep, cancelled=cancelled,
+                                owner_stopped=owner_stopped, mono=mono)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    def _rounds(self, now_fn: Callable[[], float], plan: Plan, rounds: list[RoundResult], watch: PollWatch | None,
+                *, undo_log: UndoLog | None, incident_id: str, repair_id: str, sleep: Callable[[float], None],
+                cancelled: Callable[[], bool], owner_stopped: bool, mono: Callable[[], float]) -> RepairOutcome:
         clean = False
         for number in range(1, self.max_rounds + 1):
             if cancelled():
-                return RepairOutcome(incident_id, repair_id, plan, tuple(rounds), False)
+                return RepairOutcome(incident_id, repair_id, plan, tuple(rounds), False, cancelled=True)
             now_a = now_fn()
             result = None
             for _attempt in range(3):
@@ -998,13 +1048,16 @@ class CeleryBeatRepair:
                 rounds.append(result)
                 clean = not self._future_count(now_fn())
                 break
-            sleep(self.wait_s)  # every running beat polls and remembers now_A
+            after_a = self._wait_for_beat(watch, 1, sleep, mono, cancelled)  # beat polls and remembers now_A
             now_b = self._phase_b(now_a, now_fn)
+            # beat reloads at its next poll; a stale dirty flush (research §1.5) lands in that tick
+            after_b = (self._wait_for_beat(watch, 2, sleep, mono, cancelled) if not cancelled()
+                       else Waited(0.0, 0, False))
             rounds.append(RoundResult(result.number, result.last_run_at, result.date_changed, result.last_update,
-                                      result.now_a_s, now_b, result.duration_s))
-            sleep(self.wait_s)  # beat reloads; a stale dirty flush (research §1.5) would land by now
+                                      result.now_a_s, now_b, result.duration_s, after_a.seconds, after_b.seconds,
+                                      f"after A: {after_a.how}; after B: {after_b.how}"))
             if cancelled():
-                return RepairOutcome(incident_id, repair_id, plan, tuple(rounds), False)
+                return RepairOutcome(incident_id, repair_id, plan, tuple(rounds), False, cancelled=True)
         else:
             clean = not self._future_count(now_fn())
         return RepairOutcome(incident_id, repair_id, plan, tuple(rounds), clean)
@@ -1049,8 +1102,8 @@ class CeleryBeatRepair:
         return format_beat_table(changes)
 
     def applying_note(self, incident_id: str) -> str:
-        return (f"applying (incident {incident_id}; waits {self.wait_s:g} s twice per round so a running beat "
-                "reloads) …")
+        return (f"applying (incident {incident_id}; waits for a running beat's polls, at most {self.wait_s:g} s "
+                "per poll, so that it reloads) …")
 
     def outcome_line(self, outcome: RepairOutcome) -> str:
         counts = outcome.rows_changed()
@@ -1062,6 +1115,11 @@ class CeleryBeatRepair:
         report = (f"; {outcome.plan.report_total} task(s) ran early or expired during the false period (reported, "
                   "left as they are)") if outcome.plan.report else ""
         report += unreadable_note(outcome.plan.unreadable)
+        if outcome.cancelled:
+            # Not a failure: beat had its reload signal (phase B is written even when cancelled) and may well
+            # have resumed; what is left, if anything, is for the audit to find — a restart of beat is not the cure.
+            return "skipped", (f"cancelled after {len(outcome.rounds)} round(s) (daemon stopping); the next audit "
+                               f"verifies {self.where}{report}")
         if not outcome.clean:
             return "failed", (f"future timestamps remain after {len(outcome.rounds)} round(s) in {self.where}: "
                               f"restart celery beat, then run the repair again{report}")
@@ -1314,11 +1372,12 @@ class CeleryBeatKind(TargetKind):
         return None
 
     def max_run_s(self) -> float:
-        """Rounds × two waits, plus slack for the statements: the dispatcher waits this long for the result (with
-        ``django``, beat's max interval as the settings said when they were last read)."""
+        """Rounds × the waits' budgets (one poll after phase A, two after phase B), plus slack for the statements:
+        the dispatcher waits this long for the result (with ``django``, beat's max interval as the settings said
+        when they were last read)."""
         options = self._options(self._probed[1]) if self._probed is not None else self.repair_options
         wait = options["beat_max_interval_s"] + options["wait_margin_s"]
-        return options["max_rounds"] * (2 * wait + 30) + 30 + (self.django.timeout_s if self.django else 0)
+        return options["max_rounds"] * (3 * wait + 30) + 30 + (self.django.timeout_s if self.django else 0)
 
     def _url(self) -> tuple[str, str]:
         """The database URL and the option it came from (read now: it may hold a password)."""

@@ -21,10 +21,18 @@ Repair only with evidence (:mod:`timeguard.repair.evidence`): the hook writes on
 NTP and HTTPS agree, and the host clock now agrees with the sources within ``max_offset_s``; the repair's now is
 ``ctx.trusted_now()``. Otherwise the result is ``skipped`` and says why. A target that needs its owner stopped
 (``needs_owner_stopped``) is refused at configuration time without a way to stop it.
+
+A step can arrive before the evidence: the host boots with a wrong RTC, services start, then the NTP client steps
+the clock — a few seconds after the daemon started, before every source class has answered. The rule is the same
+then; only its moment moves: while the verdict is *pending* (none yet, or NTP and HTTPS not both answered) the hook
+waits for it — at most its ``timeout_s``, looking every :data:`VERDICT_POLL_S` — and decides when it arrives,
+rather than skipping until the next audit. A verdict that refuses (the clock is off, the sources disagree) is final
+at once.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -58,6 +66,7 @@ from timeguard.repair.target import (
 )
 
 DEFAULT_ON = frozenset({EventKind.ROLLBACK, EventKind.ROLLBACK_WHILE_DOWN, EventKind.FUTURE_STATE_FOUND})
+VERDICT_POLL_S = 0.1  # how often a hook waiting for its first usable verdict looks again
 _ARGV_SCHEMA = {"type": "array", "minItems": 1, "items": {"type": "string"}}
 
 
@@ -195,7 +204,8 @@ class RepairHook:
 
     @property
     def max_run_s(self) -> float:
-        return self.kind.max_run_s()
+        """The wait for a pending verdict (≤ ``timeout_s``) and then the repair itself."""
+        return self.timeout_s + self.kind.max_run_s()
 
     def target(self) -> RepairTarget:
         return self.kind.open()
@@ -215,10 +225,29 @@ class RepairHook:
         details = {"hook": self.name, **found.details}
         return AuditResult(AuditOutcome.FOUND if found.found else AuditOutcome.CLEAN, found.summary, details)
 
+    def _evidence(self, ctx: HookContext) -> tuple[Mapping[str, Any] | None, str | None, float]:
+        """The verdict to decide with, the evidence rule's objection to it (None: repair), and how long the hook
+        waited for it: while the verdict is pending and ``ctx`` can give a newer one, it waits (module docstring)."""
+        verdict = ctx.verdict
+        problem = evidence_problem(verdict, self.max_offset_s)
+        if problem is None or not verdict_pending(verdict) or ctx.current_verdict is None:
+            return verdict, problem, 0.0
+        started = time.monotonic()
+        deadline = started + self.timeout_s
+        while problem is not None and verdict_pending(verdict) and not ctx.cancelled():
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(VERDICT_POLL_S)
+            verdict = ctx.current_verdict()
+            problem = evidence_problem(verdict, self.max_offset_s)
+        return verdict, problem, time.monotonic() - started
+
     def handle(self, event: Event, ctx: HookContext) -> HookResult:
-        problem = evidence_problem(ctx.verdict, self.max_offset_s)
+        verdict, problem, waited = self._evidence(ctx)
         if problem is not None:
-            return HookResult.skipped(problem, verdict=dict(ctx.verdict) if ctx.verdict else None)
+            if waited:
+                problem += f" (waited {waited:.1f} s for the time sources)"
+            return HookResult.skipped(problem, verdict=dict(verdict) if verdict else None)
         trusted = usable_now(ctx.trusted_now())
         if trusted is None:
             return HookResult.skipped("no repair: no trusted time (no usable verdict offset)")
@@ -252,8 +281,16 @@ class RepairHook:
         details = outcome.to_dict()
         details.pop("plan", None)
         details["changes"] = outcome.plan.total  # the plan's first changes are listed in the CLI, not here
+        if waited:
+            details["waited_for_verdict_s"] = round(waited, 3)
         status, summary = target.outcome_summary(outcome)
         return getattr(HookResult, status)(summary, **details)
+
+
+def verdict_pending(verdict: Mapping[str, Any] | None) -> bool:
+    """The evidence is not in yet — no verdict, or NTP and HTTPS have not both answered — as opposed to a verdict
+    that refuses. Waiting for it changes when the rule is applied, never the rule."""
+    return verdict is None or verdict.get("ntp_http_agree") is None
 
 
 class CeleryBeatHook(RepairHook):

@@ -4,6 +4,11 @@
   and ``clocked-once`` (a one-off clocked task at ``TG_BEAT_CLOCKED_AT``, ISO, default now + 1 day).
 * ``state``: every periodic task's ``last_run_at``, ``date_changed``, ``enabled``, ``total_run_count`` and
   ``periodictasks.last_update``, as read through the ORM (aware UTC ISO strings).
+* ``naive-repair POLL_S``: the naive-script peer of benchmarks/bench_beat_resume.py — what one writes by hand
+  after reading about the bug, trusting the local clock. Started ahead (Django imported), it waits for a line on
+  stdin, then: ``last_run_at := now`` for every task in the future, ``last_update := stored value + 1 ms`` (past
+  what beat last read, so it reloads at its next poll), and after POLL_S the same again (beat's reload may have
+  written back what it held from the false period). Prints what it did.
 """
 
 import datetime as dt
@@ -76,11 +81,32 @@ def state() -> dict[str, object]:
     return {"tasks": tasks, "last_update": _iso(row.last_update) if row else None}
 
 
+def naive_repair() -> dict[str, object]:
+    import time
+
+    from django.utils import timezone
+    from django_celery_beat.models import PeriodicTask, PeriodicTasks
+
+    poll_s = float(sys.argv[2])
+    print(json.dumps({"ready": True}), flush=True)
+    sys.stdin.readline()
+    rounds = []
+    for _ in range(2):
+        now = timezone.now()
+        changed = PeriodicTask.objects.filter(last_run_at__gt=now).update(last_run_at=now)
+        stored = PeriodicTasks.last_change()
+        bumped = max(now, stored + dt.timedelta(milliseconds=1)) if stored else now
+        PeriodicTasks.objects.update_or_create(ident=1, defaults={"last_update": bumped})
+        rounds.append({"tasks": changed, "last_update": _iso(bumped)})
+        time.sleep(poll_s)
+    return {"rounds": rounds}
+
+
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "beatproject.settings")
     django.setup()
-    commands = {"create-tasks": create_tasks, "state": state}
-    print(json.dumps(commands[sys.argv[1]]()))
+    commands = {"create-tasks": create_tasks, "state": state, "naive-repair": naive_repair}
+    print(json.dumps(commands[sys.argv[1]]()), flush=True)
 
 
 if __name__ == "__main__":
