@@ -341,3 +341,29 @@ def test_a_beat_under_another_root_directory_gets_no_hook_with_this_hosts_paths(
         assert all(b["other_root"] is False for b in json.loads(discover("--json", *beats.pids).stdout)["beats"])
     finally:
         proc.stop()
+
+
+def test_the_hook_discover_writes_repairs_the_beat_it_found(ftshim: Path) -> None:
+    """Issue 11's promise end to end: a beat in the bug (180 days of future stamps, silent after the rollback),
+    `timeguard discover --write` on it, and the hook it wrote — unchanged — repairs it: beat sends again."""
+    clock = FakeClock(scratch_dir("discover-repair-clock"), ftshim=ftshim)
+    clock.set(beatlib.FUTURE_S)
+    with beatlib.seeded_database("sqlite") as db, beatlib.running_beat(db, clock, max_interval=1) as beat:
+        beatlib.drive_into_bug(db, clock, beat)
+        assert db.state().future(), "the bug: future last_run_at in the database"
+        directory = scratch_dir("discover-repair")
+        config = directory / "timeguard.yaml"
+        config.write_text(f"state_dir: {directory / 'state'}\n")
+        assert beat.process is not None
+        written = discover("--write", "--yes", "--config", str(config), "--pid", str(beat.process.pid))
+        assert written.returncode == 0, written.stdout + written.stderr
+        (hook,) = yaml.safe_load(config.read_text())["hooks"]
+        assert hook["type"] == "celery_beat" and "django" in hook
+        started = time.monotonic()
+        repair = subprocess.run([sys.executable, "-m", "timeguard", "repair", "celery-beat", "--hook", hook["name"],
+                                 "--trust-local-clock", "--config", str(config)],
+                                capture_output=True, text=True, timeout=120, check=False, cwd="/")
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        sent = beat.wait_custom_sent(since=started, timeout_s=20)
+        print(f"first custom task sent {sent.mono - started:.1f} s after the repair started")
+        assert db.state().future() == []
