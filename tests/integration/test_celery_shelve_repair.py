@@ -1,0 +1,268 @@
+"""The celery_shelve target on real shelves written with celery's classes, read and written through a real
+interpreter with celery installed (this venv's: the beat's own in production): repair, idempotence, undo, what it
+leaves alone, and every class of bad input left byte for byte as it was."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+import zoneinfo
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.shelve import entry, open_shelve, read_entries, snapshot, write_shelve
+from timeguard.hooks.api import HookConfigError
+from timeguard.repair.celery_shelve import CeleryShelveKind, CeleryShelveTarget
+from timeguard.repair.target import RepairError
+from timeguard.repair.undo import UndoLog
+from timeguard.store.journal import Journal
+
+DAY = 86400.0
+PYTHON = sys.executable  # has celery (the test extra), as the beat's interpreter has
+
+
+def target(base: Path, **options) -> CeleryShelveTarget:
+    values = {"schedule_file": str(base), "python": PYTHON, "stop_command": ["true"], "start_command": ["true"],
+              **options}
+    return CeleryShelveKind.from_options(values).open()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[Path, float]:
+    now = time.time()
+    base = tmp_path / "beat" / "celerybeat-schedule"
+    base.parent.mkdir()
+    write_shelve(base, {"every-minute": entry("every-minute", now + 180 * DAY, 41),
+                        "hourly": entry("hourly", now + 180 * DAY + 5, 2, every_s=3600),
+                        "recent": entry("recent", now - 30, 7)})
+    return base, now
+
+
+def test_future_entries_come_back_to_now_keeping_their_counts_and_the_store_s_keys(store, tmp_path: Path) -> None:
+    base, now = store
+    t = target(base)
+    plan = t.plan(now)
+    assert sorted(c.item for c in plan.changes) == ["every-minute", "hourly"]
+    with Journal.in_state_dir(tmp_path / "state") as journal:
+        outcome = t.apply(lambda: now, undo_log=UndoLog(journal), incident_id="inc-1")
+        records = UndoLog(journal).records("inc-1")
+    assert outcome.clean and outcome.rounds[0]["changed"] == 2
+    entries = read_entries(base)
+    assert entries["every-minute"].last_run_at.timestamp() == pytest.approx(now, abs=1e-5)
+    assert entries["every-minute"].last_run_at.tzinfo is not None
+    assert entries["every-minute"].total_run_count == 41 and entries["hourly"].total_run_count == 2
+    assert entries["recent"].last_run_at.timestamp() == pytest.approx(now - 30, abs=1e-5)
+    with open_shelve(base, "r") as db:  # tz/utc_enabled changed would make beat clear the store
+        assert (db["tz"], db["utc_enabled"]) == ("UTC", True)
+    assert {r["item"]: r["old_value"] for r in records} == {
+        "every-minute": pytest.approx(now + 180 * DAY, abs=1e-5),
+        "hourly": pytest.approx(now + 180 * DAY + 5, abs=1e-5)}
+    backup = base.parent / "celerybeat-schedule.timeguard-inc-1"
+    assert read_entries(backup / base.name)["every-minute"].last_run_at.timestamp() > now + 179 * DAY
+    # idempotent: a second run finds nothing and writes nothing
+    before = snapshot(base.parent)
+    again = t.apply(lambda: now + 1, undo_log=None, incident_id="inc-2")
+    assert again.clean and not again.changed and snapshot(base.parent) == before
+
+
+def test_an_entry_keeps_the_app_s_time_zone(tmp_path: Path) -> None:
+    now = time.time()
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    base = tmp_path / "celerybeat-schedule"
+    write_shelve(base, {"a": entry("a", now + 30 * DAY, 1, tz=berlin)}, tz="Europe/Berlin")
+    assert target(base).apply(lambda: now, undo_log=None, incident_id="i").clean
+    at = read_entries(base)["a"].last_run_at
+    assert at.tzinfo == berlin and at.timestamp() == pytest.approx(now, abs=1e-5)
+
+
+def test_undo_restores_what_the_repair_wrote_and_leaves_what_changed_since(store, tmp_path: Path) -> None:
+    base, now = store
+    t = target(base)
+    with Journal.in_state_dir(tmp_path / "state") as journal:
+        log = UndoLog(journal)
+        t.apply(lambda: now, undo_log=log, incident_id="inc-1")
+        entries = read_entries(base)  # beat ran "hourly" once since the repair
+        entries["hourly"].last_run_at = dt.datetime.fromtimestamp(now + 60, dt.UTC)
+        write_shelve(base, entries)
+        dry = t.undo(log, "inc-1", time.time, dry_run=True)
+        assert [r["name"] for r in dry.restored] == ["every-minute"] and read_entries(base)["every-minute"]\
+            .last_run_at.timestamp() == pytest.approx(now, abs=1e-5)
+        undone = t.undo(log, "inc-1", time.time)
+        assert [r["name"] for r in undone.restored] == ["every-minute"]
+        assert [r["name"] for r in undone.skipped] == ["hourly"]
+        assert t.undo(log, "inc-1", time.time).restored == ()  # nothing left to undo
+    entries = read_entries(base)
+    assert entries["every-minute"].last_run_at.timestamp() == pytest.approx(now + 180 * DAY, abs=1e-5)
+    assert entries["hourly"].last_run_at.timestamp() == pytest.approx(now + 60, abs=1e-5)
+
+
+class NotAnEntry:
+    last_run_at = dt.datetime(2099, 1, 1, tzinfo=dt.UTC)
+
+
+def test_entries_it_cannot_read_are_named_and_left_the_others_repaired(tmp_path: Path) -> None:
+    now = time.time()
+    base = tmp_path / "celerybeat-schedule"
+    naive = entry("naive", now + 9 * DAY)
+    naive.last_run_at = naive.last_run_at.replace(tzinfo=None)
+    text = entry("text", now)
+    text.last_run_at = "tomorrow"
+    write_shelve(base, {"good": entry("good", now + 9 * DAY), 7: entry("seven", now + 9 * DAY),
+                        "dict": {"last_run_at": now + 9 * DAY}, "naive": naive, "text": text})
+    plan = target(base).plan(now)
+    assert [c.item for c in plan.changes] == ["good"]
+    why = {u.item: u.why for u in plan.unreadable}
+    assert why == {"7": "the entry's key is not a string", "dict": "not a celery.beat.ScheduleEntry",
+                   "naive": "a naive datetime (no time zone): beat's meaning of it depends on its settings",
+                   "text": "not a datetime"}
+    assert target(base).apply(lambda: now, undo_log=None, incident_id="i").clean
+    assert read_entries(base)["naive"].last_run_at.tzinfo is None
+
+
+def _truncate(base: Path) -> None:
+    dat = Path(f"{base}.dat")
+    dat.write_bytes(dat.read_bytes()[: dat.stat().st_size // 2])
+
+
+def _garbage_dir(base: Path) -> None:
+    Path(f"{base}.dir").write_bytes(b"\x00\xffnot an index\n")
+
+
+def _garbage_dat(base: Path) -> None:
+    dat = Path(f"{base}.dat")
+    dat.write_bytes(b"\x80\x04garbage" * (dat.stat().st_size // 9 + 1))
+
+
+def _not_a_shelve(base: Path) -> None:
+    for p in base.parent.iterdir():
+        p.unlink()
+    base.write_text("celery beat was here\n")
+
+
+def _gdbm_header(base: Path) -> None:
+    for p in base.parent.iterdir():
+        p.unlink()
+    base.write_bytes(b"\xce\x9a\x57\x13" + b"\0" * 512)  # a gdbm file this Python has no module for
+
+
+def _no_entries(base: Path) -> None:
+    for p in base.parent.iterdir():
+        p.unlink()
+    with open_shelve(base) as db:
+        db["tz"] = "UTC"
+
+
+def _entries_a_list(base: Path) -> None:
+    with open_shelve(base) as db:
+        db["entries"] = ["a", "b"]
+
+
+def _class_that_does_not_import(base: Path) -> None:
+    module = base.parent.parent / "gone_tasks.py"
+    module.write_text("class Schedule:\n    pass\n")
+    sys.path.insert(0, str(module.parent))
+    try:
+        import gone_tasks  # type: ignore[import-not-found]
+
+        write_shelve(base, {"a": gone_tasks.Schedule()})
+    finally:
+        sys.path.remove(str(module.parent))
+        sys.modules.pop("gone_tasks", None)
+        module.unlink()
+
+
+BAD = {"truncated .dat": (_truncate, "cannot unpickle it"),
+       "garbage .dir": (_garbage_dir, "not a shelve this Python can open"),
+       "garbage .dat": (_garbage_dat, "cannot unpickle it"),
+       "not a shelve": (_not_a_shelve, "not a shelve this Python can open"),
+       "a gdbm file, no gdbm here": (_gdbm_header, "cannot open it as a shelve"),
+       "no entries key": (_no_entries, "not a celery beat schedule"),
+       "entries not a dict": (_entries_a_list, "not a celery beat schedule"),
+       "a class that does not import": (_class_that_does_not_import, "cannot unpickle it")}
+
+
+@pytest.mark.parametrize("damage", list(BAD), ids=list(BAD))
+def test_a_store_it_cannot_parse_is_left_byte_for_byte(store, damage: str) -> None:
+    base, now = store
+    spoil, why = BAD[damage]
+    spoil(base)
+    before = snapshot(base.parent)
+    t = target(base)
+    for attempt in (lambda: t.plan(now), lambda: t.audit(now),
+                    lambda: t.apply(lambda: now, undo_log=None, incident_id="i")):
+        with pytest.raises(RepairError) as err:
+            attempt()
+        assert str(err.value).startswith(f"{base}: {why}")
+        assert str(err.value).endswith("the schedule was left as it is (byte for byte)")
+        assert snapshot(base.parent) == before
+
+
+def test_a_missing_store_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(RepairError, match=r"no such schedule \(none of celerybeat-schedule, celerybeat-schedule.db"):
+        target(tmp_path / "celerybeat-schedule").plan(time.time())
+
+
+def test_a_store_still_held_open_is_not_written_but_audited_from_a_copy(store) -> None:
+    base, now = store
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; f = open(sys.argv[1], 'rb'); "
+                               "print('open', flush=True); time.sleep(60)", f"{base}.dat"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"open"
+        before = snapshot(base.parent)
+        t = target(base)
+        assert t.audit(now).found  # a copy: never the file beat holds
+        with pytest.raises(RepairError, match=rf"still held open by {holder.pid} \(.*celery beat is still running"):
+            t.apply(lambda: now, undo_log=None, incident_id="i")
+        assert snapshot(base.parent) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_hook_is_refused_without_a_way_to_stop_beat_and_checks_its_options() -> None:
+    from timeguard.repair.hook import bound_to
+
+    hook = bound_to("celery_shelve")
+    with pytest.raises(HookConfigError) as err:
+        hook.from_config("s", {"schedule_file": "/srv/app/celerybeat-schedule", "python": "/srv/app/bin/python"})
+    assert "repaired only with its owner stopped: give beat_service" in str(err.value)
+    with pytest.raises(HookConfigError) as err:
+        hook.from_config("s", {"schedule_file": "celerybeat-schedule.db", "python": "python",
+                               "beat_service": "beat.service", "tolerance_s": float("nan")})
+    assert {p[0] for p in err.value.problems} == {"schedule_file", "python", "tolerance_s"}
+    ok = hook.from_config("s", {"schedule_file": "/srv/app/celerybeat-schedule", "python": "/srv/app/bin/python",
+                                "beat_service": "beat.service"})
+    assert ok.stop_command == ["systemctl", "stop", "beat.service"]
+    assert ok.target().stop_command == ["systemctl", "stop", "beat.service"]  # the undo stops beat too
+
+
+def test_the_command_line_refuses_without_a_way_to_stop_beat_then_repairs_and_undoes(store, tmp_path: Path,
+                                                                                    capsys) -> None:
+    from timeguard.cli.main import main
+
+    base, now = store
+    log = tmp_path / "owner.log"
+    cfg = tmp_path / "timeguard.yaml"
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state")}))
+    common = ["repair", "celery-shelve", "--config", str(cfg), "--trust-local-clock", "--schedule-file", str(base),
+              "--python", PYTHON]
+    assert main([*common, "--dry-run", "--json"]) == 0  # a dry run reads a copy: beat may run
+    assert '"changes_total": 2' in capsys.readouterr().out
+    assert main(common) == 1
+    assert "celery beat must be stopped for this repair" in capsys.readouterr().err
+    owner = ["--stop-command", f"sh -c 'echo stop >> {log}'", "--start-command", f"sh -c 'echo start >> {log}'"]
+    assert main([*common, *owner]) == 0
+    out = capsys.readouterr().out
+    assert "repaired: 2 value(s)" in out and log.read_text().split() == ["stop", "start"]
+    incident = out.rsplit("timeguard repair undo ", 1)[1].split()[0]
+    assert read_entries(base)["hourly"].last_run_at.timestamp() < time.time() + 1
+    assert main(["repair", "undo", incident, "--config", str(cfg), "--shelve-python", PYTHON,
+                 "--shelve-stop-command", f"sh -c 'echo stop >> {log}'",
+                 "--shelve-start-command", f"sh -c 'echo start >> {log}'"]) == 0
+    assert "restored: hourly last_run_at" in capsys.readouterr().out
+    assert log.read_text().split() == ["stop", "start", "stop", "start"]
+    assert read_entries(base)["hourly"].last_run_at.timestamp() == pytest.approx(now + 180 * DAY + 5, abs=1e-5)
