@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_beat_repair_cli import AdoptedProcess
 from tests.support.beat import GRACE_S, LogTail
 from tests.support.beatdaemon import Daemon
 from tests.support.daemon import start, write_config
@@ -34,38 +33,27 @@ from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import FakeClock, scratch_dir
 from tests.support.shelve import snapshot
-from tests.support.shelvebeat import EVERY_S, HOURLY, NAMES, ShelveBeat, ahead_s, schedule_entries
+from tests.support.shelvebeat import (
+    EVERY_S,
+    HOURLY,
+    NAMES,
+    ShelveBeat,
+    adopt,
+    ahead_s,
+    beatctl_commands,
+    ctl_events,
+    schedule_entries,
+)
 from timeguard.events import EventKind
 from timeguard.hooks.api import HookStatus
 
 pytestmark = pytest.mark.real
 
-REPO = Path(__file__).resolve().parents[2]
-BEATCTL = REPO / "tests" / "support" / "beatctl.py"
 DAY = 86400.0
 FUTURE_S = 180 * DAY
 QUIET_S = 3.0
 HOOK = "shelve-repair"
 FAST_AUDIT = {"audit_retry_s": 1, "audit_interval_s": 10}
-
-
-def owner_commands(work: Path, new: ShelveBeat) -> dict[str, list[str]]:
-    """beatctl stop (SIGTERM the PID in the pidfile, wait) / start (``new``'s command, its PID to the pidfile)."""
-    pidfile, events, spec = work / "beat.pid", work / "events.jsonl", work / "spec.json"
-    spec.write_text(json.dumps(new.spec(pidfile)))
-    return {"stop_command": [sys.executable, str(BEATCTL), "stop", str(pidfile), str(events)],
-            "start_command": [sys.executable, str(BEATCTL), "start", str(spec), str(events)]}
-
-
-def ctl_events(work: Path) -> list[dict[str, Any]]:
-    path = work / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def adopt(new: ShelveBeat, work: Path, since: float) -> None:
-    """``new`` was started by beatctl: follow its log from ``since`` and stop it by its PID at the end."""
-    new.process = AdoptedProcess(int((work / "beat.pid").read_text()))  # type: ignore[assignment]
-    new.started_mono = since
 
 
 def assert_silent(beat: ShelveBeat, since: float, what: str) -> None:
@@ -124,7 +112,7 @@ def test_the_daemon_s_audit_finds_the_future_shelve_and_the_hook_repairs_it(
     try:
         assert restarted.process is not None
         (work / "beat.pid").write_text(f"{restarted.process.pid}\n")
-        commands = owner_commands(work, repaired)
+        commands = beatctl_commands(work, repaired)
         hook = {"type": "celery_shelve", "name": HOOK, "schedule_file": str(restarted.schedule),
                 "python": sys.executable, "tolerance_s": 600, **commands}
         directory = scratch_dir("shelve-daemon")

@@ -15,6 +15,7 @@ command, environment and Redis database differ.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from tests.support.realprogs import SETPRIV_NO_SYS_TIME, FakeClock, resolve_prog
 from tests.support.shelve import read_entries
 
 APP_DIR = Path(__file__).resolve().parent.parent / "e2e" / "shelveproject"
+BEATCTL = Path(__file__).resolve().parent / "beatctl.py"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 NAMES = ("every-1s", "every-2s", "every-3s")  # sent every few seconds
 HOURLY = "hourly"  # created with last_run_at = beat's now and not due for an hour: never sent in a test
@@ -82,6 +84,29 @@ class ShelveBeat(BeatProcess):
                     client.delete(*set(keys))
             finally:
                 client.close()
+
+
+def beatctl_commands(work: Path, new: ShelveBeat) -> dict[str, list[str]]:
+    """The hook's stop/start commands: tests/support/beatctl.py stop (SIGTERM the PID in ``work/beat.pid``, wait) and
+    start (``new``'s command, detached, its PID to the pidfile); both stamp ``work/events.jsonl``."""
+    pidfile, events, spec = work / "beat.pid", work / "events.jsonl", work / "spec.json"
+    spec.write_text(json.dumps(new.spec(pidfile)))
+    return {"stop_command": [sys.executable, str(BEATCTL), "stop", str(pidfile), str(events)],
+            "start_command": [sys.executable, str(BEATCTL), "start", str(spec), str(events)]}
+
+
+def ctl_events(work: Path) -> list[dict[str, Any]]:
+    """beatctl's stamps: [{op: stop|start, pid, began, done}] (CLOCK_MONOTONIC)."""
+    path = work / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def adopt(new: ShelveBeat, work: Path, since: float) -> None:
+    """``new`` was started by beatctl (not our child): observe it from ``since``, stop it by its PID at the end."""
+    from tests.e2e.test_beat_repair_cli import AdoptedProcess
+
+    new.process = AdoptedProcess(int((work / "beat.pid").read_text()))  # type: ignore[assignment]
+    new.started_mono = since
 
 
 def schedule_entries(schedule: Path) -> dict[str, Any]:

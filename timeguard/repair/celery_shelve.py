@@ -94,12 +94,13 @@ try:
         answer(error="no_entries", detail="'entries' is a " + type(entries).__name__ + ", not a dict")
     meta = {}
     for key in keys:  # every value must read: a truncated file loses the last ones written
+        if key == "entries":
+            continue
         try:
             value = db[key]
         except Exception as exc:
             answer(error="cannot_unpickle", detail="key " + repr(key) + ": " + type(exc).__name__ + ": " + str(exc))
-        if key != "entries":
-            meta[key] = repr(value)[:80]
+        meta[key] = repr(value)[:80]
     def stamp(entry):
         at = getattr(entry, "last_run_at", None)
         if not isinstance(at, datetime.datetime):
@@ -118,8 +119,8 @@ try:
                 row["why"] = "not a celery.beat.ScheduleEntry"
             else:
                 row["at"], row["why"] = stamp(entry)
-                row["raw"] = repr(entry.last_run_at)[:80]
-                row["count"] = entry.total_run_count
+                if row["why"]:
+                    row["raw"] = repr(entry.last_run_at)[:80]
             rows.append(row)
         answer(flavour=flavour, meta=meta, entries=rows)
     changed, skipped = [], []
