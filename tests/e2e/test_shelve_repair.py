@@ -217,3 +217,33 @@ def test_no_repair_with_the_host_clock_behind_and_none_of_an_unreadable_shelve(t
     assert broken.status is HookStatus.FAILED, broken.summary
     assert broken.summary.startswith(f"{base}: cannot unpickle it"), broken.summary
     assert log.read_text().split() == ["stop", "start"] and snapshot(base.parent) == before
+
+
+def test_a_beat_still_running_on_the_shelve_stops_the_repair(beat_clock: FakeClock, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A stop command that does not stop beat (here ``true``): dumb dbm holds no file open between writes, so the
+    repair finds the running beat by its command line and schedule, and changes nothing."""
+    from tests.support.shelve import entry, write_shelve
+    from timeguard.cli.main import main
+
+    schedule_dir = scratch_dir("shelve-running")
+    now = time.time()
+    write_shelve(schedule_dir / "celerybeat-schedule", {n: entry(n, now + FUTURE_S, 3) for n in NAMES})
+    beat_clock.set(0)
+    beat = ShelveBeat(beat_clock, schedule_dir).start()
+    try:
+        beat.wait_log(r"beat: Starting", timeout_s=15)
+        time.sleep(1.0)
+        before = snapshot(schedule_dir)
+        config = tmp_path / "timeguard.yaml"
+        config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+        assert main(["repair", "celery-shelve", "--config", str(config), "--trust-local-clock", "--schedule-file",
+                     str(beat.schedule), "--python", sys.executable, "--stop-command", "true",
+                     "--start-command", "true"]) == 1
+        err = capsys.readouterr().err
+        assert beat.process is not None and f"still in use by {beat.process.pid} (" in err, err
+        assert "celery beat is still running; nothing was changed" in err
+        assert snapshot(schedule_dir) == before
+        beat.check_alive()
+    finally:
+        beat.stop()

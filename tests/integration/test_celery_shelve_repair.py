@@ -69,6 +69,20 @@ def test_future_entries_come_back_to_now_keeping_their_counts_and_the_store_s_ke
     assert again.clean and not again.changed and snapshot(base.parent) == before
 
 
+def test_the_files_keep_their_mode_and_a_backup_is_kept_per_incident(store) -> None:
+    base, now = store
+    for f in base.parent.iterdir():
+        f.chmod(0o600)
+    originals = snapshot(base.parent)
+    assert target(base).apply(lambda: now, undo_log=None, incident_id="inc-7").clean
+    files = [f for f in base.parent.iterdir() if f.is_file()]
+    assert files and all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    backup = base.parent / "celerybeat-schedule.timeguard-inc-7"
+    assert {f"{backup.name}/{name}": data for name, data in originals.items()} == \
+        {k: v for k, v in snapshot(base.parent).items() if k.startswith(backup.name)}
+    assert not [p for p in base.parent.iterdir() if p.name.startswith(".")]  # the working copy is gone
+
+
 def test_an_entry_keeps_the_app_s_time_zone(tmp_path: Path) -> None:
     now = time.time()
     berlin = zoneinfo.ZoneInfo("Europe/Berlin")
@@ -215,7 +229,7 @@ def test_a_store_still_held_open_is_not_written_but_audited_from_a_copy(store) -
         before = snapshot(base.parent)
         t = target(base)
         assert t.audit(now).found  # a copy: never the file beat holds
-        with pytest.raises(RepairError, match=rf"still held open by {holder.pid} \(.*celery beat is still running"):
+        with pytest.raises(RepairError, match=rf"still in use by {holder.pid} \(.*celery beat is still running"):
             t.apply(lambda: now, undo_log=None, incident_id="i")
         assert snapshot(base.parent) == before
     finally:

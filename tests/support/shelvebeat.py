@@ -17,14 +17,15 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from tests.support.beat import BeatProcess
-from tests.support.realprogs import SETPRIV_NO_SYS_TIME, FakeClock, resolve_program
+from tests.support.beat import BeatProcess, LogTail
+from tests.support.realprogs import SETPRIV_NO_SYS_TIME, FakeClock, resolve_program, run_under_clock
 from tests.support.shelve import read_entries
 
 APP_DIR = Path(__file__).resolve().parent.parent / "e2e" / "shelveproject"
@@ -64,6 +65,17 @@ class ShelveBeat(BeatProcess):
     def environment(self) -> dict[str, str]:
         return self.db.env({"TG_BEAT_BROKER_URL": REDIS_URL, "TG_BEAT_KEYPREFIX": self.keyprefix,
                             "TG_BEAT_QUEUE": self.queue})
+
+    def start(self) -> Self:
+        """As BeatProcess.start, in the app's directory (its files, not the Django project's, are what beat and
+        timeguard discover read)."""
+        self.log_path.touch()
+        self.tail = LogTail(self.log_path)
+        self.started_mono = time.monotonic()
+        self.process = run_under_clock(self.command(), self.clock, name="celery-beat:shelve", log_path=self.log_path,
+                                       env=self.environment(), cwd=str(APP_DIR), stop_signal=signal.SIGTERM,
+                                       stop_timeout_s=10)
+        return self
 
     def spec(self, pidfile: Path) -> dict[str, Any]:
         """This beat as tests/support/beatctl.py's start SPEC (what :meth:`start` would run)."""

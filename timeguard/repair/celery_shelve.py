@@ -188,11 +188,15 @@ def holders(files: Sequence[Path]) -> list[str]:
     return found
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    name: str
-    at_s: float
-    count: Any
+def running_beats(base: Path) -> list[str]:
+    """``pid (command)`` of every celery beat (or worker -B) running on the schedule ``base``: dumb dbm, the usual
+    flavour, opens its files only while it reads or writes them, so an open file alone does not show a running
+    beat (timeguard.discover reads its -s, $CELERY_BEAT_SCHEDULE or default against its working directory)."""
+    from timeguard.discover.argv import SHELVE
+    from timeguard.discover.beat import find_beats
+
+    return [f"{b.pid} ({' '.join(b.command)[:100]})" for b in find_beats()
+            if b.scheduler == SHELVE and b.schedule_file == str(base)]
 
 
 class CeleryShelveTarget(BaseTarget):
@@ -299,9 +303,9 @@ class CeleryShelveTarget(BaseTarget):
             run_owner_command(self.stop_command, "stop_command", timeout_s=self.owner_timeout_s)
             stopped = True
         try:
-            held = holders(shelve_files(self.base))
+            held = holders(shelve_files(self.base)) or running_beats(self.base)
             if held:
-                raise RepairError(f"{self.where}: still held open by {', '.join(held)}: celery beat is still "
+                raise RepairError(f"{self.where}: still in use by {', '.join(held)}: celery beat is still "
                                   "running; nothing was changed")
             yield
         finally:
@@ -329,12 +333,18 @@ class CeleryShelveTarget(BaseTarget):
                                f"rewriting a copy of the schedule {self.where}")
             self._read(copy)  # the copy reads back whole, or the originals stay
             before_replace(answer["changed"])
-            for f in sorted(work.iterdir()):
+            modes = {f.name: f.stat().st_mode & 0o7777 for f in files}
+            written = sorted(work.iterdir())
+            for f in written:
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+                os.chmod(f, modes.get(f.name, owner.st_mode & 0o7777))  # dbm creates files with 0o666 & ~umask
                 if os.geteuid() == 0:
                     os.chown(f, owner.st_uid, owner.st_gid)
                 os.replace(f, self.base.parent / f.name)
+            for f in files:  # a file the write did away with (dbm.sqlite3's -wal after its checkpoint): stale now
+                if f.name not in {w.name for w in written}:
+                    f.unlink(missing_ok=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return answer
