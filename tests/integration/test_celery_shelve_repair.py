@@ -5,6 +5,7 @@ leaves alone, and every class of bad input left byte for byte as it was."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 import time
@@ -280,3 +281,72 @@ def test_the_command_line_refuses_without_a_way_to_stop_beat_then_repairs_and_un
     assert "restored: hourly last_run_at" in capsys.readouterr().out
     assert log.read_text().split() == ["stop", "start", "stop", "start"]
     assert read_entries(base)["hourly"].last_run_at.timestamp() == pytest.approx(now + 180 * DAY + 5, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- Python 3.13's dbm.sqlite3 flavour
+
+WRITE_313 = """
+import datetime, shelve, sys, time
+from celery.beat import ScheduleEntry
+from celery.schedules import schedule
+now = float(sys.argv[2])
+with shelve.open(sys.argv[1], writeback=True) as db:
+    db["entries"] = {n: ScheduleEntry(n, "t." + n, datetime.datetime.fromtimestamp(now + s, datetime.UTC), 4,
+                                      schedule(60)) for n, s in (("ahead", 90 * 86400), ("fine", -30))}
+    db["tz"], db["utc_enabled"], db["__version__"] = "UTC", True, "5"
+"""
+READ_313 = """
+import dbm, json, shelve, sys
+with shelve.open(sys.argv[1], flag="r") as db:
+    print(dbm.whichdb(sys.argv[1]), json.dumps({n: e.last_run_at.timestamp() for n, e in db["entries"].items()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def python313(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Python 3.13 (new shelves are dbm.sqlite3 there) with this celery, in a venv of its own."""
+    import shutil
+
+    import celery
+
+    from tests.support.require import need
+
+    candidates = [*map(str, sorted(Path.home().glob(".pyenv/versions/3.13*/bin/python3.13"))),
+                  shutil.which("python3.13") or "python3.13"]  # a pyenv shim may exist without the version
+    found = next((c for c in candidates if subprocess.run([c, "-c", "import dbm.sqlite3"], capture_output=True,
+                                                          check=False).returncode == 0), None)
+    need(found, "Python 3.13 (dbm.sqlite3)")
+    assert found is not None
+    venv = tmp_path_factory.mktemp("py313")
+    subprocess.run([found, "-m", "venv", str(venv)], check=True, timeout=60)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                          f"celery=={celery.__version__}"], capture_output=True, text=True, timeout=240,
+                         check=False)
+    need(pip.returncode == 0, f"celery {celery.__version__} for Python 3.13: {pip.stderr.strip()[-200:]}")
+    return str(venv / "bin" / "python")
+
+
+def test_a_dbm_sqlite3_shelve_of_python_3_13_is_repaired_with_that_interpreter(python313: str,
+                                                                              tmp_path: Path) -> None:
+    now = time.time()
+    base = tmp_path / "celerybeat-schedule"
+    subprocess.run([python313, "-c", WRITE_313, str(base), repr(now)], check=True, timeout=60)
+    assert [p.name for p in tmp_path.iterdir()] == ["celerybeat-schedule"]  # one file: the bare name
+    t = target(base, python=python313)
+    assert [c.item for c in t.plan(now).changes] == ["ahead"]
+    with Journal.in_state_dir(tmp_path / "state") as journal:
+        assert t.apply(lambda: now, undo_log=UndoLog(journal), incident_id="inc-13").clean
+        # the originals were replaced, never opened: no write-ahead log left beside them (a reader leaves one)
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("celerybeat")) == [
+            "celerybeat-schedule", "celerybeat-schedule.timeguard-inc-13"]
+        out = subprocess.run([python313, "-c", READ_313, str(base)], capture_output=True, text=True, check=True)
+        flavour, _, values = out.stdout.partition(" ")
+        assert flavour == "dbm.sqlite3" and json.loads(values) == {"ahead": pytest.approx(now, abs=1e-5),
+                                                                    "fine": pytest.approx(now - 30, abs=1e-5)}
+        assert [r["name"] for r in t.undo(UndoLog(journal), "inc-13", time.time).restored] == ["ahead"]
+    assert t.plan(now).total == 1
+    # the 3.11 interpreter has no dbm.sqlite3: a clear error, the file untouched
+    before = snapshot(tmp_path)
+    with pytest.raises(RepairError, match="not a shelve this Python can open"):
+        target(base).plan(now)
+    assert snapshot(tmp_path) == before

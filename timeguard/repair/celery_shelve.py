@@ -76,7 +76,7 @@ try:
 except Exception:
     failed("no_celery")
 try:
-    db = shelve.open(base, flag="r" if args["op"] == "read" else "w", writeback=False)
+    db = shelve.open(base, flag=args.get("flag", "w"), writeback=False)
 except Exception:
     failed("cannot_open")
 try:
@@ -254,8 +254,10 @@ class CeleryShelveTarget(BaseTarget):
                               "is (byte for byte)")
         return answer
 
-    def _read(self, base: Path) -> dict[str, Any]:
-        return self._run(base, {"op": "read"}, f"reading the schedule {self.where}")
+    def _read(self, base: Path, flag: str = "r") -> dict[str, Any]:
+        """Read a copy at ``base``. ``flag="w"``: a read-write open, so that dbm.sqlite3 closes its write-ahead log
+        (a read-only reader leaves ``-wal``/``-shm`` files behind); for a copy that replaces the originals."""
+        return self._run(base, {"op": "read", "flag": flag}, f"reading the schedule {self.where}")
 
     def _read_copy(self) -> dict[str, Any]:
         """The schedule, read from a copy in a temporary directory: beat may hold the original open."""
@@ -331,7 +333,7 @@ class CeleryShelveTarget(BaseTarget):
             self._give_to_user(work)
             answer = self._run(copy, {"op": "write", "changes": [list(c) for c in changes], "same_s": SAME_S},
                                f"rewriting a copy of the schedule {self.where}")
-            self._read(copy)  # the copy reads back whole, or the originals stay
+            self._read(copy, "w")  # the copy reads back whole, or the originals stay
             before_replace(answer["changed"])
             modes = {f.name: f.stat().st_mode & 0o7777 for f in files}
             written = sorted(work.iterdir())
@@ -356,7 +358,7 @@ class CeleryShelveTarget(BaseTarget):
         repair_id = uuid.uuid4().hex
         with self._owner_stopped(owner_stopped, "the repair"):
             now_s = checked_now(now_fn())
-            plan = self._plan(self._read(self.base), now_s)  # beat is stopped: the original, unlocked
+            plan = self._plan(self._read_copy(), now_s)  # the originals are only ever replaced, never opened
             if plan.empty or cancelled():
                 return Outcome(incident_id, repair_id, plan, (), plan.empty)
             by_name = {c.item: c for c in plan.changes}
@@ -368,7 +370,7 @@ class CeleryShelveTarget(BaseTarget):
                                     applied_wall_s=now_s, applied_mono_s=time.monotonic())
 
             answer = self._rewrite([(c.item, c.old_s, c.new_s) for c in plan.changes], incident_id, record)
-            clean = self._plan(self._read(self.base), now_s).empty
+            clean = self._plan(self._read_copy(), now_s).empty
         rounds = ({"number": 1, "changed": len(answer["changed"]), "now_s": now_s, "backup": str(self.backup_dir),
                    "skipped": answer["skipped"]},)
         return Outcome(incident_id, repair_id, plan, rounds, clean)
@@ -392,7 +394,7 @@ class CeleryShelveTarget(BaseTarget):
         with contextlib.ExitStack() as stack:
             if not dry_run:
                 stack.enter_context(self._owner_stopped(False, "the undo"))
-            read = self._read(self.base) if not dry_run else self._read_copy()
+            read = self._read_copy()
             now = {row["name"]: row.get("at") for row in read["entries"] if row["name"] is not None}
             restored: list[dict[str, Any]] = []
             skipped: list[dict[str, Any]] = []
