@@ -195,8 +195,9 @@ def running_beats(base: Path) -> list[str]:
     from timeguard.discover.argv import SHELVE
     from timeguard.discover.beat import find_beats
 
+    path = os.path.realpath(base)
     return [f"{b.pid} ({' '.join(b.command)[:100]})" for b in find_beats()
-            if b.scheduler == SHELVE and b.schedule_file == str(base)]
+            if b.scheduler == SHELVE and b.schedule_file and os.path.realpath(b.schedule_file) == path]
 
 
 class CeleryShelveTarget(BaseTarget):
@@ -529,8 +530,8 @@ class CeleryShelveKind(TargetKind):
     def _owner_arguments(cls, parser: argparse.ArgumentParser, prefix: str) -> None:
         parser.add_argument(f"--{prefix}beat-service", metavar="UNIT", help="beat's systemd unit: stopped for the "
                             "repair, started after")
-        parser.add_argument(f"--{prefix}stop-command", metavar="CMD", help="a command (split like a shell, none "
-                            "run) that stops beat; with --start-command")
+        parser.add_argument(f"--{prefix}stop-command", metavar="CMD", help="the command that stops beat (split into "
+                            "words as a shell would; no shell runs it); with --start-command")
         parser.add_argument(f"--{prefix}start-command", metavar="CMD", help="the command that starts beat again")
 
     @classmethod
