@@ -350,3 +350,12 @@ def test_a_dbm_sqlite3_shelve_of_python_3_13_is_repaired_with_that_interpreter(p
     with pytest.raises(RepairError, match="not a shelve this Python can open"):
         target(base).plan(now)
     assert snapshot(tmp_path) == before
+    # a truncated or overwritten dbm.sqlite3 file: refused by its own interpreter, left as it was
+    for spoil in (lambda data: data[: len(data) // 2], lambda data: data[:100] + b"\xff" * (len(data) - 100)):
+        for leftover in tmp_path.glob("celerybeat-schedule-*"):
+            leftover.unlink()
+        base.write_bytes(spoil(base.read_bytes()))
+        before = snapshot(tmp_path)
+        with pytest.raises(RepairError, match=rf"^{base}: (cannot|not a)"):
+            target(base, python=python313).apply(lambda: now, undo_log=None, incident_id="i")
+        assert snapshot(tmp_path) == before
