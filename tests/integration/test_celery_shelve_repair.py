@@ -359,3 +359,26 @@ def test_a_dbm_sqlite3_shelve_of_python_3_13_is_repaired_with_that_interpreter(p
         with pytest.raises(RepairError, match=rf"^{base}: (cannot|not a)"):
             target(base, python=python313).apply(lambda: now, undo_log=None, incident_id="i")
         assert snapshot(tmp_path) == before
+
+
+def test_the_command_line_uses_a_configured_hook_with_its_owner_commands(store, tmp_path: Path, capsys) -> None:
+    from timeguard.cli.main import main
+
+    base, now = store
+    log = tmp_path / "owner.log"
+    cfg = tmp_path / "timeguard.yaml"
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "hooks": [
+        {"type": "celery_shelve", "name": "shelve", "schedule_file": str(base), "python": PYTHON,
+         "tolerance_s": 10 * DAY, "stop_command": ["sh", "-c", f"echo stop >> {log}"],
+         "start_command": ["sh", "-c", f"echo start >> {log}"]}]}))
+    common = ["repair", "celery-shelve", "--config", str(cfg), "--trust-local-clock", "--hook", "shelve"]
+    # the command line's tolerance overrides the hook's: nothing is 200 days ahead
+    assert main([*common, "--tolerance-s", str(200 * DAY)]) == 0
+    assert "nothing to repair" in capsys.readouterr().out and not log.exists()
+    assert main(common) == 0
+    out = capsys.readouterr().out
+    assert "repaired: 2 value(s)" in out and log.read_text().split() == ["stop", "start"]
+    incident = out.rsplit("timeguard repair undo ", 1)[1].split()[0]
+    assert main(["repair", "undo", incident, "--config", str(cfg), "--hook", "shelve"]) == 0
+    assert "restored: every-minute last_run_at" in capsys.readouterr().out
+    assert log.read_text().split() == ["stop", "start", "stop", "start"]

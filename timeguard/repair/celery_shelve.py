@@ -522,8 +522,8 @@ class CeleryShelveKind(TargetKind):
                             "(repeatable; the first is its working directory)")
         parser.add_argument("--environment-file", metavar="PATH", help="its environment file")
         parser.add_argument("--user", metavar="NAME", help="run it as this user (as root)")
-        parser.add_argument("--tolerance-s", type=float, default=DEFAULT_TOLERANCE_S, metavar="N",
-                            help="future means more than N s ahead (default 600)")
+        parser.add_argument("--tolerance-s", type=float, metavar="N",
+                            help=f"future means more than N s ahead (default {DEFAULT_TOLERANCE_S:g})")
         cls._owner_arguments(parser, "")
 
     @classmethod
@@ -544,7 +544,8 @@ class CeleryShelveKind(TargetKind):
     def _from(cls, schedule_file: Any, python: Any, path: Any, args: argparse.Namespace, prefix: str,
               **more: Any) -> CeleryShelveTarget:
         get = lambda key: getattr(args, prefix + key, None)  # noqa: E731
-        options: dict[str, Any] = {"schedule_file": schedule_file, "python": python, "path": path, **more}
+        options: dict[str, Any] = {"schedule_file": schedule_file, "python": python, "path": path,
+                                   **{k: v for k, v in more.items() if v is not None}}
         stop, start = get("stop_command"), get("start_command")
         dash = "--" + prefix.replace("_", "-")
         if (stop is None) != (start is None):
@@ -564,6 +565,25 @@ class CeleryShelveKind(TargetKind):
             error.usage = True  # type: ignore[attr-defined]
             raise error
         return cls(options).open()
+
+    @classmethod
+    def cli_options(cls, args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """With ``--hook NAME``: the hook's options (``base``) with the command line's on top; beat's stop/start
+        given here replaces the hook's."""
+        options = dict(base or {})
+        for key in ("schedule_file", "python", "path", "environment_file", "user", "tolerance_s"):
+            if getattr(args, key, None) is not None:
+                options[key] = getattr(args, key)
+        owner = {key: getattr(args, key, None) for key in ("beat_service", "stop_command", "start_command")}
+        if any(value is not None for value in owner.values()):
+            for key in OWNER_KEYS:
+                options.pop(key, None)
+            if owner["beat_service"] is not None:
+                options["beat_service"] = owner["beat_service"]
+            for key in ("stop_command", "start_command"):
+                if owner[key] is not None:
+                    options[key] = shlex.split(owner[key])
+        return options
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CeleryShelveTarget:
