@@ -364,7 +364,7 @@ def test_a_dbm_sqlite3_shelve_of_python_3_13_is_repaired_with_that_interpreter(p
 def test_the_command_line_uses_a_configured_hook_with_its_owner_commands(store, tmp_path: Path, capsys) -> None:
     from timeguard.cli.main import main
 
-    base, now = store
+    base, _ = store
     log = tmp_path / "owner.log"
     cfg = tmp_path / "timeguard.yaml"
     cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "hooks": [
