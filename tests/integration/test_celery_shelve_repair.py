@@ -302,28 +302,40 @@ with shelve.open(sys.argv[1], flag="r") as db:
 """
 
 
-@pytest.fixture(scope="module")
-def python313(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A Python 3.13 (new shelves are dbm.sqlite3 there) with this celery, in a venv of its own."""
-    import shutil
-
+def celery_python(factory: pytest.TempPathFactory, candidates: list[str], module: str, what: str) -> str:
+    """A venv of the first of ``candidates`` that has ``module`` (a dbm flavour), with this celery installed."""
     import celery
 
     from tests.support.require import need
 
-    candidates = [*map(str, sorted(Path.home().glob(".pyenv/versions/3.13*/bin/python3.13"))),
-                  shutil.which("python3.13") or "python3.13"]  # a pyenv shim may exist without the version
-    found = next((c for c in candidates if subprocess.run([c, "-c", "import dbm.sqlite3"], capture_output=True,
+    found = next((c for c in candidates if subprocess.run([c, "-c", f"import {module}"], capture_output=True,
                                                           check=False).returncode == 0), None)
-    need(found, "Python 3.13 (dbm.sqlite3)")
+    need(found, what)
     assert found is not None
-    venv = tmp_path_factory.mktemp("py313")
+    venv = factory.mktemp(module.replace(".", "-"))
     subprocess.run([found, "-m", "venv", str(venv)], check=True, timeout=60)
     pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
                           f"celery=={celery.__version__}"], capture_output=True, text=True, timeout=240,
                          check=False)
-    need(pip.returncode == 0, f"celery {celery.__version__} for Python 3.13: {pip.stderr.strip()[-200:]}")
+    need(pip.returncode == 0, f"celery {celery.__version__} for {found}: {pip.stderr.strip()[-200:]}")
     return str(venv / "bin" / "python")
+
+
+@pytest.fixture(scope="module")
+def python313(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Python 3.13 (new shelves are dbm.sqlite3 there) with this celery."""
+    import shutil
+
+    candidates = [*map(str, sorted(Path.home().glob(".pyenv/versions/3.13*/bin/python3.13"))),
+                  shutil.which("python3.13") or "python3.13"]  # a pyenv shim may exist without the version
+    return celery_python(tmp_path_factory, candidates, "dbm.sqlite3", "Python 3.13 (dbm.sqlite3)")
+
+
+@pytest.fixture(scope="module")
+def python_gdbm(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Python with dbm.gnu (Debian: python3-gdbm) with this celery: its shelves are gdbm files, locked by beat."""
+    return celery_python(tmp_path_factory, ["/usr/bin/python3", sys.executable], "dbm.gnu",
+                         "a Python with dbm.gnu (apt-get install python3-gdbm)")
 
 
 def test_a_dbm_sqlite3_shelve_of_python_3_13_is_repaired_with_that_interpreter(python313: str,
@@ -382,3 +394,40 @@ def test_the_command_line_uses_a_configured_hook_with_its_owner_commands(store, 
     assert main(["repair", "undo", incident, "--config", str(cfg), "--hook", "shelve"]) == 0
     assert "restored: every-minute last_run_at" in capsys.readouterr().out
     assert log.read_text().split() == ["stop", "start", "stop", "start"]
+
+
+HOLD_GDBM = """
+import shelve, sys, time
+db = shelve.open(sys.argv[1], writeback=True)  # as beat holds it: gdbm locks the file
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_gdbm_shelve_is_repaired_and_refused_while_beat_holds_its_lock(python_gdbm: str, tmp_path: Path) -> None:
+    now = time.time()
+    base = tmp_path / "celerybeat-schedule"
+    subprocess.run([python_gdbm, "-c", WRITE_313.replace("datetime.UTC", "datetime.timezone.utc"), str(base),
+                    repr(now)], check=True, timeout=60)
+    assert [p.name for p in tmp_path.iterdir()] == ["celerybeat-schedule"]
+    t = target(base, python=python_gdbm)
+    holder = subprocess.Popen([python_gdbm, "-c", HOLD_GDBM, str(base)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"open"
+        before = snapshot(tmp_path)
+        assert [c["item"] for c in t.audit(now).details["entries"]] == ["ahead"]  # a copy: the lock is not in the way
+        with pytest.raises(RepairError, match=rf"still in use by {holder.pid} \("):
+            t.apply(lambda: now, undo_log=None, incident_id="i")
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert t.apply(lambda: now, undo_log=None, incident_id="inc-g").clean
+    out = subprocess.run([python_gdbm, "-c", READ_313, str(base)], capture_output=True, text=True, check=True)
+    flavour, _, values = out.stdout.partition(" ")
+    assert flavour == "dbm.gnu" and json.loads(values)["ahead"] == pytest.approx(now, abs=1e-5)
+    base.write_bytes(base.read_bytes()[:200])  # truncated
+    before = snapshot(tmp_path)
+    with pytest.raises(RepairError, match=rf"^{base}: (cannot|not a)"):
+        t.plan(now)
+    assert snapshot(tmp_path) == before
