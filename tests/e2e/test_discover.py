@@ -197,9 +197,10 @@ def test_finds_each_beat_with_its_scheduler_interval_settings_and_a_hook(beats: 
     assert shelve["schedule_file"] == str(beats.shelve_dir / "celerybeat-schedule")
     assert (shelve["max_interval_s"], shelve["max_interval_given"]) == (300.0, False)
     assert shelve["settings"] is None and shelve["cwd"] == str(beats.shelve_dir)
-    assert shelve["hook"] is None  # no hook type yet: only a commented snippet
+    assert shelve["hook"] is None  # no systemd unit: commented, with stop/start placeholders (refused without)
     assert all(line.startswith("#") for line in shelve["snippet"].splitlines())
     assert "celery_shelve" in shelve["snippet"] and str(beats.shelve_dir) in shelve["snippet"]
+    assert f"#   python: {sys.executable}" in shelve["snippet"] and "#   stop_command:" in shelve["snippet"]
 
     table = discover(*beats.pids)
     assert table.returncode == 0, table.stderr

@@ -100,8 +100,10 @@ def test_the_variables_the_settings_read_go_to_an_environment_file_beside_the_co
     ({"inspectable": False, "problems": ["permission denied reading /proc/4242/environ"]},
      "not inspectable: permission denied reading /proc/4242/environ"),
     ({"other_root": True}, "another root directory (a container or a chroot): its paths are not this host's"),
-    ({"scheduler": SHELVE, "scheduler_name": "celery.beat:PersistentScheduler", "schedule_file": "/srv/app/s"},
-     "celery_shelve"),
+    ({"scheduler": SHELVE, "scheduler_name": "celery.beat:PersistentScheduler", "schedule_file": "/srv/app/s",
+      "unit": None}, "the hook is refused without a way to stop it"),
+    ({"scheduler": SHELVE, "scheduler_name": "celery.beat:PersistentScheduler", "schedule_file": None},
+     "the schedule file could not be found"),
     ({"scheduler": REDBEAT, "scheduler_name": "redbeat.RedBeatScheduler", "broker": "redis://h:6379/1"},
      "redbeat"),
     ({"scheduler": OTHER, "scheduler_name": "proj.sched:Locked"}, "no repair for the scheduler proj.sched:Locked"),
@@ -114,12 +116,25 @@ def test_what_cannot_be_a_valid_hook_today_is_only_a_comment(changes, reason):
     assert yaml.safe_load(snippet.text) is None  # pasted, it adds nothing
 
 
-def test_the_planned_entries_show_the_store_to_repair():
+def test_a_shelve_beat_in_a_unit_gets_a_valid_celery_shelve_hook():
     shelve = make(beat(scheduler=SHELVE, scheduler_name="celery.beat:PersistentScheduler",
                        schedule_file="/srv/app/celerybeat-schedule"), set())
+    assert shelve.hook == {"type": "celery_shelve", "name": "celery-beat",
+                           "schedule_file": "/srv/app/celerybeat-schedule", "python": "/srv/app/.venv/bin/python",
+                           "path": ["/srv/app"], "user": "app", "beat_service": "celery-beat.service"}
+    assert validate([shelve.hook]) == []
+    assert yaml.safe_load(shelve.text) == [shelve.hook]
+
+
+def test_the_planned_entries_show_the_store_to_repair():
+    shelve = make(beat(scheduler=SHELVE, scheduler_name="celery.beat:PersistentScheduler",
+                       schedule_file="/srv/app/celerybeat-schedule", unit=None, uid=0), set())
     planned = yaml.safe_load("\n".join(line.removeprefix("# ") for line in shelve.text.splitlines()[2:]))
-    assert planned == [{"type": "celery_shelve", "name": "celery-beat", "schedule_file": "/srv/app/celerybeat-schedule",
-                        "beat_service": "celery-beat.service"}]
+    assert planned == [{"type": "celery_shelve", "name": "celery-beat-proj", "schedule_file":
+                        "/srv/app/celerybeat-schedule", "python": "/srv/app/.venv/bin/python", "path": ["/srv/app"],
+                        "stop_command": ["FILL-IN", "stop"], "start_command": ["FILL-IN", "start"]}]
+    # as written, refused: a hook without a way to stop beat (so it stays a comment)
+    assert any("beat_service" in p for p in validate([{k: v for k, v in planned[0].items() if "_command" not in k}]))
     redbeat = make(beat(scheduler=REDBEAT, scheduler_name="redbeat.RedBeatScheduler", broker="redis://h:6379/1"),
                    set())
     assert "#   redis_url: redis://h:6379/1" in redbeat.text
@@ -173,10 +188,12 @@ def test_render_is_a_hooks_block_that_parses():
     ({"type": "celery_beat", "name": "h", "database_url": "postgresql://app@db.internal/other"}, False),
     ({"type": "repair", "target": "celery_beat", "name": "h", "beat_service": "celery-beat.service"}, True),
     ({"type": "webhook", "name": "h", "beat_service": "celery-beat.service"}, False),
+    ({"type": "celery_shelve", "name": "h", "schedule_file": "/srv/app/celerybeat-schedule"}, True),
+    ({"type": "celery_shelve", "name": "h", "schedule_file": "/srv/other/celerybeat-schedule"}, False),
     ("not a mapping", False),
 ])
 def test_a_configured_hook_covers_the_beat_it_repairs(hook, covered):
-    assert covered_by(beat(), [hook]) == ("h" if covered else None)
+    assert covered_by(beat(schedule_file="/srv/app/celerybeat-schedule"), [hook]) == ("h" if covered else None)
 
 
 def test_sqlite_paths_are_compared_whole():

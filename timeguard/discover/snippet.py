@@ -4,8 +4,10 @@
   interpreter: ``django: {settings, python, path: [cwd]}`` (``environment_file`` when the unit has one),
   ``beat_max_interval_s`` when beat's max interval was set explicitly (the hook's default is DatabaseScheduler's
   5 s), ``beat_service`` when beat runs in a systemd system unit (the repair then stops it, repairs, starts it).
-* PersistentScheduler (shelve) and RedBeat → a commented entry: their hook types (``celery_shelve``,
-  ``redbeat``) are not in this timeguard yet, and a hook that fails validation must never be written.
+* PersistentScheduler (shelve) → a ``type: celery_shelve`` hook (schedule file, beat's interpreter, ``path: [cwd]``,
+  ``beat_service``); without a unit a commented one with stop/start placeholders (refused without a way to stop).
+* RedBeat → a commented entry: its hook type (``redbeat``) is not in this timeguard yet, and a hook that fails
+  validation must never be written.
 * anything else → a comment saying there is no repair for it.
 """
 
@@ -24,6 +26,7 @@ from timeguard.discover.argv import DATABASE, REDBEAT, SHELVE
 from timeguard.discover.beat import Beat
 
 HOOK_TYPE = "celery_beat"
+SHELVE_HOOK_TYPE = "celery_shelve"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,17 +138,39 @@ def make(beat: Beat, taken: set[str], env_dir: str = "/etc/timeguard", also: Seq
             hook["beat_service"] = beat.unit
         return Snippet(beat, hook, "\n".join(head) + "\n" + render_items([hook]), environment=environment)
     if beat.scheduler == SHELVE:
-        planned = {"type": "celery_shelve", "name": hook_name(beat, taken), "schedule_file": beat.schedule_file,
-                   "beat_service": beat.unit or "FILL-IN.service"}
-        return _commented(beat, head, "celery's default shelve scheduler: its hook type (celery_shelve) comes with "
-                          "a later timeguard (issue 12); it will look like this (the repair stops beat through "
-                          "beat_service, or stop_command + start_command, repairs the file and starts it)", planned)
+        return _shelve(beat, head, taken)
     if beat.scheduler == REDBEAT:
         planned = {"type": "redbeat", "name": hook_name(beat, taken),
                    "redis_url": beat.broker or "FILL-IN"}
         return _commented(beat, head, "RedBeat: its hook type (redbeat) comes with a later timeguard (issue 12); it "
                           "will look like this (redis_url: redbeat_redis_url, else the broker's URL)", planned)
     return _commented(beat, head, f"timeguard has no repair for the scheduler {beat.scheduler_name}")
+
+
+def _shelve(beat: Beat, head: list[str], taken: set[str]) -> Snippet:
+    """celery's default PersistentScheduler: a ``type: celery_shelve`` hook — its schedule file (resolved against
+    beat's working directory), beat's interpreter (it unpickles the entries) and ``beat_service``. Without a unit
+    the entry stays commented with stop/start placeholders: the hook is refused without a way to stop beat."""
+    missing = [what for what, value in (("the schedule file", beat.schedule_file),
+                                         ("the interpreter", beat.interpreter)) if not value]
+    if missing:
+        return _commented(beat, head, f"{' and '.join(missing)} could not be found: give schedule_file and python "
+                          "by hand")
+    hook: dict[str, Any] = {"type": SHELVE_HOOK_TYPE, "name": hook_name(beat, taken),
+                            "schedule_file": beat.schedule_file, "python": beat.interpreter}
+    if beat.cwd:
+        hook["path"] = [beat.cwd]  # a schedule class of the project's own unpickles from there
+    if beat.environment_file:
+        hook["environment_file"] = beat.environment_file
+    if beat.uid not in (None, 0) and beat.user:
+        hook["user"] = beat.user
+    if beat.unit:
+        hook["beat_service"] = beat.unit
+        return Snippet(beat, hook, "\n".join(head) + "\n" + render_items([hook]))
+    planned = {**hook, "stop_command": ["FILL-IN", "stop"], "start_command": ["FILL-IN", "start"]}
+    return _commented(beat, head, "it runs in no systemd unit, and the celery_shelve repair needs beat stopped (it "
+                      "rewrites the file from memory): the hook is refused without a way to stop it — fill in "
+                      "stop_command and start_command (or beat_service) and uncomment", planned)
 
 
 def _commented(beat: Beat, head: list[str], why: str, planned: dict[str, Any] | None = None) -> Snippet:
@@ -181,6 +206,10 @@ def covered_by(beat: Beat, hooks: Iterable[Any]) -> str | None:
         if not isinstance(hook, Mapping):
             continue
         kind = hook.get("type")
+        if kind == SHELVE_HOOK_TYPE or (kind == "repair" and hook.get("target") == SHELVE_HOOK_TYPE):
+            if beat.schedule_file and hook.get("schedule_file") == beat.schedule_file:
+                return str(hook.get("name", "?"))
+            continue
         if kind != HOOK_TYPE and not (kind == "repair" and hook.get("target") == HOOK_TYPE):
             continue
         name = str(hook.get("name", "?"))
