@@ -205,16 +205,65 @@ def test_a_refusing_redis_is_a_clear_error_without_the_password(redis: Any, url:
     with pytest.raises(RepairError) as caught:
         RedBeatTarget(url).plan(time.time())
     text = str(caught.value)
-    assert says in text and "s3cret" not in text and url.rsplit("@", maxsplit=1)[-1].split("/", maxsplit=1)[0] in text, text
+    host = url.rsplit("@", maxsplit=1)[-1].split("/", maxsplit=1)[0]
+    assert says in text and "s3cret" not in text and host in text, text
 
 
-def test_a_read_only_replica_refuses_the_write(redis: Any) -> None:
-    """Redis says READONLY for a write on a replica; a script's write fails the same way (simulated with the
-    server's own refusal of a write in a read-only script call: EVAL_RO)."""
-    target = RedBeatTarget(rb.REDIS_URL)
-    with pytest.raises(RepairError) as caught:
-        target._call(lambda: target.client.eval_ro("return redis.call('SET', KEYS[1], 'x')", 1, "k"))
-    assert "Redis redis://127.0.0.1:6379/11" in str(caught.value), caught.value
+def _redis_server(port: int, directory: Path, *extra: str) -> Any:
+    from tests.support.realprogs import ManagedProcess
+
+    proc = ManagedProcess.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", str(directory), *extra],
+                                name=f"redis-server:{port}", log_path=directory / f"redis-{port}.log")
+    import redis
+
+    client = redis.Redis(port=port, db=11)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return proc, client
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.stop()
+                raise
+            time.sleep(0.05)
+
+
+def test_a_read_only_replica_refuses_and_nothing_changes(tmp_path: Path) -> None:
+    """A real replica (two redis-servers of this test's own on free ports, never the shared one): the plan reads,
+    the write is refused with READONLY, named as such."""
+    from celery.schedules import schedule
+
+    from tests.support.realprogs import free_port
+    from tests.support.require import need_program
+
+    need_program("redis-server", "redis-server")
+    primary_port, replica_port = free_port("tcp"), free_port("tcp")
+    primary, pc = _redis_server(primary_port, tmp_path)
+    try:
+        replica, rc = _redis_server(replica_port, tmp_path, "--replicaof", "127.0.0.1", str(primary_port))
+        try:
+            url = f"redis://127.0.0.1:{primary_port}/11"
+            a = app()
+            a.conf.redbeat_redis_url = url
+            now = time.time()
+            entry(a, "x", schedule(60), now + FUTURE)
+            deadline = time.monotonic() + 10
+            while rc.info("replication").get("master_link_status") != "up" or rc.zcard(rb.SCHEDULE) == 0:
+                assert time.monotonic() < deadline, "the replica did not sync"
+                time.sleep(0.05)
+            target = RedBeatTarget(f"redis://127.0.0.1:{replica_port}/11")
+            assert len(target.plan(now).changes) == 2
+            with pytest.raises(RepairError, match="read-only replica"):
+                target.apply(lambda: now, undo_log=None, incident_id="i")
+            assert pc.zscore(rb.SCHEDULE, rb.PREFIX + "x") > now + FUTURE - 120
+        finally:
+            rc.close()
+            replica.stop()
+    finally:
+        pc.close()
+        primary.stop()
 
 
 def test_hook_options() -> None:
