@@ -102,8 +102,10 @@ def test_the_variables_the_settings_read_go_to_an_environment_file_beside_the_co
     ({"other_root": True}, "another root directory (a container or a chroot): its paths are not this host's"),
     ({"scheduler": SHELVE, "scheduler_name": "celery.beat:PersistentScheduler", "schedule_file": "/srv/app/s"},
      "celery_shelve"),
-    ({"scheduler": REDBEAT, "scheduler_name": "redbeat.RedBeatScheduler", "broker": "redis://h:6379/1"},
-     "redbeat"),
+    ({"scheduler": REDBEAT, "scheduler_name": "redbeat.RedBeatScheduler", "broker": "redis://:***@h:6379/1"},
+     "the URL holds a password"),
+    ({"scheduler": REDBEAT, "scheduler_name": "redbeat.RedBeatScheduler", "broker": None},
+     "its Redis URL (redbeat_redis_url, else the broker's) could not be found"),
     ({"scheduler": OTHER, "scheduler_name": "proj.sched:Locked"}, "no repair for the scheduler proj.sched:Locked"),
     ({"scheduler": UNKNOWN, "scheduler_name": "?"}, "no repair for the scheduler ?"),
 ])
@@ -120,9 +122,23 @@ def test_the_planned_entries_show_the_store_to_repair():
     planned = yaml.safe_load("\n".join(line.removeprefix("# ") for line in shelve.text.splitlines()[2:]))
     assert planned == [{"type": "celery_shelve", "name": "celery-beat", "schedule_file": "/srv/app/celerybeat-schedule",
                         "beat_service": "celery-beat.service"}]
-    redbeat = make(beat(scheduler=REDBEAT, scheduler_name="redbeat.RedBeatScheduler", broker="redis://h:6379/1"),
+    redbeat = make(beat(scheduler=REDBEAT, scheduler_name="redbeat.RedBeatScheduler", broker="redis://:***@h/1"),
                    set())
-    assert "#   redis_url: redis://h:6379/1" in redbeat.text
+    assert "#   redis_url_env: REDBEAT_REDIS_URL" in redbeat.text and "***" not in redbeat.text.split("\n", 2)[2]
+
+
+def test_a_redbeat_beat_gets_a_valid_redbeat_hook_on_its_redis():
+    snippet = make(beat(scheduler=REDBEAT, scheduler_name="redbeat.RedBeatScheduler", broker="redis://h:6379/1"),
+                   set())
+    assert snippet.hook == {"type": "redbeat", "name": "celery-beat", "redis_url": "redis://h:6379/1"}
+    assert yaml.safe_load(snippet.text) == [snippet.hook]
+    assert validate([snippet.hook]) == []
+    # a configured redbeat hook on the same Redis database covers it; another database does not
+    b = snippet.beat
+    assert covered_by(b, [{"type": "redbeat", "name": "rb", "redis_url": "redis://:pw@h:6379/1"}]) == "rb"
+    generic = {"type": "repair", "target": "redbeat", "name": "rb", "redis_url": "redis://h:6379/1"}
+    assert covered_by(b, [generic]) == "rb"
+    assert covered_by(b, [{"type": "redbeat", "name": "rb", "redis_url": "redis://h:6379/2"}]) is None
 
 
 def test_names_never_clash_with_configured_hooks_or_each_other():
