@@ -111,33 +111,21 @@ def test_bug_then_audit_repairs_live(beat_clock: FakeClock, honest_ntp: list[Fak
 def test_daemon_repairs_on_rollback(beat_clock: FakeClock, honest_ntp: list[FakeNTPServer]) -> None:
     with rb.fresh_db() as redis, running() as http, rb.running_daemon(beat_clock, honest_ntp, http) as daemon:
         assert daemon.audit()["outcome"] == "clean", daemon.audit()
-        t_jump = time.monotonic()
-        beat_clock.set(FUTURE_S)
-        daemon.wait_event(EventKind.FORWARD_JUMP, 10, since_mono=t_jump)
-        with rb.running_redbeat(beat_clock) as beat:
-            beat.wait_sent("every-1s", count=3, timeout_s=20)
-            t_step = time.monotonic()
-            beat_clock.set(0)
-            rollback = daemon.wait_event(EventKind.ROLLBACK, 10, since_mono=t_step - 1)
-            first = beat.wait_custom_sent(t_step + beatlib.GRACE_S, 40, daemon.log_tail)
-            print(f"[redbeat] step → rollback {rollback.monotonic_s - t_step:.2f} s → first task sent again "
-                  f"{first.mono - t_step:.2f} s ({first.name})")
-            run = daemon.wait_hook_run(rollback, 60)
+        with rb.rolled_back(beat_clock, daemon) as step:
+            first = step.beat.wait_custom_sent(step.step_mono + beatlib.GRACE_S, 40, daemon.log_tail)
+            print(f"[redbeat] step → rollback {step.rollback.monotonic_s - step.step_mono:.2f} s → first task sent "
+                  f"again {first.mono - step.step_mono:.2f} s ({first.name})")
+            run = daemon.wait_hook_run(step.rollback, 60)
             assert run.status is HookStatus.CHANGED, f"{run.status.value}: {run.summary}\n{run.details}"
-            _assert_resumed(beat, time.monotonic())
+            _assert_resumed(step.beat, time.monotonic())
             assert rb.future_times(redis, time.time(), tolerance_s=NEXT_RUN_S) == {}
 
 
 def test_no_repair_when_rolled_back_into_the_past(beat_clock: FakeClock,
                                                   honest_ntp: list[FakeNTPServer]) -> None:
     with rb.fresh_db() as redis, running() as http, rb.running_daemon(beat_clock, honest_ntp, http) as daemon:
-        beat_clock.set(FUTURE_S)
-        with rb.running_redbeat(beat_clock) as beat:
-            beat.wait_sent("every-1s", count=2, timeout_s=20)
-            t_step = time.monotonic()
-            beat_clock.set(-3 * DAY)
-            rollback = daemon.wait_event(EventKind.ROLLBACK, 10, since_mono=t_step - 1)
-            run = daemon.wait_hook_run(rollback, 60)
+        with rb.rolled_back(beat_clock, daemon, to_s=-3 * DAY) as step:
+            run = daemon.wait_hook_run(step.rollback, 60)
         assert run.status is HookStatus.SKIPPED, f"{run.status.value}: {run.summary}"
         assert "behind" in run.summary, run.summary
         assert rb.future_times(redis, time.time() + 30), "the future values were changed"

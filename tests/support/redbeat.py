@@ -21,6 +21,7 @@ from tests.support import beat as beatlib
 from tests.support import beatdaemon
 from tests.support import daemon as daemonlib
 from tests.support.realprogs import FakeClock, scratch_dir
+from timeguard.events import EventKind
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 APP_DIR = Path(__file__).resolve().parent.parent / "e2e" / "redbeatapp"
@@ -149,3 +150,24 @@ def running_daemon(clock: FakeClock, ntp: Sequence[Any], http: Any, *, hook: dic
         if wait_audit:
             daemonlib.wait_for("the first audit", lambda: daemon.audit() is not None, 20, proc)
         yield daemon
+
+
+@dataclasses.dataclass(frozen=True)
+class RolledBack:
+    beat: RedBeatProcess
+    step_mono: float  # CLOCK_MONOTONIC of the step back
+    rollback: Any  # the daemon's rollback event
+
+
+@contextlib.contextmanager
+def rolled_back(clock: FakeClock, daemon: beatdaemon.Daemon, *, to_s: float = 0.0) -> Iterator[RolledBack]:
+    """With the daemon watching: the clock to +180 d, beat started and sending (stamping the future into Redis),
+    the clock back to ``to_s``; yields once the daemon has seen the rollback (beat still running)."""
+    t_jump = time.monotonic()
+    clock.set(beatlib.FUTURE_S)
+    daemon.wait_event(EventKind.FORWARD_JUMP, 10, since_mono=t_jump)
+    with running_redbeat(clock) as beat:
+        beat.wait_sent("every-1s", count=3, timeout_s=20)
+        t_step = time.monotonic()
+        clock.set(to_s)
+        yield RolledBack(beat, t_step, daemon.wait_event(EventKind.ROLLBACK, 10, since_mono=t_step - 1))
