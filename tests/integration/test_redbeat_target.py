@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -283,3 +286,41 @@ def test_datetime_codec_is_redbeats() -> None:
         assert decode_datetime(stored) == when
         mine = json.dumps({"t": encode_datetime(when.timestamp(), stored)})
         assert json.loads(mine, cls=RedBeatJSONDecoder)["t"] == when
+
+
+# ------------------------------------------------------------------------------------- the command line
+
+
+def _cli(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("TIMEGUARD_CONFIG", "TIMEGUARD_REDBEAT_REDIS_URL")}
+    return subprocess.run([sys.executable, "-m", "timeguard", "repair", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False, env={**base, **(env or {})})
+
+
+def test_cli_hook_url_from_env_and_usage_errors(redis: Any, tmp_path: Path) -> None:
+    """``--hook`` takes the configured hook's Redis (its URL from an environment variable, read when used) and
+    options; the command line's own options override them; no Redis at all is a usage error (exit 2)."""
+    from celery.schedules import schedule
+
+    a = app(prefix="proj:")
+    now = time.time()
+    entry(a, "x", schedule(60), now + FUTURE)
+    config = tmp_path / "timeguard.yaml"
+    config.write_text("hooks:\n  - type: redbeat\n    name: rb\n    redis_url_env: PROJ_REDIS\n"
+                      "    key_prefix: 'proj:'\n")
+    dry = _cli(config, "redbeat", "--hook", "rb", "--dry-run", "--trust-local-clock", "--json",
+               env={"PROJ_REDIS": rb.REDIS_URL})
+    assert dry.returncode == 0, dry.stderr
+    assert {c["name"] for c in json.loads(dry.stdout)["changes"]} == {"x"}
+    # the command line's prefix overrides the hook's: nothing under redbeat:
+    other = _cli(config, "redbeat", "--hook", "rb", "--key-prefix", "redbeat:", "--dry-run", "--trust-local-clock",
+                 "--json", env={"PROJ_REDIS": rb.REDIS_URL})
+    assert other.returncode == 0 and json.loads(other.stdout)["changes"] == [], other.stdout + other.stderr
+    unset = _cli(config, "redbeat", "--hook", "rb", "--dry-run", "--trust-local-clock")
+    assert unset.returncode == 1 and "$PROJ_REDIS is not set" in unset.stderr, unset.stderr
+    none = _cli(config, "redbeat", "--dry-run", "--trust-local-clock")
+    assert none.returncode == 2 and "--redis-url" in none.stderr, none.stderr
+    from_env = _cli(config, "redbeat", "--key-prefix", "proj:", "--trust-local-clock", "--json",
+                    env={"TIMEGUARD_REDBEAT_REDIS_URL": rb.REDIS_URL})
+    assert from_env.returncode == 0 and json.loads(from_env.stdout)["changed"] is True, from_env.stderr
+    assert abs(loaded(a, "x").last_run_at.timestamp() - time.time()) < 60

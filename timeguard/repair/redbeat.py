@@ -624,8 +624,8 @@ class RedBeatKind(TargetKind):
                             f"${URL_ENV}; a password is better there than on the command line)")
         _store_args(parser, "--key-prefix")
         parser.add_argument("--lock-key", metavar="KEY", help="redbeat_lock_key (default <prefix>:lock)")
-        parser.add_argument("--tolerance-s", type=float, default=DEFAULT_TOLERANCE_S, metavar="N",
-                            help="future means more than N s ahead (default 600)")
+        parser.add_argument("--tolerance-s", type=float, metavar="N",
+                            help="future means more than N s ahead (default: the hook's, else 600)")
 
     @classmethod
     def add_undo_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -634,11 +634,14 @@ class RedBeatKind(TargetKind):
         _store_args(parser, "--redbeat-key-prefix")
 
     @classmethod
-    def options_from_args(cls, args: argparse.Namespace, url: str | None) -> dict[str, Any]:
+    def options_from_args(cls, args: argparse.Namespace, url: str | None, *, env_default: bool = True
+                          ) -> dict[str, Any]:
+        """The hook options the command line gives (only those given); without a URL, ``$TIMEGUARD_REDBEAT_REDIS_URL``
+        when ``env_default`` (not over a configured hook's own)."""
         options: dict[str, Any] = {}
         if url:
             options["redis_url"] = url
-        elif os.environ.get(URL_ENV):
+        elif env_default and os.environ.get(URL_ENV):
             options["redis_url_env"] = URL_ENV
         for key in ("key_prefix", "lock_key", "tolerance_s"):
             if getattr(args, key, None) is not None:
@@ -647,8 +650,9 @@ class RedBeatKind(TargetKind):
 
     @classmethod
     def cli_options(cls, args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """A configured hook's options (``--hook``) with the command line's on top."""
-        given = cls.options_from_args(args, getattr(args, "redis_url", None))
+        """A configured hook's options (``--hook``) with the command line's on top; a URL given here replaces the
+        hook's."""
+        given = cls.options_from_args(args, getattr(args, "redis_url", None), env_default=base is None)
         options = dict(base or {})
         if any(k in given for k in URL_KEYS):
             for key in URL_KEYS:
