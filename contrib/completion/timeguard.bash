@@ -15,7 +15,8 @@ _timeguard() {
             "config validate/--config") ((i++)) ;;
             "config show/--config") ((i++)) ;;
             "repair celery-beat/--config"|"repair celery-beat/--hook"|"repair celery-beat/--database-url"|"repair celery-beat/--django-settings"|"repair celery-beat/--django-python"|"repair celery-beat/--django-path"|"repair celery-beat/--django-env-file"|"repair celery-beat/--django-user"|"repair celery-beat/--django-alias"|"repair celery-beat/--table-prefix"|"repair celery-beat/--schema"|"repair celery-beat/--tolerance-s"|"repair celery-beat/--time-zone"|"repair celery-beat/--beat-max-interval-s"|"repair celery-beat/--max-rounds") ((i++)) ;;
-            "repair undo/--config"|"repair undo/--hook"|"repair undo/--database-url"|"repair undo/--django-settings"|"repair undo/--django-python"|"repair undo/--django-path"|"repair undo/--django-env-file"|"repair undo/--django-user"|"repair undo/--django-alias"|"repair undo/--table-prefix"|"repair undo/--schema"|"repair undo/--beat-max-interval-s") ((i++)) ;;
+            "repair redbeat/--config"|"repair redbeat/--hook"|"repair redbeat/--redis-url"|"repair redbeat/--key-prefix"|"repair redbeat/--lock-key"|"repair redbeat/--tolerance-s") ((i++)) ;;
+            "repair undo/--config"|"repair undo/--hook"|"repair undo/--database-url"|"repair undo/--django-settings"|"repair undo/--django-python"|"repair undo/--django-path"|"repair undo/--django-env-file"|"repair undo/--django-user"|"repair undo/--django-alias"|"repair undo/--table-prefix"|"repair undo/--schema"|"repair undo/--beat-max-interval-s"|"repair undo/--redbeat-redis-url"|"repair undo/--redbeat-key-prefix") ((i++)) ;;
             "discover/--config"|"discover/--pid") ((i++)) ;;
             "/check") cmd="check" ;;
             "/run") cmd="run" ;;
@@ -31,13 +32,14 @@ _timeguard() {
             "config/schema") cmd="config schema" ;;
             "/repair") cmd="repair" ;;
             "repair/celery-beat") cmd="repair celery-beat" ;;
+            "repair/redbeat") cmd="repair redbeat" ;;
             "repair/undo") cmd="repair undo" ;;
             "/discover") cmd="discover" ;;
         esac
     done
     case "$cmd/$prev" in
-        "check/--config"|"run/--config"|"status/--config"|"events/--config"|"hooks list/--config"|"hooks test/--config"|"config validate/--config"|"config show/--config"|"repair celery-beat/--config"|"repair celery-beat/--django-env-file"|"repair undo/--config"|"repair undo/--django-env-file"|"discover/--config") COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        "check/-H"|"check/--hostname"|"check/-p"|"check/--port"|"check/-w"|"check/--warning"|"check/-c"|"check/--critical"|"check/-t"|"check/--timeout"|"status/--events"|"events/--since"|"events/--kind"|"events/--limit"|"hooks test/--event"|"repair celery-beat/--hook"|"repair celery-beat/--database-url"|"repair celery-beat/--django-settings"|"repair celery-beat/--django-python"|"repair celery-beat/--django-path"|"repair celery-beat/--django-user"|"repair celery-beat/--django-alias"|"repair celery-beat/--table-prefix"|"repair celery-beat/--schema"|"repair celery-beat/--tolerance-s"|"repair celery-beat/--time-zone"|"repair celery-beat/--beat-max-interval-s"|"repair celery-beat/--max-rounds"|"repair undo/--hook"|"repair undo/--database-url"|"repair undo/--django-settings"|"repair undo/--django-python"|"repair undo/--django-path"|"repair undo/--django-user"|"repair undo/--django-alias"|"repair undo/--table-prefix"|"repair undo/--schema"|"repair undo/--beat-max-interval-s"|"discover/--pid") COMPREPLY=(); return ;;  # a value: nothing to offer
+        "check/--config"|"run/--config"|"status/--config"|"events/--config"|"hooks list/--config"|"hooks test/--config"|"config validate/--config"|"config show/--config"|"repair celery-beat/--config"|"repair celery-beat/--django-env-file"|"repair redbeat/--config"|"repair undo/--config"|"repair undo/--django-env-file"|"discover/--config") COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        "check/-H"|"check/--hostname"|"check/-p"|"check/--port"|"check/-w"|"check/--warning"|"check/-c"|"check/--critical"|"check/-t"|"check/--timeout"|"status/--events"|"events/--since"|"events/--kind"|"events/--limit"|"hooks test/--event"|"repair celery-beat/--hook"|"repair celery-beat/--database-url"|"repair celery-beat/--django-settings"|"repair celery-beat/--django-python"|"repair celery-beat/--django-path"|"repair celery-beat/--django-user"|"repair celery-beat/--django-alias"|"repair celery-beat/--table-prefix"|"repair celery-beat/--schema"|"repair celery-beat/--tolerance-s"|"repair celery-beat/--time-zone"|"repair celery-beat/--beat-max-interval-s"|"repair celery-beat/--max-rounds"|"repair redbeat/--hook"|"repair redbeat/--redis-url"|"repair redbeat/--key-prefix"|"repair redbeat/--lock-key"|"repair redbeat/--tolerance-s"|"repair undo/--hook"|"repair undo/--database-url"|"repair undo/--django-settings"|"repair undo/--django-python"|"repair undo/--django-path"|"repair undo/--django-user"|"repair undo/--django-alias"|"repair undo/--table-prefix"|"repair undo/--schema"|"repair undo/--beat-max-interval-s"|"repair undo/--redbeat-redis-url"|"repair undo/--redbeat-key-prefix"|"discover/--pid") COMPREPLY=(); return ;;  # a value: nothing to offer
     esac
     local opts="" subs="" file=""
     case "$cmd" in
@@ -54,9 +56,10 @@ _timeguard() {
         "config show") opts="-h --help --config --json" ;;
         "config generate") opts="-h --help" ;;
         "config schema") opts="-h --help" ;;
-        "repair") opts="-h --help" subs="celery-beat undo" ;;
+        "repair") opts="-h --help" subs="celery-beat redbeat undo" ;;
         "repair celery-beat") opts="-h --help --config --hook --database-url --django-settings --django-python --django-path --django-env-file --django-user --django-alias --table-prefix --schema --tolerance-s --no-use-tz --no-tz-aware --time-zone --beat-max-interval-s --max-rounds --dry-run --json --trust-local-clock" ;;
-        "repair undo") opts="-h --help --config --hook --database-url --django-settings --django-python --django-path --django-env-file --django-user --django-alias --table-prefix --schema --beat-max-interval-s --dry-run --json" ;;
+        "repair redbeat") opts="-h --help --config --hook --redis-url --key-prefix --lock-key --tolerance-s --dry-run --json --trust-local-clock" ;;
+        "repair undo") opts="-h --help --config --hook --database-url --django-settings --django-python --django-path --django-env-file --django-user --django-alias --table-prefix --schema --beat-max-interval-s --redbeat-redis-url --redbeat-key-prefix --dry-run --json" ;;
         "discover") opts="-h --help --config --json --pid --write --yes" ;;
     esac
     if [[ $cur == -* ]]; then
