@@ -8,6 +8,8 @@ poisoned by a clock 180 days ahead, repaired live by the timeguard daemon's ``ty
 2. ``test_daemon_repairs_on_rollback``: the daemon watches the step itself and repairs on the rollback.
 3. ``test_no_repair_when_rolled_back_into_the_past``: +180 d, then −3 d: the sources say the host is behind, so the
    hook refuses and Redis keeps what it had.
+4. ``test_no_repair_when_spoofed_ntp_majority_disagrees_with_https``: NTP spoofed to −3 d, the host follows; HTTPS
+   disagrees: no repair, every hash as it was.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def test_bug_then_audit_repairs_live(beat_clock: FakeClock, honest_ntp: list[Fak
         assert json.loads(again.stdout)["changes_total"] == 0, again.stdout
         # undo: what beat has not rewritten since (every-minute's next run is up to a minute away) gets its future
         # values back; the interval tasks beat ran since are left alone, and said so
-        undo = _cli("undo", incident, "--config", str(daemon.config), "--redbeat-redis-url", rb.REDIS_URL)
+        # (the undo log names the Redis: its URL has no password, so the command needs nothing more)
+        undo = _cli("undo", incident, "--config", str(daemon.config))
         assert undo.returncode == 0, undo.stdout + undo.stderr
         back = rb.future_times(redis, time.time())
         assert {k: before[k] for k in back} == back, undo.stdout
@@ -129,3 +132,29 @@ def test_no_repair_when_rolled_back_into_the_past(beat_clock: FakeClock,
         assert run.status is HookStatus.SKIPPED, f"{run.status.value}: {run.summary}"
         assert "behind" in run.summary, run.summary
         assert rb.future_times(redis, time.time() + 30), "the future values were changed"
+
+
+def test_no_repair_when_spoofed_ntp_majority_disagrees_with_https(beat_clock: FakeClock) -> None:
+    """An attacker answers for every NTP server with −3 d and the host follows: beat's real-time stamps now look
+    3 days in the future, the state a repair clamps. NTP agrees with the false clock, HTTPS does not: the hook must
+    refuse, and Redis keeps its (correct) real-time values."""
+    spoofed = [FakeNTPServer(offset_s=-3 * DAY) for _ in range(3)]
+    try:
+        with rb.fresh_db() as redis, running() as http, \
+                rb.running_daemon(beat_clock, spoofed, http, wait_audit=False) as daemon:
+            daemon.wait_event(EventKind.SOURCES_INCONSISTENT, 15)
+            with rb.running_redbeat(beat_clock) as beat:
+                beat.wait_sent("every-1s", count=3, timeout_s=30)
+                before = {k: redis.dump(k) for k in redis.keys(rb.PREFIX + "every*")}
+                t_step = time.monotonic()
+                beat_clock.set(-3 * DAY)
+                rollback = daemon.wait_event(EventKind.ROLLBACK, 10, since_mono=t_step)
+                run = daemon.wait_hook_run(rollback, 30)
+                assert run.status is HookStatus.SKIPPED, (run.status, run.summary)
+                assert "NTP and HTTPS do not agree" in run.summary, run.summary
+            # beat sent nothing since (its clock is 3 days back), and the repair wrote nothing: every hash as it was
+            assert {k: redis.dump(k) for k in before} == before
+            assert all(r.status is HookStatus.SKIPPED for r in daemon.hook_runs()), daemon.hook_runs()
+    finally:
+        for server in spoofed:
+            server.close()

@@ -72,7 +72,7 @@ from timeguard.repair.target import (
     format_table,
     range_problem,
 )
-from timeguard.secrets import redact_text, redact_url
+from timeguard.secrets import MASK, redact_text, redact_url
 
 if TYPE_CHECKING:
     from timeguard.repair.undo import UndoLog
@@ -630,7 +630,8 @@ class RedBeatKind(TargetKind):
     @classmethod
     def add_undo_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--redbeat-redis-url", metavar="URL",
-                            help=f"the Redis a redbeat repair changed (default: ${URL_ENV})")
+                            help=f"the Redis a redbeat repair changed, when its URL holds a password (default: "
+                            f"${URL_ENV}, else the URL the undo log recorded)")
         _store_args(parser, "--redbeat-key-prefix")
 
     @classmethod
@@ -680,11 +681,16 @@ class RedBeatKind(TargetKind):
 
     @classmethod
     def undo_target(cls, args: argparse.Namespace, fingerprints: Sequence[str]) -> RedBeatTarget:
-        options = cls.options_from_args(argparse.Namespace(key_prefix=args.redbeat_key_prefix),
-                                        args.redbeat_redis_url)
+        """The Redis the undo log names (``<redacted URL>#<prefix>``): its URL as recorded when it holds no password,
+        else ``--redbeat-redis-url`` (or ``$TIMEGUARD_REDBEAT_REDIS_URL``); the prefix as recorded unless given."""
+        recorded_url, _, recorded_prefix = sorted(set(fingerprints))[0].rpartition("#")
+        prefix = args.redbeat_key_prefix if args.redbeat_key_prefix is not None else recorded_prefix
+        url = args.redbeat_redis_url or (recorded_url if MASK not in recorded_url else None)
+        options = cls.options_from_args(argparse.Namespace(key_prefix=prefix), url)
         if not any(options.get(k) for k in URL_KEYS):
-            raise RepairError(f"a redbeat repair is undone in its Redis: give --redbeat-redis-url (or ${URL_ENV}); "
-                              f"it repaired {', '.join(sorted(set(fingerprints)))}")
+            repaired = ", ".join(sorted(set(fingerprints)))
+            raise RepairError(f"a redbeat repair is undone in its Redis, whose URL holds a password: give "
+                              f"--redbeat-redis-url (or ${URL_ENV}); it repaired {repaired}")
         return cls._kind(options, "--redbeat-redis-url").open()
 
 
