@@ -132,6 +132,9 @@ def test_unreadable_entries_are_left_byte_for_byte(redis: Any) -> None:
                      "meta": "not json"},
         "unknown-type": {"definition": json.dumps({"name": "unknown-type"}),
                          "meta": json.dumps({"last_run_at": {"__type__": "instant", "epoch": now + FUTURE}})},
+        "no-schedule": {"definition": json.dumps({"name": "no-schedule"}), "meta": '{"last_run_at": null}'},
+        "solar": {"definition": json.dumps({"name": "solar", "schedule": {"__type__": "solar", "event": "dawn"}}),
+                  "meta": '{"last_run_at": null}'},
         "missing-fields": {"definition": json.dumps({"name": "missing-fields"}),
                            "meta": json.dumps({"last_run_at": {"__type__": "datetime", "year": 2027}})},
         "bad-zone": {"definition": json.dumps({"name": "bad-zone"}),
@@ -151,6 +154,7 @@ def test_unreadable_entries_are_left_byte_for_byte(redis: Any) -> None:
     unreadable = {u.item.removeprefix(rb.PREFIX): u.why for u in outcome.plan.unreadable}
     assert set(unreadable) == {*bad, "a-string", "no-hash"}, unreadable
     assert "not a hash" in unreadable["a-string"] and "no hash" in unreadable["no-hash"]
+    assert "without a RedBeat schedule" in unreadable["solar"]
     assert "unknown time zone" in unreadable["bad-zone"] and "missing month, day" in unreadable["missing-fields"]
     after = dump(redis)
     assert {k: after[k] for k in before} == before

@@ -92,6 +92,8 @@ MAX_ROUNDS = 3
 SOCKET_TIMEOUT_S = 10.0
 _DATETIME_FIELDS = frozenset({"year", "month", "day", "hour", "minute", "second", "microsecond"})
 _REQUIRED = ("year", "month", "day")
+#: The schedules RedBeatJSONEncoder writes (decoder.py): celery's schedule (interval), crontab, its rrule.
+SCHEDULE_TYPES = frozenset({"interval", "crontab", "rrule"})
 
 #: KEYS[1] the schedule ZSET, KEYS[2..] the entries; ARGV four per entry: the meta read ("" = none), the score read,
 #: the meta to write ("" = keep), the score to write. Each entry is changed only if both still hold what was read.
@@ -199,14 +201,6 @@ def read_entry(key: bytes, score: float, definition: Any, meta_raw: Any) -> Entr
     if not isinstance(spec, dict):
         raise Unparsed(f"definition is not a JSON object: {_short(spec)}")
     name = spec.get("name") if isinstance(spec.get("name"), str) else key.decode("utf-8", "backslashreplace")
-    schedule = spec.get("schedule")
-    kind = schedule.get("__type__") if isinstance(schedule, dict) else None
-    every = None
-    if kind == "interval":
-        every = schedule.get("every")
-        if isinstance(every, bool) or not isinstance(every, int | float) or not math.isfinite(every) or every <= 0:
-            raise Unparsed(f"interval schedule without a positive 'every': {_short(schedule)}")
-        every = float(every)
     meta: dict[str, Any] = {"last_run_at": None}
     if meta_raw:  # RedBeat: an empty or absent meta is "never run" (decode_meta)
         try:
@@ -217,8 +211,17 @@ def read_entry(key: bytes, score: float, definition: Any, meta_raw: Any) -> Entr
             raise Unparsed(f"meta without last_run_at: {_short(meta)}")
     raw = meta["last_run_at"]
     last_run = None if raw is None else decode_datetime(raw).timestamp()
-    return Entry(key, name, score, meta_raw if meta_raw else None, meta, last_run, every,
-                 kind if isinstance(kind, str) else "unknown")
+    schedule = spec.get("schedule")
+    kind = schedule.get("__type__") if isinstance(schedule, dict) else None
+    if kind not in SCHEDULE_TYPES:  # what RedBeatJSONEncoder writes; anything else RedBeat cannot load either
+        raise Unparsed(f"definition without a RedBeat schedule (interval, crontab, rrule): {_short(schedule)}")
+    every = None
+    if kind == "interval":
+        every = schedule.get("every")
+        if isinstance(every, bool) or not isinstance(every, int | float) or not math.isfinite(every) or every <= 0:
+            raise Unparsed(f"interval schedule without a positive 'every': {_short(schedule)}")
+        every = float(every)
+    return Entry(key, name, score, meta_raw if meta_raw else None, meta, last_run, every, kind)
 
 
 # ------------------------------------------------------------------------------------------------ the target
