@@ -369,8 +369,9 @@ class RedBeatTarget(BaseTarget):
         if pttl is None or pttl < 0 or pttl / 1000 <= self.lock_timeout_s + self.tolerance_s:
             return None
         return Note(self.lock_key, self.lock_key, "lock", (
-            f"expires in {fmt_duration(pttl / 1000)}, longer than the lock timeout ({self.lock_timeout_s:g} s): the "
-            "Redis host's clock stepped back after it was set. A running beat shortens it at its next tick; if no "
+            f"expires in {fmt_duration(pttl / 1000)}, longer than the lock timeout ({self.lock_timeout_s:g} s; set "
+            "lock_timeout_s if redbeat_lock_timeout is larger): the Redis host's clock stepped back after it was set "
+            "(a key's expiry is an absolute time there). A running beat shortens it at its next tick; if no "
             f"beat runs, a new one waits for it until then: delete it (DEL {self.lock_key}) only when no beat "
             "holds it. Timeguard leaves it alone"))
 
