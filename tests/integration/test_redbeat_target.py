@@ -328,3 +328,18 @@ def test_cli_hook_url_from_env_and_usage_errors(redis: Any, tmp_path: Path) -> N
                     env={"TIMEGUARD_REDBEAT_REDIS_URL": rb.REDIS_URL})
     assert from_env.returncode == 0 and json.loads(from_env.stdout)["changed"] is True, from_env.stderr
     assert abs(loaded(a, "x").last_run_at.timestamp() - time.time()) < 60
+
+
+def test_url_from_a_credential_file_read_when_used(redis: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``redis_url_file``: relative means inside $CREDENTIALS_DIRECTORY (systemd LoadCredential=), read at open."""
+    kind = RedBeatKind.from_options({"redis_url_file": "redbeat-url"})  # validated without reading it
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(RepairError, match=r"CREDENTIALS_DIRECTORY.*not set"):
+        kind.open()
+    (tmp_path / "redbeat-url").write_text(rb.REDIS_URL + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    target = kind.open()
+    assert target.plan(time.time()).empty and target.where.startswith(rb.REDIS_URL)
+    missing = RedBeatKind.from_options({"redis_url_file": str(tmp_path / "nope")})
+    with pytest.raises(RepairError, match="No such file"):
+        missing.open()

@@ -53,7 +53,6 @@ import uuid
 import zoneinfo
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from timeguard.config import option, option_names
@@ -545,7 +544,8 @@ class RedBeatOptions:
     redis_url: str | None = option(None, doc="RedBeat's Redis (redbeat_redis_url): redis://[:password@]host:6379/0, "
                                    "rediss://…, unix:///path?db=0 (a password is better in redis_url_env)")
     redis_url_env: str | None = option(None, doc="the environment variable holding the Redis URL")
-    redis_url_file: str | None = option(None, doc="a file holding the Redis URL (an absolute path)")
+    redis_url_file: str | None = option(None, doc="a file holding the Redis URL (relative: in $CREDENTIALS_DIRECTORY, "
+                                        "systemd's LoadCredential=)")
     key_prefix: str = option(DEFAULT_PREFIX, doc="redbeat_key_prefix (default redbeat:)")
     lock_key: str | None = option(None, doc="redbeat_lock_key (default <key_prefix>:lock); only reported on")
     tolerance_s: float = option(DEFAULT_TOLERANCE_S, lo=0, hi=366 * 86400.0,
@@ -579,8 +579,6 @@ class RedBeatKind(TargetKind):
         for key in given:
             if not isinstance(options[key], str) or not options[key]:
                 problems.append((key, "must be a non-empty string"))
-        if options.get("redis_url_file") and not os.path.isabs(str(options["redis_url_file"])):
-            problems.append(("redis_url_file", "must be an absolute path"))
         for key in ("tolerance_s", "lock_timeout_s"):
             if key in options:
                 problem = range_problem(options[key], 0.0, 366 * 86400.0)
@@ -606,9 +604,13 @@ class RedBeatKind(TargetKind):
             if not value:
                 raise RepairError(f"redis_url_env: ${name} is not set")
             return value, f"redis_url_env (${name})"
-        path = self.values["redis_url_file"]
+        from timeguard.hooks.webhook import _expand_credentials  # the one rule for a secret file's path
+
+        path, problem = _expand_credentials(self.values["redis_url_file"])
+        if path is None:
+            raise RepairError(f"redis_url_file {self.values['redis_url_file']}: {problem}")
         try:
-            return Path(path).read_text(encoding="utf-8").strip(), f"redis_url_file ({path})"
+            return path.read_text(encoding="utf-8").strip(), f"redis_url_file ({path})"
         except OSError as exc:
             raise RepairError(f"redis_url_file {path}: {exc.strerror}") from None
 
