@@ -29,7 +29,9 @@ compare-and-set on the values read, so a value beat changed in between is left t
   solar) gets the score now: beat loads it at its next tick, ``is_due`` (celery's own crontab arithmetic, on the
   repaired meta) says when, and beat writes the exact score itself when it sends the task (``_next_instance``,
   schedulers.py:435). Until then the entry is loaded each tick (one HGET more), never sent early: the task runs at
-  its normal rate. Timeguard does not carry a crontab engine of its own to guess that time.
+  its normal rate. Timeguard does not carry a crontab engine of its own to guess that time. (Checked with a real
+  beat, ``crontab(minute="*")`` repaired at hh:21:02 with score = now: sent at hh:22:00, not before, and beat then
+  wrote the score hh:22:59 itself; the interval tasks resume at their rates, tests/e2e/test_redbeat_repair.py.)
 * a score more than the tolerance ahead of what the meta allows (never run: now; interval: ``last_run_at +
   every``) → that time. A crontab/rrule entry's score is not judged (its legitimate next run may be a year away):
   it is only reported when its meta was future.
