@@ -162,6 +162,11 @@ def test_unreadable_entries_are_left_byte_for_byte(redis: Any) -> None:
     assert all(scores[(rb.PREFIX + n).encode()] == now + FUTURE for n in unreadable)
     assert abs(loaded(a, "good").last_run_at.timestamp() - now) < 1e-3
     assert "cannot read" in target.audit_of(outcome.plan, now).summary
+    entry(a, "good", schedule(60), now + FUTURE)
+    audit = target.audit(now)
+    assert audit.found and [(c["name"], c["field"]) for c in audit.details["changes"]] == [
+        ("good", "meta.last_run_at"), ("good", "score")], audit
+    assert len(audit.details["unreadable"]) == len(unreadable)
 
 
 def test_undo_restores_exactly_and_skips_what_beat_changed(redis: Any, undo_log: UndoLog) -> None:
@@ -198,6 +203,8 @@ def test_own_prefix_and_lock_reported_never_touched(redis: Any) -> None:
     outcome = target.apply(lambda: now, undo_log=None, incident_id="i")
     assert {c.name for c in outcome.plan.changes} == {"x"}
     assert [n.kind for n in outcome.plan.report] == ["lock"] and "DEL myapp::lock" in outcome.plan.report[0].detail
+    audit = target.audit(now)  # after the repair: nothing in the future, the lock still reported
+    assert not audit.found and audit.details["report"][0]["kind"] == "lock", audit
     assert redis.get("myapp::lock") == b"token"
     assert loaded(other, "y").last_run_at.timestamp() > now + FUTURE - 1
     assert RedBeatTarget(rb.REDIS_URL, key_prefix="myapp:", lock_key="beatlock").lock_key == "myapp:beatlock"

@@ -46,6 +46,7 @@ person who knows no beat runs should delete it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -90,6 +91,8 @@ SCORE = "score"
 #: Entries read per pipeline, and changed per script call (one atomic step each).
 BATCH = 1000
 MAX_ROUNDS = 3
+#: Changes an audit lists in its details (all are counted).
+AUDIT_LISTED = 100
 SOCKET_TIMEOUT_S = 10.0
 _DATETIME_FIELDS = frozenset({"year", "month", "day", "hour", "minute", "second", "microsecond"})
 _REQUIRED = ("year", "month", "day")
@@ -404,8 +407,14 @@ class RedBeatTarget(BaseTarget):
         return self._scan(checked_now(now_s))[0]
 
     def audit(self, now_s: float) -> Any:
+        """The audit, with the entries found (the first AUDIT_LISTED: meta and/or score, old → new) and what is left
+        alone (the lock) in its details."""
         now_s = checked_now(now_s)
-        return self.audit_of(self.plan(now_s), now_s)
+        plan = self.plan(now_s)
+        found = self.audit_of(plan, now_s)
+        listed = {"changes": [c.to_dict() for c in plan.changes[:AUDIT_LISTED]],
+                  "report": [n.to_dict() for n in plan.report]}
+        return dataclasses.replace(found, details={**found.details, **listed})
 
     def _write(self, fixes: Sequence[Fix]) -> set[int]:
         """The fixes, a batch per script call (each atomic); the indexes of those written."""
