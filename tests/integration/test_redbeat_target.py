@@ -286,6 +286,9 @@ def test_hook_options() -> None:
         RedBeatKind.from_options({"redis_url": "redis://h/0", "redis_url_env": "X", "tolerance_s": float("nan")})
     keys = [k for k, _ in caught.value.problems]
     assert "redis_url" in keys and "tolerance_s" in keys
+    with pytest.raises(HookConfigError) as caught:
+        RedBeatKind.from_options({"redis_url": "redis-sentinel://:pw@h:26379/0"})
+    assert "redis://, rediss:// or unix://" in str(caught.value) and "pw" not in str(caught.value)
 
 
 def test_datetime_codec_is_redbeats() -> None:

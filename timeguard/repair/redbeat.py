@@ -86,6 +86,7 @@ DEFAULT_TOLERANCE_S = 600.0
 DEFAULT_LOCK_TIMEOUT_S = 1500.0
 URL_ENV = "TIMEGUARD_REDBEAT_REDIS_URL"
 URL_KEYS = ("redis_url", "redis_url_env", "redis_url_file")
+URL_SCHEMES = ("redis://", "rediss://", "unix://")
 META = "meta.last_run_at"
 SCORE = "score"
 #: Entries read per pipeline, and changed per script call (one atomic step each).
@@ -590,6 +591,10 @@ class RedBeatKind(TargetKind):
         for key in given:
             if not isinstance(options[key], str) or not options[key]:
                 problems.append((key, "must be a non-empty string"))
+        url = options.get("redis_url")
+        if isinstance(url, str) and url and not url.startswith(URL_SCHEMES):
+            problems.append(("redis_url", f"must be a redis://, rediss:// or unix:// URL (redis-py's), not "
+                             f"{redact_url(url)!r}; a Sentinel setup: give its primary's URL"))
         for key in ("tolerance_s", "lock_timeout_s"):
             if key in options:
                 problem = range_problem(options[key], 0.0, 366 * 86400.0)
