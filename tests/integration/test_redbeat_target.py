@@ -26,7 +26,6 @@ from timeguard.store.journal import Journal
 
 pytestmark = pytest.mark.real
 
-pytest.importorskip("redbeat")
 FUTURE = 180 * 86400.0
 
 
@@ -291,7 +290,7 @@ def test_hook_options() -> None:
     assert "redis://, rediss:// or unix://" in str(caught.value) and "pw" not in str(caught.value)
 
 
-def test_datetime_codec_is_redbeats() -> None:
+def test_datetime_codec_is_redbeats(redis: Any) -> None:  # (the fixture: celery-redbeat is installed)
     from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 
     for zone in (dt.UTC, dt.timezone(dt.timedelta(hours=-5))):

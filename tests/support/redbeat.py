@@ -39,10 +39,14 @@ def client() -> Any:
 
 @contextlib.contextmanager
 def fresh_db() -> Iterator[Any]:
-    """A client of db 11, flushed before and after (this harness's database only)."""
-    import redis
+    """A client of db 11, flushed before and after (this harness's database only); skips (fails under
+    TIMEGUARD_REQUIRE_REAL=1) without celery-redbeat or a Redis."""
+    import importlib.util
 
     from tests.support.require import need
+
+    need(importlib.util.find_spec("redbeat"), "celery-redbeat is not installed (pip install -e '.[test]')")
+    import redis
 
     c = client()
     try:
