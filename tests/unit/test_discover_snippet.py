@@ -104,8 +104,10 @@ def test_the_variables_the_settings_read_go_to_an_environment_file_beside_the_co
       "unit": None}, "the hook is refused without a way to stop it"),
     ({"scheduler": SHELVE, "scheduler_name": "celery.beat:PersistentScheduler", "schedule_file": None},
      "the schedule file could not be found"),
-    ({"scheduler": REDBEAT, "scheduler_name": "redbeat.RedBeatScheduler", "broker": "redis://h:6379/1"},
-     "redbeat"),
+    ({"scheduler": REDBEAT, "scheduler_name": "redbeat.RedBeatScheduler", "broker": "redis://:***@h:6379/1"},
+     "the URL holds a password"),
+    ({"scheduler": REDBEAT, "scheduler_name": "redbeat.RedBeatScheduler", "broker": None},
+     "its Redis URL (redbeat_redis_url, else the broker's) could not be found"),
     ({"scheduler": OTHER, "scheduler_name": "proj.sched:Locked"}, "no repair for the scheduler proj.sched:Locked"),
     ({"scheduler": UNKNOWN, "scheduler_name": "?"}, "no repair for the scheduler ?"),
 ])
@@ -135,9 +137,23 @@ def test_the_planned_entries_show_the_store_to_repair():
                         "stop_command": ["FILL-IN", "stop"], "start_command": ["FILL-IN", "start"]}]
     # as written, refused: a hook without a way to stop beat (so it stays a comment)
     assert any("beat_service" in p for p in validate([{k: v for k, v in planned[0].items() if "_command" not in k}]))
-    redbeat = make(beat(scheduler=REDBEAT, scheduler_name="redbeat.RedBeatScheduler", broker="redis://h:6379/1"),
+    redbeat = make(beat(scheduler=REDBEAT, scheduler_name="redbeat.RedBeatScheduler", broker="redis://:***@h/1"),
                    set())
-    assert "#   redis_url: redis://h:6379/1" in redbeat.text
+    assert "#   redis_url_env: REDBEAT_REDIS_URL" in redbeat.text and "***" not in redbeat.text.split("\n", 2)[2]
+
+
+def test_a_redbeat_beat_gets_a_valid_redbeat_hook_on_its_redis():
+    snippet = make(beat(scheduler=REDBEAT, scheduler_name="redbeat.RedBeatScheduler", broker="redis://h:6379/1"),
+                   set())
+    assert snippet.hook == {"type": "redbeat", "name": "celery-beat", "redis_url": "redis://h:6379/1"}
+    assert yaml.safe_load(snippet.text) == [snippet.hook]
+    assert validate([snippet.hook]) == []
+    # a configured redbeat hook on the same Redis database covers it; another database does not
+    b = snippet.beat
+    assert covered_by(b, [{"type": "redbeat", "name": "rb", "redis_url": "redis://:pw@h:6379/1"}]) == "rb"
+    generic = {"type": "repair", "target": "redbeat", "name": "rb", "redis_url": "redis://h:6379/1"}
+    assert covered_by(b, [generic]) == "rb"
+    assert covered_by(b, [{"type": "redbeat", "name": "rb", "redis_url": "redis://h:6379/2"}]) is None
 
 
 def test_names_never_clash_with_configured_hooks_or_each_other():

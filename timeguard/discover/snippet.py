@@ -6,8 +6,9 @@
   5 s), ``beat_service`` when beat runs in a systemd system unit (the repair then stops it, repairs, starts it).
 * PersistentScheduler (shelve) → a ``type: celery_shelve`` hook (schedule file, beat's interpreter, ``path: [cwd]``,
   ``beat_service``); without a unit a commented one with stop/start placeholders (refused without a way to stop).
-* RedBeat → a commented entry: its hook type (``redbeat``) is not in this timeguard yet, and a hook that fails
-  validation must never be written.
+* RedBeat → a ``type: redbeat`` hook with ``redis_url`` (redbeat_redis_url, else the broker's URL); a URL with a
+  password, or none found, gives a commented entry instead (the password is never copied; a placeholder is not a
+  valid hook).
 * anything else → a comment saying there is no repair for it.
 """
 
@@ -24,9 +25,11 @@ import yaml
 
 from timeguard.discover.argv import DATABASE, REDBEAT, SHELVE
 from timeguard.discover.beat import Beat
+from timeguard.secrets import MASK
 
 HOOK_TYPE = "celery_beat"
 SHELVE_HOOK_TYPE = "celery_shelve"
+REDBEAT_HOOK = "redbeat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +143,7 @@ def make(beat: Beat, taken: set[str], env_dir: str = "/etc/timeguard", also: Seq
     if beat.scheduler == SHELVE:
         return _shelve(beat, head, taken)
     if beat.scheduler == REDBEAT:
-        planned = {"type": "redbeat", "name": hook_name(beat, taken),
-                   "redis_url": beat.broker or "FILL-IN"}
-        return _commented(beat, head, "RedBeat: its hook type (redbeat) comes with a later timeguard (issue 12); it "
-                          "will look like this (redis_url: redbeat_redis_url, else the broker's URL)", planned)
+        return _redbeat(beat, head, taken)
     return _commented(beat, head, f"timeguard has no repair for the scheduler {beat.scheduler_name}")
 
 
@@ -171,6 +171,28 @@ def _shelve(beat: Beat, head: list[str], taken: set[str]) -> Snippet:
     return _commented(beat, head, "it runs in no systemd unit, and the celery_shelve repair needs beat stopped (it "
                       "rewrites the file from memory): the hook is refused without a way to stop it — fill in "
                       "stop_command and start_command (or beat_service) and uncomment", planned)
+
+
+def _redbeat(beat: Beat, head: list[str], taken: set[str]) -> Snippet:
+    """A ``type: redbeat`` hook on the Redis beat uses (redbeat_redis_url, else the broker's, as RedBeatConfig
+    reads them). RedBeat repairs live, so no beat_service. A URL with a password is shown redacted, so that hook is
+    only a comment naming redis_url_env; without a URL, a comment with a placeholder."""
+    name = hook_name(beat, taken)
+    url = beat.broker
+    if url and "://" in url and MASK not in url:
+        hook = {"type": REDBEAT_HOOK, "name": name, "redis_url": url}
+        head = [*head, "# RedBeat repairs live (beat reads Redis each tick): no restart; key_prefix: redbeat: unless "
+                "the app sets redbeat_key_prefix"]
+        return Snippet(beat, hook, "\n".join(head) + "\n" + render_items([hook]))
+    if url:
+        planned = {"type": REDBEAT_HOOK, "name": name, "redis_url_env": "REDBEAT_REDIS_URL"}
+        why = (f"RedBeat on {url}: the URL holds a password, which timeguard does not copy into its configuration: "
+               "put the URL in the daemon's environment (e.g. a systemd drop-in's Environment=REDBEAT_REDIS_URL=…) "
+               "and uncomment")
+    else:
+        planned = {"type": REDBEAT_HOOK, "name": name, "redis_url": "redis://FILL-IN:6379/0"}
+        why = "RedBeat, but its Redis URL (redbeat_redis_url, else the broker's) could not be found: fill it in"
+    return _commented(beat, head, why, planned)
 
 
 def _commented(beat: Beat, head: list[str], why: str, planned: dict[str, Any] | None = None) -> Snippet:
@@ -201,13 +223,19 @@ def render(snippets: Iterable[Snippet]) -> str:
 def covered_by(beat: Beat, hooks: Iterable[Any]) -> str | None:
     """The name of a configured hook that repairs this beat already: a celery_beat hook (or ``type: repair``
     with ``target: celery_beat``) with the beat's unit, its Django settings (and working directory, when the hook
-    names its path), or its database."""
+    names its path), or its database; for a RedBeat beat, a redbeat hook on its Redis database."""
     for hook in hooks:
         if not isinstance(hook, Mapping):
             continue
         kind = hook.get("type")
         if kind == SHELVE_HOOK_TYPE or (kind == "repair" and hook.get("target") == SHELVE_HOOK_TYPE):
             if beat.schedule_file and hook.get("schedule_file") == beat.schedule_file:
+                return str(hook.get("name", "?"))
+            continue
+        if beat.scheduler == REDBEAT and (kind == REDBEAT_HOOK or (kind == "repair" and
+                                                                   hook.get("target") == REDBEAT_HOOK)):
+            url = hook.get("redis_url")
+            if isinstance(url, str) and beat.broker and _same_database(url, beat.broker):
                 return str(hook.get("name", "?"))
             continue
         if kind != HOOK_TYPE and not (kind == "repair" and hook.get("target") == HOOK_TYPE):
