@@ -14,8 +14,9 @@ _timeguard() {
             "hooks test/--event"|"hooks test/--config") ((i++)) ;;
             "config validate/--config") ((i++)) ;;
             "config show/--config") ((i++)) ;;
+            "repair apscheduler/--config"|"repair apscheduler/--hook"|"repair apscheduler/--jobstore-url"|"repair apscheduler/--tablename"|"repair apscheduler/--table-schema"|"repair apscheduler/--redis-url"|"repair apscheduler/--jobs-key"|"repair apscheduler/--run-times-key"|"repair apscheduler/--python"|"repair apscheduler/--path"|"repair apscheduler/--env-file"|"repair apscheduler/--tolerance-s") ((i++)) ;;
             "repair celery-beat/--config"|"repair celery-beat/--hook"|"repair celery-beat/--database-url"|"repair celery-beat/--django-settings"|"repair celery-beat/--django-python"|"repair celery-beat/--django-path"|"repair celery-beat/--django-env-file"|"repair celery-beat/--django-user"|"repair celery-beat/--django-alias"|"repair celery-beat/--table-prefix"|"repair celery-beat/--schema"|"repair celery-beat/--tolerance-s"|"repair celery-beat/--time-zone"|"repair celery-beat/--beat-max-interval-s"|"repair celery-beat/--max-rounds") ((i++)) ;;
-            "repair undo/--config"|"repair undo/--hook"|"repair undo/--database-url"|"repair undo/--django-settings"|"repair undo/--django-python"|"repair undo/--django-path"|"repair undo/--django-env-file"|"repair undo/--django-user"|"repair undo/--django-alias"|"repair undo/--table-prefix"|"repair undo/--schema"|"repair undo/--beat-max-interval-s") ((i++)) ;;
+            "repair undo/--config"|"repair undo/--hook"|"repair undo/--aps-jobstore-url"|"repair undo/--aps-tablename"|"repair undo/--aps-table-schema"|"repair undo/--aps-redis-url"|"repair undo/--aps-jobs-key"|"repair undo/--aps-run-times-key"|"repair undo/--aps-python"|"repair undo/--aps-path"|"repair undo/--aps-env-file"|"repair undo/--database-url"|"repair undo/--django-settings"|"repair undo/--django-python"|"repair undo/--django-path"|"repair undo/--django-env-file"|"repair undo/--django-user"|"repair undo/--django-alias"|"repair undo/--table-prefix"|"repair undo/--schema"|"repair undo/--beat-max-interval-s") ((i++)) ;;
             "discover/--config"|"discover/--pid") ((i++)) ;;
             "/check") cmd="check" ;;
             "/run") cmd="run" ;;
@@ -30,14 +31,15 @@ _timeguard() {
             "config/generate") cmd="config generate" ;;
             "config/schema") cmd="config schema" ;;
             "/repair") cmd="repair" ;;
+            "repair/apscheduler") cmd="repair apscheduler" ;;
             "repair/celery-beat") cmd="repair celery-beat" ;;
             "repair/undo") cmd="repair undo" ;;
             "/discover") cmd="discover" ;;
         esac
     done
     case "$cmd/$prev" in
-        "check/--config"|"run/--config"|"status/--config"|"events/--config"|"hooks list/--config"|"hooks test/--config"|"config validate/--config"|"config show/--config"|"repair celery-beat/--config"|"repair celery-beat/--django-env-file"|"repair undo/--config"|"repair undo/--django-env-file"|"discover/--config") COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        "check/-H"|"check/--hostname"|"check/-p"|"check/--port"|"check/-w"|"check/--warning"|"check/-c"|"check/--critical"|"check/-t"|"check/--timeout"|"status/--events"|"events/--since"|"events/--kind"|"events/--limit"|"hooks test/--event"|"repair celery-beat/--hook"|"repair celery-beat/--database-url"|"repair celery-beat/--django-settings"|"repair celery-beat/--django-python"|"repair celery-beat/--django-path"|"repair celery-beat/--django-user"|"repair celery-beat/--django-alias"|"repair celery-beat/--table-prefix"|"repair celery-beat/--schema"|"repair celery-beat/--tolerance-s"|"repair celery-beat/--time-zone"|"repair celery-beat/--beat-max-interval-s"|"repair celery-beat/--max-rounds"|"repair undo/--hook"|"repair undo/--database-url"|"repair undo/--django-settings"|"repair undo/--django-python"|"repair undo/--django-path"|"repair undo/--django-user"|"repair undo/--django-alias"|"repair undo/--table-prefix"|"repair undo/--schema"|"repair undo/--beat-max-interval-s"|"discover/--pid") COMPREPLY=(); return ;;  # a value: nothing to offer
+        "check/--config"|"run/--config"|"status/--config"|"events/--config"|"hooks list/--config"|"hooks test/--config"|"config validate/--config"|"config show/--config"|"repair apscheduler/--config"|"repair apscheduler/--env-file"|"repair celery-beat/--config"|"repair celery-beat/--django-env-file"|"repair undo/--config"|"repair undo/--aps-env-file"|"repair undo/--django-env-file"|"discover/--config") COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        "check/-H"|"check/--hostname"|"check/-p"|"check/--port"|"check/-w"|"check/--warning"|"check/-c"|"check/--critical"|"check/-t"|"check/--timeout"|"status/--events"|"events/--since"|"events/--kind"|"events/--limit"|"hooks test/--event"|"repair apscheduler/--hook"|"repair apscheduler/--jobstore-url"|"repair apscheduler/--tablename"|"repair apscheduler/--table-schema"|"repair apscheduler/--redis-url"|"repair apscheduler/--jobs-key"|"repair apscheduler/--run-times-key"|"repair apscheduler/--python"|"repair apscheduler/--path"|"repair apscheduler/--tolerance-s"|"repair celery-beat/--hook"|"repair celery-beat/--database-url"|"repair celery-beat/--django-settings"|"repair celery-beat/--django-python"|"repair celery-beat/--django-path"|"repair celery-beat/--django-user"|"repair celery-beat/--django-alias"|"repair celery-beat/--table-prefix"|"repair celery-beat/--schema"|"repair celery-beat/--tolerance-s"|"repair celery-beat/--time-zone"|"repair celery-beat/--beat-max-interval-s"|"repair celery-beat/--max-rounds"|"repair undo/--hook"|"repair undo/--aps-jobstore-url"|"repair undo/--aps-tablename"|"repair undo/--aps-table-schema"|"repair undo/--aps-redis-url"|"repair undo/--aps-jobs-key"|"repair undo/--aps-run-times-key"|"repair undo/--aps-python"|"repair undo/--aps-path"|"repair undo/--database-url"|"repair undo/--django-settings"|"repair undo/--django-python"|"repair undo/--django-path"|"repair undo/--django-user"|"repair undo/--django-alias"|"repair undo/--table-prefix"|"repair undo/--schema"|"repair undo/--beat-max-interval-s"|"discover/--pid") COMPREPLY=(); return ;;  # a value: nothing to offer
     esac
     local opts="" subs="" file=""
     case "$cmd" in
@@ -54,9 +56,10 @@ _timeguard() {
         "config show") opts="-h --help --config --json" ;;
         "config generate") opts="-h --help" ;;
         "config schema") opts="-h --help" ;;
-        "repair") opts="-h --help" subs="celery-beat undo" ;;
+        "repair") opts="-h --help" subs="apscheduler celery-beat undo" ;;
+        "repair apscheduler") opts="-h --help --config --hook --jobstore-url --tablename --table-schema --redis-url --jobs-key --run-times-key --python --path --env-file --tolerance-s --owner-stopped --dry-run --json --trust-local-clock" ;;
         "repair celery-beat") opts="-h --help --config --hook --database-url --django-settings --django-python --django-path --django-env-file --django-user --django-alias --table-prefix --schema --tolerance-s --no-use-tz --no-tz-aware --time-zone --beat-max-interval-s --max-rounds --dry-run --json --trust-local-clock" ;;
-        "repair undo") opts="-h --help --config --hook --database-url --django-settings --django-python --django-path --django-env-file --django-user --django-alias --table-prefix --schema --beat-max-interval-s --dry-run --json" ;;
+        "repair undo") opts="-h --help --config --hook --aps-jobstore-url --aps-tablename --aps-table-schema --aps-redis-url --aps-jobs-key --aps-run-times-key --aps-python --aps-path --aps-env-file --database-url --django-settings --django-python --django-path --django-env-file --django-user --django-alias --table-prefix --schema --beat-max-interval-s --dry-run --json" ;;
         "discover") opts="-h --help --config --json --pid --write --yes" ;;
     esac
     if [[ $cur == -* ]]; then

@@ -7,11 +7,14 @@ own objects in ``args``/``kwargs``. Unpickling it imports and runs the applicati
 are not the application's (other versions, or none). So only the application's interpreter — the same APScheduler
 the scheduler runs, the same code — unpickles, decides and re-pickles; timeguard moves bytes.
 
-Input: a JSON file (its path in ``args["jobs_file"]``, so a large batch is not limited by the size of argv):
-``{"now": epoch_s, "tolerance_s": s, "rewrite": bool, "jobs": [[id, column_epoch_s, base64 job_state], …]}``.
-Answer: ``jobs`` — per job ``[id, verdict, name, new_epoch_s, why, base64 new job_state or null]``, verdict one of
-``change`` (its next_run_time lies beyond what its trigger allows from now), ``keep``, ``note`` (left as it is on
-purpose, with why) and ``unreadable`` (does not unpickle, or is not an APScheduler 3 job state).
+Input: a file of JSON lines (its path in ``args["jobs_file"]``: a store of any size, not limited by argv, written
+and read a line at a time): ``{"now": epoch_s, "tolerance_s": s, "rewrite": bool, "list_max": n or null}``, then one
+``[id, column_epoch_s, base64 job_state]`` per job.
+Answer: ``changes`` (how many) and ``jobs`` — ``[id, verdict, name, column, new_epoch_s, why, base64 new job_state
+or null]`` per job that is not kept, verdict one of ``change`` (its next_run_time lies beyond what its trigger allows
+from now; only the first ``list_max`` listed when given: a plan lists the first ones and counts them all),
+``note`` (left as it is on purpose, with why) and ``unreadable`` (does not unpickle, or is not an APScheduler 3 job
+state).
 
 The rule per trigger (research/celery_beat.md §4, "Repair specification" §4):
 
@@ -37,8 +40,8 @@ SCRIPT = r'''
 import base64, pickle
 from datetime import datetime, timedelta, timezone
 try:
-    with open(args["jobs_file"], encoding="utf-8") as f:
-        batch = json.load(f)
+    lines = open(args["jobs_file"], encoding="utf-8")
+    batch = json.loads(lines.readline())
 except Exception:
     failed("jobs_file")
 try:
@@ -105,5 +108,18 @@ def one(job_id, column, raw):
             return [job_id, "unreadable", name, None, "does not pickle again: " + last_line(exc), None]
     return [job_id, "change", name, new.timestamp(), why, blob]
 
-answer(jobs=[one(*job) for job in batch["jobs"]])
+listed, changes, limit = [], 0, batch.get("list_max")
+for line in lines:
+    if not line.strip():
+        continue
+    job = json.loads(line)
+    row = one(*job)
+    if row[1] == "keep":
+        continue
+    if row[1] == "change":
+        changes += 1
+        if limit is not None and changes > limit:
+            continue
+    listed.append(row[:3] + [job[1]] + row[3:])
+answer(changes=changes, jobs=listed)
 '''

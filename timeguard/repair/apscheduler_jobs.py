@@ -43,7 +43,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -74,8 +74,8 @@ DEFAULT_TOLERANCE_S = 600.0
 DEFAULT_TABLE = "apscheduler_jobs"
 DEFAULT_JOBS_KEY = "apscheduler.jobs"
 DEFAULT_RUN_TIMES_KEY = "apscheduler.run_times"
-#: Jobs per run of the application's interpreter (one start of it each; a batch file of a few MB).
-BATCH = 2000
+#: Job states read from the store per query (the interpreter gets them all, streamed through one file).
+CHUNK = 1000
 #: How many changes a plan lists (all are counted).
 PLAN_LIST_MAX = 100
 SQL_URL_KEYS = ("jobstore_url", "jobstore_url_env", "jobstore_url_file")
@@ -291,6 +291,7 @@ class _Verdict:
     job_id: str
     verdict: str
     name: str
+    column: float
     new_s: float | None
     why: str
     state: bytes | None
@@ -318,52 +319,66 @@ class APSchedulerTarget(BaseTarget):
 
     # --------------------------------------------------------------------------------------- deciding
 
-    def _judge(self, now_s: float, jobs: Sequence[tuple[str, float, bytes]], *, rewrite: bool) -> list[_Verdict]:
-        """Run the application's interpreter on ``jobs`` (id, column, state), BATCH at a time."""
+    def _judge(self, now_s: float, jobs: Iterable[tuple[str, float, bytes]], *,
+               rewrite: bool) -> tuple[list[_Verdict], int, dict[str, bytes]]:
+        """Run the application's interpreter once on ``jobs`` (id, column, state), streamed to a file of JSON lines:
+        its verdicts (every change to ``rewrite``, else the first PLAN_LIST_MAX), how many changes, and to
+        ``rewrite`` the old states (the compare-and-set and the undo record need them)."""
         from timeguard.repair.apscheduler_app import SCRIPT
 
-        verdicts: list[_Verdict] = []
-        for start in range(0, len(jobs), BATCH):
-            batch = jobs[start:start + BATCH]
-            fd, path = tempfile.mkstemp(prefix="timeguard-aps-", suffix=".json")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump({"now": now_s, "tolerance_s": self.tolerance_s, "rewrite": rewrite,
-                               "jobs": [[i, c, _b64(s)] for i, c, s in batch]}, f)
-                if self.app.user is not None:
-                    import pwd
+        old: dict[str, bytes] = {}
+        count = 0
+        fd, path = tempfile.mkstemp(prefix="timeguard-aps-", suffix=".jsonl")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps({"now": now_s, "tolerance_s": self.tolerance_s, "rewrite": rewrite,
+                                    "list_max": None if rewrite else PLAN_LIST_MAX}) + "\n")
+                for job_id, column, state in jobs:
+                    f.write(json.dumps([job_id, column, _b64(state)]) + "\n")
+                    count += 1
+                    if rewrite:
+                        old[job_id] = state
+            if not count:
+                return [], 0, old
+            if self.app.user is not None:
+                import pwd
 
-                    entry = pwd.getpwnam(self.app.user)
-                    os.chown(path, entry.pw_uid, entry.pw_gid)
-                answer = self.app.run(SCRIPT, {"jobs_file": path},
-                                      doing=f"reading {len(batch)} job state(s) of {self.where}")
-            finally:
-                Path(path).unlink(missing_ok=True)
-            if "error" in answer:
-                detail = redact_text(str(answer.get("detail", "")))
-                raise RepairError(f"{self.app.key}: the application's interpreter {self.app.python} cannot read "
-                                  f"job states ({answer['error']}: {detail}); nothing was changed")
-            for row in answer.get("jobs", ()):
-                job_id, verdict, name, new_s, why, blob = row
-                verdicts.append(_Verdict(str(job_id), str(verdict), str(name), new_s, str(why),
-                                         base64.b64decode(blob) if blob else None))
-        return verdicts
+                entry = pwd.getpwnam(self.app.user)
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            answer = self.app.run(SCRIPT, {"jobs_file": path}, doing=f"reading {count} job state(s) of {self.where}")
+        finally:
+            Path(path).unlink(missing_ok=True)
+        if "error" in answer:
+            detail = redact_text(str(answer.get("detail", "")))
+            raise RepairError(f"{self.app.key}: the application's interpreter {self.app.python} cannot read "
+                              f"job states ({answer['error']}: {detail}); nothing was changed")
+        verdicts = [_Verdict(str(job_id), str(verdict), str(name), float(column), new_s, str(why),
+                             base64.b64decode(blob) if blob else None)
+                    for job_id, verdict, name, column, new_s, why, blob in answer.get("jobs", ())]
+        return verdicts, int(answer.get("changes", 0)), old
 
-    def _look(self, now_s: float, *, rewrite: bool) -> tuple[Plan, list[tuple[_Verdict, float, bytes]]]:
-        """The plan, and per change (its verdict, old column value, old state)."""
+    def _candidates(self, candidates: Sequence[tuple[str, float]]) -> Iterator[tuple[str, float, bytes]]:
+        """(id, column, state) of the candidates, read CHUNK at a time; a job changed since it was listed (its
+        column moved) is skipped: the next look sees it as it is."""
+        for start in range(0, len(candidates), CHUNK):
+            part = candidates[start:start + CHUNK]
+            states = self.store.states([i for i, _ in part])
+            for job_id, column in part:
+                found = states.get(job_id)
+                if found is not None and found[0] == column:
+                    yield job_id, column, found[1]
+
+    def _look(self, now_s: float, *, rewrite: bool) -> tuple[Plan, list[tuple[_Verdict, float, bytes | None]]]:
+        """The plan, and per change (its verdict, old column value, old state when ``rewrite``)."""
         candidates, unreadable = self.store.future(now_s + self.tolerance_s)
-        states = self.store.states([i for i, _ in candidates]) if candidates else {}
-        jobs = [(i, c, states[i][1]) for i, c in candidates if i in states and states[i][0] == c]
-        old = {i: (c, s) for i, c, s in jobs}
+        verdicts, total, old = self._judge(now_s, self._candidates(candidates), rewrite=rewrite)
         changes: list[Change] = []
         notes: list[Note] = []
-        found: list[tuple[_Verdict, float, bytes]] = []
-        totals = 0
-        for v in self._judge(now_s, jobs, rewrite=rewrite) if jobs else ():
-            column, state = old[v.job_id]
+        found: list[tuple[_Verdict, float, bytes | None]] = []
+        for v in verdicts:
+            column = v.column
             if v.verdict == "change" and v.new_s is not None:
-                totals += 1
-                found.append((v, column, state))
+                found.append((v, column, old.get(v.job_id)))
                 if len(changes) < PLAN_LIST_MAX:
                     changes.append(Change(v.job_id, v.name, FIELD, column, float(v.new_s),
                                           f"{_ahead(column - now_s)} ahead; {v.why}"))
@@ -372,7 +387,7 @@ class APSchedulerTarget(BaseTarget):
             elif v.verdict == "unreadable":
                 unreadable.append(Unreadable(v.job_id, v.name, FIELD, repr(column), v.why))
         plan = Plan(now_s, self.tolerance_s, tuple(changes), tuple(notes), tuple(unreadable),
-                    totals={FIELD: totals} if totals > len(changes) else None)
+                    totals={FIELD: total} if total > len(changes) else None)
         return plan, found
 
     # --------------------------------------------------------------------------------------- the protocol
@@ -404,7 +419,7 @@ class APSchedulerTarget(BaseTarget):
         if plan.empty or cancelled():
             return Outcome(incident_id, repair_id, plan, (), plan.empty)
         writes = [(v.job_id, column, state, float(v.new_s), v.state) for v, column, state in found
-                  if v.state is not None and v.new_s is not None]
+                  if state is not None and v.state is not None and v.new_s is not None]
         names = {v.job_id: v.name for v, _, _ in found}
         if undo_log is not None:  # recorded before the store changes: a failed record changes nothing
             undo_log.record(NAME, incident_id, repair_id, self.fingerprint,
