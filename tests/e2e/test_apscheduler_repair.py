@@ -17,6 +17,10 @@ Per store, one run of the whole story:
    every byte back.
 6. ``--hook`` with stop/start commands (tests/support/beatctl.py): stop → repair → start; every job runs again
    at its rate, the store holds no future time, the corrupt job is left byte for byte.
+
+And the daemon installed after the damage (Redis store): ``timeguard run`` at real time never sees a step; its
+audit at start-up finds the jobs from the stored times, raises ``future_state_found``, and its ``apscheduler`` hook
+stops the application, repairs and starts it: the jobs run again.
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ import pytest
 import yaml
 
 from tests.support.aps import JOBS, JobStore, running_app
-from tests.support.daemon import write_config
+from tests.support.beatdaemon import Daemon
+from tests.support.daemon import start, write_config
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import FakeClock, find_libfaketime, scratch_dir
 from tests.support.require import need, need_program
+from timeguard.events import EventKind
+from timeguard.hooks.api import HookStatus
 from timeguard.repair.apscheduler_jobs import APSchedulerKind
 
 pytestmark = pytest.mark.real
@@ -159,3 +166,27 @@ def test_rollback_bug_audit_refusal_undo_and_repair(store: JobStore, aps_clock: 
         assert counts["every-1s"] >= 5 and counts["every-2s"] >= 2 and counts["cron-every-2s"] >= 2, counts
         assert future_jobs(store, 10.0) == {"corrupt": before["corrupt"][0]}
         assert store.rows()["corrupt"] == before["corrupt"], "the job it cannot read is left byte for byte"
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+def test_daemon_installed_after_the_damage_repairs(store: JobStore, aps_clock: FakeClock,
+                                                   sources: dict[str, Any]) -> None:
+    aps_clock.set(FUTURE_S)
+    with running_app(store, aps_clock) as app:
+        app.wait_runs(0.0, 2, timeout_s=30)
+        aps_clock.set(0)
+        time.sleep(1.0)
+        quiet = time.monotonic()
+        directory = scratch_dir("aps-daemon")
+        hook = {"name": "aps", "type": "apscheduler", **store_options(store), "stop_command": app.stop_command,
+                "start_command": app.start_command}
+        config = write_config(directory, sources, hooks=[hook])
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FAKETIME", "LD_PRELOAD", "TIMEGUARD"))}
+        with start(config, None, directory / "daemon.log", env=env) as proc:
+            daemon = Daemon(config, directory / "daemon.log", proc)
+            found = daemon.wait_event(EventKind.FUTURE_STATE_FOUND, 40)
+            assert app.counts(quiet, found.monotonic_s) == dict.fromkeys(JOBS, 0), "silent until the repair"
+            run = daemon.wait_hook_run(found, 60, hook="aps")
+            assert run.status == HookStatus.CHANGED, (run, daemon.log_tail())
+            app.wait_runs(found.monotonic_s, 2, timeout_s=20)
+        assert future_jobs(store, 10.0) == {}
