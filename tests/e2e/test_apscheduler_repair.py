@@ -13,8 +13,8 @@ Per store, one run of the whole story:
    the stored times and reports the corrupt one.
 4. Sources 3 days ahead of this host (the host is behind: the trusted now would be wrong): the repair refuses and
    the store is unchanged.
-5. With the application stopped, ``--owner-stopped``: the repair rewrites the three jobs; ``repair undo`` puts
-   every byte back.
+5. ``--dry-run`` lists the three jobs and writes nothing; with the application stopped, ``--owner-stopped``: the
+   repair rewrites the three jobs; ``repair undo`` puts every byte back.
 6. ``--hook`` with stop/start commands (tests/support/beatctl.py): stop → repair → start; every job runs again
    at its rate, the store holds no future time, the corrupt job is left byte for byte.
 
@@ -138,6 +138,11 @@ def test_rollback_bug_audit_refusal_undo_and_repair(store: JobStore, aps_clock: 
 
         # 5. repaired with the application stopped, then undone byte for byte
         config = write_config(scratch_dir("aps-cli"), sources)
+        dry = cli(config, "apscheduler", *store_args(store), "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        listed = json.loads(dry.stdout)
+        assert sorted(c["item"] for c in listed["changes"]) == sorted(JOBS), listed
+        assert store.rows() == before, "a dry run writes nothing"
         fixed = cli(config, "apscheduler", *store_args(store), "--owner-stopped", "--json")
         assert fixed.returncode == 0, fixed.stdout + fixed.stderr
         result = json.loads(fixed.stdout)

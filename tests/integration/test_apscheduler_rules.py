@@ -7,7 +7,9 @@ filled by APScheduler itself, the job states read by this interpreter through ap
   cry wolf on it);
 * date (a one-off): left and reported; a column that disagrees with the pickled state: left and reported;
 * corrupt bytes: unreadable, left byte for byte; the repair is idempotent; the hook refuses without a way to stop
-  the owner; a wrong table and an unreachable database are clear errors without the password.
+  the owner; a wrong table and an unreachable database are clear errors without the password;
+* the same jobs in ``RedisJobStore``'s hash and ZSET (Redis db 12): the ZSET score and the pickled state written
+  together, a run time without its job reported and left, a key of the wrong type refused.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.require import need
 from timeguard.hooks.api import HookConfigError
 from timeguard.repair.apscheduler_jobs import APSchedulerKind
 from timeguard.repair.hook import bound_to
@@ -154,3 +157,53 @@ def test_wrong_table_and_unreachable_store(tmp_path: Path) -> None:
     with pytest.raises(RepairError) as err:
         redis_down.audit(1.8e9)
     assert "hunter2" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------ Redis (db 12)
+
+REDIS_12 = "redis://127.0.0.1:6379/12"
+
+
+@pytest.fixture
+def redis_store(store: tuple[Path, float]) -> object:
+    """The SQLite store's jobs copied into RedisJobStore's hash and ZSET (db 12, flushed before and after)."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REDIS_12)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        need(False, f"no Redis on 127.0.0.1:6379: {exc}")
+    client.flushdb()
+    path, _now = store
+    for job_id, (column, state) in rows(path).items():
+        client.hset("apscheduler.jobs", job_id, state)
+        client.zadd("apscheduler.run_times", {job_id: column})
+    client.zadd("apscheduler.run_times", {"ghost": 1e10})  # a run time without its job
+    yield client
+    client.flushdb()
+
+
+def test_redis_rules_mismatch_and_undo_bytes(store: tuple[Path, float], redis_store: object) -> None:
+    _path, now = store
+    client = redis_store
+    before = (client.hgetall("apscheduler.jobs"), client.zrange("apscheduler.run_times", 0, -1, withscores=True))
+    target = APSchedulerKind.from_options({"redis_url": REDIS_12, "python": sys.executable,
+                                           "path": [str(Path(__file__).resolve().parents[2])]}).open()
+    plan = target.plan(now)
+    assert {c.item for c in plan.changes} == {"interval-false", "cron-false"}
+    assert {u.item for u in plan.unreadable} == {"corrupt", "ghost"}
+    assert "not in apscheduler.jobs" in next(u.why for u in plan.unreadable if u.item == "ghost")
+    outcome = target.apply(lambda: now, undo_log=None, incident_id="r1", owner_stopped=True)
+    assert outcome.clean and outcome.rounds[0]["changed"] == 2
+    assert client.zscore("apscheduler.run_times", "interval-false") == now
+    assert client.zscore("apscheduler.run_times", "ghost") == 1e10, "the mismatch is left as it is"
+    state = pickle.loads(client.hget("apscheduler.jobs", "interval-false"))  # noqa: S301 - this test's own objects
+    assert state["next_run_time"].timestamp() == now, "the ZSET and the pickled state agree"
+    assert client.hget("apscheduler.jobs", "corrupt") == before[0][b"corrupt"]
+    client.set("apscheduler.jobs.x", 1)
+    wrong = APSchedulerKind.from_options({"redis_url": REDIS_12, "python": sys.executable,
+                                          "jobs_key": "apscheduler.jobs.x"}).open()
+    with pytest.raises(RepairError, match="is a string, not a hash"):
+        wrong.audit(now)
+    target.close()
+    wrong.close()

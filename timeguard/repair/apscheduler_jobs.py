@@ -107,8 +107,11 @@ class SqlJobStore:
         self.where = f"{self.shown} table {table}"
         self.fingerprint = f"sql:{redact_url(self.url)}#{table}"
         self._engine: Any = None
-        import sqlalchemy as sa
-
+        try:
+            import sqlalchemy as sa
+        except ImportError:
+            raise RepairError(f"{self.where}: SQLAlchemy is missing: install timeguard's apscheduler extra "
+                              "(pip install 'timeguard[apscheduler]')") from None
         self.sa = sa
         self.t = sa.table(tablename, sa.column("id"), sa.column("next_run_time"), sa.column("job_state"),
                           schema=schema)
@@ -340,11 +343,16 @@ class APSchedulerTarget(BaseTarget):
                         old[job_id] = state
             if not count:
                 return [], 0, old
-            if self.app.user is not None:
+            if self.app.user is not None:  # the file is 0600: the application's user must read it
                 import pwd
 
-                entry = pwd.getpwnam(self.app.user)
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+                try:
+                    entry = pwd.getpwnam(self.app.user)
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+                except (KeyError, OSError):
+                    raise RepairError(f"user {self.app.user!r}: cannot hand the job states to it (no such user, or "
+                                      "timeguard is not root); leave user out to run the interpreter as this "
+                                      "user") from None
             answer = self.app.run(SCRIPT, {"jobs_file": path}, doing=f"reading {count} job state(s) of {self.where}")
         finally:
             Path(path).unlink(missing_ok=True)
