@@ -207,3 +207,19 @@ def test_redis_rules_mismatch_and_undo_bytes(store: tuple[Path, float], redis_st
         wrong.audit(now)
     target.close()
     wrong.close()
+
+
+def test_url_from_env_and_file(store: tuple[Path, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, now = store
+    base = {k: v for k, v in options(path).items() if k != "jobstore_url"}
+    unset = APSchedulerKind.from_options({**base, "jobstore_url_env": "TG_TEST_APS_URL"})
+    monkeypatch.delenv("TG_TEST_APS_URL", raising=False)
+    with pytest.raises(RepairError, match=r"jobstore_url_env: \$TG_TEST_APS_URL is not set"):
+        unset.open()
+    monkeypatch.setenv("TG_TEST_APS_URL", f"sqlite:///{path}")
+    assert unset.open().audit(now).found
+    url_file = tmp_path / "url"
+    url_file.write_text(f"sqlite:///{path}\n")
+    assert APSchedulerKind.from_options({**base, "jobstore_url_file": str(url_file)}).open().audit(now).found
+    with pytest.raises(RepairError, match=r"jobstore_url_file .*missing: No such file"):
+        APSchedulerKind.from_options({**base, "jobstore_url_file": str(tmp_path / "missing")}).open()
