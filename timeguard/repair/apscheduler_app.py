@@ -66,14 +66,16 @@ def one(job_id, column, raw):
     if not isinstance(state, dict) or "trigger" not in state or "next_run_time" not in state:
         return [job_id, "unreadable", job_id, None, "not an APScheduler 3 job state (%s)" % type(state).__name__,
                 None]
-    name = str(state.get("name") or job_id)
+    name = str(state.get("name") or "")
+    name = job_id if name in ("", job_id) else "%s (%s)" % (job_id, name)  # the name is often the function's
     trigger, stored = state["trigger"], state["next_run_time"]
     if not isinstance(stored, datetime) or stored.tzinfo is None:
         return [job_id, "unreadable", name, None, "its pickled next_run_time is %r, not an aware datetime"
                 % (stored,), None]
     if abs(stored.timestamp() - column) > 0.001:
         return [job_id, "note", name, None, "the stored next run (%s) and the one in its pickled state (%s) "
-                "disagree: a column-only edit? left as it is" % (column, stored.timestamp()), None]
+                "disagree: a column-only edit? left as it is"
+                % (datetime.fromtimestamp(column, timezone.utc).isoformat(), stored.isoformat()), None]
     fresh_start = False
     if isinstance(trigger, DateTrigger):
         return [job_id, "note", name, None, "a one-off job (date trigger) due %s: its run date may be the "
