@@ -5,7 +5,9 @@ filled by APScheduler itself, the job states read by this interpreter through ap
   ``resume_job``/``get_next_fire_time(None, now)`` does not return the false date again); within one interval: kept;
 * cron: → the trigger's next fire time from now; a weekly cron legitimately days ahead: kept (the audit does not
   cry wolf on it);
-* date (a one-off): left and reported; a column that disagrees with the pickled state: left and reported;
+* date (a one-off): left and reported; a column that disagrees with the pickled state: left and reported — unless
+  it is the naive fix (the column brought back by hand, the pickled time still far ahead: the scheduler spins),
+  which is repaired, both written;
 * corrupt bytes: unreadable, left byte for byte; the repair is idempotent; the hook refuses without a way to stop
   the owner; a wrong table and an unreachable database are clear errors without the password;
 * the same jobs in ``RedisJobStore``'s hash and ZSET (Redis db 12): the ZSET score and the pickled state written
@@ -65,6 +67,9 @@ def fill(path: Path, now: dt.datetime) -> None:
         state = db.execute("SELECT job_state FROM apscheduler_jobs WHERE id = 'cron-false'").fetchone()[0]
         db.execute("INSERT INTO apscheduler_jobs VALUES ('column-edited', ?, ?)",
                    (false_now.timestamp() + 1, state.replace(b"cron-false", b"cron-falsf")))
+        # the naive fix: the column brought back to now by hand, the pickled time still +180 d (it spins)
+        db.execute("INSERT INTO apscheduler_jobs VALUES ('hand-fixed', ?, ?)",
+                   (now.timestamp() - 5, state.replace(b"cron-false", b"hand-fixed")))
 
 
 def rows(path: Path) -> dict[str, tuple[float, bytes]]:
@@ -92,7 +97,8 @@ def test_rules_per_trigger(store: tuple[Path, float]) -> None:
     target = APSchedulerKind.from_options(options(path)).open()
     plan = target.plan(now)
     changes = {c.item: c for c in plan.changes}
-    assert set(changes) == {"interval-false", "cron-false"}
+    assert set(changes) == {"interval-false", "cron-false", "hand-fixed"}
+    assert "column-only edit" in changes["hand-fixed"].why
     assert changes["interval-false"].new_s == now
     assert now < changes["cron-false"].new_s <= now + 300
     notes = {n.item: n.detail for n in plan.report}
@@ -100,10 +106,10 @@ def test_rules_per_trigger(store: tuple[Path, float]) -> None:
     assert "one-off" in notes["one-off"] and "disagree" in notes["column-edited"]
     assert [u.item for u in plan.unreadable] == ["corrupt"]
     audit = target.audit(now)
-    assert audit.found and audit.details["counts"] == {"next_run_time": 2}
+    assert audit.found and audit.details["counts"] == {"next_run_time": 3}
 
     outcome = target.apply(lambda: now, undo_log=None, incident_id="i1", owner_stopped=True)
-    assert outcome.clean and outcome.rounds[0]["changed"] == 2
+    assert outcome.clean and outcome.rounds[0]["changed"] == 3
     after = rows(path)
     assert after["corrupt"] == before["corrupt"] and after["one-off"] == before["one-off"]
     assert after["cron-weekly"] == before["cron-weekly"] and after["interval-fine"] == before["interval-fine"]
@@ -111,8 +117,9 @@ def test_rules_per_trigger(store: tuple[Path, float]) -> None:
     assert state["next_run_time"].timestamp() == after["interval-false"][0] == now
     assert state["trigger"].start_date.timestamp() == now, "the false-period start_date is reset too"
     assert state["trigger"].get_next_fire_time(None, dt.datetime.fromtimestamp(now, UTC)).timestamp() == now
-    cron = pickle.loads(after["cron-false"][1])  # noqa: S301 - this test's own objects
-    assert cron["next_run_time"].timestamp() == after["cron-false"][0]
+    for job in ("cron-false", "hand-fixed"):
+        cron = pickle.loads(after[job][1])  # noqa: S301 - this test's own objects
+        assert cron["next_run_time"].timestamp() == after[job][0], job
 
     again = target.apply(lambda: now, undo_log=None, incident_id="i2", owner_stopped=True)
     assert not again.changed and rows(path) == after, "idempotent"
@@ -190,11 +197,11 @@ def test_redis_rules_mismatch_and_undo_bytes(store: tuple[Path, float], redis_st
     target = APSchedulerKind.from_options({"redis_url": REDIS_12, "python": sys.executable,
                                            "path": [str(Path(__file__).resolve().parents[2])]}).open()
     plan = target.plan(now)
-    assert {c.item for c in plan.changes} == {"interval-false", "cron-false"}
+    assert {c.item for c in plan.changes} == {"interval-false", "cron-false", "hand-fixed"}
     assert {u.item for u in plan.unreadable} == {"corrupt", "ghost"}
     assert "not in apscheduler.jobs" in next(u.why for u in plan.unreadable if u.item == "ghost")
     outcome = target.apply(lambda: now, undo_log=None, incident_id="r1", owner_stopped=True)
-    assert outcome.clean and outcome.rounds[0]["changed"] == 2
+    assert outcome.clean and outcome.rounds[0]["changed"] == 3
     assert client.zscore("apscheduler.run_times", "interval-false") == now
     assert client.zscore("apscheduler.run_times", "ghost") == 1e10, "the mismatch is left as it is"
     state = pickle.loads(client.hget("apscheduler.jobs", "interval-false"))  # noqa: S301 - this test's own objects

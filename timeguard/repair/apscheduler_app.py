@@ -30,6 +30,11 @@ The rule per trigger (research/celery_beat.md §4, "Repair specification" §4):
   ``trigger.get_next_fire_time(None, now)`` — for cron the first fire time from ``max(now, start_date)``; a stored
   time beyond it (+ tolerance) is poisoned and replaced by it; no further fire time → reported, left.
 
+A job whose stored time is now or past (the screen reads those too) but whose pickled time lies beyond the
+tolerance was brought back by a column-only edit (``UPDATE … SET next_run_time``, a ``ZADD``): the scheduler
+finds it due, ``_get_run_times`` on the pickled time yields nothing, and it spins (research §4). It is repaired by
+the same rule, both written. Any other disagreement between the two is reported and left.
+
 The stored ``next_run_time`` keeps its time zone (the scheduler's); the new state is pickled with the highest
 protocol, as the job stores do by default.
 """
@@ -72,10 +77,18 @@ def one(job_id, column, raw):
     if not isinstance(stored, datetime) or stored.tzinfo is None:
         return [job_id, "unreadable", name, None, "its pickled next_run_time is %r, not an aware datetime"
                 % (stored,), None]
+    edited = ""
     if abs(stored.timestamp() - column) > 0.001:
-        return [job_id, "note", name, None, "the stored next run (%s) and the one in its pickled state (%s) "
-                "disagree: a column-only edit? left as it is"
-                % (datetime.fromtimestamp(column, timezone.utc).isoformat(), stored.isoformat()), None]
+        shown = datetime.fromtimestamp(column, timezone.utc).isoformat()
+        if column > stored.timestamp() or stored <= now + tol:
+            return [job_id, "note", name, None, "the stored next run (%s) and the one in its pickled state (%s) "
+                    "disagree: left as it is" % (shown, stored.isoformat()), None]
+        # The column brought back by hand, the pickled time still in the future: the scheduler finds the job due
+        # and runs nothing (research §4: it spins). Repaired like a poisoned job, both written.
+        edited = "stored next run %s but %s in its pickled state (a column-only edit: the scheduler spins); " % (
+            shown, stored.isoformat())
+    if stored <= now + tol:
+        return [job_id, "keep", name, None, "due, or not beyond the tolerance", None]
     fresh_start = False
     if isinstance(trigger, DateTrigger):
         return [job_id, "note", name, None, "a one-off job (date trigger) due %s: its run date may be the "
@@ -98,6 +111,7 @@ def one(job_id, column, raw):
     except Exception as exc:
         return [job_id, "unreadable", name, None, "its trigger fails: " + last_line(exc), None]
     new = new.astimezone(stored.tzinfo)
+    why = edited + why
     blob = None
     if rewrite:
         if fresh_start:

@@ -24,13 +24,15 @@ A running scheduler sleeps on its in-memory wake-up time and writes its jobs bac
 application that owns it is stopped for the repair and started after (``needs_owner_stopped``: ``service`` or
 ``stop_command`` + ``start_command``).
 
-The audit screens the column (or ZSET) alone — no unpickling for jobs whose stored time is within the tolerance
-— and only the jobs beyond it are checked against their triggers in the application's interpreter, because a
-weekly job's next run is legitimately days ahead: the column alone cannot tell it from a poisoned one.
+The audit screens the column (or ZSET) alone — no unpickling for jobs whose stored time lies between now and the
+tolerance, a healthy store's — and only the jobs beyond it (or due: a column-only edit shows as a due job whose
+pickled time is far ahead) are checked against their triggers in the application's interpreter, because a weekly
+job's next run is legitimately days ahead: the column alone cannot tell it from a poisoned one.
 
 Left as they are, and reported: a job_state that does not unpickle there (class gone, corrupt bytes), one whose
-column and pickled time disagree, a one-off (date trigger) job, a Redis job in the ZSET but not the hash (or in
-the hash without a run time: paused), a table of another shape (a RepairError: nothing is changed).
+column and pickled time disagree otherwise, a one-off (date trigger) job, a run time in the Redis ZSET without its
+job in the hash, a table of another shape (a RepairError: nothing is changed). A job without a run time is paused:
+not looked at.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from timeguard.config import option
 from timeguard.repair.apprun import AppInterpreter
 from timeguard.repair.dburl import DatabaseUrlError, connect_url, shown_url
 from timeguard.repair.target import (
+    Audit,
     BaseTarget,
     Change,
     Note,
@@ -145,12 +148,14 @@ class SqlJobStore:
             raise RepairError(f"{self.where}: not an APScheduler job table (no {', '.join(sorted(missing))} "
                               "column); nothing was changed")
 
-    def future(self, limit_s: float) -> tuple[list[tuple[str, float]], list[Unreadable]]:
-        """(id, stored next run) of every job beyond ``limit_s``, from the column alone."""
+    def future(self, limit_s: float, due_s: float) -> tuple[list[tuple[str, float]], list[Unreadable]]:
+        """(id, stored next run) of every job beyond ``limit_s`` or due (at or before ``due_s``: a column-only
+        edit shows there), from the column alone."""
         t = self.t.c
         with self.connection("reading the jobs") as conn:
             self.check_shape(conn)
-            rows = conn.execute(self.sa.select(t.id, t.next_run_time).where(t.next_run_time > limit_s)
+            rows = conn.execute(self.sa.select(t.id, t.next_run_time)
+                                .where(self.sa.or_(t.next_run_time > limit_s, t.next_run_time <= due_s))
                                 .order_by(t.next_run_time.desc())).all()
         return [(str(r[0]), float(r[1])) for r in rows], []
 
@@ -210,14 +215,15 @@ class RedisJobStore:
             raise RepairError(f"{self.where}: {what}: {type(exc).__name__}: {_scrub(self.url, str(exc))[:300]}") \
                 from None
 
-    def future(self, limit_s: float) -> tuple[list[tuple[str, float]], list[Unreadable]]:
+    def future(self, limit_s: float, due_s: float) -> tuple[list[tuple[str, float]], list[Unreadable]]:
         with self.client("reading the run times") as r:
             for key, want in ((self.jobs_key, b"hash"), (self.run_times_key, b"zset")):
                 kind = r.type(key)
                 if kind not in (want, b"none"):
                     raise RepairError(f"{self.where}: {key} is a {kind.decode()}, not a {want.decode()} "
                                       "(jobs_key/run_times_key?); nothing was changed")
-            rows = r.zrangebyscore(self.run_times_key, f"({limit_s!r}", "+inf", withscores=True)
+            rows = [*r.zrangebyscore(self.run_times_key, f"({limit_s!r}", "+inf", withscores=True),
+                    *r.zrangebyscore(self.run_times_key, "-inf", repr(due_s), withscores=True)]
             ids = [m for m, _ in rows]
             present = r.hmget(self.jobs_key, ids) if ids else []
         found, unreadable = [], []
@@ -378,7 +384,7 @@ class APSchedulerTarget(BaseTarget):
 
     def _look(self, now_s: float, *, rewrite: bool) -> tuple[Plan, list[tuple[_Verdict, float, bytes | None]]]:
         """The plan, and per change (its verdict, old column value, old state when ``rewrite``)."""
-        candidates, unreadable = self.store.future(now_s + self.tolerance_s)
+        candidates, unreadable = self.store.future(now_s + self.tolerance_s, now_s)
         verdicts, total, old = self._judge(now_s, self._candidates(candidates), rewrite=rewrite)
         changes: list[Change] = []
         notes: list[Note] = []
@@ -388,8 +394,8 @@ class APSchedulerTarget(BaseTarget):
             if v.verdict == "change" and v.new_s is not None:
                 found.append((v, column, old.get(v.job_id)))
                 if len(changes) < PLAN_LIST_MAX:
-                    changes.append(Change(v.job_id, v.name, FIELD, column, float(v.new_s),
-                                          f"{_ahead(column - now_s)} ahead; {v.why}"))
+                    ahead = f"{_ahead(column - now_s)} ahead; " if column > now_s else ""
+                    changes.append(Change(v.job_id, v.name, FIELD, column, float(v.new_s), ahead + v.why))
             elif v.verdict == "note":
                 notes.append(Note(v.job_id, v.name, "left", v.why))
             elif v.verdict == "unreadable":
@@ -405,13 +411,14 @@ class APSchedulerTarget(BaseTarget):
 
     def audit(self, now_s: float) -> Any:
         now_s = checked_now(now_s)
-        candidates, unreadable = self.store.future(now_s + self.tolerance_s)
-        if not candidates and not unreadable:  # the column alone: nothing beyond the tolerance, nothing to unpickle
+        candidates, unreadable = self.store.future(now_s + self.tolerance_s, now_s)
+        if not candidates and not unreadable:  # the stored times alone: nothing beyond the tolerance or due
             return self.audit_of(Plan(now_s, self.tolerance_s, ()), now_s)
         plan = self.plan(now_s)
         found = self.audit_of(plan, now_s)
-        if plan.total > len(plan.changes):
-            found.details["changes_total"] = plan.total
+        if plan.total > len(plan.changes):  # the plan lists the first ones: the summary counts them all
+            summary = found.summary.replace(f"{len(plan.changes)} value(s)", f"{plan.total} value(s)", 1)
+            return Audit(found.found, summary, {**found.details, "changes_total": plan.total})
         return found
 
     def apply(self, now_fn: Callable[[], float], *, undo_log: UndoLog | None, incident_id: str,
