@@ -165,6 +165,13 @@ class SqlJobStore:
             rows = conn.execute(self.sa.select(t.id, t.next_run_time, t.job_state).where(t.id.in_(list(ids)))).all()
         return {str(r[0]): (None if r[1] is None else float(r[1]), bytes(r[2])) for r in rows}
 
+    def job_states(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """id → job_state (the next runs were just listed; every write compares both again)."""
+        t = self.t.c
+        with self.connection("reading the job states") as conn:
+            rows = conn.execute(self.sa.select(t.id, t.job_state).where(t.id.in_(list(ids)))).all()
+        return {str(r[0]): bytes(r[1]) for r in rows}
+
     def write(self, writes: Sequence[tuple[str, float | None, bytes, float | None, bytes]]) -> list[str]:
         """Compare-and-set (id, old column, old state, new column, new state) in one transaction; the ids whose
         row no longer held the old values (left alone)."""
@@ -235,6 +242,12 @@ class RedisJobStore:
                 continue
             found.append((job_id, float(score)))
         return found, unreadable
+
+    def job_states(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """id → job_state (one HMGET: the run times were just listed; every write compares both again)."""
+        with self.client("reading the job states") as r:
+            states = r.hmget(self.jobs_key, list(ids))
+        return {job_id: state for job_id, state in zip(ids, states, strict=True) if state is not None}
 
     def states(self, ids: Sequence[str]) -> dict[str, tuple[float | None, bytes]]:
         with self.client("reading the job states") as r:
@@ -343,7 +356,7 @@ class APSchedulerTarget(BaseTarget):
                 f.write(json.dumps({"now": now_s, "tolerance_s": self.tolerance_s, "rewrite": rewrite,
                                     "list_max": None if rewrite else PLAN_LIST_MAX}) + "\n")
                 for job_id, column, state in jobs:
-                    f.write(json.dumps([job_id, column, _b64(state)]) + "\n")
+                    f.write(f'[{json.dumps(job_id)},{column!r},"{_b64(state)}"]\n')
                     count += 1
                     if rewrite:
                         old[job_id] = state
@@ -372,15 +385,15 @@ class APSchedulerTarget(BaseTarget):
         return verdicts, int(answer.get("changes", 0)), old
 
     def _candidates(self, candidates: Sequence[tuple[str, float]]) -> Iterator[tuple[str, float, bytes]]:
-        """(id, column, state) of the candidates, read CHUNK at a time; a job changed since it was listed (its
-        column moved) is skipped: the next look sees it as it is."""
+        """(id, column, state) of the candidates, read CHUNK at a time (a job removed since it was listed is
+        skipped; one changed since is caught by the write's compare-and-set)."""
         for start in range(0, len(candidates), CHUNK):
             part = candidates[start:start + CHUNK]
-            states = self.store.states([i for i, _ in part])
+            states = self.store.job_states([i for i, _ in part])
             for job_id, column in part:
-                found = states.get(job_id)
-                if found is not None and found[0] == column:
-                    yield job_id, column, found[1]
+                state = states.get(job_id)
+                if state is not None:
+                    yield job_id, column, state
 
     def _look(self, now_s: float, *, rewrite: bool) -> tuple[Plan, list[tuple[_Verdict, float, bytes | None]]]:
         """The plan, and per change (its verdict, old column value, old state when ``rewrite``)."""
