@@ -199,7 +199,7 @@ def test_redis_rules_mismatch_and_undo_bytes(store: tuple[Path, float], redis_st
     plan = target.plan(now)
     assert {c.item for c in plan.changes} == {"interval-false", "cron-false", "hand-fixed"}
     assert {u.item for u in plan.unreadable} == {"corrupt", "ghost"}
-    assert "not in apscheduler.jobs" in next(u.why for u in plan.unreadable if u.item == "ghost")
+    assert "not in the jobs hash" in next(u.why for u in plan.unreadable if u.item == "ghost")
     outcome = target.apply(lambda: now, undo_log=None, incident_id="r1", owner_stopped=True)
     assert outcome.clean and outcome.rounds[0]["changed"] == 3
     assert client.zscore("apscheduler.run_times", "interval-false") == now

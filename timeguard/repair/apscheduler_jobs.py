@@ -99,6 +99,9 @@ def _digest(data: bytes) -> str:
 class SqlJobStore:
     """``SQLAlchemyJobStore``'s table (any database SQLAlchemy reaches: the URL forms of :mod:`dburl`)."""
 
+    #: a listed job without a state was removed meanwhile: nothing to say
+    missing_why: ClassVar[str | None] = None
+
     def __init__(self, url: str, *, source: str, tablename: str = DEFAULT_TABLE, schema: str | None = None) -> None:
         try:
             self.url = connect_url(url, option=source)
@@ -195,6 +198,9 @@ class SqlJobStore:
 class RedisJobStore:
     """``RedisJobStore``'s hash (id → job_state) and ZSET (id → next run)."""
 
+    #: a listed job without a state: a run time without its job (reported, left)
+    missing_why: ClassVar[str | None] = "in the run times but not in the jobs hash: left as it is"
+
     def __init__(self, url: str, *, source: str, jobs_key: str = DEFAULT_JOBS_KEY,
                  run_times_key: str = DEFAULT_RUN_TIMES_KEY) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
@@ -231,17 +237,7 @@ class RedisJobStore:
                                       "(jobs_key/run_times_key?); nothing was changed")
             rows = [*r.zrangebyscore(self.run_times_key, f"({limit_s!r}", "+inf", withscores=True),
                     *r.zrangebyscore(self.run_times_key, "-inf", repr(due_s), withscores=True)]
-            ids = [m for m, _ in rows]
-            present = r.hmget(self.jobs_key, ids) if ids else []
-        found, unreadable = [], []
-        for (member, score), state in zip(rows, present, strict=True):
-            job_id = member.decode("utf-8", "replace")
-            if state is None:
-                unreadable.append(Unreadable(job_id, job_id, FIELD, repr(score), f"in {self.run_times_key} but "
-                                             f"not in {self.jobs_key}: left as it is"))
-                continue
-            found.append((job_id, float(score)))
-        return found, unreadable
+        return [(member.decode("utf-8", "replace"), float(score)) for member, score in rows], []
 
     def job_states(self, ids: Sequence[str]) -> dict[str, bytes]:
         """id → job_state (one HMGET: the run times were just listed; every write compares both again)."""
@@ -384,9 +380,11 @@ class APSchedulerTarget(BaseTarget):
                     for job_id, verdict, name, column, new_s, why, blob in answer.get("jobs", ())]
         return verdicts, int(answer.get("changes", 0)), old
 
-    def _candidates(self, candidates: Sequence[tuple[str, float]]) -> Iterator[tuple[str, float, bytes]]:
-        """(id, column, state) of the candidates, read CHUNK at a time (a job removed since it was listed is
-        skipped; one changed since is caught by the write's compare-and-set)."""
+    def _candidates(self, candidates: Sequence[tuple[str, float]],
+                    unreadable: list[Unreadable]) -> Iterator[tuple[str, float, bytes]]:
+        """(id, column, state) of the candidates, read CHUNK at a time. A job without a state is skipped (and, in
+        Redis — a run time without its job — added to ``unreadable``); one changed since it was listed is caught
+        by the write's compare-and-set."""
         for start in range(0, len(candidates), CHUNK):
             part = candidates[start:start + CHUNK]
             states = self.store.job_states([i for i, _ in part])
@@ -394,11 +392,13 @@ class APSchedulerTarget(BaseTarget):
                 state = states.get(job_id)
                 if state is not None:
                     yield job_id, column, state
+                elif self.store.missing_why is not None:
+                    unreadable.append(Unreadable(job_id, job_id, FIELD, repr(column), self.store.missing_why))
 
     def _look(self, now_s: float, *, rewrite: bool) -> tuple[Plan, list[tuple[_Verdict, float, bytes | None]]]:
         """The plan, and per change (its verdict, old column value, old state when ``rewrite``)."""
         candidates, unreadable = self.store.future(now_s + self.tolerance_s, now_s)
-        verdicts, total, old = self._judge(now_s, self._candidates(candidates), rewrite=rewrite)
+        verdicts, total, old = self._judge(now_s, self._candidates(candidates, unreadable), rewrite=rewrite)
         changes: list[Change] = []
         notes: list[Note] = []
         found: list[tuple[_Verdict, float, bytes | None]] = []
