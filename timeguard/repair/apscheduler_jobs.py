@@ -395,9 +395,11 @@ class APSchedulerTarget(BaseTarget):
                 elif self.store.missing_why is not None:
                     unreadable.append(Unreadable(job_id, job_id, FIELD, repr(column), self.store.missing_why))
 
-    def _look(self, now_s: float, *, rewrite: bool) -> tuple[Plan, list[tuple[_Verdict, float, bytes | None]]]:
-        """The plan, and per change (its verdict, old column value, old state when ``rewrite``)."""
-        candidates, unreadable = self.store.future(now_s + self.tolerance_s, now_s)
+    def _look(self, now_s: float, *, rewrite: bool, screened: tuple[list[tuple[str, float]], list[Unreadable]] |
+              None = None) -> tuple[Plan, list[tuple[_Verdict, float, bytes | None]]]:
+        """The plan, and per change (its verdict, old column value, old state when ``rewrite``); ``screened``: the
+        store's screen, when the caller has just read it."""
+        candidates, unreadable = screened or self.store.future(now_s + self.tolerance_s, now_s)
         verdicts, total, old = self._judge(now_s, self._candidates(candidates, unreadable), rewrite=rewrite)
         changes: list[Change] = []
         notes: list[Note] = []
@@ -424,10 +426,10 @@ class APSchedulerTarget(BaseTarget):
 
     def audit(self, now_s: float) -> Any:
         now_s = checked_now(now_s)
-        candidates, unreadable = self.store.future(now_s + self.tolerance_s, now_s)
-        if not candidates and not unreadable:  # the stored times alone: nothing beyond the tolerance or due
+        screened = self.store.future(now_s + self.tolerance_s, now_s)
+        if not screened[0] and not screened[1]:  # the stored times alone: nothing beyond the tolerance or due
             return self.audit_of(Plan(now_s, self.tolerance_s, ()), now_s)
-        plan = self.plan(now_s)
+        plan = self._look(now_s, rewrite=False, screened=screened)[0]
         found = self.audit_of(plan, now_s)
         if plan.total > len(plan.changes):  # the plan lists the first ones: the summary counts them all
             summary = found.summary.replace(f"{len(plan.changes)} value(s)", f"{plan.total} value(s)", 1)
