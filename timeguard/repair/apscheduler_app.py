@@ -1,7 +1,7 @@
 """The script the APScheduler target runs in the APPLICATION's interpreter (through :mod:`timeguard.repair.apprun`).
 
-A job's ``job_state`` is ``pickle.dumps(Job.__getstate__())`` (apscheduler/jobstores/sqlalchemy.py ``add_job`` /
-``update_job``, redis.py ``add_job`` / ``update_job``, job.py ``__getstate__``): its trigger, and the application's
+A job's ``job_state`` is ``pickle.dumps(Job.__getstate__())`` (APScheduler 3.11: apscheduler/jobstores/sqlalchemy.py
+``update_job`` :127, redis.py ``update_job`` :92, job.py ``__getstate__`` :260): its trigger, and the application's
 own objects in ``args``/``kwargs``. Unpickling it imports and runs the application's classes (``__reduce__``,
 ``__setstate__``): code execution, in timeguard's process with its secrets, and the classes timeguard would find
 are not the application's (other versions, or none). So only the application's interpreter — the same APScheduler
@@ -20,9 +20,10 @@ The rule per trigger (research/celery_beat.md §4, "Repair specification" §4):
 
 * ``IntervalTrigger``: a stored time more than one interval (+ tolerance) ahead is poisoned. The new next run is
   now (the job runs once at once, then every interval after it: ``get_next_fire_time(previous, now)`` is
-  previous + interval, triggers/interval.py). Its ``start_date`` defaults to creation + interval, so a trigger made
-  during the false period holds a future ``start_date`` too: ``get_next_fire_time(None, now)`` — what
-  ``resume_job`` and ``reschedule_job`` call — would return it again. A ``start_date`` beyond the tolerance is set
+  previous + interval, triggers/interval.py :75-77). Its ``start_date`` defaults to creation + interval, so a
+  trigger made during the false period holds a future ``start_date`` too: ``get_next_fire_time(None, now)``
+  (:78-79) — what ``resume_job`` and ``reschedule_job`` call, schedulers/base.py :635, :606 — would return it
+  again. A ``start_date`` beyond the tolerance is set
   to now as well.
 * ``DateTrigger`` (a one-off): left as it is and reported. Its run date may be one the application chose on
   purpose ("in 30 days"); running it early is worse than a person deciding.

@@ -13,8 +13,10 @@ The repair, per job whose stored next run lies more than ``tolerance_s`` ahead o
 * the new next run is computed from the job's trigger and the trusted now IN THE APPLICATION'S INTERPRETER
   (:mod:`timeguard.repair.apscheduler_app` says why timeguard never unpickles a job state itself, and the rule per
   trigger), and written to the column AND the pickled state at once — a column-only update makes the scheduler
-  spin: ``get_due_jobs`` returns the job by its column, ``_get_run_times`` on its pickled future time yields
-  nothing, and ``get_next_run_time`` keeps answering the past column value (research §4, verified);
+  spin: ``get_due_jobs`` returns the job by its column (schedulers/base.py ``_process_jobs`` :1161),
+  ``_get_run_times`` on its pickled future time yields nothing (job.py :141), nothing updates the job, and
+  ``get_next_run_time`` keeps answering the past column value (research §4, verified; measured by
+  benchmarks/bench_apscheduler_repair.py);
 * each write is a compare-and-set on the old column value and the old state (SQL ``WHERE``, Redis ``WATCH``), so
   a job changed meanwhile is left and the repair is idempotent;
 * the old column value and the old job_state bytes (base64) are recorded in the undo log first: undo restores them
