@@ -140,8 +140,9 @@ def test_target_options_unknown_names_and_discovery_errors(memory_kind):
                                              "stop_command, start_command, service, size, target")]
     with pytest.raises(HookConfigError, match="repair target 'broken' is unusable: failed to import x: boom"):
         RepairHook.from_config("m", {"target": "broken"})
-    installed = r"\(installed: celery_beat, (\w+, )*memory\)"  # and the other built-in targets between them
-    with pytest.raises(HookConfigError, match=rf"unknown repair target 'nope' {installed}"):
+    # the installed list grows with the built-in targets (apscheduler, …): the test's own two must be in it
+    with pytest.raises(HookConfigError,
+                       match=r"unknown repair target 'nope' \(installed: [a-z_, ]*\bcelery_beat, [a-z_, ]*\bmemory\b"):
         RepairHook.from_config("m", {"target": "nope"})
     with pytest.raises(HookConfigError, match="name the repair target"):
         RepairHook.from_config("m", {})
