@@ -193,8 +193,10 @@ def test_real_steps_in_qemu_guest_are_detected_by_timerfd_within_50ms(
     # 2. Exactly one rollback of −3600 s and one forward jump of +7200 s, from the timerfd, within 50 ms.
     steps = [f for f in found if f["phase"] == "steps"]
     assert [(f["kind"], f["detected_by"]) for f in steps] == [("rollback", "timerfd"), ("forward_jump", "timerfd")]
-    assert steps[0]["step_s"] == pytest.approx(-3600, abs=0.01)
-    assert steps[1]["step_s"] == pytest.approx(7200, abs=0.01)
+    # The guest sets "now − 3600 s" from a reading taken a moment before clock_settime: on an emulated CPU that is
+    # busy, the moment can be ~15 ms, and the real step is that much larger (seen: −3600.0139 s). 50 ms, as below.
+    assert steps[0]["step_s"] == pytest.approx(-3600, abs=0.05)
+    assert steps[1]["step_s"] == pytest.approx(7200, abs=0.05)
     for f, mark in zip(steps, ("rollback", "forward"), strict=True):
         before_s, after_s = result["marks"][mark]
         latency_s = f["monotonic_s"] - before_s  # from just before clock_settime to the detector's reading

@@ -212,4 +212,4 @@ def test_a_hook_with_only_django_opens_the_database_its_settings_name(monkeypatc
         assert target.source == "django (DATABASES['default'] of beatproject.settings_dburl)"
     finally:
         target.close()
-    assert kind.max_run_s() == 3 * (2 * 1.5 + 30) + 30 + 30  # beat's interval as the settings said
+    assert kind.max_run_s() == 3 * (3 * 1.5 + 30) + 30 + 30  # three waits a round, at the interval the settings said

@@ -231,15 +231,16 @@ def test_ipv6_loopback():
 
 
 def test_stops_early_at_the_deadline_and_reports_what_it_achieved():
+    # More probes than 1.2 s can hold: several may aim at the same Date boundary, so 7 sometimes fitted.
     with running(offset_s=0.37) as server:
         start = time.monotonic()
-        sample = query_http(server.url, allow_plain_http=True, requests_count=7, timeout_s=1.2)
+        sample = query_http(server.url, allow_plain_http=True, requests_count=40, timeout_s=1.2)
         elapsed = time.monotonic() - start
     assert elapsed <= 1.2 + LATE_S
     assert sample.usable, sample.reason
-    assert 2 <= sample.requests < 7
+    assert 2 <= sample.requests < 40
     assert contains(sample, 0.37)
-    assert f"stopped after {sample.requests} of 7: the next would pass the timeout" in sample.reason
+    assert f"stopped after {sample.requests} of 40: the next would pass the timeout" in sample.reason
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
