@@ -7,7 +7,9 @@ ahead the host is — and for each repair hook:
 
 * ``stop``: writes the ``guard:<hook>`` note, runs the owner's stop command, raises ``future_state_accruing``;
 * ``restore``: runs the hook itself through the dispatcher (``run_now``: isolated, timed, recorded as a hook run
-  of the incident), which repairs with the owner already stopped and starts it; then drops the note;
+  of the incident), which repairs with the owner already stopped and starts it; then drops the note. When a run
+  of the hook is already queued — the rollback that corrected the clock is journalled and dispatched before the
+  guard is poked — that run does it (the hook knows: ``guard_held``) and the guard only drops the note after;
 * ``release``: a note whose hook is gone, or no longer ``guard: stop``, while the clock is not right: starts the
   scheduler unrepaired with the note's start command, logs an error and raises ``future_state_accruing`` saying so;
 * ``alert``: raises ``future_state_accruing`` (once per episode) for the ``guard: alert`` hooks.
@@ -135,6 +137,8 @@ class GuardRunner:
                     continue
                 if self._clock().monotonic_s < self._retry_at.get(name, 0.0):
                     continue
+                if act is Act.RESTORE and dispatcher.busy(name):
+                    continue  # a repair run is queued (the rollback's): it repairs and starts; looked at again after
                 ok, store = self._act(act, name, hook, verdict, dispatcher)
                 self._states[name] = after(act, state, verdict, tolerance, done=ok)
                 if ok:
