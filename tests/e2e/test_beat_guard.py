@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import subprocess
 import sys
 import time
@@ -27,14 +26,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_beat_repair_cli import BEATCTL, AdoptedProcess, beat_spec
 from tests.support import beat as beatlib
 from tests.support import beatdaemon
 from tests.support import daemon as daemonlib
-from tests.support.beat import BeatDatabase, BeatProcess, LogTail, running_beat
+from tests.support.beat import BeatDatabase, running_beat
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
-from tests.support.realprogs import FakeClock, scratch_dir
+from tests.support.guardbeat import Controlled
+from tests.support.realprogs import FakeClock
 from tests.support.receiver import Receiver
 from timeguard.events import EventKind
 from timeguard.hooks.api import HookStatus
@@ -44,37 +43,6 @@ pytestmark = pytest.mark.real
 FUTURE_S = beatlib.FUTURE_S
 DAY = 86400.0
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-
-
-class Controlled:
-    """beat under beatctl: the first one the test's (running_beat), each later one started by the daemon."""
-
-    def __init__(self, db: BeatDatabase, clock: FakeClock) -> None:
-        self.work = scratch_dir("guardbeat")
-        self.pidfile, self.events, self.spec = (self.work / "beat.pid", self.work / "beatctl.jsonl",
-                                                self.work / "spec.json")
-        self.next = BeatProcess(db, clock, max_interval=1)  # what start_command starts
-        self.spec.write_text(json.dumps(beat_spec(self.next, clock, self.pidfile)))
-        self.next.log_path.touch()
-        self.next.tail = LogTail(self.next.log_path)
-
-    def hook(self, guard: str) -> dict[str, Any]:
-        return {"beat_max_interval_s": 1, "timeout_s": 60, "guard": guard,
-                "stop_command": [sys.executable, str(BEATCTL), "stop", str(self.pidfile), str(self.events)],
-                "start_command": [sys.executable, str(BEATCTL), "start", str(self.spec), str(self.events)]}
-
-    def ops(self) -> list[dict[str, Any]]:
-        if not self.events.exists():
-            return []
-        return [json.loads(line) for line in self.events.read_text().splitlines()]
-
-    def adopt(self, timeout_s: float) -> dict[str, Any]:
-        """Wait for the daemon's start of beat; the new beat is then ``self.next`` (stopped by the test at the end)."""
-        started = daemonlib.wait_for("beatctl start", lambda: next(
-            (op for op in self.ops() if op["op"] == "start"), None), timeout_s, None)
-        self.next.process = AdoptedProcess(started["pid"])  # type: ignore[assignment]
-        self.next.started_mono = started["done"]
-        return started
 
 
 def _future_values(state: beatlib.BeatState) -> dict[str, dt.datetime]:
