@@ -122,6 +122,8 @@ class GuardRunner:
             if dispatcher is None:
                 return []
             hooks = self._guarded(dispatcher)
+            if not hooks and not self._notes:
+                return []  # no repair hook: no verdict to form (idle CPU)
             dry = {h.name: h.spec.dry_run for h in dispatcher.hooks}
             verdict = self._verdict()
             done: list[tuple[str, Act]] = []
