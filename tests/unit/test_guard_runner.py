@@ -160,3 +160,30 @@ def test_guard_stop_is_refused_without_a_way_to_stop(memory_kind: type[MemoryKin
                                             "beat_service": "celery-beat.service"})
     assert hook.guard.value == "stop" and hook.stop_command == ["systemctl", "stop", "celery-beat.service"]
     assert CeleryBeatHook.from_config("b", {"database_url": "sqlite:////tmp/x.db"}).guard.value == "alert"
+
+
+def test_future_state_accruing_is_paged_by_default_and_says_which_stores() -> None:
+    """What webhooks (JSON, Alertmanager) and Slack say of the guard's event: the stores and what was done."""
+    from timeguard.events import Event
+    from timeguard.hooks.api import HookContext
+    from timeguard.hooks.slack import SlackHook
+    from timeguard.hooks.webhook import DEFAULT_ON, alert_name, headline, severity
+
+    stores = [{"hook": "beat", "target": "celery_beat", "where": "postgresql://app:***@db/app", "guard": "stop",
+               "action": "stopped"},
+              {"hook": "jobs", "target": "apscheduler", "where": "redis://127.0.0.1/12", "guard": "alert",
+               "action": "alerting"}]
+    event = Event(kind=EventKind.FUTURE_STATE_ACCRUING, incident_id="i", wall_time_s=NOW + 180 * DAY,
+                  monotonic_s=1.0, boot_id="b", host="h", trusted_time_s=NOW,
+                  detail={"stores": stores, "ahead_s": 180 * DAY})
+    assert EventKind.FUTURE_STATE_ACCRUING in DEFAULT_ON
+    assert (severity(event), alert_name(event)) == ("critical", "FutureStateAccruing")
+    assert headline(event) == ("Clock 180.0 days ahead, schedulers stamp the future: beat "
+                               "(postgresql://app:***@db/app): stopped; jobs (redis://127.0.0.1/12): still running")
+    started = Event(kind=EventKind.FUTURE_STATE_ACCRUING, incident_id="i", wall_time_s=NOW, monotonic_s=2.0,
+                    boot_id="b", host="h", detail={"stores": [{**stores[0], "action": "started"}], "ahead_s": None})
+    assert headline(started) == "Scheduler guard: beat (postgresql://app:***@db/app): started again"
+    slack = SlackHook.from_config("chat", {"webhook_url": "https://hooks.slack.com/services/T/B/x"})
+    payload = slack.build_payload(event, HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=None,
+                                                     hostname="h"))
+    assert payload["text"].startswith("[CRITICAL] Clock 180.0 days ahead, schedulers stamp the future: beat"), payload
