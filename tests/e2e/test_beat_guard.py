@@ -86,7 +86,8 @@ def test_guard_stops_beat_while_ahead_and_starts_it_repaired(sqlite_db: BeatData
             with beatdaemon.restarted(daemon.config, beat_clock) as again:
                 daemonlib.wait_for("two checks of the restarted daemon",
                                    lambda: daemonlib.checks(again.config) >= checks_before + 2, 40, again.proc)
-                assert ctl.ops()[-1]["op"] == "stop", ctl.ops()  # still stopped: not started at +180 d
+                # still stopped: not started at +180 d (the restarted daemon made sure: a second, idempotent stop)
+                assert [op["op"] for op in ctl.ops()] in (["stop"], ["stop", "stop"]), ctl.ops()
                 assert _future_values(db.state()) == _future_values(at_stop)  # no future stamp since the stop
 
                 t_back = time.monotonic()
@@ -110,7 +111,8 @@ def test_guard_stops_beat_while_ahead_and_starts_it_repaired(sqlite_db: BeatData
                     assert journal.guards() == {}
                 time.sleep(1.5)  # beat_sync_every=1: the last send is in the database
                 assert db.state().future() == [], db.state()
-                assert [op["op"] for op in ctl.ops()] == ["stop", "start"], ctl.ops()
+                assert [op["op"] for op in ctl.ops()][-1:] == ["start"], ctl.ops()
+                assert [op["op"] for op in ctl.ops()].count("start") == 1, ctl.ops()
     finally:
         ctl.next.stop()
 

@@ -34,12 +34,13 @@ class World:
     def __init__(self, tmp: Path) -> None:
         self.tmp, self.owner_log = tmp, tmp / "owner.log"
         self.verdict: dict[str, Any] | None = None
+        self.mono = 100.0  # CLOCK_MONOTONIC as the runner reads it
         self.journal = Journal.in_state_dir(tmp)
         self.recorder = Recorder(self.journal, boot_id="b", log=logs.get())
         self.runner = self.new_runner()
 
     def new_runner(self) -> GuardRunner:
-        return GuardRunner(self.recorder, clock=lambda: reading(NOW + 180 * DAY, 100.0),
+        return GuardRunner(self.recorder, clock=lambda: reading(NOW + 180 * DAY, self.mono),
                            trusted_now=lambda: NOW, verdict=lambda: self.verdict, log=logs.get())
 
     def spec(self, guard: str = "stop", **extra: Any) -> HookSpec:
@@ -100,10 +101,29 @@ def test_a_restarted_daemon_still_repairs_and_starts(world: World) -> None:
     world.runner = world.new_runner()  # the daemon restarts: the journal's note is all it knows
     world.install(world.spec())
     assert world.runner.stopped_hooks == ["sched"]
-    assert world.runner.look() == []  # still ahead: no second stop
+    announced = len(world.accruing())
+    # still ahead: it makes sure once (the stop may never have run if the daemon died after the note), quietly
+    assert world.runner.look() == [("sched", Act.STOP)]
+    assert world.runner.look() == []
+    assert len(world.accruing()) == announced
     world.verdict = RIGHT
     assert world.runner.look() == [("sched", Act.RESTORE)]
-    assert world.owner() == ["stop", "start"] and MemoryKind.store == {"a": NOW}
+    assert world.owner() == ["stop", "stop", "start"] and MemoryKind.store == {"a": NOW}
+
+
+def test_a_failed_stop_is_announced_and_retried(world: World) -> None:
+    from timeguard.daemon.guard import RETRY_S
+
+    spec = world.spec(stop_command=["sh", "-c", f"echo failed-stop >> {world.owner_log}; exit 3"])
+    world.install(spec)
+    world.verdict = AHEAD
+    assert world.runner.look() == [("sched", Act.STOP)]
+    [event] = world.accruing()
+    assert event.detail["stores"][0]["action"] == "stop_failed" and "exited 3" in event.detail["stores"][0]["error"]
+    assert world.runner.look() == []  # not before RETRY_S
+    world.mono += RETRY_S + 1
+    assert world.runner.look() == [("sched", Act.STOP)]
+    assert world.owner() == ["failed-stop", "failed-stop"]
 
 
 def test_alert_only_names_the_store_and_stops_nothing(world: World) -> None:

@@ -62,7 +62,7 @@ class GuardRunner:
             notes = {}
         self._notes: dict[str, GuardNote] = dict(notes)
         for name in notes:
-            self._states[name] = GuardState(stopped=True, alerted=True)
+            self._states[name] = GuardState.from_note()
         if notes:
             self._incident = next(iter(notes.values())).incident_id
             log.warning("guard_scheduler_stopped", hooks=sorted(notes),
@@ -141,7 +141,7 @@ class GuardRunner:
                     continue
                 if act is Act.RESTORE and dispatcher.busy(name):
                     continue  # a repair run is queued (the rollback's): it repairs and starts; looked at again after
-                ok, store = self._act(act, name, hook, verdict, dispatcher)
+                ok, store = self._act(act, name, hook, verdict, dispatcher, again=state.stopped)
                 self._states[name] = after(act, state, verdict, tolerance, done=ok)
                 if ok:
                     self._retry_at.pop(name, None)
@@ -157,14 +157,16 @@ class GuardRunner:
             return done
 
     def _act(self, act: Act, name: str, hook: RepairHook | None, verdict: Mapping[str, Any] | None,
-             dispatcher: Dispatcher) -> tuple[bool, dict[str, Any] | None]:
-        """Carry out ``act``; (succeeded, the store's line in the event or None)."""
+             dispatcher: Dispatcher, *, again: bool) -> tuple[bool, dict[str, Any] | None]:
+        """Carry out ``act``; (succeeded, the store's line in the event or None). ``again``: a stop repeated
+        (after a failure, or to be sure after a restart) is announced only if it fails."""
         if act is Act.ALERT:
             assert hook is not None
             return True, self._store(hook, "alerting", verdict)
         if act is Act.STOP:
             assert hook is not None
-            return self._stop(hook, verdict)
+            ok, store = self._stop(hook, verdict)
+            return ok, None if ok and again else store
         if act is Act.RESTORE:
             assert hook is not None
             return self._restore(hook, dispatcher)
@@ -178,14 +180,15 @@ class GuardRunner:
     def _stop(self, hook: RepairHook, verdict: Mapping[str, Any] | None) -> tuple[bool, dict[str, Any]]:
         now = self._clock()
         ahead = host_ahead_s(verdict, hook.max_offset_s) or 0.0
-        note = GuardNote(hook=hook.name, target=hook.kind.name, where=_where(hook), stopped_wall_s=now.realtime_s,
-                         trusted_s=self._trusted_now(), ahead_s=ahead, incident_id=self._episode(),
-                         start_command=hook.start_command)
-        try:  # first: a crash between the note and the stop errs towards "repair and start it"
-            self._recorder.journal.set_guard(note)
-        except JournalError as exc:
-            self._recorder.failed(exc, "guard note")
-        self._notes[hook.name] = note
+        if hook.name not in self._notes:
+            note = GuardNote(hook=hook.name, target=hook.kind.name, where=_where(hook),
+                             stopped_wall_s=now.realtime_s, trusted_s=self._trusted_now(), ahead_s=ahead,
+                             incident_id=self._episode(), start_command=hook.start_command)
+            try:  # first: a crash between the note and the stop errs towards "repair and start it"
+                self._recorder.journal.set_guard(note)
+            except JournalError as exc:
+                self._recorder.failed(exc, "guard note")
+            self._notes[hook.name] = note
         try:
             hook.guard_stop()
         except RepairError as exc:

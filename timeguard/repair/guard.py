@@ -52,10 +52,19 @@ class Act(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class GuardState:
-    """One hook's guard: ``stopped`` (its note is in the journal), ``alerted`` (this episode was announced)."""
+    """One hook's guard: ``stopped`` (its note is in the journal), ``alerted`` (this episode was announced),
+    ``confirmed`` (the stop command succeeded in this daemon's lifetime — after a failed stop, or a restart that
+    found the note, a stop command that may never have run is run again while the host is ahead: stop commands
+    are idempotent, a scheduler left running is not harmless)."""
 
     stopped: bool = False
     alerted: bool = False
+    confirmed: bool = True
+
+    @classmethod
+    def from_note(cls) -> GuardState:
+        """What a (re)started daemon knows of a hook whose note it found."""
+        return cls(stopped=True, alerted=True, confirmed=False)
 
 
 def host_ahead_s(verdict: Mapping[str, Any] | None, tolerance_s: float) -> float | None:
@@ -90,6 +99,8 @@ def decide(mode: GuardMode | None, state: GuardState, verdict: Mapping[str, Any]
             return Act.RESTORE
         if mode is None or mode is GuardMode.ALERT or dry_run:
             return Act.RELEASE
+        if not state.confirmed and host_ahead_s(verdict, max_offset_s) is not None:
+            return Act.STOP  # the stop failed, or a restart cannot know it ran: stop (again)
         return Act.NONE
     if mode is None or host_ahead_s(verdict, max_offset_s) is None:
         return Act.NONE
@@ -103,10 +114,10 @@ def after(act: Act, state: GuardState, verdict: Mapping[str, Any] | None, max_of
     """The state once ``act`` was carried out (``done``: it succeeded; a failed restore stays stopped and is
     tried again). ``alerted`` lasts while the host stays ahead: the next episode is announced again."""
     ahead = host_ahead_s(verdict, max_offset_s) is not None
-    if act is Act.STOP:
-        return GuardState(stopped=True, alerted=True)  # the note is written before the stop: stopped either way
+    if act is Act.STOP:  # the note is written before the stop: stopped either way; confirmed if it worked
+        return GuardState(stopped=True, alerted=True, confirmed=done)
     if act in (Act.RESTORE, Act.RELEASE):
-        return GuardState(stopped=not done, alerted=ahead)
+        return GuardState(stopped=not done, alerted=ahead, confirmed=state.confirmed or done)
     if act is Act.ALERT:
-        return GuardState(stopped=state.stopped, alerted=True)
-    return GuardState(stopped=state.stopped, alerted=state.alerted and ahead)
+        return GuardState(stopped=state.stopped, alerted=True, confirmed=state.confirmed)
+    return GuardState(stopped=state.stopped, alerted=state.alerted and ahead, confirmed=state.confirmed)
