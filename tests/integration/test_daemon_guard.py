@@ -1,5 +1,6 @@
-"""The guard in the real daemon across a reload (SIGHUP): turning the guard off while it keeps a scheduler stopped
-starts the scheduler, loudly — never leaves it stopped in silence (timeguard/repair/guard.py, "release").
+"""The guard in the real daemon: a reload (SIGHUP) that turns the guard off while it keeps a scheduler stopped
+starts the scheduler, loudly — never leaves it stopped in silence (timeguard/repair/guard.py, "release"); and a
+forward step that *corrects* a clock that was behind stops nothing (a step is no evidence, the sources are).
 
 ``timeguard run`` under libfaketime with honest sources on loopback; the hook is ``type: celery_beat`` on a real
 django-celery-beat schema (SQLite); its "scheduler" is represented by stop/start commands that append to a file
@@ -77,4 +78,26 @@ def test_a_reload_that_turns_the_guard_off_starts_the_stopped_scheduler(fake_clo
         assert len(announced()) == 1, [e.detail for e in events(config, EventKind.FUTURE_STATE_ACCRUING)]
         why = announced()[0].detail["stores"][0]["why"]
         assert why == ("its hook is now guard: alert" if change == "guard: alert" else "its hook was removed")
+        assert proc.alive()
+
+
+def test_a_forward_step_that_corrects_a_clock_behind_stops_nothing(fake_clock: FakeClock, sources: dict[str, Any],
+                                                                   beat_db: Any) -> None:
+    """The host runs 3 days behind (the sources say so: offset_critical), then its clock steps forward to the right
+    time: a forward_jump, and the re-based verdict says the host is now right — nothing is stopped."""
+    directory = scratch_dir("guardfwd")
+    owner = directory / "owner.log"
+    config = write_config(directory, sources, hooks=[_hook(beat_db, owner, "stop")])
+    log = directory / "daemon.log"
+    fake_clock.set(-3 * 86400)
+    with start(config, fake_clock, log, env=dict(os.environ)) as proc:
+        wait_for("offset_critical (3 days behind)", lambda: events(config, EventKind.OFFSET_CRITICAL), 40, proc)
+        fake_clock.set(0)
+        wait_for("the forward jump", lambda: events(config, EventKind.FORWARD_JUMP), 20, proc)
+        before = checks(config)
+        wait_for("a check after the step", lambda: checks(config) > before, 40, proc)
+        assert _owner(owner) == []
+        assert events(config, EventKind.FUTURE_STATE_ACCRUING) == []
+        with journal_of(config) as journal:
+            assert journal.guards() == {}
         assert proc.alive()
