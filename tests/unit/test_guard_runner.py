@@ -203,6 +203,7 @@ def test_future_state_accruing_is_paged_by_default_and_says_which_stores() -> No
     started = Event(kind=EventKind.FUTURE_STATE_ACCRUING, incident_id="i", wall_time_s=NOW, monotonic_s=2.0,
                     boot_id="b", host="h", detail={"stores": [{**stores[0], "action": "started"}], "ahead_s": None})
     assert headline(started) == "Scheduler guard: beat (postgresql://app:***@db/app): started again"
+    assert severity(started) == "info"  # the all-clear
     slack = SlackHook.from_config("chat", {"webhook_url": "https://hooks.slack.com/services/T/B/x"})
     payload = slack.build_payload(event, HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=None,
                                                      hostname="h"))

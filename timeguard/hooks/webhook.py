@@ -129,7 +129,15 @@ def human_duration(seconds: float, *, signed: bool = True) -> str:
 
 
 def severity(event: Event) -> str:
+    if event.kind is EventKind.FUTURE_STATE_ACCRUING and _guard_done(event):
+        return "info"  # every scheduler the guard stopped was repaired and started again: the all-clear
     return SEVERITY.get(event.kind, "warning")
+
+
+def _guard_done(event: Event) -> bool:
+    stores = event.detail.get("stores")
+    return isinstance(stores, list) and bool(stores) and all(
+        isinstance(s, dict) and s.get("action") == "started" for s in stores)
 
 
 def previous_kind(event: Event) -> EventKind | None:
