@@ -71,11 +71,12 @@ class GuardRunner:
     # ------------------------------------------------------------------------------------------ control
 
     def configure(self, dispatcher: Dispatcher) -> None:
-        """The hooks now (start-up, reload): a hook whose scheduler the guard stopped knows it (``guard_held``)."""
-        with self._lock:
-            self._dispatcher = dispatcher
-            for hook in self._guarded(dispatcher).values():
-                hook.guard_held = hook.name in self._notes
+        """The hooks now (start-up, reload): a hook whose scheduler the guard stopped knows it (``guard_held``).
+        Called by the detection loop (a reload's apply): it never waits for a look in progress, which may be
+        running a repair; the next look uses the new hooks."""
+        for hook in self._guarded(dispatcher).values():
+            hook.guard_held = hook.name in self._notes
+        self._dispatcher = dispatcher
         self.poke()
 
     def start(self) -> None:
