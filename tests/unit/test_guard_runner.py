@@ -208,3 +208,22 @@ def test_future_state_accruing_is_paged_by_default_and_says_which_stores() -> No
     payload = slack.build_payload(event, HookContext(dry_run=False, trusted_now=lambda: NOW, verdict=None,
                                                      hostname="h"))
     assert payload["text"].startswith("[CRITICAL] Clock 180.0 days ahead, schedulers stamp the future: beat"), payload
+
+
+def test_config_schema_has_guard_for_every_repair_hook_type() -> None:
+    """``config schema``: every repair hook type (``repair`` and each ``type: <target>``) documents ``guard``."""
+    from timeguard.config import json_schema
+    from timeguard.hooks.registry import HOOK_TYPES
+    from timeguard.repair.hook import RepairHook
+
+    repair_types = {"repair", *RepairHook.family()}
+    seen = set()
+    for rule in json_schema(HOOK_TYPES.schemas())["properties"]["hooks"]["items"]["allOf"]:
+        hook_type = rule["if"]["properties"]["type"]["const"]
+        guard = rule["then"].get("properties", {}).get("guard")
+        if hook_type in repair_types:
+            seen.add(hook_type)
+            assert guard is not None and guard["enum"] == ["alert", "stop"] and guard["default"] == "alert", guard
+        else:
+            assert guard is None, hook_type
+    assert seen == repair_types
