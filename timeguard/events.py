@@ -29,6 +29,9 @@ class EventKind(enum.StrEnum):
     SOURCES_UNAVAILABLE = "sources_unavailable"  # UNKNOWN or NO_MAJORITY: the clock cannot be checked
     RECOVERED = "recovered"  # the cross-check is OK again after one of the four above
     FUTURE_STATE_FOUND = "future_state_found"  # an audit found application state stamped in the future
+    # the host clock is proven ahead: the schedulers of the repair hooks named in detail["stores"] stamp the future
+    # on every run; their guard alerted or stopped them (timeguard.repair.guard), or started one it had stopped
+    FUTURE_STATE_ACCRUING = "future_state_accruing"
     TEST = "test"  # a synthetic event from `timeguard hooks test`
 
     @property

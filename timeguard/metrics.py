@@ -68,6 +68,7 @@ CATALOGUE = {
     "timeguard_alerts_dead": "gauge",
     "timeguard_hook_failures": "counter",
     "timeguard_future_state_found": "counter",
+    "timeguard_scheduler_stopped_by_guard": "gauge",
 }
 
 #: The textfile's mode whatever the process's umask: node_exporter runs as another user and must read it.
@@ -160,6 +161,12 @@ class _Snapshot(Collector):
         for (hook, target), count in sorted(d.get("future_state_found", {}).items()):
             found.add_metric([hook, target], float(count))
         yield found
+        guarded = GaugeMetricFamily("timeguard_scheduler_stopped_by_guard", "1 while the forward-jump guard keeps "
+                                    "this repair hook's scheduler stopped (the host clock was ahead; it is repaired "
+                                    "and started once the clock is right), else 0", labels=["hook"])
+        for hook, stopped in sorted(d.get("stopped_by_guard", {}).items()):
+            guarded.add_metric([hook], float(stopped))
+        yield guarded
 
 
 class Metrics:
@@ -190,6 +197,7 @@ class Metrics:
             "hook_failures": failures,
             "future_state_found": dict(agent.future_state_found),
             "outbox": self._outbox(agent.journal, [h.name for h in hooks]),
+            "stopped_by_guard": self._stopped_by_guard(agent.journal, hooks),
         }
         if verdict is not None:
             data.update(verdict_record(verdict), last_check_wall_s=time.time())
@@ -207,6 +215,18 @@ class Metrics:
         except JournalError as exc:
             self._log.error("metrics_outbox_unreadable", error=str(exc))
         return counts
+
+    def _stopped_by_guard(self, journal: Any, hooks: Any) -> dict[str, int]:
+        """1 per scheduler the guard keeps stopped (the journal's notes: they survive restarts), 0 for every other
+        hook with ``guard: stop``."""
+        stopped = {h.name: 0 for h in hooks if h.options.get("guard") == "stop"}
+        if journal is None:
+            return stopped
+        try:
+            stopped.update({name: 1 for name in journal.guards()})
+        except JournalError as exc:
+            self._log.error("metrics_guard_notes_unreadable", error=str(exc))
+        return stopped
 
     def write_textfile(self) -> None:
         if self._textfile is None:

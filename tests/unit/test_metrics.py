@@ -245,3 +245,23 @@ def test_promtool_accepts_the_textfile(tmp_path, verdict):
     lint = subprocess.run([promtool, "check", "metrics"], stdin=textfile.open("rb"), capture_output=True,
                           text=True, timeout=60, check=False)
     assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
+
+
+def test_a_scheduler_the_guard_keeps_stopped_is_1_from_the_journal(tmp_path, verdict):
+    """From the journal's guard notes (they survive restarts); every ``guard: stop`` hook has its series."""
+    from timeguard.store.journal import GuardNote, Journal
+
+    textfile = tmp_path / "timeguard.prom"
+    metrics = Metrics(MetricsOptions(listen=None, textfile=str(textfile)), logs.get())
+    agent = agent_with(verdict)
+    agent.cfg = SimpleNamespace(hooks=(HookSpec("celery_beat", "beat", None, 5.0, False, {"guard": "stop"}),
+                                       HookSpec("celery_beat", "other", None, 5.0, False, {"guard": "stop"}),
+                                       HookSpec("celery_beat", "alerting", None, 5.0, False, {})))
+    with Journal.in_state_dir(tmp_path) as journal:
+        journal.set_guard(GuardNote(hook="beat", target="celery_beat", where="sqlite:///x", stopped_wall_s=1.0,
+                                    trusted_s=None, ahead_s=99.0, incident_id="i", start_command=None))
+        agent.journal = journal
+        metrics.update(agent)
+    samples = {s.labels["hook"]: s.value for s in families(textfile.read_text())[
+        "timeguard_scheduler_stopped_by_guard"].samples}
+    assert samples == {"beat": 1.0, "other": 0.0}

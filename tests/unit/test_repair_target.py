@@ -137,7 +137,7 @@ def test_target_options_unknown_names_and_discovery_errors(memory_kind):
     with pytest.raises(HookConfigError) as info:
         RepairHook.from_config("m", {"target": "memory", "qqqqq": 1})
     assert info.value.problems == [("qqqqq", "unknown option of a repair hook; its options: max_offset_s, "
-                                             "stop_command, start_command, service, size, target")]
+                                             "stop_command, start_command, guard, service, size, target")]
     with pytest.raises(HookConfigError, match="repair target 'broken' is unusable: failed to import x: boom"):
         RepairHook.from_config("m", {"target": "broken"})
     # the installed list grows with the built-in targets (apscheduler, …): the test's own two must be in it

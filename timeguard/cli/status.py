@@ -181,6 +181,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "journal": health,
         "outbox": outbox,
         "audits": {name: asdict(note) for name, note in notes.audits.items()},
+        "stopped_by_guard": {name: asdict(note) for name, note in notes.guards.items()},
     }
     if args.json:
         print(json.dumps(data, indent=2))
@@ -210,6 +211,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, audit in notes.audits.items():
         print(f"Audit {name} (at {_iso(audit.wall_s)} host time): {audit.outcome}: {audit.summary}"
               f" (next in {audit.next_in_s:.0f} s)")
+    for name, guard in notes.guards.items():
+        print(f"STOPPED by the guard: {name} ({guard.target}, {guard.where}) since {_iso(guard.stopped_wall_s)} host "
+              f"time, the host clock was ≥ {guard.ahead_s:.0f} s ahead; repaired and started once the clock is right "
+              "(a running daemon does it)")
     if recent:
         print("Last events:")
         for event in recent:

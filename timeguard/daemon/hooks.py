@@ -1,6 +1,7 @@
 """The hooks' side of the daemon: the dispatcher that runs the configured hooks, the outbox that delivers their
-alerts at least once (including what a previous run left pending), the audit scheduler (timeguard/hooks/audit.py)
-and the failed runs counted for the metrics. A reload swaps the dispatcher; the outbox and the audits' state stay.
+alerts at least once (including what a previous run left pending), the audit scheduler (timeguard/hooks/audit.py),
+the forward-jump guard (timeguard/daemon/guard.py) and the failed runs counted for the metrics. A reload swaps the
+dispatcher; the outbox, the audits' and the guard's state stay.
 """
 
 from __future__ import annotations
@@ -31,10 +32,15 @@ class HookRuntime:
                                      clock=clock, boot_id=recorder.boot_id, trusted_now=trusted_now, verdict=verdict,
                                      record=recorder.event, journal=recorder.journal,
                                      journal_failed=recorder.failed, log=log)
+        from timeguard.daemon.guard import GuardRunner
+
+        self.guard = GuardRunner(recorder, clock=clock, trusted_now=trusted_now, verdict=verdict, log=log)
         self.dispatcher: Dispatcher | None = None
         self.failures: dict[tuple[str, str], int] = {}  # (hook, type) → failed runs (metrics)
         self._lock = threading.Lock()
         self.install(self.make_dispatcher(cfg))
+        recorder.on_change = self.guard.poke
+        self.guard.start()
 
     def make_dispatcher(self, cfg: Config) -> Dispatcher:
         """The hooks of ``cfg``, ready to run (a reload's worker makes them: importing a plugin may fail)."""
@@ -56,6 +62,7 @@ class HookRuntime:
         self._recorder.dispatcher = dispatcher
         self.outbox.set_deliverers(deliverers_from(h.hook for h in dispatcher.hooks))
         self.audits.configure(dispatcher.auditors())
+        self.guard.configure(dispatcher)
         if old is not None:
             threading.Thread(target=old.stop, name="stop-old-hooks", daemon=True).start()
 
@@ -73,6 +80,7 @@ class HookRuntime:
         self.audits.hook_ran(run)
 
     def stop(self, *, outbox: bool = False) -> None:
+        self.guard.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         if outbox:

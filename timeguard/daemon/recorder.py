@@ -8,6 +8,7 @@ write is logged and counted (``timeguard_journal_errors``); detection never stop
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from timeguard.events import Event
@@ -26,6 +27,7 @@ class Recorder:
         self.errors = 0 if journal.salvaged is None else 1  # a damaged journal was found and salvaged
         self.unwritten: list[Event] = []  # events the journal refused: retried, never dropped
         self.steps_total = {"backward": 0, "forward": 0}  # steps recorded (metrics)
+        self.on_change: Callable[[], None] | None = None  # told of every step and verdict (the guard looks again)
 
     @classmethod
     def open(cls, state_dir: str, *, boot_id: str, log: Any) -> Recorder:
@@ -69,6 +71,11 @@ class Recorder:
                                                   boot_id=self.boot_id, **verdict_record(verdict)))
         except JournalError as exc:
             self.failed(exc, "check")
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def clock(self, reading: ClockReading, *, floor: bool, reason: str) -> None:
         """The last clock reading and the heartbeat (what `timeguard status` and the next start-up read); with
@@ -89,6 +96,7 @@ class Recorder:
         assert step.step_s is not None
         self.event(step)
         self.steps_total["backward" if step.step_s < 0 else "forward"] += 1
+        self._changed()
         if step.step_s >= 0:
             return
         try:

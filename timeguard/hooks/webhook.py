@@ -15,7 +15,8 @@ Configuration::
 Default ``on:`` — what an operator is paged for: the clock stepped (``rollback``, ``rollback_while_down``,
 ``forward_jump``), it is far off (``offset_critical``), it cannot be trusted or checked
 (``sources_inconsistent``, ``sources_unavailable``), application state was written in the future
-(``future_state_found``), and ``recovered`` to close what was opened. Not ``offset_warning`` (it comes and goes
+(``future_state_found``) or is being written there now (``future_state_accruing``: the clock is ahead and
+a scheduler runs), and ``recovered`` to close what was opened. Not ``offset_warning`` (it comes and goes
 with network jitter: a metric, not a page) nor ``leap`` (expected, announced). A ``recovered`` event is sent only
 when this hook alerted on the incident it closes.
 
@@ -67,7 +68,7 @@ AM_ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's endsAt of a firing alert
 DEFAULT_ON: frozenset[EventKind] = frozenset({
     EventKind.ROLLBACK, EventKind.ROLLBACK_WHILE_DOWN, EventKind.FORWARD_JUMP, EventKind.OFFSET_CRITICAL,
     EventKind.SOURCES_INCONSISTENT, EventKind.SOURCES_UNAVAILABLE, EventKind.FUTURE_STATE_FOUND,
-    EventKind.RECOVERED,
+    EventKind.FUTURE_STATE_ACCRUING, EventKind.RECOVERED,
 })
 
 SEVERITY: Mapping[EventKind, str] = {
@@ -81,6 +82,7 @@ SEVERITY: Mapping[EventKind, str] = {
     EventKind.SOURCES_UNAVAILABLE: "warning",
     EventKind.RECOVERED: "info",
     EventKind.FUTURE_STATE_FOUND: "critical",
+    EventKind.FUTURE_STATE_ACCRUING: "critical",
     EventKind.TEST: "info",
 }
 
@@ -95,6 +97,7 @@ ALERT_NAMES: Mapping[EventKind, str] = {
     EventKind.SOURCES_UNAVAILABLE: "TimeSourcesUnavailable",
     EventKind.RECOVERED: "ClockRecovered",
     EventKind.FUTURE_STATE_FOUND: "FutureStateFound",
+    EventKind.FUTURE_STATE_ACCRUING: "FutureStateAccruing",
     EventKind.TEST: "TimeguardTest",
 }
 
@@ -126,7 +129,15 @@ def human_duration(seconds: float, *, signed: bool = True) -> str:
 
 
 def severity(event: Event) -> str:
+    if event.kind is EventKind.FUTURE_STATE_ACCRUING and _guard_done(event):
+        return "info"  # every scheduler the guard stopped was repaired and started again: the all-clear
     return SEVERITY.get(event.kind, "warning")
+
+
+def _guard_done(event: Event) -> bool:
+    stores = event.detail.get("stores")
+    return isinstance(stores, list) and bool(stores) and all(
+        isinstance(s, dict) and s.get("action") == "started" for s in stores)
 
 
 def previous_kind(event: Event) -> EventKind | None:
@@ -174,9 +185,27 @@ def headline(event: Event) -> str:
             return f"Recovered: clock cross-check OK again (after {prev.value})" if prev else "Recovered"
         case EventKind.FUTURE_STATE_FOUND:
             return "Application state stamped in the future found"
+        case EventKind.FUTURE_STATE_ACCRUING:
+            return accruing_headline(event)
         case EventKind.TEST:
             return "Test alert from timeguard"
     return str(event.kind.value)
+
+
+def accruing_headline(event: Event) -> str:
+    """``future_state_accruing``: which schedulers, and what the guard did to each."""
+    stores = event.detail.get("stores")
+    if not isinstance(stores, list) or not stores:
+        return "Clock ahead: schedulers are stamping the future"
+    verbs = {"stopped": "stopped", "alerting": "still running", "stop_failed": "STOP FAILED, still running",
+             "started": "started again", "released": "started UNREPAIRED (guard removed)",
+             "start_failed": "START FAILED, still stopped"}
+    parts = [f"{s.get('hook')} ({s.get('where') or s.get('target')}): {verbs.get(s.get('action'), s.get('action'))}"
+             for s in stores if isinstance(s, dict)]
+    ahead = event.detail.get("ahead_s")
+    if isinstance(ahead, int | float):
+        return f"Clock {human_duration(ahead, signed=False)} ahead, schedulers stamp the future: " + "; ".join(parts)
+    return "Scheduler guard: " + "; ".join(parts)
 
 
 def event_time(event: Event, ctx: HookContext) -> tuple[float, str]:

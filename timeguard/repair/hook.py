@@ -11,6 +11,7 @@
         # service: app.service     # stop → repair → start with systemctl; or, for anything else,
         # stop_command: [supervisorctl, stop, app]       # both or neither
         # start_command: [supervisorctl, start, app]
+        guard: alert               # or stop: while the host clock is ahead, stop the owner (timeguard.repair.guard)
         ...                        # the target's own options
 
 ``type: <target>`` is this hook bound to that target, for every target in ``timeguard.repair_targets``
@@ -28,10 +29,17 @@ then; only its moment moves: while the verdict is *pending* (none yet, or NTP an
 waits for it — at most its ``timeout_s``, looking every :data:`VERDICT_POLL_S` — and decides when it arrives,
 rather than skipping until the next audit. A verdict that refuses (the clock is off, the sources disagree) is final
 at once.
+
+The forward-jump guard (``guard``, :mod:`timeguard.repair.guard`; the daemon's side is
+:mod:`timeguard.daemon.guard`) stops the owner while the host is ahead (:meth:`RepairHook.guard_stop`) and sets
+:attr:`RepairHook.guard_held`: the next repair — the guard's own once the clock is right, or a rollback's, whichever
+comes first — then repairs with the owner already stopped and starts it. One lock per hook name serialises the
+guard's stop/start and the repairs, across a reload's new hook objects too.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +63,7 @@ from timeguard.repair.evidence import (
     max_offset_problem,
     usable_now,
 )
+from timeguard.repair.guard import DEFAULT_GUARD, GuardMode
 from timeguard.repair.target import (
     RepairError,
     RepairTarget,
@@ -81,6 +90,9 @@ class RepairOptions:
                                schema=_ARGV_SCHEMA)
     start_command: Any = option(None, doc="argv (no shell) that starts the target's owner again",
                                 schema=_ARGV_SCHEMA)
+    guard: Any = option(DEFAULT_GUARD.value, doc="while the host clock is proven ahead (it stamps the future): "
+                        "alert (future_state_accruing), or stop the owner until the clock is right, then repair "
+                        "and start it", schema={"type": "string", "enum": [m.value for m in GuardMode]})
 
 
 @dataclass
@@ -92,6 +104,10 @@ class RepairHook:
     start_command: list[str] | None
     #: Set by the dispatcher from the hook's ``timeout_s``: the owner's stop and start each get this long.
     timeout_s: float = DEFAULT_TIMEOUT_S
+    guard: GuardMode = DEFAULT_GUARD
+    #: The guard stopped the owner (set by the daemon's guard, from its journal note): the next repair runs with
+    #: the owner stopped and starts it, whatever the event.
+    guard_held: bool = False
 
     default_on: ClassVar[frozenset[EventKind]] = DEFAULT_ON
     Options: ClassVar[type[RepairOptions]] = RepairOptions
@@ -191,6 +207,13 @@ class RepairHook:
             else:
                 commands = {"stop_command": ["systemctl", "stop", service],
                             "start_command": ["systemctl", "start", service]}
+        guard = options.get("guard", DEFAULT_GUARD.value)
+        if guard not in set(GuardMode):
+            problems.append(("guard", f"must be one of {', '.join(m.value for m in GuardMode)}, not {guard!r}"))
+        elif guard == GuardMode.STOP and commands["stop_command"] is None and not problems:
+            problems.append(("guard", f"guard: stop stops the scheduler while the host clock is ahead, so it needs "
+                             f"a way to stop and start it: give {service_key} (a systemd unit) or stop_command "
+                             "and start_command"))
         if kind_type.needs_owner_stopped and commands["stop_command"] is None and not problems:
             problems.append((service_key, f"the {kind_type.name} target is repaired only with its owner stopped: "
                              f"give {service_key} (a systemd unit) or stop_command and start_command"))
@@ -200,7 +223,7 @@ class RepairHook:
         if validate is not None:
             kind = kind_type.from_options(kind_options)  # the checks that need valid options (URL, time zone)
         return cls(name=name, kind=kind, max_offset_s=max_offset, stop_command=commands["stop_command"],
-                   start_command=commands["start_command"])
+                   start_command=commands["start_command"], guard=GuardMode(guard))
 
     @property
     def max_run_s(self) -> float:
@@ -242,11 +265,41 @@ class RepairHook:
             problem = evidence_problem(verdict, self.max_offset_s)
         return verdict, problem, time.monotonic() - started
 
+    @property
+    def owner_lock(self) -> threading.Lock:
+        """Serialises the owner's stop/start and the repairs of this hook name (kept across reloads)."""
+        with _owner_locks_lock:
+            return _owner_locks.setdefault(self.name, threading.Lock())
+
+    def guard_stop(self) -> None:
+        """Stop the owner for the guard (RepairError when the command fails); the next repair starts it."""
+        assert self.stop_command is not None, "guard: stop is refused at configuration time without a stop"
+        with self.owner_lock:
+            self.guard_held = True
+            run_owner_command(self.stop_command, "stop_command", timeout_s=self.timeout_s)
+
+    def guard_release(self) -> None:
+        """Start the owner the guard stopped, unrepaired (the hook no longer stops it; RepairError on failure)."""
+        with self.owner_lock:
+            if self.guard_held and self.start_command:
+                run_owner_command(self.start_command, "start_command", timeout_s=self.timeout_s)
+            self.guard_held = False
+
     def handle(self, event: Event, ctx: HookContext) -> HookResult:
+        with self.owner_lock:
+            return self._handle(event, ctx)
+
+    def _handle(self, event: Event, ctx: HookContext) -> HookResult:
+        held = self.guard_held and not ctx.dry_run
+        if event.detail.get("guard_action") == "restore" and not held:
+            return HookResult.ok("the scheduler the guard stopped was already repaired and started by an earlier "
+                                 "repair run")
         verdict, problem, waited = self._evidence(ctx)
         if problem is not None:
             if waited:
                 problem += f" (waited {waited:.1f} s for the time sources)"
+            if held:
+                problem += "; the guard keeps the scheduler stopped until the clock is right"
             return HookResult.skipped(problem, verdict=dict(verdict) if verdict else None)
         trusted = usable_now(ctx.trusted_now())
         if trusted is None:
@@ -263,8 +316,8 @@ class RepairHook:
                     plan = target.plan(trusted)
                     return HookResult.skipped(f"dry run: would change {plan.total} timestamp(s) in "
                                               f"{target.where}{unreadable_note(plan.unreadable)}", **plan.to_dict())
-                stopped = False
-                if self.stop_command:
+                stopped = held
+                if self.stop_command and not held:
                     run_owner_command(self.stop_command, "stop_command", timeout_s=self.timeout_s)
                     stopped = True
                 try:
@@ -272,8 +325,11 @@ class RepairHook:
                                            incident_id=event.incident_id, cancelled=ctx.cancelled,
                                            owner_stopped=stopped)
                 finally:
+                    # The clock is right (the evidence held): a scheduler the guard stopped starts even when the
+                    # repair failed — it no longer stamps the future, and the audit retries the repair.
                     if stopped and self.start_command:
                         run_owner_command(self.start_command, "start_command", timeout_s=self.timeout_s)
+                        self.guard_held = False
             finally:
                 target.close()
         except RepairError as exc:
@@ -283,6 +339,8 @@ class RepairHook:
         details["changes"] = outcome.plan.total  # the plan's first changes are listed in the CLI, not here
         if waited:
             details["waited_for_verdict_s"] = round(waited, 3)
+        if held:
+            details["guard"] = "started the scheduler the guard had stopped"
         status, summary = target.outcome_summary(outcome)
         return getattr(HookResult, status)(summary, **details)
 
@@ -300,6 +358,8 @@ class CeleryBeatHook(RepairHook):
 
 
 _bound: dict[str, type[RepairHook]] = {"celery_beat": CeleryBeatHook}
+_owner_locks: dict[str, threading.Lock] = {}
+_owner_locks_lock = threading.Lock()
 
 
 def bound_to(target: str) -> type[RepairHook]:

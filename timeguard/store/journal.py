@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +371,25 @@ class AuditNote:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardNote:
+    """A scheduler the forward-jump guard stopped (meta ``guard:<hook>``; timeguard.repair.guard): written before
+    its stop command runs, removed once it is started again — a restarted daemon repairs and starts it."""
+
+    hook: str
+    target: str  # the repair target's kind (celery_beat, ...)
+    where: str  # the store, for a person (no password)
+    stopped_wall_s: float  # host time of the stop (the host was ahead then)
+    trusted_s: float | None  # the trusted time of the stop
+    ahead_s: float  # the host was ahead by at least this much
+    incident_id: str  # the future_state_accruing incident
+    start_command: list[str] | None  # how to start it even if the hook is gone from the configuration
+
+    @classmethod
+    def from_value(cls, value: Any) -> GuardNote | None:
+        return _note(cls, value)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
 class JournalDamage:
     """What :func:`salvage` found and copied (meta ``journal_damage``)."""
 
@@ -394,9 +413,11 @@ class DaemonNotes:
     last_clock: ClockMark | None
     audits: dict[str, AuditNote]  # by hook name, sorted
     damage: JournalDamage | None
+    guards: dict[str, GuardNote] = field(default_factory=dict)  # schedulers the guard keeps stopped, by hook
 
 
 _AUDIT_PREFIX = "audit:"
+_GUARD_PREFIX = "guard:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -830,6 +851,17 @@ class Journal:
     def set_audit(self, hook: str, note: AuditNote) -> None:
         self.set_meta({_AUDIT_PREFIX + hook: asdict(note)})
 
+    def set_guard(self, note: GuardNote) -> None:
+        self.set_meta({_GUARD_PREFIX + note.hook: asdict(note)})
+
+    def clear_guard(self, hook: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM meta WHERE key = ?", (_GUARD_PREFIX + hook,))
+
+    def guards(self) -> dict[str, GuardNote]:
+        """The schedulers the guard stopped and has not started yet (an unreadable note is skipped)."""
+        return self.notes().guards
+
     def notes(self) -> DaemonNotes:
         """The daemon's notes, typed (raises JournalCorrupt when a row is unreadable, like :meth:`meta`)."""
         meta = self.meta()
@@ -841,6 +873,9 @@ class Journal:
             last_clock=ClockMark.from_value(meta.get("last_clock")),
             audits={name: note for name, note in audits.items() if note is not None},
             damage=JournalDamage.from_value(meta.get("journal_damage")),
+            guards={name: note for key, value in sorted(meta.items()) if key.startswith(_GUARD_PREFIX)
+                    and (note := GuardNote.from_value(value)) is not None
+                    for name in [key.removeprefix(_GUARD_PREFIX)]},
         )
 
     def integrity_problems(self, limit: int = 10) -> list[str]:
