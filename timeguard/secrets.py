@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import re
 import urllib.parse
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 MASK = "***"
@@ -168,3 +170,21 @@ def deferred_so_far() -> list[tuple[str, str]]:
     """The ``(key, why)`` recorded by :func:`defer` so far in this :func:`deferring` block (a copy; empty outside)."""
     found = _deferred.get()
     return list(found) if found is not None else []
+
+
+def credential_path(path_text: str) -> tuple[Path | None, str | None]:
+    """A secret file's path: ``$CREDENTIALS_DIRECTORY/x`` expanded; a relative path is inside it (systemd
+    ``LoadCredential=``)."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    for prefix in ("${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY"):
+        if path_text.startswith(prefix):
+            if not creds:
+                return None, "uses $CREDENTIALS_DIRECTORY, which is not set (systemd sets it with LoadCredential=)"
+            return Path(creds) / path_text[len(prefix):].lstrip("/"), None
+    path = Path(path_text)
+    if not path.is_absolute():
+        if not creds:
+            return None, ("is relative, which means inside $CREDENTIALS_DIRECTORY, and that is not set "
+                          "(use LoadCredential= in the unit, or an absolute path)")
+        path = Path(creds) / path
+    return path, None

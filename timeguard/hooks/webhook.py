@@ -40,7 +40,6 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from timeguard import __version__, secrets
@@ -261,24 +260,6 @@ def already_alerted(hook: str, event: Event, ctx: HookContext) -> bool:
 # ----------------------------------------------------------------------------------------------- config
 
 
-def _expand_credentials(path_text: str) -> tuple[Path | None, str | None]:
-    """A secret file's path: ``$CREDENTIALS_DIRECTORY/x`` expanded; a relative path is inside it (systemd
-    ``LoadCredential=``)."""
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    for prefix in ("${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY"):
-        if path_text.startswith(prefix):
-            if not creds:
-                return None, "uses $CREDENTIALS_DIRECTORY, which is not set (systemd sets it with LoadCredential=)"
-            return Path(creds) / path_text[len(prefix):].lstrip("/"), None
-    path = Path(path_text)
-    if not path.is_absolute():
-        if not creds:
-            return None, ("is relative, which means inside $CREDENTIALS_DIRECTORY, and that is not set "
-                          "(use LoadCredential= in the unit, or an absolute path)")
-        path = Path(creds) / path
-    return path, None
-
-
 def read_secret(options: Mapping[str, Any], key: str, problems: list[tuple[str, str]], *,
                 inline_ok: bool = False, report_as: str | None = None) -> str | None:
     """The secret ``key`` from ``<key>_env`` (an environment variable) or ``<key>_file`` (a file; systemd
@@ -320,7 +301,7 @@ def read_secret(options: Mapping[str, Any], key: str, problems: list[tuple[str, 
             problems.append((where, f"environment variable {value} is empty"))
             return None
         return secret.strip()
-    path, why = _expand_credentials(value)
+    path, why = secrets.credential_path(value)
     if path is None:
         unreadable(f"{value} {why}")
         return None

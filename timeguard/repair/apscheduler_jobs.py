@@ -69,6 +69,7 @@ from timeguard.repair.target import (
     Unreadable,
     checked_now,
     range_problem,
+    url_from_options,
 )
 from timeguard.repair.undo import UndoLog
 from timeguard.secrets import redact_text, redact_url
@@ -605,34 +606,18 @@ class APSchedulerKind(TargetKind):
     def max_run_s(self) -> float:
         return 300.0
 
-    def _url(self, keys: Sequence[str]) -> tuple[str, str] | None:
-        direct, env, file = keys
-        if self.values.get(direct):
-            return self.values[direct], direct
-        if self.values.get(env):
-            value = os.environ.get(self.values[env], "")
-            if not value:
-                raise RepairError(f"{env}: ${self.values[env]} is not set")
-            return value, f"{env} (${self.values[env]})"
-        if self.values.get(file):
-            try:
-                return Path(self.values[file]).read_text(encoding="utf-8").strip(), f"{file} ({self.values[file]})"
-            except OSError as exc:
-                raise RepairError(f"{file} {self.values[file]}: {exc.strerror}") from None
-        return None
-
     def interpreter(self) -> AppInterpreter:
         return AppInterpreter(self.values["python"], tuple(self.values.get("path") or ()),
                               self.values.get("environment_file"), self.values.get("user"), key="python")
 
     def open(self) -> APSchedulerTarget:
-        sql = self._url(SQL_URL_KEYS)
+        sql = url_from_options(self.values, "jobstore_url")
         store: SqlJobStore | RedisJobStore
         if sql is not None:
             store = SqlJobStore(sql[0], source=sql[1], tablename=self.values.get("tablename") or DEFAULT_TABLE,
                                 schema=self.values.get("schema"))
         else:
-            red = self._url(REDIS_URL_KEYS)
+            red = url_from_options(self.values, "redis_url")
             if red is None:
                 raise RepairError("give jobstore_url or redis_url (or their _env/_file forms)")
             store = RedisJobStore(red[0], source=red[1], jobs_key=self.values.get("jobs_key") or DEFAULT_JOBS_KEY,

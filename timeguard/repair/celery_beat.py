@@ -39,7 +39,6 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -64,6 +63,7 @@ from timeguard.repair.target import (
     format_table,
     range_problem,
     unreadable_note,
+    url_from_options,
 )
 from timeguard.secrets import MASK, redact_text, redact_url
 
@@ -1383,17 +1383,10 @@ class CeleryBeatKind(TargetKind):
         """The database URL and the option it came from (read now: it may hold a password)."""
         if self.database_url:
             return self.database_url, self.url_source
-        if self.database_url_env:
-            value = os.environ.get(self.database_url_env, "")
-            if not value:
-                raise RepairError(f"database_url_env: ${self.database_url_env} is not set")
-            return value, f"database_url_env (${self.database_url_env})"
-        if self.database_url_file:
-            try:
-                return (Path(self.database_url_file).read_text(encoding="utf-8").strip(),
-                        f"database_url_file ({self.database_url_file})")
-            except OSError as exc:
-                raise RepairError(f"database_url_file {self.database_url_file}: {exc.strerror}") from None
+        found = url_from_options({"database_url_env": self.database_url_env,
+                                  "database_url_file": self.database_url_file}, "database_url")
+        if found is not None:
+            return found
         settings = self.settings()
         assert self.django is not None and settings is not None
         return (settings.database_url,

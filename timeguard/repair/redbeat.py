@@ -73,6 +73,7 @@ from timeguard.repair.target import (
     fmt_duration,
     format_table,
     range_problem,
+    url_from_options,
 )
 from timeguard.secrets import MASK, redact_text, redact_url
 
@@ -612,23 +613,9 @@ class RedBeatKind(TargetKind):
 
     def _url(self) -> tuple[str, str]:
         """The URL and the option it came from: read now, where it is used (it may hold a password)."""
-        if self.values.get("redis_url"):
-            return self.values["redis_url"], "redis_url"
-        if self.values.get("redis_url_env"):
-            name = self.values["redis_url_env"]
-            value = os.environ.get(name, "")
-            if not value:
-                raise RepairError(f"redis_url_env: ${name} is not set")
-            return value, f"redis_url_env (${name})"
-        from timeguard.hooks.webhook import _expand_credentials  # the one rule for a secret file's path
-
-        path, problem = _expand_credentials(self.values["redis_url_file"])
-        if path is None:
-            raise RepairError(f"redis_url_file {self.values['redis_url_file']}: {problem}")
-        try:
-            return path.read_text(encoding="utf-8").strip(), f"redis_url_file ({path})"
-        except OSError as exc:
-            raise RepairError(f"redis_url_file {path}: {exc.strerror}") from None
+        found = url_from_options(self.values, "redis_url", credentials=True)
+        assert found is not None  # validation requires one of the three
+        return found
 
     def open(self) -> RedBeatTarget:
         url, source = self._url()

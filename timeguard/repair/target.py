@@ -24,10 +24,14 @@ import argparse
 import datetime as dt
 import importlib.metadata
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from timeguard.secrets import credential_path
 
 if TYPE_CHECKING:
     from timeguard.repair.undo import UndoLog
@@ -41,6 +45,32 @@ READABLE_BEFORE = dt.datetime(9999, 1, 1, tzinfo=UTC)
 
 class RepairError(Exception):
     """The repair could not run: what went wrong and where (without a password)."""
+
+
+def url_from_options(values: Mapping[str, Any], key: str, *, credentials: bool = False) -> tuple[str, str] | None:
+    """A URL given as ``key``, ``<key>_env`` (an environment variable) or ``<key>_file`` (a file), read now — where
+    the repair runs, since it may hold a password — with the option it came from; None when none is given. With
+    ``credentials`` the file follows systemd's credentials rule (:func:`timeguard.secrets.credential_path`)."""
+    env, file = f"{key}_env", f"{key}_file"
+    if values.get(key):
+        return values[key], key
+    if values.get(env):
+        value = os.environ.get(values[env], "")
+        if not value:
+            raise RepairError(f"{env}: ${values[env]} is not set")
+        return value, f"{env} (${values[env]})"
+    if not values.get(file):
+        return None
+    path: Path | None = Path(values[file])
+    if credentials:
+        path, problem = credential_path(values[file])
+        if path is None:
+            raise RepairError(f"{file} {values[file]}: {problem}")
+    assert path is not None
+    try:
+        return path.read_text(encoding="utf-8").strip(), f"{file} ({path})"
+    except OSError as exc:
+        raise RepairError(f"{file} {path}: {exc.strerror}") from None
 
 
 def checked_now(now_s: Any) -> float:
