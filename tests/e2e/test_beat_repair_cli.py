@@ -39,13 +39,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from tests.support.beat import (
     FUTURE_S,
     GRACE_S,
-    PROJECT_DIR,
     BeatDatabase,
     BeatProcess,
     BeatState,
@@ -54,21 +52,18 @@ from tests.support.beat import (
     drive_into_bug,
     running_beat,
 )
+from tests.support.controlled import AdoptedProcess, beat_spec, commands
 from tests.support.daemon import write_config
 from tests.support.realprogs import (
-    SETPRIV_NO_SYS_TIME,
     FakeClock,
     ManagedProcess,
-    resolve_program,
     scratch_dir,
-    shm_entries,
 )
 from timeguard.repair.celery_beat import DEFAULT_WAIT_MARGIN_S
 
 pytestmark = pytest.mark.real
 
 REPO = Path(__file__).resolve().parents[2]
-BEATCTL = REPO / "tests" / "support" / "beatctl.py"
 # The full 8-s bug check runs on every database in test_beat_bug.py and before the daemon's repair; here each
 # test starts from a shorter one.
 SHORT_QUIET_S = 3.0
@@ -586,45 +581,6 @@ def test_undo_restores_and_beat_stops_again(beat_db: BeatDatabase, beat_clock: F
 # --------------------------------------------------------------------------------------------------------
 
 
-class AdoptedProcess:
-    """A beat started by beatctl (not our child): alive/stop by PID, checked against its start time."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.handle = psutil.Process(pid)
-        self.returncode: int | None = None
-
-    def alive(self) -> bool:
-        try:
-            return self.handle.is_running() and self.handle.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
-    def stop(self) -> int | None:
-        if self.alive():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                self.handle.send_signal(signal.SIGTERM)  # psutil checks the PID is still this process
-            deadline = time.monotonic() + 10
-            while self.alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.alive():
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    self.handle.send_signal(signal.SIGKILL)
-        if not psutil.pid_exists(self.pid):
-            for path in shm_entries(self.pid):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        return self.returncode
-
-
-def beat_spec(new: BeatProcess, clock: FakeClock, pidfile: Path) -> dict[str, Any]:
-    """What BeatProcess.start runs (same command, environment, log), as beatctl's start SPEC."""
-    program, *args = new.command()
-    cmd = [resolve_program(program), *args]
-    return {"argv": [*SETPRIV_NO_SYS_TIME, *clock.wrap(cmd)], "env": clock.env(new.environment(), preload=False),
-            "cwd": str(PROJECT_DIR), "log": str(new.log_path), "pidfile": str(pidfile)}
-
-
 @pytest.mark.parametrize("beat_db", ["postgresql"], indirect=True)
 def test_stop_start_commands_with_real_beat(beat_db: BeatDatabase, beat_clock: FakeClock,
                                             sources: dict[str, Any]) -> None:
@@ -660,8 +616,7 @@ def test_stop_start_commands_with_real_beat(beat_db: BeatDatabase, beat_clock: F
             spec_path.write_text(json.dumps(beat_spec(new, beat_clock, pidfile)))
             hook = CeleryBeatHook.from_config("beat-repair", {
                 "database_url": db.sa_url, "beat_max_interval_s": BEAT_MAX_INTERVAL_S,
-                "stop_command": [sys.executable, str(BEATCTL), "stop", str(pidfile), str(events_path)],
-                "start_command": [sys.executable, str(BEATCTL), "start", str(spec_path), str(events_path)],
+                **commands(pidfile, spec_path, events_path),
             })
 
             result = run_check(cfg)

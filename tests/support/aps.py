@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.beat import PG_ADMIN
+from tests.support.controlled import commands
 from tests.support.realprogs import SETPRIV_NO_SYS_TIME, FakeClock, scratch_dir
 
 REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "tests" / "e2e" / "apsapp"
-CTL = REPO / "tests" / "support" / "beatctl.py"
 REDIS_DB = 12
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 JOBS = ("every-1s", "every-2s", "cron-every-2s")
@@ -142,11 +142,11 @@ class App:
 
     @property
     def stop_command(self) -> list[str]:
-        return [sys.executable, str(CTL), "stop", str(self.pidfile), str(self.events)]
+        return commands(self.pidfile, self.spec, self.events)["stop_command"]
 
     @property
     def start_command(self) -> list[str]:
-        return [sys.executable, str(CTL), "start", str(self.spec), str(self.events)]
+        return commands(self.pidfile, self.spec, self.events)["start_command"]
 
     def start(self) -> None:
         import subprocess

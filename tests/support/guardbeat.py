@@ -15,12 +15,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
-from tests.e2e.test_beat_repair_cli import BEATCTL, AdoptedProcess, beat_spec
 from tests.support import daemon as daemonlib
 from tests.support.beat import BeatDatabase, BeatProcess, LogTail
+from tests.support.controlled import AdoptedProcess, beat_spec, commands
 from tests.support.realprogs import FakeClock, scratch_dir
 
 
@@ -38,8 +37,7 @@ class Controlled:
 
     def hook(self, guard: str) -> dict[str, Any]:
         return {"beat_max_interval_s": 1, "timeout_s": 60, "guard": guard,
-                "stop_command": [sys.executable, str(BEATCTL), "stop", str(self.pidfile), str(self.events)],
-                "start_command": [sys.executable, str(BEATCTL), "start", str(self.spec), str(self.events)]}
+                **commands(self.pidfile, self.spec, self.events)}
 
     def ops(self) -> list[dict[str, Any]]:
         if not self.events.exists():

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Self
 
 from tests.support.beat import BeatProcess, LogTail
+from tests.support.controlled import AdoptedProcess, commands
 from tests.support.realprogs import SETPRIV_NO_SYS_TIME, FakeClock, resolve_program, run_under_clock
 from tests.support.shelve import read_entries
 
 APP_DIR = Path(__file__).resolve().parent.parent / "e2e" / "shelveproject"
-BEATCTL = Path(__file__).resolve().parent / "beatctl.py"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 NAMES = ("every-1s", "every-2s", "every-3s")  # sent every few seconds
 HOURLY = "hourly"  # created with last_run_at = beat's now and not due for an hour: never sent in a test
@@ -103,8 +103,7 @@ def beatctl_commands(work: Path, new: ShelveBeat) -> dict[str, list[str]]:
     start (``new``'s command, detached, its PID to the pidfile); both stamp ``work/events.jsonl``."""
     pidfile, events, spec = work / "beat.pid", work / "events.jsonl", work / "spec.json"
     spec.write_text(json.dumps(new.spec(pidfile)))
-    return {"stop_command": [sys.executable, str(BEATCTL), "stop", str(pidfile), str(events)],
-            "start_command": [sys.executable, str(BEATCTL), "start", str(spec), str(events)]}
+    return commands(pidfile, spec, events)
 
 
 def ctl_events(work: Path) -> list[dict[str, Any]]:
@@ -115,8 +114,6 @@ def ctl_events(work: Path) -> list[dict[str, Any]]:
 
 def adopt(new: ShelveBeat, work: Path, since: float) -> None:
     """``new`` was started by beatctl (not our child): observe it from ``since``, stop it by its PID at the end."""
-    from tests.e2e.test_beat_repair_cli import AdoptedProcess
-
     new.process = AdoptedProcess(int((work / "beat.pid").read_text()))  # type: ignore[assignment]
     new.started_mono = since
 
