@@ -21,14 +21,20 @@ class TrustClass(enum.StrEnum):
 
     NTP = "ntp"  # plain NTP: unauthenticated, anyone on the path can move it
     HTTP = "http"  # HTTPS Date headers: authenticated by TLS, one-second resolution
+    NTS = "nts"  # NTP with Network Time Security (RFC 8915): authenticated, NTP-grade precision
 
     @property
     def label(self) -> str:
-        """How a person names the class: "NTP", "HTTPS"."""
+        """How a person names the class: "NTP", "HTTPS", "NTS"."""
         return _CLASS_LABELS[self]
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether an on-path attacker can forge this class's answers (False) or not (True)."""
+        return self is not TrustClass.NTP
 
-_CLASS_LABELS = {TrustClass.NTP: "NTP", TrustClass.HTTP: "HTTPS"}
+
+_CLASS_LABELS = {TrustClass.NTP: "NTP", TrustClass.HTTP: "HTTPS", TrustClass.NTS: "NTS"}
 
 
 class SourceKind(enum.StrEnum):
@@ -37,13 +43,31 @@ class SourceKind(enum.StrEnum):
 
     NTP = "ntp"
     HTTP = "http"
+    NTS = "nts"
 
     @property
     def trust_class(self) -> TrustClass:
         return _TRUST_CLASSES[self]
 
 
-_TRUST_CLASSES = {SourceKind.NTP: TrustClass.NTP, SourceKind.HTTP: TrustClass.HTTP}
+_TRUST_CLASSES = {SourceKind.NTP: TrustClass.NTP, SourceKind.HTTP: TrustClass.HTTP, SourceKind.NTS: TrustClass.NTS}
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """How one sample's answers were authenticated: the columns of ``chronyc authdata`` that apply."""
+
+    mode: str  # "nts" (RFC 8915), "tls" (HTTPS Date)
+    aead: str | None = None  # NTS: the negotiated AEAD algorithm, "AEAD_AES_SIV_CMAC_256"
+    key_bits: int | None = None  # NTS: length of the C2S/S2C keys
+    cookies: int | None = None  # NTS: cookies held after this exchange
+    cookie_bytes: int | None = None  # NTS: length of the last cookie
+    ke_age_s: float | None = None  # NTS: seconds since the key exchange these keys came from
+    naks: int = 0  # NTS: crypto-NAKs (NTSN Kiss-o'-Death) received in this exchange
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "aead": self.aead, "key_bits": self.key_bits, "cookies": self.cookies,
+                "cookie_bytes": self.cookie_bytes, "ke_age_s": self.ke_age_s, "naks": self.naks}
 
 
 class SourceState(enum.StrEnum):
@@ -79,6 +103,7 @@ class Sample:
     failure: SourceState | None = None  # UNUSABLE or UNREACHABLE when there is no offset
     reason: str = ""  # why it failed, or a note on a success ("3 of 4 replies", "Age>0 dropped: 1")
     kiss_code: str | None = None  # an authentic Kiss-o'-Death code (origin matched): DENY, RSTR, RATE, ...
+    auth: Authentication | None = None  # how the answers were authenticated; None for plain NTP
 
     def __post_init__(self) -> None:
         if self.failure is None:

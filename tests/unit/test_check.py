@@ -100,7 +100,7 @@ def test_reports_read_like_chronyc_json_and_nagios():
     assert set(data["sources"][0]) == {"name", "kind", "address", "offset_s", "offset_lo_s", "offset_hi_s", "delay_s",
                                        "stratum", "leap", "requests", "state", "reason", "kiss_code"}
     # one entry per trust class, whether or not it has sources; the HTTPS one here is the single "h"
-    assert set(data["classes"]) == {"ntp", "http"}
+    assert set(data["classes"]) == {"ntp", "http", "nts"}
     assert data["classes"]["http"] == {"usable": 1, "agreeing": 1, "offset_lo_s": pytest.approx(0.002),
                                        "offset_hi_s": pytest.approx(0.022)}
     assert data["classes"]["ntp"]["usable"] == 3 and data["classes"]["ntp"]["agreeing"] == 2

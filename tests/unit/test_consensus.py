@@ -424,8 +424,10 @@ def test_classes_agree_pairwise_not_by_a_chain():
 
 def test_a_source_kind_declares_its_trust_class():
     assert {kind: kind.trust_class for kind in SourceKind} == {SourceKind.NTP: TrustClass.NTP,
-                                                               SourceKind.HTTP: TrustClass.HTTP}
-    assert [c.label for c in TrustClass] == ["NTP", "HTTPS"]
+                                                               SourceKind.HTTP: TrustClass.HTTP,
+                                                               SourceKind.NTS: TrustClass.NTS}
+    assert [c.label for c in TrustClass] == ["NTP", "HTTPS", "NTS"]
+    assert [c.authenticated for c in TrustClass] == [False, True, True]
 
 
 @given(st.lists(sample_st, min_size=1, max_size=6))
