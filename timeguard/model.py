@@ -8,6 +8,7 @@ offset_s``.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,21 @@ class Authentication:
                 "cookie_bytes": self.cookie_bytes, "ke_age_s": self.ke_age_s, "naks": self.naks}
 
 
+def operator_of(host: str) -> str:
+    """The operator a host name most likely belongs to: its last two DNS labels (``time.cloudflare.com`` →
+    ``cloudflare.com``, ``nts.netnod.se`` → ``netnod.se``), lower-cased; an IP address is its own operator.
+
+    A heuristic for the default only (it cannot know public suffixes such as ``co.uk``): a config names the
+    operator explicitly where it matters (``operator:`` on a source)."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        labels = [label for label in name.split(".") if label]
+        return ".".join(labels[-2:]) if labels else name
+    return name
+
+
 class SourceState(enum.StrEnum):
     """What the consensus made of a source (the ``S`` column of ``chronyc sources``)."""
 
@@ -104,6 +120,9 @@ class Sample:
     reason: str = ""  # why it failed, or a note on a success ("3 of 4 replies", "Age>0 dropped: 1")
     kiss_code: str | None = None  # an authentic Kiss-o'-Death code (origin matched): DENY, RSTR, RATE, ...
     auth: Authentication | None = None  # how the answers were authenticated; None for plain NTP
+    #: Who runs the source (``operator_of`` its host, or the config's ``operator:``): the evidence rule counts
+    #: authenticated sources of *independent* operators, so two names of one operator are one witness.
+    operator: str | None = None
 
     def __post_init__(self) -> None:
         if self.failure is None:

@@ -447,3 +447,13 @@ def test_the_verdict_dicts_have_one_shape_for_every_reader(raw):
         {"name": sv.sample.name, "kind": sv.sample.kind.value, "state": sv.state.value,
          "offset_s": sv.sample.offset_s, "reason": sv.reason} for sv in v.sources]
     CheckRecord(wall_s=0.0, monotonic_s=0.0, boot_id="b", **record)  # the journal takes it as it is
+
+
+def test_the_default_operator_of_a_host_is_its_last_two_labels_or_its_address():
+    from timeguard.model import operator_of
+
+    assert operator_of("time.cloudflare.com") == "cloudflare.com"
+    assert operator_of("NTS.Netnod.se.") == "netnod.se"
+    assert operator_of("ptbtime1.ptb.de") == operator_of("ptbtime2.ptb.de") == "ptb.de"
+    assert operator_of("127.0.0.1") == "127.0.0.1" and operator_of("[::1]") == "::1"
+    assert operator_of("localhost") == "localhost"
