@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from timeguard.discover import project
-from timeguard.discover.beat import _redact
+from timeguard.discover.process import redact_arg as _redact
 from timeguard.discover.systemd import environment_files, missing_from, unit_from_cgroup
 
 

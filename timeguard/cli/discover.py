@@ -55,8 +55,9 @@ def _pid(text: str) -> int:
 
 def cmd_discover(args: argparse.Namespace) -> int:
     from timeguard import config
+    from timeguard.discover.aps import find_apps
     from timeguard.discover.beat import find_beats
-    from timeguard.discover.snippet import plan
+    from timeguard.discover.snippet import aps_plan, plan
 
     path = config.discover(args.config)
     configured: list[Any] = []
@@ -67,18 +68,26 @@ def cmd_discover(args: argparse.Namespace) -> int:
             print(f"timeguard discover: {exc}", file=sys.stderr)
             return EXIT_TROUBLE
     beats = find_beats(args.pid)
+    scan = find_apps(args.pid)
     target = Path(args.config) if args.config else (path or config.DEFAULT_PATH)
     rows = plan(beats, configured, env_dir=str(target.absolute().parent))
+    # the beats' hooks count as configured: names stay unique across both lists
+    aps_rows = aps_plan(scan.apps, configured + [s.hook for _, _, s in rows if s.hook is not None])
     to_write = [s for _, covered, s in rows if s.hook is not None and not covered]
+    to_write += [s for _, _, covered, s in aps_rows if s.hook is not None and not covered]
     if args.json:
         print(json.dumps({
             "config": str(path) if path else None,
             "beats": [{**b.to_dict(), "covered_by": c, "shares_hook": s.shares, "hook": s.hook, "snippet": s.text,
-                       "no_hook_because": s.why_not} for b, c, s in rows],
+                       "planned_hook": s.planned, "no_hook_because": s.why_not} for b, c, s in rows],
+            "apscheduler": [{**a.to_dict(), "store": st.to_dict(), "covered_by": c, "hook": s.hook,
+                             "snippet": s.text, "planned_hook": s.planned, "no_hook_because": s.why_not}
+                            for a, st, c, s in aps_rows],
+            "not_inspected": {str(pid): why for pid, why in sorted(scan.not_inspected.items())},
         }, indent=2))
     else:
-        sys.stdout.write(human(rows, path))
-    if not beats:
+        sys.stdout.write(human(rows, path, aps_rows, scan.not_inspected))
+    if not beats and not scan.apps:
         return EXIT_NONE
     if args.write:
         return write(target, to_write, yes=args.yes, quiet=args.json)
@@ -140,17 +149,64 @@ def _status(beat: Any, covered: str | None, snippet: Any) -> str:
     return "no hook: see below"
 
 
-def human(rows: list[tuple[Any, str | None, Any]], path: Path | None) -> str:
+def human(rows: list[tuple[Any, str | None, Any]], path: Path | None,
+          aps_rows: list[tuple[Any, Any, str | None, Any]] = (), not_inspected: dict[int, str] | None = None) -> str:
+    out = _beats(rows, path) if rows else []
+    out += _apps(aps_rows, path, not_inspected or {})
+    hooks = [s for _, c, s in rows if not c] + [s for _, _, c, s in aps_rows if not c]
+    if hooks:
+        from timeguard.discover.snippet import render
+
+        where = path or "/etc/timeguard/timeguard.yaml"
+        out += ["", f"# for {where} (timeguard discover --write adds the uncommented hooks):", ""]
+        out.append(render(hooks).rstrip("\n"))
     if not rows:
         note = "" if os.geteuid() == 0 else " (as root, processes hidden from this user by hidepid are seen too)"
-        return f"no celery beat is running on this host{note}\n"
-    header = ("PID", "USER", "UP", "SCHEDULER", "MAX INTERVAL", "APP", "SETTINGS", "STATUS")
-    table = [header] + [
-        (str(b.pid), b.user or str(b.uid), _uptime(b.uptime_s), _KIND_NAMES.get(b.scheduler, b.scheduler),
-         _interval(b), b.app or "-", b.settings or "-", _status(b, c, s)) for b, c, s in rows]
+        out.insert(0, f"no celery beat is running on this host{note}")
+    return "\n".join(out) + "\n"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    table = [header, *rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
+
+
+def _apps(rows: list[tuple[Any, Any, str | None, Any]], path: Path | None, not_inspected: dict[int, str]) -> list[str]:
+    """The APScheduler applications: one table line per job store, then each application's details."""
+    out: list[str] = []
+    if rows:
+        apps = {a.pid: a for a, _, _, _ in rows}
+        out += ["", f"{len(apps)} APScheduler application{'s' if len(apps) != 1 else ''} on this "
+                "host:", ""]
+        out += _table(("PID", "USER", "UP", "APSCHEDULER", "JOB STORE", "JOBS", "STATUS"), [
+            (str(a.pid), a.user or str(a.uid), _uptime(a.uptime_s), a.apscheduler or "?", st.shown, str(st.jobs),
+             f"covered by hook {c}" if c else "repairable: hook below" if s.hook is not None else "no hook: see below")
+            for a, st, c, s in rows])
+        for app in apps.values():
+            out += ["", f"pid {app.pid}: {' '.join(app.command)}"]
+            details = [("interpreter", app.interpreter and f"{app.interpreter} ({app.interpreter_from})"),
+                       ("cwd", app.cwd), ("unit", app.unit or (app.user_unit and f"{app.user_unit} (a systemd "
+                                                                                 "--user unit)"))]
+            details += [("job store", f"{st.shown} ({st.kind}; {st.found_by})") for st in app.stores]
+            details += [("covered by", f"hook {c} in {path}") for a, _, c, _ in rows if a is app and c]
+            out += [f"  {name:<14}{value}" for name, value in details if value]
+            out += [f"  problem       {p}" for p in app.problems]
+    if not_inspected:
+        out += ["", f"{len(not_inspected)} Python process{'es' if len(not_inspected) != 1 else ''} could not be "
+                "looked into for an APScheduler job store:"]
+        out += [f"  pid {pid}: {why}" for pid, why in sorted(not_inspected.items())]
+    elif not rows:
+        out += ["no APScheduler application was found (a Python process holding an APScheduler job store open)"]
+    return out
+
+
+def _beats(rows: list[tuple[Any, str | None, Any]], path: Path | None) -> list[str]:
+    header = ("PID", "USER", "UP", "SCHEDULER", "MAX INTERVAL", "APP", "SETTINGS", "STATUS")
     out = [f"{len(rows)} celery beat{'s' if len(rows) != 1 else ''} on this host:", ""]
-    out += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    out += _table(header, [
+        (str(b.pid), b.user or str(b.uid), _uptime(b.uptime_s), _KIND_NAMES.get(b.scheduler, b.scheduler),
+         _interval(b), b.app or "-", b.settings or "-", _status(b, c, s)) for b, c, s in rows])
     for beat, covered, _ in rows:
         out += ["", f"pid {beat.pid}: {' '.join(beat.command)}"]
         details = [("scheduler", f"{beat.scheduler_name} ({beat.scheduler_from})"),
@@ -167,14 +223,7 @@ def human(rows: list[tuple[Any, str | None, Any]], path: Path | None) -> str:
                    ("root", beat.other_root and "another root directory (a container or a chroot)")]
         out += [f"  {name:<14}{value}" for name, value in details if value]
         out += [f"  problem       {p}" for p in beat.problems]
-    hooks = [s for _, c, s in rows if not c]
-    if hooks:
-        from timeguard.discover.snippet import render
-
-        where = path or "/etc/timeguard/timeguard.yaml"
-        out += ["", f"# for {where} (timeguard discover --write adds the uncommented hooks):", ""]
-        out.append(render(hooks).rstrip("\n"))
-    return "\n".join(out) + "\n"
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- --write
@@ -197,9 +246,7 @@ def write(path: Path, snippets: list[Any], *, yes: bool, quiet: bool = False) ->
     new = old or ""
     try:
         for snippet in snippets:
-            beat = snippet.beat
-            new = add_hooks(new, [snippet.hook], comment=f"found by timeguard discover: celery beat pid {beat.pid} "
-                            f"({beat.form}, app {beat.app or '?'})")
+            new = add_hooks(new, [snippet.hook], comment=f"found by timeguard discover: {snippet.found_for}")
     except EditError as exc:
         return _refuse(f"{path}: {exc}")
     problems = _new_problems(old or "", new, str(path))

@@ -104,7 +104,7 @@ def parse(cmdline: list[str]) -> BeatCommand | None:
         return None
     if argv[:2] == ["[celery", "beat]"]:
         return _celery(argv[2:], interpreter=None, script=None, prefix="celery")
-    interpreter, rest = _skip_python(argv)
+    interpreter, rest = skip_python(argv)
     if not rest:
         return None
     program, args = rest[0], rest[1:]
@@ -126,9 +126,14 @@ def parse(cmdline: list[str]) -> BeatCommand | None:
     return None
 
 
-def _skip_python(argv: list[str]) -> tuple[str | None, list[str]]:
+def is_python(path: str) -> bool:
+    """Whether a program's name is a Python interpreter's (python3, python3.11, pypy3, python3-dbg)."""
+    return bool(_PYTHON_RE.match(os.path.basename(path)))
+
+
+def skip_python(argv: list[str]) -> tuple[str | None, list[str]]:
     """(the interpreter if argv[0] is one, what follows its own options: ``-m``+module or the script)."""
-    if not _PYTHON_RE.match(os.path.basename(argv[0])):
+    if not is_python(argv[0]):
         return None, argv
     i = 1
     while i < len(argv):

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from timeguard.discover import argv as argvmod
-from timeguard.discover import project
+from timeguard.discover import process, project
 from timeguard.discover.argv import DATABASE, OTHER, REDBEAT, SHELVE, UNKNOWN, BeatCommand
 from timeguard.discover.systemd import environment_file, missing_from, systemd_unit
 from timeguard.secrets import redact_url
@@ -138,27 +137,11 @@ def _processes(pids: Iterable[int]) -> Iterable[Any]:
 
 def inspect_beat(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
     """Everything this user may read about one beat process."""
-    import psutil
-
     pid = proc.pid
-    problems: list[str] = list(f"command line: {p}" for p in cmd.problems)
-    denied: list[str] = []
-    try:
-        uid: int | None = proc.uids().real
-        user: str | None = proc.username()
-    except psutil.AccessDenied:
-        uid, user = None, None
-    except KeyError:  # a uid without a name
-        uid, user = proc.uids().real, None
-    env = _read(proc.environ, f"/proc/{pid}/environ", denied)
-    cwd = _read(proc.cwd, f"/proc/{pid}/cwd", denied)
-    if denied:
-        owner = user or f"uid {uid}"
-        who = "root" if uid == 0 else f"root or {owner}"
-        problems.append(f"permission denied reading {' and '.join(denied)} (the process belongs to {owner}: run "
-                        f"timeguard discover as {who})")
-    env = env or {}
-    roots = _import_roots(cwd, env)
+    seen = process.view(proc)
+    problems: list[str] = [*(f"command line: {p}" for p in cmd.problems), *seen.problems]
+    uid, user, env, cwd, roots = seen.uid, seen.user, seen.env, seen.cwd, seen.roots
+    denied = not seen.inspectable
 
     app, app_from = _first((cmd.app, "command line"), (env.get("APP"), "environment $APP"),
                            (env.get("CELERY_APP"), "environment $CELERY_APP"))
@@ -166,17 +149,18 @@ def inspect_beat(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
     settings, settings_from = _settings_of(cmd, env, cwd, app_files)
     settings_files = project.module_files(settings, roots) if settings else []
     config_files = project.with_star_imports(app_files + settings_files, roots)
-    scheduler_name, scheduler_from = _scheduler_of(cmd, env, config_files, bool(denied))
+    scheduler_name, scheduler_from = _scheduler_of(cmd, env, config_files, denied)
     kind = UNKNOWN if scheduler_name == "?" else argvmod.scheduler_kind(scheduler_name) or OTHER
     max_interval, max_from, given = _max_interval_of(cmd, env, config_files, kind, problems)
 
-    beat = Beat(pid=pid, user=user, uid=uid, uptime_s=uptime_s(pid), command=[_redact(a) for a in cmdline],
+    beat = Beat(pid=pid, user=user, uid=uid, uptime_s=process.uptime_s(pid),
+                command=[process.redact_arg(a) for a in cmdline],
                 form=cmd.form,
                 scheduler=kind, scheduler_name=scheduler_name, scheduler_from=scheduler_from,
                 max_interval_s=max_interval, max_interval_from=max_from, max_interval_given=given,
                 app=app, app_from=app_from, cwd=cwd, settings=settings, settings_from=settings_from,
-                inspectable=not denied, problems=problems)
-    beat.interpreter, beat.interpreter_from = _interpreter(proc, cmd, cwd, env)
+                inspectable=seen.inspectable, problems=problems)
+    beat.interpreter, beat.interpreter_from = process.interpreter(proc, cmd.interpreter, cmd.script, cwd, env)
     for name, value in sorted(env.items(), key=lambda item: (item[0] != "DATABASE_URL", item[0])):
         if _ENV_DATABASE_RE.search(name) and value:
             beat.database, beat.database_from = redact_url(value), f"environment ${name}"
@@ -193,7 +177,7 @@ def inspect_beat(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
             if name in env and name not in _NOT_SETTINGS_INPUTS:
                 beat.settings_environment.append(name)
                 beat.settings_values[name] = env[name]
-    beat.other_root = other_root(pid)
+    beat.other_root = process.other_root(pid)
     beat.unit, beat.user_unit = systemd_unit(pid)
     unit_file = environment_file(beat.unit) if beat.unit else None
     # the unit's file serves the hook when it assigns every variable the settings read (an Environment= line or
@@ -201,14 +185,6 @@ def inspect_beat(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:
     if unit_file is not None and not missing_from(unit_file, beat.settings_environment):
         beat.environment_file = unit_file
     return beat
-
-
-_URL_RE = re.compile(r"[A-Za-z][\w+.-]*://\S+")
-
-
-def _redact(arg: str) -> str:
-    """A command-line word with the password of any URL in it masked (``-b redis://:pw@host``)."""
-    return _URL_RE.sub(lambda m: redact_url(m.group(0)), arg)
 
 
 def _settings_of(cmd: BeatCommand, env: dict[str, str], cwd: str | None,
@@ -274,18 +250,6 @@ def _manage_py(cmd: BeatCommand, cwd: str | None) -> list[Path]:
     return [Path(script)] if os.path.isfile(script) else []
 
 
-def _read(getter: Any, what: str, denied: list[str]) -> Any:
-    import psutil
-
-    try:
-        return getter()
-    except psutil.AccessDenied:
-        denied.append(what)
-    except (psutil.ZombieProcess, FileNotFoundError):
-        pass
-    return None
-
-
 def _first(*pairs: tuple[str | None, str]) -> tuple[str | None, str | None]:
     for value, where in pairs:
         if value:
@@ -301,68 +265,7 @@ def _positive(text: str | None) -> float | None:
     return value if value is not None and 0 < value < float("inf") else None
 
 
-def _import_roots(cwd: str | None, env: dict[str, str]) -> list[str]:
-    """Where the process imports the project from: its working directory (celery puts it on sys.path), then
-    $PYTHONPATH (relative entries are relative to the working directory)."""
-    roots = [cwd] if cwd else []
-    for entry in env.get("PYTHONPATH", "").split(os.pathsep):
-        if entry:
-            path = entry if os.path.isabs(entry) or not cwd else os.path.join(cwd, entry)
-            if path not in roots:
-                roots.append(path)
-    return roots
-
-
 # ----------------------------------------------------------------------------------------- details
-
-
-def _interpreter(proc: Any, cmd: BeatCommand, cwd: str | None, env: dict[str, str]) -> tuple[str | None, str]:
-    """The Python that runs beat, as the application's own virtualenv names it (``/srv/app/.venv/bin/python``).
-    /proc/PID/exe resolves the venv's symlink to the base interpreter, which has not the project's packages:
-    argv[0] as written (or the celery script's shebang) is preferred."""
-    import psutil
-
-    written = cmd.interpreter
-    if written:
-        if os.path.isabs(written):
-            return written, "command line"
-        if "/" in written and cwd:
-            return os.path.normpath(os.path.join(cwd, written)), "command line (relative to the cwd)"
-        if env.get("PATH"):
-            found = shutil.which(written, path=env["PATH"])
-            if found:
-                return found, "command line, found on the process's $PATH"
-    script = cmd.script
-    if script and cwd and not os.path.isabs(script) and "/" in script:
-        script = os.path.join(cwd, script)
-    if script and not os.path.isabs(script) and env.get("PATH"):
-        script = shutil.which(script, path=env["PATH"]) or script
-    if script and os.path.isabs(script):
-        shebang = _shebang(script)
-        if shebang:
-            return shebang, f"the shebang of {script}"
-    if env.get("VIRTUAL_ENV") and os.path.exists(os.path.join(env["VIRTUAL_ENV"], "bin", "python")):
-        return os.path.join(env["VIRTUAL_ENV"], "bin", "python"), "environment $VIRTUAL_ENV"
-    try:
-        return proc.exe() or None, "/proc/PID/exe (a virtualenv's symlink is resolved: check it)"
-    except psutil.Error:
-        return None, "unknown (permission denied)"
-
-
-def _shebang(script: str) -> str | None:
-    try:
-        with open(script, "rb") as f:
-            first = f.readline(512)
-    except OSError:
-        return None
-    if not first.startswith(b"#!"):
-        return None
-    words = first[2:].decode(errors="replace").split()
-    if not words:
-        return None
-    if os.path.basename(words[0]) == "env" and len(words) > 1:
-        return None  # "#!/usr/bin/env python": which one depends on a PATH we may not know
-    return words[0]
 
 
 def _schedule_file(proc: Any, cmd: BeatCommand, cwd: str | None, env: dict[str, str]) -> tuple[str | None, bool | None]:
@@ -379,31 +282,3 @@ def _schedule_file(proc: Any, cmd: BeatCommand, cwd: str | None, env: dict[str, 
     except psutil.Error:
         return path, None
     return path, any(path + suffix in open_paths for suffix in SHELVE_SUFFIXES)
-
-
-def other_root(pid: int) -> bool | None:
-    """Whether the process's root directory is another than ours (a container, a chroot), so the paths it
-    shows (interpreter, working directory, files) name other files than on this host; None when /proc/PID/root
-    cannot be read (another user's process). A private mount namespace with the same root (systemd's PrivateTmp=,
-    ProtectSystem=) is the same root."""
-    try:
-        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
-    except OSError:
-        return None
-    return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
-
-
-def uptime_s(pid: int) -> float | None:
-    """Seconds since the process started, from the boot-time clock (/proc/uptime and /proc/PID/stat's start
-    time): right across wall-clock steps, unlike psutil's create_time."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        since_boot = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and parentheses
-    try:
-        start_ticks = int(fields[19])  # field 22 of stat(5); fields[0] is field 3
-    except (IndexError, ValueError):
-        return None
-    return max(0.0, since_boot - start_ticks / os.sysconf("SC_CLK_TCK"))

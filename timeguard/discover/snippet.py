@@ -25,11 +25,13 @@ import yaml
 
 from timeguard.discover.argv import DATABASE, REDBEAT, SHELVE
 from timeguard.discover.beat import Beat
+from timeguard.repair.apscheduler_jobs import DEFAULT_JOBS_KEY, DEFAULT_RUN_TIMES_KEY, DEFAULT_TABLE
 from timeguard.secrets import MASK
 
 HOOK_TYPE = "celery_beat"
 SHELVE_HOOK_TYPE = "celery_shelve"
 REDBEAT_HOOK = "redbeat"
+DEFAULT_REDIS_KEYS = (DEFAULT_JOBS_KEY, DEFAULT_RUN_TIMES_KEY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,18 +39,32 @@ class Snippet:
     """What discover proposes for one beat: ``hook`` (a valid hook's options) or None, and ``text`` — the list
     item(s) to put under ``hooks:``, commented when ``hook`` is None."""
 
-    beat: Beat
+    beat: Any  # the Beat, or the APScheduler application (timeguard.discover.aps.App), it is for
     hook: dict[str, Any] | None
     text: str
     why_not: str | None = None  # why there is no hook (for the table)
     shares: str | None = None  # the hook proposed for another beat on the same settings and database
     #: The environment file the hook names that --write creates: its path and variables (values: secrets).
     environment: tuple[str, dict[str, str]] | None = None
+    #: The hook a commented entry shows (placeholders to fill in, or an option to set by hand), for --json.
+    planned: dict[str, Any] | None = None
+    #: What --write's comment above the hook says it was found for.
+    origin: str = ""
+
+    @property
+    def found_for(self) -> str:
+        beat = self.beat
+        return self.origin or f"celery beat pid {beat.pid} ({beat.form}, app {beat.app or '?'})"
 
 
 def hook_name(beat: Beat, taken: set[str]) -> str:
     """``celery-beat-<unit or app>``, unique among ``taken`` (which it extends)."""
-    base = beat.unit.removesuffix(".service") if beat.unit else f"celery-beat-{beat.app or beat.pid}"
+    return unique_name(beat.unit, f"celery-beat-{beat.app or beat.pid}", taken)
+
+
+def unique_name(unit: str | None, fallback: str, taken: set[str]) -> str:
+    """The unit's name without ``.service``, else ``fallback``, made unique among ``taken`` (which it extends)."""
+    base = unit.removesuffix(".service") if unit else fallback
     base = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-") or "celery-beat"
     name, n = base, 2
     while name in taken:
@@ -139,7 +155,7 @@ def make(beat: Beat, taken: set[str], env_dir: str = "/etc/timeguard", also: Seq
             hook["beat_max_interval_s"] = _number(beat.max_interval_s)
         if beat.unit:
             hook["beat_service"] = beat.unit
-        return Snippet(beat, hook, "\n".join(head) + "\n" + render_items([hook]), environment=environment)
+        return Snippet(beat, hook, "\n".join(head) + "\n" + hook_text(hook), environment=environment)
     if beat.scheduler == SHELVE:
         return _shelve(beat, head, taken)
     if beat.scheduler == REDBEAT:
@@ -166,7 +182,7 @@ def _shelve(beat: Beat, head: list[str], taken: set[str]) -> Snippet:
         hook["user"] = beat.user
     if beat.unit:
         hook["beat_service"] = beat.unit
-        return Snippet(beat, hook, "\n".join(head) + "\n" + render_items([hook]))
+        return Snippet(beat, hook, "\n".join(head) + "\n" + hook_text(hook))
     planned = {**hook, "stop_command": ["FILL-IN", "stop"], "start_command": ["FILL-IN", "start"]}
     return _commented(beat, head, "it runs in no systemd unit, and the celery_shelve repair needs beat stopped (it "
                       "rewrites the file from memory): the hook is refused without a way to stop it — fill in "
@@ -195,11 +211,26 @@ def _redbeat(beat: Beat, head: list[str], taken: set[str]) -> Snippet:
     return _commented(beat, head, why, planned)
 
 
-def _commented(beat: Beat, head: list[str], why: str, planned: dict[str, Any] | None = None) -> Snippet:
+def _commented(beat: Any, head: list[str], why: str, planned: dict[str, Any] | None = None, *,
+               origin: str = "") -> Snippet:
     lines = [*head, f"# {why}"]
     if planned is not None:
-        lines += [f"# {line}" for line in render_items([planned]).splitlines()]
-    return Snippet(beat, None, "\n".join(lines) + "\n", why_not=why)
+        lines += [f"# {line}" for line in hook_text(planned).splitlines()]
+    return Snippet(beat, None, "\n".join(lines) + "\n", why_not=why, planned=planned, origin=origin)
+
+
+#: Options by which a hook can stop its scheduler's owner, so its forward-jump guard may.
+_OWNER_KEYS = ("beat_service", "service", "stop_command")
+
+
+def hook_text(hook: Mapping[str, Any]) -> str:
+    """The hook as a YAML list item; where it can stop the scheduler, a commented ``guard: stop`` line under it —
+    suggested, never on by default (the default ``alert`` only alerts)."""
+    text = render_items([hook])
+    if any(hook.get(k) is not None for k in _OWNER_KEYS):
+        text += ("  # guard: stop  # optional: stop it while the host clock is proven ahead (it would stamp the "
+                 "future), repair and start it once the clock is right\n")
+    return text
 
 
 def _number(value: float) -> int | float:
@@ -273,3 +304,94 @@ def _database_key(url: str) -> tuple[str, ...] | None:
 def _same_database(a: str, b: str) -> bool:
     key = _database_key(a)
     return key is not None and key == _database_key(b)
+
+
+# ------------------------------------------------------------------------------------- APScheduler
+
+
+APS_HOOK = "apscheduler"
+
+
+def aps_plan(apps: list[Any], configured: list[Any]) -> list[tuple[Any, Any, str | None, Snippet]]:
+    """(application, job store, the configured hook covering it, its snippet): one ``type: apscheduler`` hook per
+    job store (a hook repairs one store)."""
+    taken = {str(h.get("name")) for h in configured if isinstance(h, Mapping)}
+    rows = []
+    for app in apps:
+        for store in app.stores:
+            covered = aps_covered_by(app, store, configured)
+            rows.append((app, store, covered, make_aps(app, store, set(taken) if covered else taken)))
+    return rows
+
+
+def make_aps(app: Any, store: Any, taken: set[str]) -> Snippet:
+    """The ``type: apscheduler`` hook for one job store of ``app`` (a timeguard.discover.aps.App): the store's URL
+    (or, when it holds a password, the ``_env`` option to set by hand: the password is never copied), the
+    application's interpreter and import path (only it unpickles the job states), its user, and ``service`` when
+    it runs in a systemd unit — without one the entry stays commented with stop/start placeholders: the repair
+    needs the application stopped (a running scheduler sleeps on its in-memory wake-up time and writes its jobs
+    back)."""
+    origin = f"APScheduler application pid {app.pid} ({store.kind} job store {store.shown})"
+    head = [f"# APScheduler {app.apscheduler or '?'} pid {app.pid} (user {app.user or app.uid}): {store.kind} job "
+            f"store {store.shown}, {store.jobs} job{'s' if store.jobs != 1 else ''} (found by {store.found_by})"]
+    if app.other_root or not app.apscheduler or not app.apscheduler.startswith("3."):
+        return _commented(app, head, "; ".join(app.problems) or "its APScheduler version is unknown", origin=origin)
+    if not app.interpreter:
+        return _commented(app, head, "its interpreter could not be found: give python by hand", origin=origin)
+    hook: dict[str, Any] = {"type": APS_HOOK, "name": unique_name(app.unit, f"apscheduler-{app.pid}", taken)}
+    key = "redis_url" if store.kind == "redis" else "jobstore_url"
+    why = []
+    if store.has_password:
+        hook[f"{key}_env"] = store.url_env or ("APSCHEDULER_REDIS_URL" if store.kind == "redis"
+                                               else "APSCHEDULER_JOBSTORE_URL")
+        why.append(f"the store's URL holds a password, which timeguard does not copy into its configuration: put "
+                   f"the URL in the daemon's environment as ${hook[f'{key}_env']} (e.g. a systemd drop-in's "
+                   f"Environment=), or in a file named by {key}_file")
+    else:
+        hook[key] = store.url
+    if store.tablename and store.tablename != DEFAULT_TABLE:
+        hook["tablename"] = store.tablename
+    if store.jobs_key and (store.jobs_key, store.run_times_key) != DEFAULT_REDIS_KEYS:
+        hook["jobs_key"], hook["run_times_key"] = store.jobs_key, store.run_times_key
+    hook["python"] = app.interpreter
+    paths = [p for p in app.path if p.startswith("/")]
+    if paths:
+        hook["path"] = paths
+    if app.uid not in (None, 0) and app.user:
+        hook["user"] = app.user  # unpickle as the application does, not as root
+    if app.unit:
+        hook["service"] = app.unit
+    else:
+        hook["stop_command"], hook["start_command"] = ["FILL-IN", "stop"], ["FILL-IN", "start"]
+        where = f" (only a systemd --user unit, {app.user_unit})" if app.user_unit else ""
+        why.append(f"it runs in no systemd unit{where}, and the apscheduler repair needs the application stopped "
+                   "(a running scheduler sleeps on its in-memory wake-up time and writes its jobs back): fill in "
+                   "stop_command and start_command (or service) and uncomment")
+    if why:
+        return _commented(app, head, "; ".join(why), hook, origin=origin)
+    return Snippet(app, hook, "\n".join(head) + "\n" + hook_text(hook), origin=origin)
+
+
+def aps_covered_by(app: Any, store: Any, hooks: Iterable[Any]) -> str | None:
+    """The name of a configured apscheduler hook on this store (same database, or same Redis database and keys)
+    or on the application's unit."""
+    for hook in hooks:
+        if not isinstance(hook, Mapping):
+            continue
+        if hook.get("type") != APS_HOOK and not (hook.get("type") == "repair" and hook.get("target") == APS_HOOK):
+            continue
+        name = str(hook.get("name", "?"))
+        if app.unit and hook.get("service") == app.unit:
+            return name
+        if store.kind == "redis":
+            url = hook.get("redis_url")
+            keys = (hook.get("jobs_key") or DEFAULT_REDIS_KEYS[0], hook.get("run_times_key") or DEFAULT_REDIS_KEYS[1])
+            if isinstance(url, str) and _same_database(url, store.url) and keys == (store.jobs_key,
+                                                                                    store.run_times_key):
+                return name
+            continue
+        url = hook.get("jobstore_url")
+        if isinstance(url, str) and _same_database(url, store.url) and (
+                hook.get("tablename") or DEFAULT_TABLE) == store.tablename:
+            return name
+    return None
