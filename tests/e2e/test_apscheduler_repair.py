@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.aps import JOBS, JobStore, running_app
+from tests.support.aps import FUTURE_S, JOBS, JobStore, future_jobs, running_app
 from tests.support.beatdaemon import Daemon
 from tests.support.daemon import start, write_config
 from tests.support.fake_http import running
@@ -52,7 +52,6 @@ pytestmark = pytest.mark.real
 
 REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "tests" / "e2e" / "apsapp"
-FUTURE_S = 180 * 86400.0
 CORRUPT = b"\x80\x04\x95corrupt job state"
 
 
@@ -85,23 +84,13 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           check=False, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=90)
 
 
-def future_jobs(store: JobStore, slack_s: float = 60.0) -> dict[str, float]:
-    limit = time.time() + slack_s
-    return {k: v for k, (v, _) in store.rows().items() if v is not None and v > limit}
-
-
 def test_rollback_bug_audit_refusal_undo_and_repair(store: JobStore, aps_clock: FakeClock,
                                                     sources: dict[str, Any]) -> None:
     aps_clock.set(FUTURE_S)
     with running_app(store, aps_clock) as app:
-        # 1. the false period: the jobs run and their next run times are stamped ≈ +180 d
-        app.wait_runs(0.0, 2, timeout_s=30)
-        stamped = future_jobs(store, FUTURE_S - 3600)
-        assert set(stamped) == set(JOBS), store.rows()
-
-        # 2. back to +0: silent, and a plain restart does not help
-        aps_clock.set(0)
-        time.sleep(1.0)
+        # 1. the false period: the jobs run and their next run times are stamped ≈ +180 d; 2. back to +0: silent,
+        # and a plain restart does not help
+        app.into_the_bug()
         quiet = time.monotonic()
         time.sleep(3.0)
         app.stop()
@@ -164,11 +153,7 @@ def test_rollback_bug_audit_refusal_undo_and_repair(store: JobStore, aps_clock: 
         outcome = json.loads(repaired.stdout)
         assert outcome["clean"] and outcome["plan"]["counts"] == {"next_run_time": 3}, outcome
         assert [u["item"] for u in outcome["unreadable"]] == ["corrupt"]
-        first = app.wait_runs(since, 1, timeout_s=20)
-        window = first + 1.0
-        time.sleep(max(0.0, window + 6.0 - time.monotonic()))
-        counts = app.counts(window, window + 6.0)
-        assert counts["every-1s"] >= 5 and counts["every-2s"] >= 2 and counts["cron-every-2s"] >= 2, counts
+        app.runs_at_rate(since)
         assert future_jobs(store, 10.0) == {"corrupt": before["corrupt"][0]}
         assert store.rows()["corrupt"] == before["corrupt"], "the job it cannot read is left byte for byte"
 
@@ -178,9 +163,7 @@ def test_daemon_installed_after_the_damage_repairs(store: JobStore, aps_clock: F
                                                    sources: dict[str, Any]) -> None:
     aps_clock.set(FUTURE_S)
     with running_app(store, aps_clock) as app:
-        app.wait_runs(0.0, 2, timeout_s=30)
-        aps_clock.set(0)
-        time.sleep(1.0)
+        app.into_the_bug()
         quiet = time.monotonic()
         directory = scratch_dir("aps-daemon")
         hook = {"name": "aps", "type": "apscheduler", **store_options(store), "stop_command": app.stop_command,

@@ -1,6 +1,7 @@
 """Harness for the APScheduler job-store repair (tests/e2e/test_apscheduler_repair.py, the benchmark): the test
 application tests/e2e/apsapp/apsapp.py (a real ``BackgroundScheduler``) on a store of its own — a PostgreSQL
-database created and dropped here, or Redis logical db 12 (the only one this harness flushes) — started and stopped
+database created and dropped here, an SQLite file in a scratch directory, or Redis logical db 12 (the only one this
+harness flushes) — started and stopped
 under a FakeClock through tests/support/beatctl.py (the same argv the repair's stop/start commands run), its runs
 read from the JSON lines it appends, the store read directly.
 """
@@ -27,26 +28,38 @@ REDIS_DB = 12
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 JOBS = ("every-1s", "every-2s", "cron-every-2s")
 PERIOD_S = {"every-1s": 1.0, "every-2s": 2.0, "cron-every-2s": 2.0}
+FUTURE_S = 180 * 86400.0
+#: The environment variable the application reads its job store's URL from when the command line gives none.
+URL_ENV = "APSAPP_JOBSTORE_URL"
 
 
 @dataclass
 class JobStore:
-    """One store of the test application: ``kind`` sql (PostgreSQL) or redis (db 12)."""
+    """One store of the test application: ``kind`` sql (PostgreSQL), sqlite (a file) or redis (db 12); ``password``
+    goes into a PostgreSQL URL (the server trusts loopback, so any password connects)."""
 
     kind: str
     url: str = ""
     name: str = ""
+    password: str | None = None
     _created: bool = field(default=False, repr=False)
 
+    @property
+    def sql(self) -> bool:
+        return self.kind in ("sql", "sqlite")
+
     def __enter__(self) -> JobStore:
-        if self.kind == "sql":
+        if self.kind == "sqlite":
+            self.url = f"sqlite:///{scratch_dir('aps-sqlite') / 'jobs.sqlite'}"
+        elif self.kind == "sql":
             import psycopg
 
             self.name = f"tg_aps_{uuid.uuid4().hex[:10]}"
             with psycopg.connect(**PG_ADMIN, autocommit=True) as conn:
                 conn.execute(f'CREATE DATABASE "{self.name}"')
             self._created = True
-            self.url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.name}"
+            user = f"postgres:{self.password}" if self.password else "postgres"
+            self.url = f"postgresql+psycopg://{user}@127.0.0.1:5432/{self.name}"
         else:
             self.url = REDIS_URL
             self.redis().flushdb()
@@ -74,7 +87,7 @@ class JobStore:
 
     def rows(self) -> dict[str, tuple[float | None, bytes]]:
         """id → (next run time as stored, job_state bytes)."""
-        if self.kind == "sql":
+        if self.sql:
             import sqlalchemy as sa
 
             engine = self._engine()
@@ -90,7 +103,7 @@ class JobStore:
 
     def put(self, job_id: str, next_run_s: float, state: bytes) -> None:
         """Write one job as the job store does (column + state, or hash + ZSET in one MULTI)."""
-        if self.kind == "sql":
+        if self.sql:
             import sqlalchemy as sa
 
             engine = self._engine()
@@ -108,7 +121,7 @@ class JobStore:
 
     def column_only_update(self, now_s: float) -> None:
         """The naive fix a user would try: the next run time alone set to now (research §4: the loop spins)."""
-        if self.kind == "sql":
+        if self.sql:
             import sqlalchemy as sa
 
             engine = self._engine()
@@ -124,9 +137,10 @@ class JobStore:
 
 
 class App:
-    """The test application, started and stopped through beatctl (stop: SIGTERM to the PID in its pidfile)."""
+    """The test application, started and stopped through beatctl (stop: SIGTERM to the PID in its pidfile); with
+    ``url_in_env`` its store's URL is in its environment ($APSAPP_JOBSTORE_URL), not on its command line."""
 
-    def __init__(self, store: JobStore, clock: FakeClock) -> None:
+    def __init__(self, store: JobStore, clock: FakeClock, *, url_in_env: bool = False) -> None:
         self.store, self.clock = store, clock
         self.dir = scratch_dir("apsapp")
         self.runs = self.dir / "runs.jsonl"
@@ -135,8 +149,11 @@ class App:
         self.spec = self.dir / "spec.json"
         env = {k: v for k, v in clock.env(preload=False).items() if not k.startswith("TIMEGUARD")}
         env.update(APSAPP_LOG=str(self.runs), PYTHONPATH=str(APP_DIR))
+        where = [] if url_in_env else [store.url]
+        if url_in_env:
+            env[URL_ENV] = store.url
         argv = [*SETPRIV_NO_SYS_TIME, *clock.wrap([sys.executable, "-c", "import apsapp; apsapp.main()",
-                                                   store.kind, store.url])]
+                                                   "redis" if store.kind == "redis" else "sql", *where])]
         self.spec.write_text(json.dumps({"argv": argv, "env": env, "cwd": str(APP_DIR),
                                          "log": str(self.dir / "app.log"), "pidfile": str(self.pidfile)}))
 
@@ -188,9 +205,35 @@ class App:
                              f"{self.log()}")
 
 
+    def pid(self) -> int:
+        return int(self.pidfile.read_text().split()[0])
+
+    def into_the_bug(self) -> None:
+        """Started at +180 d: the jobs run and their next run times are stamped ≈ +180 d; then the clock goes back
+        to +0 (after which nothing runs: research §4)."""
+        self.wait_runs(0.0, 2, timeout_s=30)
+        assert set(future_jobs(self.store, FUTURE_S - 3600)) == set(JOBS), self.store.rows()
+        self.clock.set(0)
+        time.sleep(1.0)
+
+    def runs_at_rate(self, since_mono: float) -> None:
+        """Every job runs again, at its rate, within 20 s of ``since_mono`` (the start of a repair)."""
+        first = self.wait_runs(since_mono, 1, timeout_s=20)
+        window = first + 1.0
+        time.sleep(max(0.0, window + 6.0 - time.monotonic()))
+        counts = self.counts(window, window + 6.0)
+        assert counts["every-1s"] >= 5 and counts["every-2s"] >= 2 and counts["cron-every-2s"] >= 2, counts
+
+
+def future_jobs(store: JobStore, slack_s: float = 60.0) -> dict[str, float]:
+    """id → stored next run of every job more than ``slack_s`` ahead of the real clock."""
+    limit = time.time() + slack_s
+    return {k: v for k, (v, _) in store.rows().items() if v is not None and v > limit}
+
+
 @contextlib.contextmanager
-def running_app(store: JobStore, clock: FakeClock) -> Iterator[App]:
-    app = App(store, clock)
+def running_app(store: JobStore, clock: FakeClock, *, url_in_env: bool = False) -> Iterator[App]:
+    app = App(store, clock, url_in_env=url_in_env)
     app.start()
     try:
         yield app

@@ -6,6 +6,7 @@ yet — the case a restart does not recompute, research/celery_beat.md §4).
 
     APSAPP_LOG=RUNS.jsonl PYTHONPATH=tests/e2e/apsapp python -c 'import apsapp; apsapp.main()' sql URL
     APSAPP_LOG=RUNS.jsonl PYTHONPATH=tests/e2e/apsapp python -c 'import apsapp; apsapp.main()' redis URL
+    APSAPP_JOBSTORE_URL=URL … apsapp.main()' sql      (the URL from the environment, as twelve-factor apps do)
 
 (imported, not run as ``__main__``: the jobs' reference ``apsapp:tick`` and the pickled ``apsapp.Recipient`` name
 this module).
@@ -45,7 +46,8 @@ def tick(job: str, recipient: Recipient | None = None) -> None:
 def main() -> None:
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    kind, url = sys.argv[1:3]
+    kind = sys.argv[1]
+    url = sys.argv[2] if len(sys.argv) > 2 else os.environ["APSAPP_JOBSTORE_URL"]
     if kind == "sql":
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 
