@@ -200,7 +200,9 @@ def test_render_is_a_hooks_block_that_parses():
     ({"type": "celery_beat", "name": "h", "django": {"settings": "proj.settings", "path": ["/srv/other"]}}, False),
     ({"type": "celery_beat", "name": "h", "django": {"settings": "other.settings"}}, False),
     ({"type": "celery_beat", "name": "h", "database_url": "postgresql+psycopg://app:pw@DB.internal/app"}, True),
-    ({"type": "celery_beat", "name": "h", "database_url": "postgresql://app@db.internal:5432/app"}, False),
+    # PostgreSQL's default port written out is the same server; another port is not
+    ({"type": "celery_beat", "name": "h", "database_url": "postgresql://app@db.internal:5432/app"}, True),
+    ({"type": "celery_beat", "name": "h", "database_url": "postgresql://app@db.internal:5433/app"}, False),
     ({"type": "celery_beat", "name": "h", "database_url": "postgresql://app@db.internal/other"}, False),
     ({"type": "repair", "target": "celery_beat", "name": "h", "beat_service": "celery-beat.service"}, True),
     ({"type": "webhook", "name": "h", "beat_service": "celery-beat.service"}, False),

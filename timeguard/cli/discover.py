@@ -1,9 +1,10 @@
-"""``timeguard discover``: the celery beats running on this host, what each runs, and the hooks that repair them.
+"""``timeguard discover``: the celery beats and APScheduler applications running on this host, what each runs, and
+the hooks that repair them.
 
-Exit codes (as grep: found, not found, trouble): 0 one or more beats found (and, with --write, the hooks written
-or nothing to write); 1 no beat found; 2 --write wrote nothing (declined, not a terminal without --yes, the file
-cannot be edited safely or the result would not validate) or the configuration could not be read; 3 bad
-arguments (as every timeguard command).
+Exit codes (as grep: found, not found, trouble): 0 one or more beats or APScheduler applications found (and, with
+--write, the hooks written or nothing to write); 1 none found; 2 --write wrote nothing (declined, not a terminal
+without --yes, the file cannot be edited safely or the result would not validate) or the configuration could not
+be read; 3 bad arguments (as every timeguard command).
 """
 
 from __future__ import annotations
@@ -26,16 +27,19 @@ DESCRIPTION = (
     "DatabaseScheduler, celery's default shelve PersistentScheduler, RedBeat, other), its max interval, app, Django "
     "settings module, database, interpreter, working directory and systemd unit, read from /proc and the "
     "project's files (its code is never run). Beats owned by another user are listed with what could not be read "
-    "(as root everything can). Prints a hooks: snippet for each beat timeguard can repair; --write adds it to the "
-    "configuration. Needs no configuration; with one, beats its hooks already repair are marked. Exit 0 when a "
-    "beat is found, 1 when none is, 2 when --write wrote nothing or the configuration cannot be read, 3 for bad "
-    "arguments."
+    "(as root everything can). Also finds APScheduler 3 applications by evidence: a Python process holding an "
+    "APScheduler job store open (an SQLite file with its table, a PostgreSQL/MariaDB database that a URL in its "
+    "environment or command line names, a Redis database with its keys) whose own interpreter imports "
+    "apscheduler; Python processes that cannot be looked into are listed. Prints a hooks: snippet for each beat "
+    "and job store timeguard can repair; --write adds it to the configuration. Needs no configuration; with one, "
+    "what its hooks already repair is marked. Exit 0 when a beat or an APScheduler application is found, 1 when "
+    "none is, 2 when --write wrote nothing or the configuration cannot be read, 3 for bad arguments."
 )
 
 
 def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
-    parser = sub.add_parser("discover", help="find the celery beats on this host and print the hooks that repair "
-                            "them (exit 1: none found)", description=DESCRIPTION)
+    parser = sub.add_parser("discover", help="find the celery beats and APScheduler applications on this host and "
+                            "print the hooks that repair them (exit 1: none found)", description=DESCRIPTION)
     config_arg(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--pid", type=_pid, action="append", metavar="PID",
@@ -43,7 +47,8 @@ def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) 
     parser.add_argument("--write", action="store_true",
                         help="add the hooks to the configuration file (--config, else $TIMEGUARD_CONFIG, else "
                         "/etc/timeguard/timeguard.yaml), after asking; keeps a backup (FILE.bak); saves the "
-                        "variables a beat's settings read from its environment beside it (NAME.env, mode 0600)")
+                        "variables a beat's settings read from its environment beside it (NAME.env, mode 0600); "
+                        "commented entries (placeholders, a password to give by hand) are not written")
     parser.add_argument("--yes", action="store_true", help="with --write: do not ask")
 
 

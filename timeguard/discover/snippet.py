@@ -285,7 +285,8 @@ def covered_by(beat: Beat, hooks: Iterable[Any]) -> str | None:
     return None
 
 
-_SCHEMES = {"postgres": "postgresql", "mariadb": "mysql"}
+_SCHEMES = {"postgres": "postgresql", "pgsql": "postgresql", "mariadb": "mysql"}
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "redis": 6379, "rediss": 6379}
 
 
 def _database_key(url: str) -> tuple[str, ...] | None:
@@ -298,7 +299,9 @@ def _database_key(url: str) -> tuple[str, ...] | None:
     scheme = _SCHEMES.get(scheme, scheme)
     if scheme == "sqlite":
         return (scheme, urllib.parse.unquote(parts.path))
-    return (scheme, (parts.hostname or "localhost").lower(), str(port or ""), parts.path.strip("/"))
+    # the default port written or not is one server; Redis's database 0 likewise
+    path = parts.path.strip("/") or ("0" if scheme.startswith("redis") else "")
+    return (scheme, (parts.hostname or "localhost").lower(), str(port or _DEFAULT_PORTS.get(scheme, "")), path)
 
 
 def _same_database(a: str, b: str) -> bool:
