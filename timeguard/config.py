@@ -906,6 +906,8 @@ def _hook_schema(hook_options: typing.Mapping[str, dict[str, Any] | None]) -> di
                 "additionalProperties": own.get("additionalProperties", False)}  # open: a target's own options
         if own["required"]:
             then["required"] = list(own["required"])
+        if own.get("anyOf"):  # one of several ways to give something (a service, or stop/start commands)
+            then["anyOf"] = list(own["anyOf"])
         branches.append({"if": {"properties": {"type": {"const": kind}}, "required": ["type"]}, "then": then})
     schema: dict[str, Any] = {"type": "object", "required": ["type", "name"], "properties": common}
     if branches:

@@ -190,3 +190,30 @@ def test_nan_is_the_one_number_only_validate_refuses(validator):
     assert accepts(validator, {"timeout_s": math.nan})  # JSON has no NaN: a schema's bounds never see one
     with pytest.raises(config.ConfigError, match="finite number"):
         config.loads("timeout_s: .nan\n")
+
+
+
+SHELVE = {"type": "celery_shelve", "name": "s", "schedule_file": "/srv/app/celerybeat-schedule",
+          "python": "/usr/bin/python3", "beat_service": "beat.service"}
+
+
+@pytest.mark.parametrize(("hook", "missing", "fix"), [
+    ({k: v for k, v in SHELVE.items() if k != "schedule_file"}, "'schedule_file' is a required property",
+     {"schedule_file": "/srv/app/celerybeat-schedule"}),
+    ({k: v for k, v in SHELVE.items() if k != "python"}, "'python' is a required property",
+     {"python": "/usr/bin/python3"}),
+    ({k: v for k, v in SHELVE.items() if k != "beat_service"}, "beat_service",  # no way to stop beat
+     {"stop_command": ["/bin/true"], "start_command": ["/bin/true"]}),
+    ({"type": "apscheduler", "name": "a", "redis_url": "redis://127.0.0.1:6379/0", "python": "/usr/bin/python3",
+      "stop_command": ["/bin/true"]}, "start_command", {"start_command": ["/bin/true"]}),
+])
+def test_each_repair_types_required_keys_are_flagged_by_the_schema(validator, hook, missing, fix):
+    """An editor reading the schema marks a hook that lacks a key its type requires — as config validate does;
+    with the key, both accept it."""
+    with pytest.raises(config.ConfigError):
+        config.loads(yaml.safe_dump({"hooks": [hook]}), "<t>", resolve_secrets=False, hook_types=HOOK_TYPES)
+    errors = [e for top in validator.iter_errors({"hooks": [hook]}) for e in [top, *(top.context or [])]]
+    assert any(missing in e.message for e in errors), [e.message for e in errors]
+    complete = {"hooks": [{**hook, **fix}]}
+    config.loads(yaml.safe_dump(complete), "<t>", resolve_secrets=False, hook_types=HOOK_TYPES)
+    assert accepts(validator, complete), list(validator.iter_errors(complete))

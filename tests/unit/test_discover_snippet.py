@@ -366,3 +366,14 @@ def test_nothing_to_write_is_not_an_error(tmp_path: Path, capsys: pytest.Capture
     assert cli.write(tmp_path / "timeguard.yaml", [], yes=True) == cli.EXIT_FOUND
     assert "nothing to write" in capsys.readouterr().out
     assert not (tmp_path / "timeguard.yaml").exists()
+
+
+def test_guard_stop_is_suggested_only_where_the_owner_can_be_stopped():
+    """A commented ``guard: stop`` line under a hook that can stop its beat (a unit, or the shelve's stop/start
+    placeholders); none where it cannot (no unit; RedBeat, repaired live); never switched on."""
+    assert "# guard: stop" in make(beat(), set()).text
+    assert "# guard: stop" not in make(beat(unit=None), set()).text
+    assert "# guard: stop" in make(beat(scheduler=SHELVE, schedule_file="/srv/app/s", unit=None), set()).text
+    redbeat = make(beat(scheduler=REDBEAT, broker="redis://127.0.0.1:6379/0"), set())
+    assert redbeat.hook is not None and "guard" not in redbeat.text
+    assert all("guard" not in (s.hook or {}) for s in (make(beat(), set()), redbeat))

@@ -141,7 +141,14 @@ class RepairHook:
             service = kind_type.service_option
             typed = getattr(kind_type, "Options", None)  # a kind may declare its options as a dataclass of option()
             if typed is not None:
-                schema["properties"].update(options_schema(typed)["properties"])
+                own = options_schema(typed)
+                schema["properties"].update(own["properties"])
+                # the kind's required keys (celery_shelve's schedule_file and python): an editor flags them missing
+                schema["required"] = [*schema["required"], *(k for k in own["required"]
+                                                              if k not in schema["required"])]
+            if kind_type.needs_owner_stopped:  # refused without a way to stop the owner (from_config below)
+                schema["anyOf"] = [{"required": [kind_type.service_option]},
+                                   {"required": ["stop_command", "start_command"]}]
             for key in sorted(kind_type.options):
                 schema["properties"].setdefault(key, {"description": f"an option of the {cls.target_name} target"})
         schema["properties"][service] = {"type": "string", "pattern": r"^[^-]", "description": "the systemd unit "
