@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import pwd
 import subprocess
 import sys
 import time
+import uuid
 import zoneinfo
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -431,3 +435,110 @@ def test_a_gdbm_shelve_is_repaired_and_refused_while_beat_holds_its_lock(python_
     with pytest.raises(RepairError, match=rf"^{base}: (cannot|not a)"):
         t.plan(now)
     assert snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------- the ndbm flavour, and user: (another user's beat)
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+WRITE_NDBM = """
+import datetime, dbm.ndbm, shelve, sys
+sys.path[:0] = [sys.argv[3]]
+from celery.beat import ScheduleEntry
+from celery.schedules import schedule
+now = float(sys.argv[2])
+with shelve.Shelf(dbm.ndbm.open(sys.argv[1], "c"), writeback=True) as db:  # as a Python whose default is ndbm
+    db["entries"] = {n: ScheduleEntry(n, "t." + n, datetime.datetime.fromtimestamp(now + s, datetime.timezone.utc),
+                                      4, schedule(60)) for n, s in (("ahead", 90 * 86400), ("fine", -30))}
+    db["tz"], db["utc_enabled"], db["__version__"] = "UTC", True, "5"
+"""
+
+
+def celery_site() -> str:
+    """This venv's site-packages (celery): put on the system Python's path, as a beat's ``path:`` would (the two
+    are the same CPython minor version, so the compiled packages load)."""
+    import celery
+
+    return str(Path(celery.__file__).parents[1])
+
+
+@pytest.fixture(scope="module")
+def system_python() -> str:
+    """Debian's /usr/bin/python3, which has dbm.ndbm (Berkeley DB), with this venv's celery on its path."""
+    from tests.support.require import need
+
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", f"import sys; sys.path[:0] = [{celery_site()!r}]; import "
+                            "dbm.ndbm, celery.beat"], capture_output=True, check=False) if Path(
+                                SYSTEM_PYTHON).exists() else None
+    need(probe is not None and probe.returncode == 0 and sys.version_info[:2] == (3, 11),
+         f"{SYSTEM_PYTHON} with dbm.ndbm that loads this venv's celery (Debian 12's python3)")
+    return SYSTEM_PYTHON
+
+
+def test_an_ndbm_shelve_is_repaired_through_the_interpreter_that_has_ndbm(system_python: str) -> None:
+    from tests.support.realprogs import scratch_dir
+
+    now = time.time()
+    directory = scratch_dir("shelve-ndbm")
+    base = directory / "celerybeat-schedule"
+    subprocess.run([system_python, "-c", WRITE_NDBM, str(base), repr(now), celery_site()], check=True, timeout=60)
+    assert [p.name for p in directory.iterdir()] == ["celerybeat-schedule.db"]  # Berkeley DB's ndbm: NAME.db
+    # this venv's Python has no _dbm: it cannot open the file — a clear error, nothing touched
+    before = snapshot(directory)
+    with pytest.raises(RepairError, match="not a shelve this Python can open"):
+        target(base).plan(now)
+    assert snapshot(directory) == before
+    t = target(base, python=system_python, path=[celery_site()])
+    assert [c.item for c in t.plan(now).changes] == ["ahead"]
+    with Journal.in_state_dir(directory / "state") as journal:
+        assert t.apply(lambda: now, undo_log=UndoLog(journal), incident_id="inc-n").clean
+        out = subprocess.run([system_python, "-c", f"import sys; sys.path[:0] = [{celery_site()!r}]\n" + READ_313,
+                              str(base)], capture_output=True, text=True, check=True)
+        flavour, _, values = out.stdout.partition(" ")
+        assert flavour == "dbm.ndbm" and json.loads(values) == {"ahead": pytest.approx(now, abs=1e-5),
+                                                                 "fine": pytest.approx(now - 30, abs=1e-5)}
+        assert sorted(p.name for p in directory.iterdir() if p.name.startswith("celerybeat")) == [
+            "celerybeat-schedule.db", "celerybeat-schedule.timeguard-inc-n"]
+        assert [r["name"] for r in t.undo(UndoLog(journal), "inc-n", time.time).restored] == ["ahead"]
+    assert t.plan(now).total == 1
+
+
+@pytest.fixture
+def throwaway_user() -> Iterator[str]:
+    """A system user made for this test (no home, no shell), removed after."""
+    from tests.support.require import need, need_program
+
+    need(os.geteuid() == 0, "root (useradd; user: runs the beat's interpreter as another user)")
+    need_program("useradd", "passwd")
+    name = f"tg-shelve-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
+                    "/usr/sbin/nologin", name], check=True, timeout=30)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], check=False, timeout=30)
+
+
+def test_user_runs_the_beats_interpreter_as_that_user_and_the_files_stay_roots(system_python: str,
+                                                                               throwaway_user: str) -> None:
+    from tests.support.realprogs import scratch_dir
+
+    now = time.time()
+    directory = scratch_dir("shelve-user")
+    base = directory / "celerybeat-schedule"
+    write_shelve(base, {"ahead": entry("ahead", now + 90 * DAY, 3), "fine": entry("fine", now - 30, 1)})
+    for f in directory.iterdir():
+        f.chmod(0o640)
+    # this venv's interpreter lives under root's 0700 home: as the user it cannot even start — proof the user applies
+    with pytest.raises(RepairError, match="python"):
+        target(base, user=throwaway_user).plan(now)
+    t = target(base, python=system_python, path=[celery_site()], user=throwaway_user)
+    assert [c.item for c in t.plan(now).changes] == ["ahead"]
+    assert t.apply(lambda: now, undo_log=None, incident_id="inc-u").clean
+    assert read_entries(base)["ahead"].last_run_at.timestamp() == pytest.approx(now, abs=1e-5)
+    files = [f for f in directory.iterdir() if f.is_file()]
+    uid = pwd.getpwnam(throwaway_user).pw_uid
+    assert files and all(os.stat(f).st_uid == 0 and f.stat().st_mode & 0o777 == 0o640 for f in files), [
+        (f.name, os.stat(f).st_uid, oct(f.stat().st_mode)) for f in files]
+    assert all(os.stat(p).st_uid != uid for p in directory.rglob("*"))  # nothing left owned by the user
+    with pytest.raises(RepairError, match="no such user"):
+        target(base, python=system_python, path=[celery_site()], user="tg-no-such-user").plan(now)

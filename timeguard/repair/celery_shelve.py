@@ -243,7 +243,11 @@ class CeleryShelveTarget(BaseTarget):
             return
         import pwd
 
-        entry = pwd.getpwnam(self.app.user)
+        try:
+            entry = pwd.getpwnam(self.app.user)
+        except KeyError:
+            raise RepairError(f"{self.where}: user {self.app.user!r}: no such user; the schedule was left as it "
+                              "is") from None
         for p in (directory, *directory.iterdir()):
             os.chown(p, entry.pw_uid, entry.pw_gid)
 
