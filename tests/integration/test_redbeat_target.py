@@ -19,7 +19,7 @@ import pytest
 
 from tests.support import redbeat as rb
 from timeguard.hooks.api import HookConfigError
-from timeguard.repair.redbeat import RedBeatKind, RedBeatTarget, decode_datetime, encode_datetime
+from timeguard.repair.redbeat import _LOCK_SCRIPT, RedBeatKind, RedBeatTarget, decode_datetime, encode_datetime
 from timeguard.repair.target import RepairError
 from timeguard.repair.undo import UndoLog
 from timeguard.store.journal import Journal
@@ -352,3 +352,34 @@ def test_url_from_a_credential_file_read_when_used(redis: Any, tmp_path: Path, m
     missing = RedBeatKind.from_options({"redis_url_file": str(tmp_path / "nope")})
     with pytest.raises(RepairError, match="No such file"):
         missing.open()
+
+
+def test_a_stale_lock_is_deleted_only_with_beat_stopped_and_only_if_unchanged(redis: Any) -> None:
+    """A lock from the false period (its deadline months away: Redis keeps the absolute time) would make a new beat
+    wait until then. With beat stopped by the hook (owner_stopped) it is deleted; a lock within the timeout (a live
+    beat's) is not, even then; without beat stopped it is only reported."""
+    from celery.schedules import schedule
+
+    a = app()
+    now = time.time()
+    lock = rb.PREFIX + ":lock"
+    entry(a, "x", schedule(60), now + FUTURE)
+    redis.set(lock, "token", px=int(FUTURE * 1000))
+    target = RedBeatTarget(rb.REDIS_URL, key_prefix=rb.PREFIX)
+    assert [n.kind for n in target.apply(lambda: now, undo_log=None, incident_id="i").plan.report] == ["lock"]
+    assert redis.get(lock) == b"token"  # beat may be running: reported only
+    entry(a, "x", schedule(60), now + FUTURE)
+    outcome = target.apply(lambda: now, undo_log=None, incident_id="j", owner_stopped=True)
+    assert outcome.clean and redis.get(lock) is None
+    (note,) = outcome.plan.report
+    assert note.kind == "lock" and note.detail.startswith("deleted:"), note
+    # a live beat's lock (within the timeout) is its own, even with our beat stopped (another host's beat)
+    redis.set(lock, "live", px=60_000)
+    entry(a, "x", schedule(60), now + FUTURE)
+    assert target.apply(lambda: now, undo_log=None, incident_id="k", owner_stopped=True).plan.report == ()
+    assert redis.get(lock) == b"live"
+    # the compare-and-delete: a lock whose token changed since it was read is left
+    redis.set(lock, "other", px=int(FUTURE * 1000))
+    script = redis.register_script(_LOCK_SCRIPT)
+    assert script(keys=[lock], args=[b"token", 1_000]) == 0 and redis.get(lock) == b"other"
+    redis.delete(lock)

@@ -37,10 +37,18 @@ compare-and-set on the values read, so a value beat changed in between is left t
   it is only reported when its meta was future.
 
 Nothing it cannot read is written: a hash without a definition, JSON that does not parse, an unknown ``__type__``
-or missing datetime fields, a key of the wrong Redis type — each is reported and left exactly as it is. The lock is
-never touched: a lock whose TTL is longer than ``lock_timeout_s`` (a Redis host whose clock stepped back keeps the
-absolute deadline) is reported; a live beat shortens it itself on its next tick (``lock.extend``), and only a
-person who knows no beat runs should delete it.
+or missing datetime fields, a key of the wrong Redis type — each is reported and left exactly as it is.
+
+The lock: Redis keeps a key's expiry as an absolute wall-clock deadline (PEXPIRETIME), so a lock set while the Redis
+host's clock was ahead outlives its TTL by the size of the correction. A live beat shortens it on its next tick
+(``tick`` → ``lock.extend(lock_timeout)``, whose script PEXPIREs to the timeout: schedulers.py LUA_EXTEND_TO_SCRIPT),
+so a lock with a live holder never stays beyond ``lock_timeout_s``. A holder that is gone (killed, crashed: a clean
+stop releases it) leaves it, and a new beat blocks in ``acquire_distributed_beat_lock`` — ``redis.lock(…,
+sleep=max_interval).acquire()``, blocking, with no blocking timeout — until the deadline: for months. So a lock
+expiring later than ``lock_timeout_s`` (+ tolerance) is reported, and deleted only when the hook has stopped this
+beat for the repair (``service``/``stop_command``, the guard's stop/start too: ``owner_stopped``): with a
+compare-and-delete on the token and the TTL read, so a lock a beat took or extended meanwhile is left. Without a
+way to stop beat it is only reported: another beat may be about to extend it.
 """
 
 from __future__ import annotations
@@ -104,6 +112,14 @@ SCHEDULE_TYPES = frozenset({"interval", "crontab", "rrule"})
 #: KEYS[1] the schedule ZSET, KEYS[2..] the entries; ARGV four per entry: the meta read ("" = none), the score read,
 #: the meta to write ("" = keep), the score to write. Each entry is changed only if both still hold what was read.
 #: Returns the positions (1-based) of the entries changed.
+#: Delete the lock only if it still holds the token read and still expires later than ARGV[2] ms from now.
+_LOCK_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] and redis.call('pttl', KEYS[1]) > tonumber(ARGV[2]) then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
 _SCRIPT = """
 local done = {}
 for i = 2, #KEYS do
@@ -379,7 +395,20 @@ class RedBeatTarget(BaseTarget):
             "lock_timeout_s if redbeat_lock_timeout is larger): the Redis host's clock stepped back after it was set "
             "(a key's expiry is an absolute time there). A running beat shortens it at its next tick; if no "
             f"beat runs, a new one waits for it until then: delete it (DEL {self.lock_key}) only when no beat "
-            "holds it. Timeguard leaves it alone"))
+            "holds it. Timeguard deletes it when its hook stops beat for the repair (service or stop_command), "
+            "and otherwise leaves it alone"))
+
+    def _release_stale_lock(self) -> bool:
+        """With beat stopped: delete a lock that expires later than the lock timeout (+ tolerance) allows — its
+        holder is gone, and a new beat would wait for it until then — if it still holds the token just read."""
+        if not self.lock_key:
+            return False
+        token = self._call(lambda: self.client.get(self.lock_key))
+        if token is None:
+            return False
+        limit_ms = int((self.lock_timeout_s + self.tolerance_s) * 1000)
+        script = self.client.register_script(_LOCK_SCRIPT)
+        return bool(self._call(lambda: script(keys=[self.lock_key], args=[token, limit_ms])))
 
     def _scan(self, now_s: float) -> tuple[Plan, list[Fix]]:
         fixes: list[Fix] = []
@@ -459,6 +488,12 @@ class RedBeatTarget(BaseTarget):
         else:
             clean = self._scan(checked_now(now_fn()))[0].empty
         assert first is not None
+        if owner_stopped and any(n.kind == "lock" for n in first.report) and self._release_stale_lock():
+            first = dataclasses.replace(first, report=tuple(
+                dataclasses.replace(n, detail=f"deleted: it expired later than the lock timeout allows "
+                                    f"({self.lock_timeout_s:g} s) and no beat held it (beat was stopped for the "
+                                    "repair); the next beat takes a fresh one") if n.kind == "lock" else n
+                for n in first.report))
         return Outcome(incident_id, repair_id, first, tuple(rounds), clean)
 
     def undo(self, undo_log: UndoLog, incident_id: str, now_fn: Callable[[], float], *,
@@ -560,7 +595,8 @@ class RedBeatOptions:
     redis_url_file: str | None = option(None, doc="a file holding the Redis URL (relative: in $CREDENTIALS_DIRECTORY, "
                                         "systemd's LoadCredential=)")
     key_prefix: str = option(DEFAULT_PREFIX, doc="redbeat_key_prefix (default redbeat:)")
-    lock_key: str | None = option(None, doc="redbeat_lock_key (default <key_prefix>:lock); only reported on")
+    lock_key: str | None = option(None, doc="redbeat_lock_key (default <key_prefix>:lock): a stale one is reported, "
+                                  "and deleted when the hook stops beat")
     tolerance_s: float = option(DEFAULT_TOLERANCE_S, lo=0, hi=366 * 86400.0,
                                 doc="future means more than this far ahead (default 600)")
     lock_timeout_s: float = option(DEFAULT_LOCK_TIMEOUT_S, lo=0, hi=366 * 86400.0,
