@@ -511,6 +511,8 @@ class APSchedulerOptions:
     """The apscheduler target's options (``type: apscheduler``): one job store — ``jobstore_url*`` (SQLAlchemy)
     or ``redis_url*`` — and the application's interpreter, which alone unpickles the job states."""
 
+    python: Any = option(doc="the application's interpreter (its venv's bin/python): it alone unpickles the job "
+                         "states", schema=APP_SCHEMA)
     jobstore_url: str | None = option(None, doc="SQLAlchemyJobStore's database: postgres://user@host/name, "
                                       "mysql://…, sqlite:////abs/path.sqlite3 (a password is better in _env/_file)")
     jobstore_url_env: str | None = option(None, doc="the environment variable holding the job store's URL")
@@ -522,8 +524,6 @@ class APSchedulerOptions:
     redis_url_file: str | None = option(None, doc="a file holding the Redis URL")
     jobs_key: str | None = option(None, doc=f"RedisJobStore jobs_key (default {DEFAULT_JOBS_KEY})")
     run_times_key: str | None = option(None, doc=f"RedisJobStore run_times_key (default {DEFAULT_RUN_TIMES_KEY})")
-    python: Any = option(None, doc="the application's interpreter (its venv's bin/python): it alone unpickles "
-                         "the job states", schema=APP_SCHEMA)
     path: Any = option(None, doc="directories put first on that interpreter's sys.path (the application's)",
                        schema={"type": "array", "items": APP_SCHEMA})
     environment_file: Any = option(None, doc="variables the application's code needs on import (systemd "
@@ -563,7 +563,7 @@ class APSchedulerKind(TargetKind):
         if red and any(options.get(k) is not None for k in ("tablename", "schema")):
             problems.append(("tablename", "tablename/schema are SQLAlchemyJobStore's: not with redis_url"))
         python = options.get("python")
-        if not isinstance(python, str) or not os.path.isabs(python):
+        if python is not None and (not isinstance(python, str) or not os.path.isabs(python)):  # missing: above
             problems.append(("python", "the application's interpreter, an absolute path (e.g. /srv/app/.venv/bin/"
                              "python): only it unpickles the job states"))
         path = options.get("path")
