@@ -4,7 +4,8 @@ any Python program, so a process counts only when
 1. it runs a Python (its executable, argv[0] or its script's shebang), and
 2. it holds a job store open that is confirmed to be APScheduler's —
    * an SQLite file among its open files (/proc/PID/fd) with a table of APScheduler's columns (``id``,
-     ``next_run_time``, ``job_state``: ``apscheduler_jobs`` by default, apscheduler/jobstores/sqlalchemy.py);
+     ``next_run_time``, ``job_state``: ``apscheduler_jobs`` by default, apscheduler/jobstores/sqlalchemy.py; the
+     other tables' columns are read only when that one is not there);
    * a TCP connection to PostgreSQL or MariaDB/MySQL whose address a database URL in its environment
      (/proc/PID/environ, root or its owner only) or on its command line names, and that database holds such a
      table (dj-database-url forms, timeguard.repair.dburl);
@@ -32,7 +33,7 @@ from timeguard.discover import argv as argvmod
 from timeguard.discover import process
 from timeguard.discover.systemd import systemd_unit
 from timeguard.repair.apprun import AppInterpreter, AppRunError
-from timeguard.repair.apscheduler_jobs import DEFAULT_JOBS_KEY, DEFAULT_RUN_TIMES_KEY
+from timeguard.repair.apscheduler_jobs import DEFAULT_JOBS_KEY, DEFAULT_RUN_TIMES_KEY, DEFAULT_TABLE
 from timeguard.repair.dburl import DatabaseUrlError, connect_url
 from timeguard.secrets import redact_url
 
@@ -46,6 +47,7 @@ _SQL_SCHEMES = ("postgres", "postgresql", "pgsql", "mysql", "mariadb")
 #: directly).
 SCAN_KEYS = 1000
 SCAN_ZSETS = 50
+SCAN_CALLS = 20
 IMPORT_TIMEOUT_S = 20.0
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -189,8 +191,11 @@ def inspect_app(proc: Any, cmdline: list[str], scan: Scan) -> App | None:
         return None
     problems: list[str] = []
     urls = _urls(seen.env, cmdline)
-    stores = _sqlite_stores(f.path for f in files)
-    stores += _server_stores(connections, urls, problems)
+    found = _sqlite_stores(f.path for f in files) + _server_stores(connections, urls, problems)
+    unique: dict[tuple[Any, ...], JobStore] = {}
+    for store in found:  # one URL both in the environment and on the command line: one store
+        unique.setdefault((store.kind, store.url, store.tablename, store.jobs_key), store)
+    stores = list(unique.values())
     if not stores:
         return None
     written, rest = argvmod.skip_python(cmdline)
@@ -291,7 +296,9 @@ def _sql_job_tables(url: str) -> list[tuple[str, int]]:
     try:
         with engine.connect() as conn:
             inspector = sa.inspect(conn)
-            for table in inspector.get_table_names():
+            names = inspector.get_table_names()
+            # APScheduler's default name first: the other tables' columns are read only when it is not there
+            for table in [DEFAULT_TABLE] if DEFAULT_TABLE in names else names:
                 if {c["name"] for c in inspector.get_columns(table)} >= JOB_COLUMNS:
                     count = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
                     found.append((table, int(count)))
@@ -401,6 +408,19 @@ def _redis_stores(url: str, local_addresses: list[Any], found_by: str, env: str 
     return stores
 
 
+def _scan(client: Any, kind: str, most: int) -> list[bytes]:
+    """Up to ``most`` keys of type ``kind``, from at most SCAN_CALLS SCANs of SCAN_KEYS keys each: a database of
+    millions of keys is sampled, not walked."""
+    found: list[bytes] = []
+    cursor = 0
+    for _ in range(SCAN_CALLS):
+        cursor, keys = client.scan(cursor=cursor, count=SCAN_KEYS, _type=kind)
+        found += keys
+        if not cursor or len(found) >= most:
+            break
+    return found[:most]
+
+
 def _addr(host: Any, port: Any) -> tuple[str, str]:
     return str(host).strip("[]"), str(port)
 
@@ -410,10 +430,10 @@ def _redis_pairs(client: Any) -> list[tuple[str, str, int]]:
     every hash + ZSET pair that shares a member whose hash value is a pickle (protocol 2 or later: ``\\x80``)."""
     if client.type(DEFAULT_JOBS_KEY) == b"hash" and client.type(DEFAULT_RUN_TIMES_KEY) == b"zset":
         return [(DEFAULT_JOBS_KEY, DEFAULT_RUN_TIMES_KEY, int(client.hlen(DEFAULT_JOBS_KEY)))]
-    zsets = [k for _, k in zip(range(SCAN_ZSETS), client.scan_iter(count=SCAN_KEYS, _type="zset"), strict=False)]
+    zsets = _scan(client, "zset", SCAN_ZSETS)
     if not zsets:
         return []
-    hashes = [k for _, k in zip(range(SCAN_KEYS), client.scan_iter(count=SCAN_KEYS, _type="hash"), strict=False)]
+    hashes = _scan(client, "hash", SCAN_KEYS)
     pairs = []
     for zset in zsets:
         first = client.zrange(zset, 0, 0)
