@@ -9,6 +9,7 @@ import pytest
 
 from timeguard import config
 from timeguard.cli import report
+from timeguard.measure import check
 from timeguard.measure.check import Probe, measure_all, parse_host, run_check
 from timeguard.model import Authentication, Sample, SourceKind, SourceState, Status
 from timeguard.ranges import Range
@@ -264,3 +265,11 @@ def test_reports_show_how_each_source_is_authenticated_and_which_classes_decide(
     line = report.nagios(result)
     assert line.startswith("TIMEGUARD OK - host clock") and "; HTTPS and NTS agree; " in line.split(" | ")[0]
     assert " sources_agreeing=3;;;0;6 sources_usable=6;;;0;6" in line
+
+
+def test_every_configured_source_says_who_runs_it():
+    """The operator reaches the sample, answered or not (loopback port 9: nothing listens)."""
+    cfg = config.loads("sources: {ntp: [{host: 127.0.0.1, port: 9, operator: Lab.Example}],\n"
+                       "          http: [{url: 'https://127.0.0.1:9/'}]}")
+    samples = measure_all(check.probes(cfg), 1.0)
+    assert [(s.kind, s.operator) for s in samples] == [(SourceKind.NTP, "lab.example"), (SourceKind.HTTP, "127.0.0.1")]
