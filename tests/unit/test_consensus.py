@@ -503,7 +503,9 @@ def test_spoofed_ntp_majority_beside_nts_and_https_is_outvoted():
         assert sv.state is SourceState.FALSETICKER
         assert sv.reason.startswith("outvoted by authenticated sources: its interval [+4.999000 s, +5.001000 s]")
     assert [state for name, state in states(v).items() if not name.startswith("ntp")] == [SourceState.TRUECHIMER] * 3
-    assert "HTTPS and NTS agree; the authenticated sources decide (3 of 3 NTP sources outvoted)" in v.summary
+    assert ("3 of 6 usable sources agree; HTTPS and NTS agree; the authenticated sources decide (3 of 3 NTP sources "
+            "outvoted)") in v.summary
+    assert (v.offset_lo_s, v.offset_hi_s) == (pytest.approx(-0.0011), pytest.approx(0.0012))  # the NTS pair's
 
 
 def test_authenticated_classes_that_disagree_are_inconsistent_whatever_ntp_says():

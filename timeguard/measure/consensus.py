@@ -185,6 +185,7 @@ def decide(
         disagreeing=disagreeing,
         agreeing_classes=agreeing_classes,
         outvoted=None if judge is None else judge.outvoted,
+        usable=len(usable),
         total=len(samples),
         needed=needed,
         witness=witness,
@@ -352,6 +353,7 @@ def _summary(
     disagreeing: tuple[ClassAgreement, ClassAgreement] | None,
     agreeing_classes: Sequence[TrustClass],
     outvoted: tuple[int, int] | None,
+    usable: int,
     total: int,
     needed: int,
     witness: tuple[float, Range] | None,
@@ -359,7 +361,7 @@ def _summary(
 ) -> str:
     if status is Status.UNKNOWN:
         return (
-            f"only {overall.usable} of {total} sources usable, {needed} needed: "
+            f"only {usable} of {total} sources usable, {needed} needed: "
             "the clock cannot be checked"
         )
     if status is Status.SOURCES_INCONSISTENT:
@@ -372,9 +374,7 @@ def _summary(
             f"{fmt_offset(a.offset_hi_s)}] but {b.trust_class.label} sources ({b.agreeing} of {b.usable}) say "
             f"[{fmt_offset(b.offset_lo_s)}, {fmt_offset(b.offset_hi_s)}]: one class is lying"
         )
-    if status is Status.NO_MAJORITY:
-        if outvoted is not None:
-            return "no majority among the authenticated sources"
+    if status is Status.NO_MAJORITY:  # (never when the authenticated sources decide: they have a majority)
         return (
             f"no majority: at most {overall.depth} of {overall.usable} usable sources agree, "
             f"{overall.quorum} needed"
@@ -399,9 +399,9 @@ def _summary(
     text = (
         f"host clock {direction} by {fmt_offset(abs(offset))[1:]} (offset {offset:+.6f} s, "
         f"true offset in {fmt_regions(regions)}{split}), "
-        f"{overall.depth} of {overall.usable} usable sources agree{cross}"
+        f"{overall.depth} of {usable} usable sources agree{cross}"
     )
-    if overall.usable == 1:
+    if usable == 1:
         text += "; a single source cannot be outvoted: if it is wrong, nothing here can tell"
     if witness is not None:
         point, threshold = witness
