@@ -86,13 +86,15 @@ def witness_problem(verdict: Mapping[str, Any]) -> str | None:
     """None when two independent witnesses vouch for the verdict, at least one authenticated (module docstring);
     else the reason, for a person."""
     witnesses = verdict.get("witnesses")
+    agree = verdict.get("ntp_http_agree")
     if witnesses is None:  # the rule before trust classes
-        agree = verdict.get("ntp_http_agree")
         if agree is True:
             return None
         if agree is None:
             return "no repair: NTP and HTTPS did not both answer, so neither confirms the other"
         return "no repair: NTP and HTTPS do not agree"
+    if agree is False:
+        return "no repair: the classes of sources do not agree"
     if not isinstance(witnesses, list | tuple) or not all(isinstance(w, str) for w in witnesses):
         return f"no repair: the verdict's witnesses ({witnesses!r}) are not a list of names"
     distinct = sorted(set(witnesses))
