@@ -230,7 +230,7 @@ class SourceVerdict:
 
 @dataclass(frozen=True, slots=True)
 class ClassAgreement:
-    """The selection run over one trust class of sources alone (only NTP, only HTTPS)."""
+    """The selection run over one trust class of sources alone (only NTP, only HTTPS, only NTS)."""
 
     trust_class: TrustClass
     usable: int
@@ -261,7 +261,8 @@ class Verdict:
     #: Every trust class, in :class:`TrustClass` order, with or without sources.
     classes: Mapping[TrustClass, ClassAgreement]
     #: Whether the majorities of the classes overlap, every pair of them; None when fewer than two classes have
-    #: a majority of their own (nothing to compare).
+    #: a majority of their own (nothing to compare). When the authenticated sources decide (``authenticated_decide``)
+    #: an outvoted plain-NTP class does not count: it is outvoted, not a disagreement (consensus module docstring).
     classes_agree: bool | None
     warning: Range  # applied to |offset| at every point of ``regions``
     critical: Range
