@@ -24,6 +24,7 @@ import yaml
 
 from timeguard import secrets
 from timeguard.hints import did_you_mean
+from timeguard.model import operator_of
 
 DEFAULT_PATH = Path("/etc/timeguard/timeguard.yaml")
 ENV_VAR = "TIMEGUARD_CONFIG"
@@ -45,15 +46,25 @@ def option(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: f
     return field(default=default, metadata=meta)
 
 
+_OPERATOR_DOC = ("who runs the source (default: the host's last two DNS labels); the repair's evidence counts "
+                 "authenticated sources of independent operators")
+
+
 @dataclass(frozen=True, slots=True)
 class NtpServer:
     host: str
     port: int = option(123, lo=1, hi=65535)
     name: str | None = None
+    operator: str | None = option(None, doc=_OPERATOR_DOC)
 
     @property
     def label(self) -> str:
         return self.name or (self.host if self.port == 123 else f"{self.host}:{self.port}")
+
+    @property
+    def owner(self) -> str:
+        """The operator: ``operator`` as given (lower-cased), else :func:`operator_of` the host."""
+        return owner(self.operator, self.host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +73,22 @@ class HttpServer:
     ca_bundle: str | None = None
     allow_plain_http: bool = False
     name: str | None = None
+    operator: str | None = option(None, doc=_OPERATOR_DOC)
 
     @property
     def label(self) -> str:
         return self.name or self.url
+
+    @property
+    def owner(self) -> str:
+        """The operator: ``operator`` as given (lower-cased), else :func:`operator_of` the URL's host."""
+        return owner(self.operator, urllib.parse.urlsplit(self.url).hostname or self.url)
+
+
+def owner(operator: str | None, host: str) -> str:
+    """A source's operator: the one configured (``operator:``, compared lower-cased) or :func:`operator_of` its
+    host."""
+    return operator.strip().lower() if operator else operator_of(host)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,7 @@ class Event:
     step_s: float | None = None  # signed size of the step; for rollback_while_down a lower bound
     wall_before_s: float | None = None  # host wall clock just before the step
     trusted_time_s: float | None = None
-    verdict: dict[str, Any] | None = None  # status, offset_s, offset_lo_s, offset_hi_s, summary, ntp_http_agree
+    verdict: dict[str, Any] | None = None  # verdict_summary: status, offsets, summary, ntp_http_agree, witnesses…
     detail: dict[str, Any] = field(default_factory=dict)
     test: bool = False
     schema: int = SCHEMA_VERSION

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from timeguard import __version__
 from timeguard.hooks.outbox import OutboxStore
-from timeguard.model import SourceState, Status, verdict_record
+from timeguard.model import SourceState, Status, TrustClass, verdict_record
 from timeguard.store.journal import JournalError
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ CATALOGUE = {
     "timeguard_sources_agreeing": "gauge",
     "timeguard_source_offset_seconds": "gauge",
     "timeguard_source_state": "gauge",
+    "timeguard_source_authenticated": "gauge",
+    "timeguard_class_agrees": "gauge",
     "timeguard_clock_steps": "counter",
     "timeguard_journal_errors": "counter",
     "timeguard_last_check_timestamp_seconds": "gauge",
@@ -123,12 +125,25 @@ class _Snapshot(Collector):
                                        labels=["source", "kind"])
         per_state = GaugeMetricFamily("timeguard_source_state", "1 for the source's current state",
                                       labels=["source", "kind", "state"])
+        per_auth = GaugeMetricFamily("timeguard_source_authenticated",
+                                     "1 if an on-path attacker cannot forge the source's answers (NTS, HTTPS), 0 for "
+                                     "plain NTP", labels=["source", "kind"])
         for src in d.get("sources", []):
             per_offset.add_metric([src["name"], src["kind"]], _num(src["offset_s"]))
             for state in SourceState:
                 per_state.add_metric([src["name"], src["kind"], state.value], 1.0 if src["state"] == state else 0.0)
+            per_auth.add_metric([src["name"], src["kind"]], 1.0 if src.get("authenticated") else 0.0)
         yield per_offset
         yield per_state
+        yield per_auth
+        classes = GaugeMetricFamily("timeguard_class_agrees",
+                                    "1 if the trust class's majority agrees with the verdict, 0 if it misses it "
+                                    "(plain NTP outvoted by authenticated sources), NaN without a majority of its "
+                                    "own or without a verdict offset", labels=["class", "authenticated"])
+        for trust_class in TrustClass:
+            classes.add_metric([trust_class.value, str(trust_class.authenticated).lower()],
+                               _num(d.get("classes", {}).get(trust_class.value)))
+        yield classes
         steps = CounterMetricFamily("timeguard_clock_steps", "Clock steps detected, by direction",
                                     labels=["direction"])
         for direction, count in sorted(d.get("steps", {}).items()):
@@ -200,7 +215,7 @@ class Metrics:
             "stopped_by_guard": self._stopped_by_guard(agent.journal, hooks),
         }
         if verdict is not None:
-            data.update(verdict_record(verdict), last_check_wall_s=time.time())
+            data.update(verdict_record(verdict), last_check_wall_s=time.time(), classes=class_agreement(verdict))
         self._snapshot.set(data)
         self.write_textfile()
 
@@ -241,6 +256,14 @@ class Metrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def class_agreement(verdict: Verdict) -> dict[str, float | None]:
+    """Per trust class: 1.0 if its majority agrees with the verdict, 0.0 if it misses it, None (NaN) without a
+    majority of its own or without a verdict offset (SOURCES_INCONSISTENT says which classes disagree)."""
+    found = verdict.offset_s is not None
+    return {c.value: (float(c in verdict.agreeing_classes) if found and agreement.has_majority else None)
+            for c, agreement in verdict.classes.items()}
 
 
 def write_textfile(path: str, body: bytes) -> None:

@@ -209,7 +209,7 @@ class SourceVerdict:
         """What the journal keeps and the metrics show of a source."""
         s = self.sample
         return {"name": s.name, "kind": s.kind.value, "state": self.state.value, "offset_s": s.offset_s,
-                "reason": self.reason}
+                "reason": self.reason, "authenticated": s.kind.trust_class.authenticated, "operator": s.operator}
 
     def to_dict(self) -> dict[str, Any]:
         """All of it (``check --json``)."""
@@ -224,12 +224,13 @@ class SourceVerdict:
             "leap": s.leap,
             "requests": s.requests,
             "kiss_code": s.kiss_code,
+            "auth": None if s.auth is None else s.auth.to_dict(),
         }
 
 
 @dataclass(frozen=True, slots=True)
 class ClassAgreement:
-    """The selection run over one trust class of sources alone (only NTP, only HTTPS)."""
+    """The selection run over one trust class of sources alone (only NTP, only HTTPS, only NTS)."""
 
     trust_class: TrustClass
     usable: int
@@ -244,7 +245,7 @@ class ClassAgreement:
 
     def to_dict(self) -> dict[str, Any]:
         return {"usable": self.usable, "agreeing": self.agreeing, "offset_lo_s": self.offset_lo_s,
-                "offset_hi_s": self.offset_hi_s}
+                "offset_hi_s": self.offset_hi_s, "authenticated": self.trust_class.authenticated}
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +261,8 @@ class Verdict:
     #: Every trust class, in :class:`TrustClass` order, with or without sources.
     classes: Mapping[TrustClass, ClassAgreement]
     #: Whether the majorities of the classes overlap, every pair of them; None when fewer than two classes have
-    #: a majority of their own (nothing to compare).
+    #: a majority of their own (nothing to compare). When the authenticated sources decide (``authenticated_decide``)
+    #: an outvoted plain-NTP class does not count: it is outvoted, not a disagreement (consensus module docstring).
     classes_agree: bool | None
     warning: Range  # applied to |offset| at every point of ``regions``
     critical: Range
@@ -269,6 +271,28 @@ class Verdict:
     #: order (``offset_lo_s``/``offset_hi_s`` are their hull). More than one: the majority is split, and the
     #: true offset lies in one of them — which one, the sources cannot tell.
     regions: tuple[tuple[float, float], ...] = ()
+    #: The classes whose majority agrees with the verdict, in :class:`TrustClass` order (empty without an offset,
+    #: or when the classes are inconsistent). An outvoted plain-NTP class is not among them.
+    agreeing_classes: tuple[TrustClass, ...] = ()
+    #: Whether the authenticated sources decided (consensus module docstring): unauthenticated ones only count
+    #: where they agree with them.
+    authenticated_decide: bool = False
+
+    @property
+    def witnesses(self) -> tuple[str, ...]:
+        """The independent confirmations of the verdict the repair's evidence rule counts: each agreeing class is
+        one (``"ntp"``, ``"http"``: one on-path attacker can move all plain NTP; HTTPS Date alone is too coarse to
+        count twice), except NTS, where each operator of an NTS truechimer is one (``"nts:netnod.se"``): two
+        names of one operator are one witness."""
+        out: list[str] = []
+        for trust_class in self.agreeing_classes:
+            if trust_class is not TrustClass.NTS:
+                out.append(trust_class.value)
+                continue
+            operators = {sv.sample.operator or operator_of(sv.sample.name) for sv in self.sources
+                         if sv.sample.kind.trust_class is trust_class and sv.state is SourceState.TRUECHIMER}
+            out += [f"{trust_class.value}:{op}" for op in sorted(operators)]
+        return tuple(out)
 
     @property
     def ntp_http_agree(self) -> bool | None:
@@ -297,8 +321,7 @@ class Verdict:
         return host_now_s + self.offset_s
 
 
-def verdict_summary(verdict: Verdict) -> dict[str, Any]:
-    """What events, hooks, the daemon's log and the repair's evidence rule read of a verdict."""
+def _verdict_outcome(verdict: Verdict) -> dict[str, Any]:
     return {
         "status": verdict.status.value,
         "offset_s": verdict.offset_s,
@@ -309,11 +332,22 @@ def verdict_summary(verdict: Verdict) -> dict[str, Any]:
     }
 
 
-def verdict_record(verdict: Verdict) -> dict[str, Any]:
-    """:func:`verdict_summary` with the counts and the sources in brief: what the journal keeps (a
-    ``CheckRecord``'s fields), the metrics show and ``check --json`` starts from."""
+def verdict_summary(verdict: Verdict) -> dict[str, Any]:
+    """What events, hooks, the daemon's log and the repair's evidence rule read of a verdict: the outcome, and
+    who vouches for it (``agreeing_classes``; ``witnesses``, :attr:`Verdict.witnesses`)."""
     return {
-        **verdict_summary(verdict),
+        **_verdict_outcome(verdict),
+        "agreeing_classes": [c.value for c in verdict.agreeing_classes],
+        "witnesses": list(verdict.witnesses),
+    }
+
+
+def verdict_record(verdict: Verdict) -> dict[str, Any]:
+    """The outcome with the counts and the sources in brief: what the journal keeps (a ``CheckRecord``'s fields),
+    the metrics show and ``check --json`` starts from. Who vouches for a verdict is read live (the evidence rule
+    judges the current verdict), so the journal does not keep it; the sources' states say it."""
+    return {
+        **_verdict_outcome(verdict),
         "usable": verdict.usable,
         "agreeing": verdict.agreeing,
         "sources": [sv.brief_dict() for sv in verdict.sources],

@@ -26,7 +26,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.test_beat_repair_cli import run_cli
 from tests.support import beat as beatlib
 from tests.support import beatdaemon
 from tests.support.beat import PROJECT_DIR, STOCK_SETTINGS, BeatDatabase, drive_into_bug, running_beat
@@ -34,6 +33,7 @@ from tests.support.daemon import write_config
 from tests.support.fake_http import running
 from tests.support.fake_ntp import FakeNTPServer
 from tests.support.realprogs import FakeClock, scratch_dir
+from tests.support.repaircli import run_cli
 from timeguard.events import EventKind
 
 pytestmark = pytest.mark.real

@@ -25,15 +25,12 @@ FakeClock. Every process is started by this test and stopped by PID.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,14 +53,13 @@ from tests.support.controlled import AdoptedProcess, beat_spec, commands
 from tests.support.daemon import write_config
 from tests.support.realprogs import (
     FakeClock,
-    ManagedProcess,
     scratch_dir,
 )
+from tests.support.repaircli import Cli, CliRun, run_cli, start_cli
 from timeguard.repair.celery_beat import DEFAULT_WAIT_MARGIN_S
 
 pytestmark = pytest.mark.real
 
-REPO = Path(__file__).resolve().parents[2]
 # The full 8-s bug check runs on every database in test_beat_bug.py and before the daemon's repair; here each
 # test starts from a shorter one.
 SHORT_QUIET_S = 3.0
@@ -71,7 +67,6 @@ BEAT_MAX_INTERVAL_S = 1  # beat runs with --max-interval 1; the repair is told t
 # the engine's wait between phase A and B on SQLite, where it cannot see beat's poll: max interval + margin
 WAIT_S = BEAT_MAX_INTERVAL_S + DEFAULT_WAIT_MARGIN_S
 RATE_WINDOW_S = 5.0
-CLI_TIMEOUT_S = 90.0
 RELOAD = r"DatabaseScheduler: Schedule changed"
 SLOW, SLOW_EVERY_S = "every-20s", 20  # test 4's extra task: not due again before the undo
 
@@ -100,60 +95,6 @@ def state_dir(config: Path) -> Path:
 def wall_to_mono(wall_s: float) -> float:
     """A wall-clock instant (real time, as the CLI's trusted now is) on this process's monotonic axis."""
     return wall_s - time.time() + time.monotonic()
-
-
-@dataclasses.dataclass
-class CliRun:
-    args: tuple[str, ...]
-    rc: int
-    stdout: str
-    stderr: str
-    started: float  # monotonic
-    ended: float
-
-    def json(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.stdout)
-        except ValueError:
-            raise AssertionError(f"not JSON from {' '.join(self.args)} (rc {self.rc}):\n{self.stdout}\n"
-                                 f"{self.stderr}") from None
-
-    def __str__(self) -> str:
-        return f"timeguard repair {' '.join(self.args)} -> {self.rc}\n{self.stdout[-3000:]}\n{self.stderr[-3000:]}"
-
-
-@dataclasses.dataclass
-class Cli:
-    args: tuple[str, ...]
-    proc: ManagedProcess
-    started: float
-
-    def finish(self, timeout_s: float = CLI_TIMEOUT_S) -> CliRun:
-        try:
-            out, err = self.proc.popen.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.stop()
-            raise AssertionError(f"timeguard repair {' '.join(self.args)} still running after {timeout_s} s") from None
-        finally:
-            self.proc.stop()
-        rc = self.proc.popen.returncode
-        assert rc is not None
-        return CliRun(self.args, rc, out, err, self.started, time.monotonic())
-
-
-def start_cli(config: Path, *args: str) -> Cli:
-    """``python -m timeguard repair ARGS --config CONFIG`` at real time (setpriv without CAP_SYS_TIME)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAKETIME", "LD_PRELOAD"))
-           and k not in ("TIMEGUARD_CONFIG", "TIMEGUARD_BEAT_DATABASE_URL")}
-    argv = (*args, "--config", str(config))
-    started = time.monotonic()
-    proc = ManagedProcess.start([sys.executable, "-m", "timeguard", "repair", *argv], name="timeguard-repair",
-                                env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return Cli(argv, proc, started)
-
-
-def run_cli(config: Path, *args: str, timeout_s: float = CLI_TIMEOUT_S) -> CliRun:
-    return start_cli(config, *args).finish(timeout_s)
 
 
 def repair_args(db: BeatDatabase, *extra: str) -> tuple[str, ...]:

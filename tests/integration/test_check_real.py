@@ -82,6 +82,10 @@ def test_honest_majority_rejects_a_liar_and_survives_dead_sources(chrony_server,
         s = sources[f"chrony:{server.port}"]
         assert s["state"] == "truechimer" and s["stratum"] == 2 and s["delay_s"] < 0.01
     assert all(sources[h.url]["state"] == "truechimer" for h in https)
+    # how each was authenticated, and by whom it is run (the evidence rule's operators)
+    assert [sources[h.url]["auth"]["mode"] for h in https] == ["tls", "tls"] and sources["liar"]["auth"] is None
+    assert sources["liar"]["operator"] == sources[https[0].url]["operator"] == "127.0.0.1"
+    assert data["agreeing_classes"] == ["ntp", "http"] and data["witnesses"] == ["ntp", "http"]
     # one check, whatever is dead: bounded by the deadline (+ interpreter start-up, measured separately)
     assert elapsed < TIMEOUT_S + 0.2 + 1.0, elapsed
     assert data["duration_s"] <= TIMEOUT_S + 0.2
@@ -101,8 +105,13 @@ def test_spoofed_ntp_majority_is_caught_by_https(chrony_server, nginx_server, te
     assert data["classes"]["ntp"]["offset_lo_s"] > 4.9  # the NTP class alone would follow the liars (as chrony does)
     assert data["offset_s"] is None
 
-    code, out, _, _ = check(cfg)  # the human table says which class is lying
+    # HTTPS is the only authenticated class: one-second Dates do not overrule NTP, no class is trusted
+    assert data["authenticated_decide"] is False and data["witnesses"] == []
+
+    code, out, _, _ = check(cfg)  # the human table says which class is lying, and how each source is authenticated
     assert "Verdict: SOURCES_INCONSISTENT: NTP sources (3 of 5) say offset" in out and "one class is lying" in out
+    auth = {line.split()[3]: line.split()[2] for line in out.splitlines()[1:8]}
+    assert auth == {**{f"chrony:{s.port}": "-" for s in liars + honest}, **{h.url: "TLS" for h in https}}
 
 
 def test_lying_https_server_is_a_falseticker(chrony_server, nginx_server, test_ca, fake_clock):

@@ -32,7 +32,7 @@ from timeguard.measure import anchor, net
 from timeguard.measure.http import Connection, query_http
 from timeguard.measure.httpdate import parse_http_date
 from timeguard.measure.sanity import EARLIEST_PLAUSIBLE_S, implausible
-from timeguard.model import Sample, SourceKind, SourceState
+from timeguard.model import Authentication, Sample, SourceKind, SourceState
 
 #: taken before any test patches it (fake_dns)
 REAL_GETADDRINFO = socket.getaddrinfo
@@ -125,6 +125,7 @@ def test_true_offset_lies_inside_the_interval_and_the_bound_is_tight(measured, o
     sample = run.sample
     assert sample.usable, sample.reason
     assert sample.kind is SourceKind.HTTP
+    assert sample.auth is None  # plain http:// (allow_plain_http): nothing authenticated its Date
     assert contains(sample, offset_s), (offset_s, sample)
     assert sample.error_s is not None
     sample = tight_bound(run, allow_plain_http=True)
@@ -166,6 +167,7 @@ def test_probes_use_one_kept_alive_connection_and_ask_caches_not_to_answer(measu
 def test_https_verified_with_the_test_ca(measured):
     run = measured["https"]
     assert run.sample.usable, run.sample.reason
+    assert run.sample.auth == Authentication(mode="tls")  # the AUTH column's TLS
     assert contains(run.sample, HTTPS_OFFSET_S)
     assert len({request.connection for request in run.server.served[:7]}) == 1  # one TLS handshake, keep-alive
     tight_bound(run, ca_bundle=run.server.ca_bundle)

@@ -9,8 +9,9 @@ import pytest
 
 from timeguard import config
 from timeguard.cli import report
+from timeguard.measure import check
 from timeguard.measure.check import Probe, measure_all, parse_host, run_check
-from timeguard.model import Sample, SourceKind, SourceState, Status
+from timeguard.model import Authentication, Sample, SourceKind, SourceState, Status
 from timeguard.ranges import Range
 
 CFG = dataclasses.replace(config.load(None), timeout_s=0.5)
@@ -84,9 +85,11 @@ def test_reports_read_like_chronyc_json_and_nagios():
     probes = [good("a", 0.01), good("b", 0.0101), good("liar", 5.0), good("h", 0.012, SourceKind.HTTP, 0.01)]
     result = run_check(CFG, probe_list=probes)
     text = report.human(result)
-    assert text.splitlines()[0].split() == ["KIND", "SOURCE", "OFFSET", "BOUND", "DELAY", "ST", "STATE", "WHY"]
+    assert text.splitlines()[0].split() == ["KIND", "AUTH", "SOURCE", "OFFSET", "BOUND", "DELAY", "ST", "STATE",
+                                            "WHY"]
     liar_line = next(line for line in text.splitlines() if " liar " in line)
     assert liar_line.startswith("x") and "falseticker" in liar_line and "misses the majority" in liar_line
+    assert liar_line.split()[1:3] == ["ntp", "-"]  # plain NTP: no authentication
     assert "Verdict: OK: host clock behind by" in text
     assert "Trusted time: " in text and "Local kernel: " in text
 
@@ -98,11 +101,16 @@ def test_reports_read_like_chronyc_json_and_nagios():
         "a": "truechimer", "b": "truechimer", "liar": "falseticker", "h": "truechimer"}
     assert set(data["sources"][0]) >= {"name", "kind", "offset_s", "delay_s", "state", "reason"}
     assert set(data["sources"][0]) == {"name", "kind", "address", "offset_s", "offset_lo_s", "offset_hi_s", "delay_s",
-                                       "stratum", "leap", "requests", "state", "reason", "kiss_code"}
+                                       "stratum", "leap", "requests", "state", "reason", "kiss_code", "auth",
+                                       "authenticated", "operator"}
+    assert (data["sources"][0]["auth"], data["sources"][0]["authenticated"]) == (None, False)
+    assert data["agreeing_classes"] == ["ntp", "http"] and data["witnesses"] == ["ntp", "http"]
+    assert data["authenticated_decide"] is False
     # one entry per trust class, whether or not it has sources; the HTTPS one here is the single "h"
     assert set(data["classes"]) == {"ntp", "http", "nts"}
     assert data["classes"]["http"] == {"usable": 1, "agreeing": 1, "offset_lo_s": pytest.approx(0.002),
-                                       "offset_hi_s": pytest.approx(0.022)}
+                                       "offset_hi_s": pytest.approx(0.022), "authenticated": True}
+    assert data["classes"]["ntp"]["authenticated"] is False and data["classes"]["nts"]["authenticated"] is True
     assert data["classes"]["ntp"]["usable"] == 3 and data["classes"]["ntp"]["agreeing"] == 2
     assert data["local"]["kernel"]["state"].startswith("TIME_")
 
@@ -220,3 +228,48 @@ def test_human_report_of_a_split_majority_says_the_trusted_time_is_a_guess():
     assert "Verdict: WARNING: " in text and " or [+2.499000 s, +2.501000 s]" in text
     assert "a guess: the majority is split into 2 regions" in text
     assert json.loads(report.as_json(result))["regions"] == [[-0.001, 0.001], [2.499, 2.501]]
+
+
+def authenticated(name: str, offset: float, kind: SourceKind, auth: Authentication, err: float) -> Probe:
+    def measure(timeout_s: float) -> Sample:
+        return Sample(name, kind, address="127.0.0.1:123", offset_s=offset, offset_lo_s=offset - err,
+                      offset_hi_s=offset + err, delay_s=0.0002, requests=4, auth=auth, operator=f"{name}.example")
+
+    return Probe(name, kind, measure)
+
+
+def test_reports_show_how_each_source_is_authenticated_and_which_classes_decide():
+    """Issue 13: a spoofed plain-NTP majority beside NTS and HTTPS: the table's AUTH column reads like chronyc
+    authdata's Mode, --json carries each source's auth and operator, and Nagios names the classes that agree."""
+    key = Authentication("nts", aead="AEAD_AES_SIV_CMAC_256", key_bits=256, cookies=8, cookie_bytes=100,
+                         ke_age_s=12.5)
+    probes = [good("n1", 5.0), good("n2", 5.0), good("n3", 5.0),
+              authenticated("t1", 0.0, SourceKind.NTS, key, 0.001),
+              authenticated("t2", 0.0001, SourceKind.NTS, key, 0.001),
+              authenticated("h", 0.0, SourceKind.HTTP, Authentication("tls"), 0.3)]
+    result = run_check(CFG, probe_list=probes, with_local=False)
+    assert result.verdict.status is Status.OK and result.exit_code == 0
+    rows = {line.split()[3]: line.split()[:3] for line in report.human(result).splitlines()[1:7]}
+    assert rows == {"n1": ["x", "ntp", "-"], "n2": ["x", "ntp", "-"], "n3": ["x", "ntp", "-"],
+                    "t1": ["*", "nts", "NTS"], "t2": ["*", "nts", "NTS"], "h": ["*", "http", "TLS"]}
+    assert "outvoted by authenticated sources" in report.human(result)
+
+    data = json.loads(report.as_json(result))
+    by_name = {s["name"]: s for s in data["sources"]}
+    assert by_name["t1"]["auth"] == key.to_dict() and by_name["t1"]["operator"] == "t1.example"
+    assert by_name["h"]["auth"]["mode"] == "tls" and by_name["n1"]["auth"] is None
+    assert [by_name[n]["authenticated"] for n in ("n1", "t1", "h")] == [False, True, True]
+    assert data["agreeing_classes"] == ["http", "nts"] and data["authenticated_decide"] is True
+    assert data["witnesses"] == ["http", "nts:t1.example", "nts:t2.example"]
+
+    line = report.nagios(result)
+    assert line.startswith("TIMEGUARD OK - host clock") and "; HTTPS and NTS agree; " in line.split(" | ")[0]
+    assert " sources_agreeing=3;;;0;6 sources_usable=6;;;0;6" in line
+
+
+def test_every_configured_source_says_who_runs_it():
+    """The operator reaches the sample, answered or not (loopback port 9: nothing listens)."""
+    cfg = config.loads("sources: {ntp: [{host: 127.0.0.1, port: 9, operator: Lab.Example}],\n"
+                       "          http: [{url: 'https://127.0.0.1:9/'}]}")
+    samples = measure_all(check.probes(cfg), 1.0)
+    assert [(s.kind, s.operator) for s in samples] == [(SourceKind.NTP, "lab.example"), (SourceKind.HTTP, "127.0.0.1")]

@@ -89,12 +89,23 @@ BAD_INPUT = [
     ("sources: {http: [{url: 'https://x/', allow_plain_http: yes please}]}\n",
      "sources.http[0].allow_plain_http: must be true or false"),
     ("? [a, b]\n: 1\n", "keys must be names"),
+    ("sources: {ntp: [{host: a, operator: ''}]}\n", "t.yaml:1: sources.ntp[0].operator: must be non-empty text"),
+    ("sources: {http: [{url: 'https://x/', operator: 7}]}\n", "sources.http[0].operator: must be"),
 ]
 
 
 @pytest.mark.parametrize(("text", "expected"), BAD_INPUT)
 def test_bad_input_is_named_precisely(text, expected):
     assert any(expected in line for line in problems(text)), problems(text)
+
+
+def test_a_sources_operator_is_configured_or_its_hosts_last_two_labels():
+    """The evidence rule counts authenticated sources of independent operators (issue 13)."""
+    cfg = config.loads("sources: {ntp: [{host: ntp1.example.org}, {host: 10.0.0.1, operator: Example.ORG}],\n"
+                       "          http: [{url: 'https://www.cloudflare.com/'}, {url: 'https://[::1]:8443/'},\n"
+                       "                 {url: 'https://time.example.net/', operator: cloudflare.com}]}")
+    assert [s.owner for s in cfg.sources.ntp] == ["example.org", "example.org"]
+    assert [s.owner for s in cfg.sources.http] == ["cloudflare.com", "::1", "cloudflare.com"]
 
 
 def test_plain_http_allowed_explicitly():

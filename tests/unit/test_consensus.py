@@ -29,6 +29,10 @@ def http(name: str, offset: float, err: float = 0.01) -> Sample:
     return ntp(name, offset, err, SourceKind.HTTP)
 
 
+def nts(name: str, offset: float, err: float = 0.001, operator: str | None = None) -> Sample:
+    return dataclasses.replace(ntp(name, offset, err, SourceKind.NTS), operator=operator)
+
+
 def dead(name: str, kind: SourceKind = SourceKind.NTP) -> Sample:
     return Sample.failed(name, kind, SourceState.UNREACHABLE, "no reply within 2.0 s")
 
@@ -325,8 +329,8 @@ _RANK = {Status.OK: 0, Status.WARNING: 1, Status.CRITICAL: 2}
 
 
 sample_st = st.one_of(
-    st.tuples(interval_st, st.sampled_from([SourceKind.NTP, SourceKind.HTTP])),
-    st.sampled_from([SourceKind.NTP, SourceKind.HTTP]),  # a source that did not answer
+    st.tuples(interval_st, st.sampled_from(list(SourceKind))),
+    st.sampled_from(list(SourceKind)),  # a source that did not answer
 )
 
 
@@ -379,11 +383,19 @@ def test_regions_are_exactly_the_points_a_strict_majority_covers(raw, data):
     assert sel.has_majority == bool(sel.regions)
 
 
+def _pairwise(judged) -> bool | None:
+    if len(judged) < 2:
+        return None
+    return all(any(x_lo <= y_hi and y_lo <= x_hi for x_lo, x_hi in a.regions for y_lo, y_hi in b.regions)
+               for i, a in enumerate(judged) for b in judged[i + 1:])
+
+
 @given(st.lists(sample_st, min_size=1, max_size=9), st.integers(1, 4))
 def test_every_trust_class_is_judged_alone_and_against_every_other(raw, min_sources):
-    """Each class's agreement is the selection over its own sources (each kind declares its class); the classes
-    agree iff every two with a majority overlap somewhere; ntp_http_agree is that, and a disagreement is
-    SOURCES_INCONSISTENT (unless too few sources answered)."""
+    """Each class's agreement is the selection over its own sources (each kind declares its class). Authenticated
+    classes that miss each other are SOURCES_INCONSISTENT; when the authenticated sources decide (NTS has a majority
+    of its own, and so have the authenticated together) an NTP class that misses them is outvoted, never a
+    disagreement; otherwise every two classes with a majority must overlap, as before trust classes."""
     samples = build(raw)
     v = run(samples, min_sources=min_sources)
     assert list(v.classes) == list(TrustClass)
@@ -394,20 +406,31 @@ def test_every_trust_class_is_judged_alone_and_against_every_other(raw, min_sour
         assert (agreement.usable, agreement.agreeing, agreement.regions) == (own.usable, own.depth, own.regions)
         assert (agreement.offset_lo_s, agreement.offset_hi_s) == (own.lo_s, own.hi_s)
     judged = [c for c in v.classes.values() if c.has_majority]
-    if len(judged) < 2:
-        expected = None
+    auth_agree = _pairwise([c for c in judged if c.trust_class.authenticated])
+    authenticated = select([(s.offset_lo_s, s.offset_hi_s) for s in samples
+                            if s.usable and s.kind.trust_class.authenticated])
+    decides = auth_agree is not False and v.classes[TrustClass.NTS].has_majority and authenticated.has_majority
+    assert v.authenticated_decide is decides
+    if auth_agree is False:
+        expected = False
+    elif decides:  # the outvoted NTP class does not count; the others agree
+        counted = [c for c in judged if c.trust_class.authenticated or _pairwise([c, ClassAgreement(
+            TrustClass.NTS, 0, 0, authenticated.lo_s, authenticated.hi_s, authenticated.regions)])]
+        expected = True if len(counted) >= 2 else None
     else:
-        expected = all(any(x_lo <= y_hi and y_lo <= x_hi for x_lo, x_hi in a.regions for y_lo, y_hi in b.regions)
-                       for i, a in enumerate(judged) for b in judged[i + 1:])
+        expected = _pairwise(judged)
     assert v.classes_agree is expected and v.ntp_http_agree is expected
     if expected is False:
         assert v.status in (Status.SOURCES_INCONSISTENT, Status.UNKNOWN)
         if v.status is Status.SOURCES_INCONSISTENT:
-            assert v.summary.startswith("NTP sources (") and "but HTTPS sources (" in v.summary
+            first = "HTTPS" if auth_agree is False else "NTP"
+            assert v.summary.startswith(f"{first} sources (") and " but " in v.summary
     else:
         assert v.status is not Status.SOURCES_INCONSISTENT
     if v.status.offset_found and v.status is not Status.SOURCES_INCONSISTENT:
-        assert ("NTP and HTTPS agree" in v.summary) is (expected is True)
+        labels = [c.label for c in v.agreeing_classes]
+        assert (f"{', '.join(labels[:-1])} and {labels[-1]} agree" in v.summary) is (len(labels) >= 2)
+        assert (len(labels) >= 2) is (expected is True)
 
 
 def test_classes_agree_pairwise_not_by_a_chain():
@@ -437,15 +460,18 @@ def test_the_verdict_dicts_have_one_shape_for_every_reader(raw):
     samples = build(raw)
     v = run(samples)
     summary = verdict_summary(v)
-    assert summary == {"status": v.status.value, "offset_s": v.offset_s, "offset_lo_s": v.offset_lo_s,
-                       "offset_hi_s": v.offset_hi_s, "ntp_http_agree": v.ntp_http_agree, "summary": v.summary}
+    outcome = {"status": v.status.value, "offset_s": v.offset_s, "offset_lo_s": v.offset_lo_s,
+               "offset_hi_s": v.offset_hi_s, "ntp_http_agree": v.ntp_http_agree, "summary": v.summary}
+    assert summary == {**outcome, "agreeing_classes": [c.value for c in v.agreeing_classes],
+                       "witnesses": list(v.witnesses)}
     record = verdict_record(v)
     own = {f.name for f in dataclasses.fields(CheckRecord)} - {"wall_s", "monotonic_s", "boot_id"}
-    assert set(record) == own and summary.items() <= record.items()
+    assert set(record) == own and outcome.items() <= record.items()
     assert (record["usable"], record["agreeing"]) == (v.usable, v.agreeing)
     assert record["sources"] == [
         {"name": sv.sample.name, "kind": sv.sample.kind.value, "state": sv.state.value,
-         "offset_s": sv.sample.offset_s, "reason": sv.reason} for sv in v.sources]
+         "offset_s": sv.sample.offset_s, "reason": sv.reason,
+         "authenticated": sv.sample.kind is not SourceKind.NTP, "operator": sv.sample.operator} for sv in v.sources]
     CheckRecord(wall_s=0.0, monotonic_s=0.0, boot_id="b", **record)  # the journal takes it as it is
 
 
@@ -457,3 +483,89 @@ def test_the_default_operator_of_a_host_is_its_last_two_labels_or_its_address():
     assert operator_of("ptbtime1.ptb.de") == operator_of("ptbtime2.ptb.de") == "ptb.de"
     assert operator_of("127.0.0.1") == "127.0.0.1" and operator_of("[::1]") == "::1"
     assert operator_of("localhost") == "localhost"
+
+
+# --- trust classes: authenticated sources decide (chrony's authselectmode mix) ---
+
+
+def test_spoofed_ntp_majority_beside_nts_and_https_is_outvoted():
+    """Issue 13: three plain-NTP sources forged to +5 s against two NTS operators and an HTTPS server that agree
+    on the truth: the authenticated sources decide, the NTP ones are falsetickers, and the verdict is OK."""
+    spoofed = [ntp(f"ntp{i}", 5.0) for i in range(3)]
+    honest = [nts("nts-a", 0.0002, operator="a.example"), nts("nts-b", -0.0001, operator="b.example"),
+              http("https", 0.0, 0.5)]
+    v = run(spoofed + honest)
+    assert v.status is Status.OK and v.authenticated_decide
+    assert v.offset_s is not None and abs(v.offset_s) < 0.002
+    assert v.classes_agree is True and v.agreeing_classes == (TrustClass.HTTP, TrustClass.NTS)
+    assert v.witnesses == ("http", "nts:a.example", "nts:b.example")
+    for sv in v.sources[:3]:
+        assert sv.state is SourceState.FALSETICKER
+        assert sv.reason.startswith("outvoted by authenticated sources: its interval [+4.999000 s, +5.001000 s]")
+    assert [state for name, state in states(v).items() if not name.startswith("ntp")] == [SourceState.TRUECHIMER] * 3
+    assert ("3 of 6 usable sources agree; HTTPS and NTS agree; the authenticated sources decide (3 of 3 NTP sources "
+            "outvoted)") in v.summary
+    assert (v.offset_lo_s, v.offset_hi_s) == (pytest.approx(-0.0011), pytest.approx(0.0012))  # the NTS pair's
+
+
+def test_authenticated_classes_that_disagree_are_inconsistent_whatever_ntp_says():
+    v = run([ntp("n1", 0.0), ntp("n2", 0.0), ntp("n3", 0.0), nts("nts", 0.0, operator="a.example"),
+             http("https", 3.0, 0.5)])
+    assert v.status is Status.SOURCES_INCONSISTENT and v.classes_agree is False and not v.authenticated_decide
+    assert v.summary.startswith("HTTPS sources (1 of 1) say offset [+2.500 s, +3.500 s] but NTS sources (1 of 1)")
+    assert v.agreeing_classes == () and v.witnesses == ()
+
+
+def test_https_alone_does_not_overrule_an_ntp_majority():
+    """Without NTS the rule is the old one: HTTPS Date (one-second resolution) against an NTP majority is
+    SOURCES_INCONSISTENT, not a decision for either (research/time_anchors.md §8, T7)."""
+    v = run([ntp("n1", 5.0), ntp("n2", 5.0), ntp("n3", 5.0), http("h1", 0.0, 0.5), http("h2", 0.0, 0.5)])
+    assert v.status is Status.SOURCES_INCONSISTENT and not v.authenticated_decide
+    assert v.summary.startswith("NTP sources (3 of 3)")
+
+
+def test_nts_alone_decides_against_ntp_but_is_one_witness():
+    v = run([ntp("n1", 5.0), ntp("n2", 5.0), nts("t1", 0.0, operator="ptb.de"), nts("t2", 0.0, operator="ptb.de")])
+    assert v.status is Status.OK and v.authenticated_decide and v.classes_agree is None
+    assert v.agreeing_classes == (TrustClass.NTS,) and v.witnesses == ("nts:ptb.de",)
+    assert "only NTS sources confirm it; the authenticated sources decide (2 of 2 NTP sources outvoted)" in v.summary
+
+
+def test_ntp_that_agrees_with_nts_counts_and_sharpens_the_estimate_inside_the_bound():
+    v = run([ntp("n1", 0.0004, 0.0001), ntp("n2", 0.0004, 0.0001), nts("t", 0.0, 0.001, operator="x.org")])
+    assert v.status is Status.OK and v.authenticated_decide and v.classes_agree is True
+    assert (v.offset_lo_s, v.offset_hi_s) == (-0.001, 0.001)  # the authenticated bound, not narrowed by NTP
+    assert v.offset_s == pytest.approx(0.0004)  # where the admitted sources meet
+    assert v.agreeing_classes == (TrustClass.NTP, TrustClass.NTS) and v.witnesses == ("ntp", "nts:x.org")
+    assert "NTP and NTS agree; the authenticated sources decide" in v.summary and "outvoted" not in v.summary
+
+
+def test_an_nts_source_without_an_operator_is_its_own_name_operator():
+    v = run([nts("time.cloudflare.com", 0.0), nts("nts.netnod.se", 0.0), http("h", 0.0, 0.5)])
+    assert v.witnesses == ("http", "nts:cloudflare.com", "nts:netnod.se")
+
+
+auth_sample_st = st.tuples(interval_st, st.sampled_from([SourceKind.NTS, SourceKind.HTTP]))
+plain_st = st.lists(interval_st, max_size=7)
+
+
+@given(st.lists(auth_sample_st, min_size=1, max_size=6), plain_st, plain_st, threshold_st, threshold_st)
+def test_unauthenticated_sources_never_move_the_verdict_outside_the_authenticated_majority(
+        auth_raw, plain_a, plain_b, warning, critical):
+    """When the authenticated sources decide, any plain-NTP sources — honest, forged, wide or narrow — leave the
+    verdict's status and interval what the authenticated majority makes them, and the estimate inside it."""
+    authenticated = build(auth_raw)
+    regions = select([(s.offset_lo_s, s.offset_hi_s) for s in authenticated]).regions
+    results = []
+    for plain in (plain_a, plain_b, []):
+        v = run(authenticated + [ntp(f"p{i}", x, w) for i, (x, w) in enumerate(plain)],
+                warning_s=warning, critical_s=critical)
+        results.append(v)
+        if not v.authenticated_decide:
+            return
+        assert v.regions == regions and v.status is not Status.SOURCES_INCONSISTENT
+        assert v.offset_s is not None and any(lo <= v.offset_s <= hi for lo, hi in regions)
+        for sv in v.sources:
+            touches = any(sv.sample.offset_lo_s <= hi and lo <= sv.sample.offset_hi_s for lo, hi in regions)
+            assert (sv.state is SourceState.TRUECHIMER) is touches
+    assert len({(v.status, v.regions, v.offset_lo_s, v.offset_hi_s) for v in results}) == 1

@@ -19,9 +19,12 @@ AHEAD = {"status": "CRITICAL", "offset_s": -180 * DAY, "offset_lo_s": -180 * DAY
          "offset_hi_s": -180 * DAY + 0.2, "ntp_http_agree": True}
 
 
-def verdict_from(offset: float, half_width: float, agree: bool | None, status: str) -> dict[str, object]:
-    return {"status": status, "offset_s": offset, "offset_lo_s": offset - half_width,
-            "offset_hi_s": offset + half_width, "ntp_http_agree": agree}
+def verdict_from(offset: float, half_width: float, agree: bool | None, status: str,
+                 witnesses: list[str] | None = None) -> dict[str, object]:
+    """A verdict summary; without ``witnesses`` one from before trust classes (judged by ``ntp_http_agree``)."""
+    verdict = {"status": status, "offset_s": offset, "offset_lo_s": offset - half_width,
+               "offset_hi_s": offset + half_width, "ntp_http_agree": agree}
+    return verdict if witnesses is None else {**verdict, "witnesses": witnesses}
 
 
 offsets = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
@@ -30,14 +33,21 @@ verdicts = st.one_of(
     st.none(),
     st.builds(verdict_from, offsets, st.sampled_from([0.0, 0.1, 0.6, 2.0, math.inf]),
               st.sampled_from([True, False, None]),
-              st.sampled_from(["OK", "WARNING", "CRITICAL", "SOURCES_INCONSISTENT", "NO_MAJORITY", "UNKNOWN"])),
+              st.sampled_from(["OK", "WARNING", "CRITICAL", "SOURCES_INCONSISTENT", "NO_MAJORITY", "UNKNOWN"]),
+              st.none() | st.lists(st.sampled_from(["ntp", "http", "nts:a.org", "nts:b.org"]), max_size=3)),
 )
 modes = st.sampled_from([GuardMode.STOP, GuardMode.ALERT, None])
 
 
 def proven_ahead(verdict: dict[str, object] | None, tolerance: float) -> bool:
-    """The rule, written out independently: usable, both classes agree, the whole interval beyond −tolerance."""
-    if verdict is None or verdict["ntp_http_agree"] is not True:
+    """The rule, written out independently: usable, two independent witnesses of which one is authenticated (before
+    trust classes: both classes agree), the whole interval beyond −tolerance."""
+    if verdict is None:
+        return False
+    witnesses = verdict.get("witnesses")
+    if verdict["ntp_http_agree"] is False or (witnesses is None and verdict["ntp_http_agree"] is not True):
+        return False
+    if witnesses is not None and (len(set(witnesses)) < 2 or set(witnesses) == {"ntp"}):  # type: ignore[arg-type]
         return False
     if verdict["status"] not in ("OK", "WARNING", "CRITICAL"):
         return False
@@ -64,8 +74,12 @@ def test_never_stops_without_evidence_that_the_host_is_ahead(verdict, mode, stop
 def test_a_spoofed_or_unconfirmed_verdict_stops_nothing(verdict):
     if verdict is None:
         return
-    for agree in (False, None):  # the classes disagree (a lying NTP majority), or only one class answered
+    # the classes disagree (a lying NTP majority), or only one class answered; with trust classes: only plain NTP
+    # vouches, or one NTS operator alone
+    for agree, witnesses in ((False, ["ntp"]), (None, ["ntp"]), (None, ["nts:a.org", "nts:a.org"])):
         spoofed = {**verdict, "ntp_http_agree": agree}
+        if "witnesses" in verdict:
+            spoofed["witnesses"] = witnesses
         assert host_ahead_s(spoofed, TOL) is None
         assert decide(GuardMode.STOP, GuardState(), spoofed, TOL) is Act.NONE
         assert not clock_right(spoofed, TOL)  # nor does it start a stopped one, unrepaired or repaired

@@ -265,3 +265,30 @@ def test_a_scheduler_the_guard_keeps_stopped_is_1_from_the_journal(tmp_path, ver
     samples = {s.labels["hook"]: s.value for s in families(textfile.read_text())[
         "timeguard_scheduler_stopped_by_guard"].samples}
     assert samples == {"beat": 1.0, "other": 0.0}
+
+
+def test_authenticated_sources_and_the_agreement_of_each_class(tmp_path):
+    """Issue 13: a spoofed plain-NTP majority beside NTS and HTTPS: which sources are authenticated, and that the
+    NTP class is outvoted (0) while HTTPS and NTS agree (1)."""
+    def at(name: str, kind: SourceKind, offset: float, err: float) -> Sample:
+        return Sample(name, kind, offset_s=offset, offset_lo_s=offset - err, offset_hi_s=offset + err, operator=name)
+
+    outvoted = decide([at(f"n{i}", SourceKind.NTP, 5.0, 0.001) for i in range(3)]
+                      + [at("t", SourceKind.NTS, 0.0, 0.001), at("h", SourceKind.HTTP, 0.0, 0.3)],
+                      warning_s=0.5, critical_s=5)
+    textfile = tmp_path / "t.prom"
+    metrics = Metrics(MetricsOptions(listen=None, textfile=str(textfile)), logs.get())
+    metrics.update(agent_with(outvoted))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in families(textfile.read_text()).values() for s in f.samples}
+    authenticated = {labels: v for (name, labels), v in samples.items() if name == "timeguard_source_authenticated"}
+    assert authenticated == {**{(("kind", "ntp"), ("source", f"n{i}")): 0 for i in range(3)},
+                             (("kind", "nts"), ("source", "t")): 1, (("kind", "http"), ("source", "h")): 1}
+    classes = {dict(labels)["class"]: (dict(labels)["authenticated"], v)
+               for (name, labels), v in samples.items() if name == "timeguard_class_agrees"}
+    assert classes == {"ntp": ("false", 0), "http": ("true", 1), "nts": ("true", 1)}
+
+    metrics.update(agent_with(None))  # no verdict: nothing agrees or disagrees
+    values = [s.value for f in families(textfile.read_text()).values() for s in f.samples
+              if s.name == "timeguard_class_agrees"]
+    assert len(values) == 3 and all(math.isnan(v) for v in values)

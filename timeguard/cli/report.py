@@ -7,7 +7,7 @@ from typing import Any
 
 from timeguard.measure.check import CheckResult
 from timeguard.measure.consensus import fmt_offset
-from timeguard.model import NAGIOS_STATES, SourceState, Status, verdict_record
+from timeguard.model import NAGIOS_STATES, Sample, SourceState, Status, verdict_record, verdict_summary
 from timeguard.timefmt import iso as _iso
 
 _STATE_MARK = {
@@ -28,14 +28,20 @@ def _bound(seconds: float | None) -> str:
     return f"±{seconds * 1000:.3f} ms" if seconds < 1 else f"±{seconds:.3f} s"
 
 
+def _auth(sample: Sample) -> str:
+    """The AUTH column, as ``chronyc authdata``'s Mode: ``NTS``, ``TLS`` (HTTPS Date), ``-`` (none: plain NTP)."""
+    return "-" if sample.auth is None else sample.auth.mode.upper()
+
+
 def human(result: CheckResult) -> str:
     v = result.verdict
-    rows = [("", "KIND", "SOURCE", "OFFSET", "BOUND", "DELAY", "ST", "STATE", "WHY")]
+    rows = [("", "KIND", "AUTH", "SOURCE", "OFFSET", "BOUND", "DELAY", "ST", "STATE", "WHY")]
     for sv in v.sources:
         s = sv.sample
         rows.append((
             _STATE_MARK[sv.state],
             s.kind.value,
+            _auth(s),
             s.name if s.address is None or s.address in s.name else f"{s.name} ({s.address})",
             "-" if s.offset_s is None else fmt_offset(s.offset_s),
             _bound(s.error_s),
@@ -73,6 +79,8 @@ def as_dict(result: CheckResult) -> dict[str, Any]:
     local = result.local
     return {
         **verdict_record(v),
+        **verdict_summary(v),  # who vouches for it: agreeing_classes, witnesses
+        "authenticated_decide": v.authenticated_decide,
         "exit_code": result.exit_code,
         "regions": [list(region) for region in v.regions],
         "error_s": v.error_s,

@@ -107,7 +107,8 @@ class HookContext:
     #: The trusted time now (host clock + the latest consensus offset), or None without a verdict. Use it,
     #: not time.time(), for anything a receiver checks against real time (webhook signatures).
     trusted_now: Callable[[], float | None]
-    #: The latest verdict summary (status, offset_s, offset_lo_s, offset_hi_s, ntp_http_agree, summary).
+    #: The latest verdict summary (status, offset_s, offset_lo_s, offset_hi_s, ntp_http_agree, summary,
+    #: agreeing_classes, witnesses: model.verdict_summary).
     verdict: Mapping[str, Any] | None
     hostname: str
     #: Set when the run has timed out or the daemon stops: long-running hooks should check it and return.

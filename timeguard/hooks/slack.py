@@ -63,7 +63,7 @@ def _verdict_line(verdict: Mapping[str, Any] | None) -> str:
     if isinstance(offset, int | float):
         parts.append(f"offset {human_duration(offset)} (trusted − host)")
     if verdict.get("ntp_http_agree") is False:
-        parts.append("NTP and HTTPS disagree")
+        parts.append("the source classes disagree")  # the summary says which (NTP, HTTPS, NTS)
     summary = verdict.get("summary")
     return " · ".join(parts) + (f"\n{summary}" if summary else "")
 

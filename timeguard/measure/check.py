@@ -8,6 +8,7 @@ milliseconds, however many sources are dead, blackholed or stuck in DNS.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -91,7 +92,7 @@ def probes(cfg: Config) -> list[Probe]:
 
 def _ntp_measure(query_ntp: Callable[..., Sample], server: NtpServer, cfg: Config) -> Callable[[float], Sample]:
     def measure(timeout_s: float) -> Sample:
-        return query_ntp(
+        sample = query_ntp(
             server.host,
             server.port,
             name=server.label,
@@ -99,6 +100,7 @@ def _ntp_measure(query_ntp: Callable[..., Sample], server: NtpServer, cfg: Confi
             timeout_s=timeout_s,
             max_root_distance_s=cfg.ntp.max_root_distance_s,
         )
+        return dataclasses.replace(sample, operator=server.owner)
 
     return measure
 
@@ -107,7 +109,7 @@ def _http_measure(
     query_http: Callable[..., Sample], server: HttpServer, cfg: Config
 ) -> Callable[[float], Sample]:
     def measure(timeout_s: float) -> Sample:
-        return query_http(
+        sample = query_http(
             server.url,
             name=server.label,
             requests_count=cfg.http.requests,
@@ -115,6 +117,7 @@ def _http_measure(
             ca_bundle=server.ca_bundle,
             allow_plain_http=server.allow_plain_http,
         )
+        return dataclasses.replace(sample, operator=server.owner)
 
     return measure
 

@@ -5,6 +5,15 @@ This is RFC 5905's selection (Marzullo's intersection, as chrony's ``SRC_SelectS
 source kind declares one) agree with each other: the same selection over each class alone, and every two classes'
 majorities must overlap (a spoofed NTP majority must never be trusted; research/time_anchors.md §8, T7).
 
+Trust classes, like chrony's default ``authselectmode mix``: an unauthenticated majority never outvotes
+authenticated sources. When the authenticated sources (NTS, HTTPS) have a majority among themselves, their classes
+agree with each other, and NTS is among them (NTS has a majority of its own), *they decide*: the verdict's
+interval is their majority's, a plain-NTP source counts only where it agrees with it, and one that does not is a
+falseticker ("outvoted by authenticated sources"), not a reason for SOURCES_INCONSISTENT. Authenticated classes
+that disagree with each other (NTS against HTTPS) are SOURCES_INCONSISTENT. Without NTS the rule is the one
+before it: HTTPS Date alone (one-second resolution) is too coarse to overrule NTP, so an NTP majority against
+HTTPS is SOURCES_INCONSISTENT, and nothing is trusted or repaired.
+
 The reported interval is sound against the largest tolerable number of liars: with ``n`` usable sources
 and at most ``f = ⌊(n−1)/2⌋`` of them lying, the true offset is covered by at least ``q = n − f`` intervals,
 so it lies in ``[l, u]`` = the lowest and highest points covered by ``q`` intervals. (Running RFC 5905's
@@ -18,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from timeguard.measure.median import median as median_of
@@ -125,26 +134,40 @@ def decide(
     critical = critical_s if isinstance(critical_s, Range) else Range.upper(critical_s)
     needed = max(min(min_sources, len(samples)), 1)
     usable = [s for s in samples if s.usable]
-    overall = select([_interval(s) for s in usable])
     classes = {
         c: _class_agreement(c, select([_interval(s) for s in usable if s.kind.trust_class is c])) for c in TrustClass
     }
-    agree, disagreeing = _classes_agree(classes.values())
+    authenticated = select([_interval(s) for s in usable if s.kind.trust_class.authenticated])
+    auth_agree, auth_disagreeing = _classes_agree(c for c in classes.values() if c.trust_class.authenticated)
+    decides = auth_agree is not False and classes[TrustClass.NTS].has_majority and authenticated.has_majority
+    if decides:
+        judge = _AuthenticatedJudge(authenticated, usable)
+        overall, bound = judge.admitted, authenticated
+        agree, disagreeing = _deciding_classes_agree(classes, authenticated.regions)
+    else:
+        judge = None
+        overall = bound = select([_interval(s) for s in usable])
+        agree, disagreeing = (False, auth_disagreeing) if auth_agree is False else _classes_agree(classes.values())
 
-    verdicts = tuple(_source_verdict(s, overall) for s in samples)
+    verdicts = tuple(_source_verdict(s, overall) if judge is None else judge.verdict(s) for s in samples)
     offset = lo = hi = None
     regions: tuple[tuple[float, float], ...] = ()
     witness: tuple[float, Range] | None = None
+    agreeing_classes: tuple[TrustClass, ...] = ()
     if len(usable) < needed:
         status = Status.UNKNOWN
     elif agree is False:
         status = Status.SOURCES_INCONSISTENT
-    elif not overall.has_majority:
+    elif not bound.has_majority:
         status = Status.NO_MAJORITY
     else:
         assert overall.best_lo_s is not None and overall.best_hi_s is not None
-        offset = (overall.best_lo_s + overall.best_hi_s) / 2
-        lo, hi, regions = overall.lo_s, overall.hi_s, overall.regions
+        lo, hi, regions = bound.lo_s, bound.hi_s, bound.regions
+        offset = _clamp((overall.best_lo_s + overall.best_hi_s) / 2, regions)
+        agreeing_classes = tuple(c.trust_class for c in classes.values()
+                                 if c.has_majority and any(_overlap(*x, *y) for x in c.regions for y in regions))
+        if not agree:  # one class alone (or none with a majority of its own): nothing confirms it
+            agreeing_classes = agreeing_classes[:1] if len(agreeing_classes) == 1 else ()
         status = Status.OK
         for level, threshold in ((Status.CRITICAL, critical), (Status.WARNING, warning)):
             point = _alerting_point(threshold, regions)
@@ -160,7 +183,9 @@ def decide(
         overall=overall,
         classes=classes,
         disagreeing=disagreeing,
-        agree=agree,
+        agreeing_classes=agreeing_classes,
+        outvoted=None if judge is None else judge.outvoted,
+        usable=len(usable),
         total=len(samples),
         needed=needed,
         witness=witness,
@@ -181,7 +206,57 @@ def decide(
         critical=critical,
         monotonic_s=monotonic_s,
         regions=regions,
+        agreeing_classes=agreeing_classes,
+        authenticated_decide=decides,
     )
+
+
+class _AuthenticatedJudge:
+    """The selection when the authenticated sources decide: their majority's regions bound the verdict; the
+    unauthenticated sources that overlap them are admitted beside them (they may sharpen the estimate inside the
+    bound, never move it out); the others are outvoted."""
+
+    def __init__(self, authenticated: Selection, usable: Sequence[Sample]) -> None:
+        self.regions = authenticated.regions
+        admitted = [s for s in usable if s.kind.trust_class.authenticated or self._agrees(s)]
+        self.admitted = select([_interval(s) for s in admitted])
+        #: (outvoted, usable) plain-NTP sources
+        unauthenticated = [s for s in usable if not s.kind.trust_class.authenticated]
+        self.outvoted = (sum(not self._agrees(s) for s in unauthenticated), len(unauthenticated))
+
+    def _agrees(self, sample: Sample) -> bool:
+        return any(_overlap(*_interval(sample), *r) for r in self.regions)
+
+    def verdict(self, sample: Sample) -> SourceVerdict:
+        if not sample.usable:
+            assert sample.failure is not None
+            return SourceVerdict(sample, sample.failure, sample.reason)
+        if self._agrees(sample):
+            return SourceVerdict(sample, SourceState.TRUECHIMER, sample.reason)
+        lo, hi = _interval(sample)
+        if sample.kind.trust_class.authenticated:
+            why = f"its interval [{lo:+.6f} s, {hi:+.6f} s] misses the authenticated majority's"
+        else:
+            why = f"outvoted by authenticated sources: its interval [{lo:+.6f} s, {hi:+.6f} s] misses their majority's"
+        return SourceVerdict(sample, SourceState.FALSETICKER, f"{why} {fmt_regions(self.regions)}")
+
+
+def _deciding_classes_agree(
+    classes: Mapping[TrustClass, ClassAgreement], regions: Sequence[tuple[float, float]]
+) -> tuple[bool | None, None]:
+    """When the authenticated sources decide (they agree with each other), the classes agree unless fewer than two
+    count: the authenticated ones with a majority, and plain NTP where its majority meets theirs (an outvoted NTP
+    class is not a disagreement: it is outvoted)."""
+    counted = [c for c in classes.values() if c.has_majority and (
+        c.trust_class.authenticated or any(_overlap(*x, *y) for x in c.regions for y in regions))]
+    return (True if len(counted) >= 2 else None), None
+
+
+def _clamp(x: float, regions: Sequence[tuple[float, float]]) -> float:
+    """``x``, or the point of ``regions`` nearest to it."""
+    if any(lo <= x <= hi for lo, hi in regions):
+        return x
+    return min((min(max(x, lo), hi) for lo, hi in regions), key=lambda p: abs(p - x))
 
 
 def _alerting_point(threshold: Range, regions: Sequence[tuple[float, float]]) -> float | None:
@@ -276,7 +351,9 @@ def _summary(
     overall: Selection,
     classes: dict[TrustClass, ClassAgreement],
     disagreeing: tuple[ClassAgreement, ClassAgreement] | None,
-    agree: bool | None,
+    agreeing_classes: Sequence[TrustClass],
+    outvoted: tuple[int, int] | None,
+    usable: int,
     total: int,
     needed: int,
     witness: tuple[float, Range] | None,
@@ -284,7 +361,7 @@ def _summary(
 ) -> str:
     if status is Status.UNKNOWN:
         return (
-            f"only {overall.usable} of {total} sources usable, {needed} needed: "
+            f"only {usable} of {total} sources usable, {needed} needed: "
             "the clock cannot be checked"
         )
     if status is Status.SOURCES_INCONSISTENT:
@@ -297,28 +374,34 @@ def _summary(
             f"{fmt_offset(a.offset_hi_s)}] but {b.trust_class.label} sources ({b.agreeing} of {b.usable}) say "
             f"[{fmt_offset(b.offset_lo_s)}, {fmt_offset(b.offset_hi_s)}]: one class is lying"
         )
-    if status is Status.NO_MAJORITY:
+    if status is Status.NO_MAJORITY:  # (never when the authenticated sources decide: they have a majority)
         return (
             f"no majority: at most {overall.depth} of {overall.usable} usable sources agree, "
             f"{overall.quorum} needed"
         )
     assert offset is not None and regions
     direction = "ahead" if offset < 0 else "behind"
-    if agree:
-        labels = [c.trust_class.label for c in classes.values() if c.has_majority]
+    if len(agreeing_classes) >= 2:
+        labels = [c.label for c in agreeing_classes]
         cross = f"; {', '.join(labels[:-1])} and {labels[-1]} agree"
-    else:  # (False is SOURCES_INCONSISTENT, above)
-        present = [c.trust_class.value.upper() for c in classes.values() if c.usable]
+    elif outvoted is not None:
+        cross = f"; only {'/'.join(c.label for c in agreeing_classes)} sources confirm it"
+    else:
+        present = [c.value.upper() for c, agreement in classes.items() if agreement.usable]
         cross = f"; only {'/'.join(present) or 'no'} sources, no cross-check"
+    if outvoted is not None:
+        cross += "; the authenticated sources decide"
+        if outvoted[0]:
+            cross += f" ({outvoted[0]} of {outvoted[1]} NTP sources outvoted)"
     split = ""
     if len(regions) > 1:
         split = f": the majority is split into {len(regions)} regions and the sources cannot tell which holds"
     text = (
         f"host clock {direction} by {fmt_offset(abs(offset))[1:]} (offset {offset:+.6f} s, "
         f"true offset in {fmt_regions(regions)}{split}), "
-        f"{overall.depth} of {overall.usable} usable sources agree{cross}"
+        f"{overall.depth} of {usable} usable sources agree{cross}"
     )
-    if overall.usable == 1:
+    if usable == 1:
         text += "; a single source cannot be outvoted: if it is wrong, nothing here can tell"
     if witness is not None:
         point, threshold = witness

@@ -69,7 +69,7 @@ from timeguard.measure.narrowing import Interval, date_constraint, rtt_estimate_
 from timeguard.measure.net import ResolveError, resolve
 from timeguard.measure.proxy import ProxyError, proxy_for, tunnel
 from timeguard.measure.sanity import EARLIEST_PLAUSIBLE_S, implausible
-from timeguard.model import Sample, SourceKind, SourceState
+from timeguard.model import Authentication, Sample, SourceKind, SourceState
 from timeguard.timefmt import iso
 
 __all__ = ["Connection", "query_http"]
@@ -86,6 +86,8 @@ _HEADERS = {
     "Accept": "*/*",
     "User-Agent": "timeguard (clock check; reads only the Date header)",
 }
+#: How every https:// sample was authenticated (the check table's AUTH column, --json's ``auth``).
+_TLS = Authentication(mode="tls")
 _INCONSISTENT = "Date headers inconsistent (server clock stepped, or a load balancer mixes servers)"
 #: OpenSSL's X509_V_FLAG_NO_CHECK_TIME (1.1.0+; the ssl module has no name for it). ``SSLContext.verify_flags``
 #: hands any bits to X509_VERIFY_PARAM_set_flags; tests/unit/test_http_certtime.py proves it takes effect.
@@ -240,6 +242,7 @@ def query_http(
             requests=sent,
             monotonic_s=None if last_mid_mono_ns is None else last_mid_mono_ns / _NS,
             reason=f"{sent} requests, bound ±{(known.width_ns / 2 + anchor.uncertainty_ns) / 1e6:.1f} ms{tail}",
+            auth=_TLS if scheme == "https" else None,  # allow_plain_http: nothing authenticated the Date
         )
 
     def refused(reason: str, state: SourceState = SourceState.UNUSABLE) -> Sample:

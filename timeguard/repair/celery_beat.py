@@ -1301,8 +1301,8 @@ class CeleryBeatKind(TargetKind):
     help = "bring future timestamps in a django-celery-beat database back to now"
     description = ("Find every last_run_at, date_changed and last_update in the future and bring it back to the "
                    "trusted now, so a running beat sends the tasks again. Without --trust-local-clock the time "
-                   "sources of the configuration are asked first, and the repair is refused unless NTP and HTTPS "
-                   "agree with this clock.")
+                   "sources of the configuration are asked first, and the repair is refused unless two independent "
+                   "sources, one authenticated (HTTPS or NTS), agree with this clock.")
     Options: ClassVar[type[CeleryBeatOptions]] = CeleryBeatOptions
     options = frozenset(f.name for f in fields(CeleryBeatOptions))
     service_option = "beat_service"

@@ -9,7 +9,8 @@ hook has ``guard: alert|stop`` (default ``alert``):
   host is ahead, and once the clock is right again repairs the store (the normal repair path, the evidence rule)
   and starts it.
 
-Evidence, both ways (:mod:`timeguard.repair.evidence`): *ahead* means the verdict is usable, NTP and HTTPS agree
+Evidence, both ways (:mod:`timeguard.repair.evidence`): *ahead* means the verdict is usable, two independent
+witnesses vouch for it (the repair's rule: NTP and HTTPS agree, or NTS with HTTPS, NTP or another NTS operator)
 and every point of the verdict's interval puts the host ahead by more than the hook's ``max_offset_s`` — a step
 alone says nothing (a forward step may be the correction of a clock that was behind), and a spoofed source class
 that the other does not confirm stops nothing. *Right again* is the repair's own rule (:func:`evidence_problem`).
@@ -31,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from timeguard.repair.evidence import evidence_problem
+from timeguard.repair.evidence import evidence_problem, witness_problem
 
 
 class GuardMode(enum.StrEnum):
@@ -69,9 +70,9 @@ class GuardState:
 
 def host_ahead_s(verdict: Mapping[str, Any] | None, tolerance_s: float) -> float | None:
     """How far the host is ahead of the true time *at least* (seconds, > ``tolerance_s``), when the verdict proves
-    it; else None. Proof: usable status, NTP and HTTPS agree, and every point of the interval (offset = sources −
-    host, negative: host ahead) is below ``−tolerance_s``."""
-    if verdict is None or verdict.get("ntp_http_agree") is not True:
+    it; else None. Proof: usable status, the repair's witnesses (:func:`witness_problem`), and every point of the
+    interval (offset = sources − host, negative: host ahead) is below ``−tolerance_s``."""
+    if verdict is None or witness_problem(verdict) is not None:
         return None
     if str(verdict.get("status")) not in ("OK", "WARNING", "CRITICAL"):
         return None

@@ -19,9 +19,10 @@
 ``type: example`` — the same as ``type: repair`` with ``target: example``.
 
 Repair only with evidence (:mod:`timeguard.repair.evidence`): the hook writes only when the latest verdict is usable,
-NTP and HTTPS agree, and the host clock now agrees with the sources within ``max_offset_s``; the repair's now is
-``ctx.trusted_now()``. Otherwise the result is ``skipped`` and says why. A target that needs its owner stopped
-(``needs_owner_stopped``) is refused at configuration time without a way to stop it.
+two independent witnesses vouch for it (one authenticated), and the host clock now agrees with the sources within
+``max_offset_s``; the repair's now is ``ctx.trusted_now()``. Otherwise the result is ``skipped`` and says why. A
+target that needs its owner stopped (``needs_owner_stopped``) is refused at configuration time without a way to stop
+it.
 
 A step can arrive before the evidence: the host boots with a wrong RTC, services start, then the NTP client steps
 the clock — a few seconds after the daemon started, before every source class has answered. The rule is the same
