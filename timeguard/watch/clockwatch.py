@@ -125,7 +125,7 @@ UNKNOWN_BOOT_ID = "unknown"
 def read_boot_id() -> str:
     """The kernel's boot id: names the boot whose CLOCK_MONOTONIC readings (events, heartbeat, outbox) are on."""
     try:
-        return BOOT_ID_PATH.read_text().strip() or UNKNOWN_BOOT_ID
+        return BOOT_ID_PATH.read_bytes().decode().strip() or UNKNOWN_BOOT_ID
     except (OSError, UnicodeDecodeError):
         return UNKNOWN_BOOT_ID
 
