@@ -144,7 +144,7 @@ class PollPolicy:
 
 def poll_interval_s(kind: SourceKind, daemon: DaemonOptions) -> float:
     """The configured interval of a source class."""
-    return daemon.ntp_interval_s if kind is SourceKind.NTP else daemon.http_interval_s
+    return daemon.http_interval_s if kind is SourceKind.HTTP else daemon.ntp_interval_s  # NTS polls as NTP
 
 
 def new_policy(interval_s: float) -> PollPolicy:

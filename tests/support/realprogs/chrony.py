@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tests.support.realprogs.net import NtpReply, free_port, ntp_query
-from tests.support.realprogs.processes import LoopbackServer, ManagedProcess
+from tests.support.realprogs.processes import SETPRIV_NO_SYS_TIME, LoopbackServer, ManagedProcess
 from tests.support.realprogs.scratch import scratch_dir
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ class ChronyServer(LoopbackServer):
         local_stratum: int = 2,
         bind: str = "127.0.0.1",
         synchronised: bool = True,
+        *,
         nts: TlsFiles | None = None,
         nts_port: int | None = None,
         extra_conf: tuple[str, ...] = (),
@@ -121,3 +124,28 @@ class ChronyServer(LoopbackServer):
         reply = ntp_query(self.bind, self.port, timeout_s=0.2)
         # A `local` server may need a moment before it claims to be synchronised.
         return reply if (reply.leap != 3) == self.synchronised else None
+
+
+_WRONG_BY = re.compile(r"System clock wrong by (-?[0-9.]+) seconds")
+
+
+def chronyd_nts_offset(server: ChronyServer, ca_bundle: Path, timeout_s: float = 10.0) -> float | None:
+    """The offset ``chronyd -Q`` measures as an NTS client of ``server`` (true − host; None: no answer).
+
+    Query only (``-Q`` never sets the clock), under setpriv without CAP_SYS_TIME like every daemon here; the CA is
+    given with ``ntstrustedcerts``, and its NTS cookies go to a scratch ``ntsdumpdir``.
+    """
+    if server.nts is None:
+        raise ValueError("the server does not serve NTS (ChronyServer(nts=...))")
+    work = scratch_dir("chronyq")
+    try:
+        user = pwd.getpwnam("_chrony")
+        os.chown(work, user.pw_uid, user.pw_gid)
+    except (KeyError, PermissionError):
+        pass
+    argv = [*SETPRIV_NO_SYS_TIME, "chronyd", "-Q", "-f", "/dev/null", "-t", f"{timeout_s:g}",
+            f"server {server.bind} port {server.port} nts ntsport {server.nts_port} iburst maxsamples 4",
+            f"ntstrustedcerts {ca_bundle}", f"ntsdumpdir {work}", f"pidfile {work}/q.pid"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s + 30, check=False)
+    found = _WRONG_BY.findall(done.stderr + done.stdout)
+    return float(found[-1]) if found else None
