@@ -8,6 +8,9 @@ answers the old cookies with a crypto-NAK.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -142,3 +145,35 @@ def test_a_server_time_outside_its_certificate_is_refused(chrony_server):
     sample = session_for(server, tls.ca_bundle).measure(samples=2, timeout_s=2.0)
     assert sample.failure is SourceState.UNUSABLE
     assert "outside its certificate chain's validity" in sample.reason
+
+
+def nts_config(server: ChronyServer, ca_bundle: object, **extra: object) -> str:
+    return json.dumps({"sources": {"ntp": [], "http": [], "nts": [
+        {"host": "localhost", "ke_port": server.nts_port, "ca_bundle": str(ca_bundle), **extra}]},
+        "consensus": {"min_sources": 1}})
+
+
+def test_check_measures_an_nts_source_and_reports_it(chrony_server, test_ca, tmp_path):
+    server = chrony_server(nts=test_ca)
+    path = tmp_path / "t.yaml"
+    path.write_text(nts_config(server, test_ca.ca_bundle, name="lab-nts", operator="lab"))
+    proc = subprocess.run([sys.executable, "-m", "timeguard", "check", "--config", str(path), "--json"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    (source,) = report["sources"]
+    assert (source["name"], source["kind"], source["state"]) == ("lab-nts", "nts", "truechimer")
+    assert abs(source["offset_s"]) < 0.001 and report["classes"]["nts"]["usable"] == 1
+
+
+def test_the_daemons_probe_keeps_its_session_between_rounds(chrony_server, test_ca):
+    from timeguard import config
+    from timeguard.measure.check import measure_all, probes
+
+    server = chrony_server(nts=test_ca)
+    (probe,) = probes(config.loads(nts_config(server, test_ca.ca_bundle)))
+    rounds = [measure_all([probe], 2.0)[0] for _ in range(3)]
+    assert all(s.usable for s in rounds), [s.reason for s in rounds]
+    assert "first key exchange" in rounds[0].reason
+    assert not any("key exchange" in s.reason for s in rounds[1:])  # one KE, then cookies
+    assert rounds[-1].auth.ke_age_s >= rounds[0].auth.ke_age_s

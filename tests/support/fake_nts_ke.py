@@ -89,7 +89,7 @@ class FakeKeServer:
             if self.hang == "accept":
                 self._stop.wait()
                 return
-            client.settimeout(5)
+            client.setblocking(True)  # pyOpenSSL on a socket with a timeout would raise WantReadError
             conn = SSL.Connection(self._context(), client)
             conn.set_accept_state()
             try:

@@ -139,8 +139,7 @@ def open_reply(data: bytes, *, uid: bytes, s2c_key: bytes) -> Opened:
 
 
 def _authenticator_parts(body: bytes) -> tuple[bytes, bytes]:
-    if len(body) < 4:
-        raise FieldError(f"Authenticator body of {len(body)} bytes has no nonce/ciphertext lengths")
+    # A field's body has at least 12 bytes (parse_fields), so the two lengths are always there.
     nonce_len, ct_len = struct.unpack_from("!HH", body)
     nonce_end = 4 + nonce_len + (-nonce_len % 4)
     if nonce_len == 0 or ct_len < SIV_TAG_BYTES:

@@ -169,7 +169,7 @@ _VERIFY_ERRORS = {
 def _context(ca_bundle: str | None, verify_errors: list[str]) -> SSL.Context:
     def verify(_conn: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
         if not ok:
-            subject = cert.get_subject().CN or "?"
+            subject = cert.to_cryptography().subject.rfc4514_string() or "?"
             verify_errors.append(f"{_VERIFY_ERRORS.get(errno, f'X509 error {errno}')} (certificate {subject!r}, "
                                  f"depth {depth})")
         return bool(ok)

@@ -91,7 +91,7 @@ class NtsSession:
             notes.append(f"{why} with {self.ke.address} ({len(self.ke.cookies)} cookies)")
         wrap = _Wrap(self, self.ke)
         sample = query_ntp(self.ke.ntp_host, self.ke.ntp_port, name=self.label, samples=samples,
-                           timeout_s=max(deadline - time.monotonic(), 0.01),
+                           timeout_s=max(round(deadline - time.monotonic(), 3), 0.01),
                            max_root_distance_s=max_root_distance_s, wall_ns=wall_ns, auth=wrap)
         self.requests += sample.requests
         if wrap.naks:
