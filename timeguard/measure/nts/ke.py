@@ -111,6 +111,9 @@ def key_exchange(
         except OSError as exc:
             raise KeError(SourceState.UNREACHABLE, f"cannot connect to {where}: {exc}") from None
         sock.setblocking(False)
+        # The request is one small write after the handshake: without NODELAY, Nagle waits for the server's delayed
+        # ACK (40 ms on Linux) before sending it.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         verify_errors: list[str] = []
         conn = SSL.Connection(_context(ca_bundle, verify_errors), sock)
         if not _is_ip(host):
