@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from timeguard.measure.net import ResolveError, resolve
+from timeguard.measure.net import ResolvedAddress, ResolveError, resolve
 from timeguard.measure.nts.records import Aead, KeRecordError, build_request, complete_length, parse_response
 from timeguard.measure.sanity import EARLIEST_PLAUSIBLE_S
 from timeguard.model import SourceState
@@ -97,19 +97,9 @@ def key_exchange(
         addresses = resolve(host, port, timeout_s=min(1.0, timeout_s / 2), socktype=socket.SOCK_STREAM)
     except ResolveError as exc:
         raise KeError(SourceState.UNREACHABLE, f"NTS-KE: {exc}") from None
-    address = addresses[0]
+    sock, address = _connect(addresses, deadline, timeout_s)
     where = f"NTS-KE server {address}"
-    sock = socket.socket(address.family, socket.SOCK_STREAM)
     try:
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        try:
-            sock.connect(address.sockaddr)
-        except TimeoutError:
-            raise KeError(SourceState.UNREACHABLE, f"no TCP connection to {where} within {timeout_s:g} s") from None
-        except ConnectionRefusedError:
-            raise KeError(SourceState.UNREACHABLE, f"connection refused by {where} (nothing listening?)") from None
-        except OSError as exc:
-            raise KeError(SourceState.UNREACHABLE, f"cannot connect to {where}: {exc}") from None
         sock.setblocking(False)
         # The request is one small write after the handshake: without NODELAY, Nagle waits for the server's delayed
         # ACK (40 ms on Linux) before sending it.
@@ -152,6 +142,33 @@ def key_exchange(
         )
     finally:
         sock.close()
+
+
+def _connect(addresses: tuple[ResolvedAddress, ...], deadline: float,
+             timeout_s: float) -> tuple[socket.socket, ResolvedAddress]:
+    """A TCP connection to the first address that takes one (IPv6 then IPv4, as the resolver orders them)."""
+    errors = []
+    for address in addresses:
+        where = f"NTS-KE server {address}"
+        try:
+            sock = socket.socket(address.family, socket.SOCK_STREAM)
+        except OSError as exc:  # e.g. IPv6 disabled here
+            errors.append(f"{where}: {exc}")
+            continue
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            sock.connect(address.sockaddr)
+            return sock, address
+        except TimeoutError:
+            errors.append(f"no TCP connection to {where} within {timeout_s:g} s")
+        except ConnectionRefusedError:
+            errors.append(f"connection refused by {where} (nothing listening?)")
+        except OSError as exc:
+            errors.append(f"cannot connect to {where}: {exc}")
+        sock.close()
+        if time.monotonic() >= deadline:
+            break
+    raise KeError(SourceState.UNREACHABLE, "; ".join(errors) or "no address to connect to")
 
 
 def _context_bytes(aead: Aead, direction: int) -> bytes:
@@ -212,17 +229,22 @@ def _io(conn: SSL.Connection, step: Any, deadline: float, where: str, what: str)
             raise KeError(SourceState.UNREACHABLE, f"{where} did not finish {what} in time (connected, then silent)")
 
 
+def _recv(conn: SSL.Connection) -> bytes:
+    try:
+        return conn.recv(4096)
+    except SSL.ZeroReturnError:  # closed cleanly (TLS close_notify)
+        return b""
+    except SSL.SysCallError as exc:
+        if exc.args and exc.args[0] == -1:  # closed without close_notify ("Unexpected EOF")
+            return b""
+        raise
+
+
 def _read_response(conn: SSL.Connection, deadline: float, where: str) -> bytes:
+    """Everything up to End of Message, or what came before the server closed (parse_response judges it)."""
     data = b""
     while complete_length(data) is None:
-        try:
-            chunk = _io(conn, lambda: conn.recv(4096), deadline, where, "reading the response")
-        except KeError as exc:
-            if data and "failed" in exc.reason:  # closed abruptly after a partial answer: judge what came
-                break
-            raise
-        except (SSL.ZeroReturnError, SSL.SysCallError):
-            break
+        chunk = _io(conn, lambda: _recv(conn), deadline, where, "reading the response")
         if not chunk:
             break
         data += chunk

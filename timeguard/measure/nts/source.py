@@ -69,8 +69,16 @@ class NtsSession:
                 wall_ns: Callable[[], int] = time.time_ns) -> Sample:
         """One authenticated measurement within ``timeout_s`` (a key exchange first when needed); never raises for
         a network, TLS or protocol problem: the Sample says why it is unusable or unreachable."""
-        with self._lock:
+        # A measurement abandoned at a check's deadline (measure_all) may still hold the session: wait no longer than
+        # this one may take, and say so.
+        if not self._lock.acquire(timeout=timeout_s):
+            return Sample.failed(self.label, SourceKind.NTS, SourceState.UNREACHABLE,
+                                 f"the previous measurement of this source has not finished within {timeout_s:g} s",
+                                 auth=Authentication(mode="nts"), operator=self.operator)
+        try:
             return self._measure(samples, timeout_s, max_root_distance_s, wall_ns)
+        finally:
+            self._lock.release()
 
     def _measure(self, samples: int, timeout_s: float, max_root_distance_s: float,
                  wall_ns: Callable[[], int]) -> Sample:
