@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import yaml
 
 from tests.support.onpath import OnPathRelay
 from tests.support.realprogs import ChronyServer, chronyd_nts_offset, make_test_ca, scratch_dir
@@ -177,3 +178,25 @@ def test_the_daemons_probe_keeps_its_session_between_rounds(chrony_server, test_
     assert "first key exchange" in rounds[0].reason
     assert not any("key exchange" in s.reason for s in rounds[1:])  # one KE, then cookies
     assert rounds[-1].auth.ke_age_s >= rounds[0].auth.ke_age_s
+
+
+def test_the_daemon_polls_an_nts_source_beside_ntp(chrony_server, test_ca, sources, tmp_path):
+    from tests.support import daemon
+
+    server = chrony_server(nts=test_ca)
+    config = daemon.write_config(tmp_path, sources)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["sources"]["nts"] = [{"host": "localhost", "ke_port": server.nts_port, "ca_bundle": str(test_ca.ca_bundle)}]
+    config.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "daemon.log"
+    proc = daemon.start(config, None, log)
+    try:
+        def nts_source() -> dict | None:
+            record = daemon.last_check(config)
+            found = [s for s in (record.sources if record else []) if s["kind"] == "nts"]
+            return found[0] if found else None
+
+        source = daemon.wait_for("a check with the NTS source", nts_source, 20, proc)
+        assert source["state"] == "truechimer" and abs(source["offset_s"]) < 0.001, source
+    finally:
+        proc.stop()
