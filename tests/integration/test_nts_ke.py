@@ -73,6 +73,13 @@ def test_a_server_without_alpn_ntske_is_refused(test_ca):
     assert "did not agree to ALPN ntske/1 (negotiated: none)" in sample.reason
 
 
+def test_a_server_choosing_another_alpn_is_refused(test_ca):
+    with served(test_ca, alpn=b"http/1.1") as server:
+        sample = measure(server, test_ca.ca_bundle)
+    assert sample.failure is SourceState.UNREACHABLE
+    assert "an ALPN other than ntske/1" in sample.reason
+
+
 def test_tls_below_1_3_is_refused(test_ca):
     with served(test_ca, max_tls=SSL.TLS1_2_VERSION) as server:
         sample = measure(server, test_ca.ca_bundle)

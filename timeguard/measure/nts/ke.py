@@ -326,6 +326,8 @@ def _ssl_reason(exc: SSL.Error) -> str:
     text = "; ".join(parts) or str(exc) or type(exc).__name__
     if "protocol version" in text or "unsupported protocol" in text:
         text += " (NTS-KE needs TLS 1.3; the server offers an older version)"
+    if "bad extension" in text:
+        text += f" (the server answered with a TLS extension not offered, such as an ALPN other than {ALPN.decode()})"
     if "no application protocol" in text:
         text += f" (the server does not speak ALPN {ALPN.decode()}: not an NTS-KE server)"
     return text
