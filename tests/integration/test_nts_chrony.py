@@ -9,6 +9,7 @@ answers the old cookies with a crypto-NAK.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,24 @@ def test_offset_agrees_with_the_truth_and_with_chronyd_as_an_nts_client(chrony_s
     again = session.measure(samples=4, timeout_s=2.0)  # cookies replenished: no second key exchange
     assert again.usable and session.key_exchanges == 1 and again.auth.cookies == 8
     assert "key exchange" not in again.reason
+
+
+def test_ipv6_an_address_in_the_certificate_is_verified_as_an_ip(chrony_server, test_ca):
+    if not _ipv6():
+        pytest.skip("no IPv6 loopback here")  # as the other IPv6 tests: a host property, not a missing program
+    server = chrony_server(nts=test_ca, bind="::1")
+    sample = session_for(server, test_ca.ca_bundle, host="::1").measure(samples=2, timeout_s=2.0)
+    assert sample.usable, sample.reason
+    assert sample.address == f"[::1]:{server.port}" and abs(sample.offset_s) < 0.001
+
+
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def test_a_server_lying_by_five_seconds_behind_nts_is_measured_as_such(chrony_server, test_ca, fake_clock):
