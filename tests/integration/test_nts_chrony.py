@@ -197,6 +197,9 @@ def test_the_daemons_probe_keeps_its_session_between_rounds(chrony_server, test_
     assert "first key exchange" in rounds[0].reason
     assert not any("key exchange" in s.reason for s in rounds[1:])  # one KE, then cookies
     assert rounds[-1].auth.ke_age_s >= rounds[0].auth.ke_age_s
+    (reloaded,) = probes(config.loads(nts_config(server, test_ca.ca_bundle)))  # a SIGHUP, the old probe alive
+    after = measure_all([reloaded], 2.0)[0]
+    assert after.usable and "key exchange" not in after.reason
 
 
 def test_the_daemon_polls_an_nts_source_beside_ntp(chrony_server, test_ca, sources, tmp_path):

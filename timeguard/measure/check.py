@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -111,10 +112,18 @@ def _ntp_measure(query_ntp: Callable[..., Sample], server: NtpServer, cfg: Confi
     return measure
 
 
+#: The NTS sessions of the probes alive now, by their config entry: a reload that keeps an entry keeps its session
+#: (the new probe is built while the old one still holds it), so a SIGHUP costs no key exchange.
+_NTS_SESSIONS: weakref.WeakValueDictionary[NtsServer, Any] = weakref.WeakValueDictionary()
+
+
 def _nts_measure(session_type: Callable[..., Any], server: NtsServer, cfg: Config) -> Callable[[float], Sample]:
     """The probe keeps its session (keys, cookies): a daemon polling it makes one key exchange, not one per round."""
-    session = session_type(server.host, port=server.port, ke_port=server.ke_port, ca_bundle=server.ca_bundle,
-                           name=server.label, operator=server.operator)
+    session = _NTS_SESSIONS.get(server)
+    if session is None:
+        session = _NTS_SESSIONS[server] = session_type(
+            server.host, port=server.port, ke_port=server.ke_port, ca_bundle=server.ca_bundle, name=server.label,
+            operator=server.operator)
 
     def measure(timeout_s: float) -> Sample:
         return session.measure(samples=cfg.ntp.samples, timeout_s=timeout_s,
