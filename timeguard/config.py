@@ -102,11 +102,16 @@ class NtsServer:
     ke_port: int = option(4460, lo=1, hi=65535)
     ca_bundle: str | None = None
     name: str | None = None
-    operator: str | None = None  # who runs it (default: the host's last two DNS labels, model.operator_of)
+    operator: str | None = option(None, doc=_OPERATOR_DOC)
 
     @property
     def label(self) -> str:
         return self.name or (self.host if self.ke_port == 4460 else f"{self.host}:{self.ke_port}")
+
+    @property
+    def owner(self) -> str:
+        """The operator: ``operator`` as given (lower-cased), else :func:`operator_of` the host."""
+        return owner(self.operator, self.host)
 
 
 @dataclass(frozen=True, slots=True)

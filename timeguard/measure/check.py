@@ -123,7 +123,7 @@ def _nts_measure(session_type: Callable[..., Any], server: NtsServer, cfg: Confi
     if session is None:
         session = _NTS_SESSIONS[server] = session_type(
             server.host, port=server.port, ke_port=server.ke_port, ca_bundle=server.ca_bundle, name=server.label,
-            operator=server.operator)
+            operator=server.owner)
 
     def measure(timeout_s: float) -> Sample:
         return session.measure(samples=cfg.ntp.samples, timeout_s=timeout_s,
