@@ -251,7 +251,7 @@ class Agent:
         from timeguard.daemon.jobs import Jobs
 
         self._jobs = Jobs(self.log)  # each period is asked at every (re)arm: a reload may change it
-        for kind in SourceKind:
+        for kind in (SourceKind.NTP, SourceKind.HTTP):
             self._jobs.add(kind.value, self._run_checks, lambda k=kind: poll_interval_s(k, self.cfg.daemon), kind,
                            failed="check_failed", kind=kind.value)
         self._jobs.add("audit", self._audit_job, lambda: min(AUDIT_TICK_S, self.cfg.daemon.audit_retry_s),
@@ -269,8 +269,6 @@ class Agent:
     def _run_checks(self, kind: SourceKind) -> None:
         """A round of one source class: poll its sources that are due, then judge the consensus of all."""
         with self._lock:
-            if kind is SourceKind.NTS and kind not in self.tracker.classes:
-                return  # the NTS job idles until a configuration has NTS sources (a round would only repeat NTP's)
             due = self.tracker.due(kind, time.monotonic(), POLL_SLACK_S)
         if due:
             time.sleep(max(max(d.when_s for d in due) - time.monotonic(), 0.0))
