@@ -58,11 +58,13 @@ class NtsSession:
         self.cookies: deque[bytes] = deque()
         self.key_exchanges = 0
         self.requests = 0  # NTP requests sent over all key exchanges (requests per KE = requests / key_exchanges)
+        self._renewal = "first key exchange"  # why the next key exchange is made (the sample says it)
         self._lock = threading.Lock()
 
-    def forget_keys(self) -> None:
+    def forget_keys(self, why: str = "new key exchange") -> None:
         self.ke = None
         self.cookies.clear()
+        self._renewal = why
 
     def measure(self, *, samples: int = 4, timeout_s: float = 2.0,
                 max_root_distance_s: float = DEFAULT_MAX_ROOT_DISTANCE_S,
@@ -85,13 +87,12 @@ class NtsSession:
         deadline = time.monotonic() + timeout_s
         notes = []
         if self.ke is None or not self.cookies:
-            why = "first key exchange" if self.key_exchanges == 0 else (
-                "new key exchange: no cookie left" if self.ke is not None else "new key exchange")
+            why = self._renewal if self.ke is None else "new key exchange: no cookie left"
             try:
                 self.ke = key_exchange(self.host, self.ke_port, ntp_port=self.port, ca_bundle=self.ca_bundle,
                                        timeout_s=max(timeout_s * KE_SHARE, timeout_s - 1.0))
             except KeError as exc:
-                self.forget_keys()
+                self.forget_keys(why)
                 return Sample.failed(self.label, SourceKind.NTS, exc.state, exc.reason,
                                      auth=Authentication(mode="nts"), operator=self.operator)
             self.key_exchanges += 1
@@ -102,10 +103,11 @@ class NtsSession:
                            timeout_s=max(round(deadline - time.monotonic(), 3), 0.01),
                            max_root_distance_s=max_root_distance_s, wall_ns=wall_ns, auth=wrap)
         self.requests += sample.requests
-        if wrap.naks:
-            self.forget_keys()  # the server cannot read our cookies: the next measurement starts with a KE
+        if wrap.naks:  # the server cannot read our cookies: the next measurement starts with a KE
+            self.forget_keys("new key exchange after a crypto-NAK")
         if sample.usable and sample.offset_s is not None:
-            outside = self.ke.validity.outside(time.time() + sample.offset_s) if self.ke is not None else None
+            # The server's time (host clock + offset) must lie in the certificate's validity (measure/nts/ke.py).
+            outside = self.ke.validity.outside(wall_ns() / 1e9 + sample.offset_s) if self.ke is not None else None
             if outside is not None:
                 return Sample.failed(self.label, SourceKind.NTS, SourceState.UNUSABLE, outside,
                                      address=sample.address, requests=sample.requests, auth=sample.auth,
