@@ -15,7 +15,9 @@ breaks past 2036. So the exchange is done here, following beevik/ntp and RFC 590
 * NTP timestamps are placed in the era nearest the local clock, so a host past 2036-02-07 still works;
 * nothing here raises for a network problem: every failure is a :class:`Sample` with a reason.
 
-The validation is a pure function of bytes (:func:`check_reply`); the socket loop is :func:`query_ntp`.
+The validation is a pure function of bytes (:func:`check_reply`); the socket loop is :func:`query_ntp`. NTS
+(measure/nts/) runs this same exchange through a :class:`ReplyAuth`, which wraps each request in extension fields
+and authenticates each reply before any check here believes a field of it.
 """
 
 from __future__ import annotations

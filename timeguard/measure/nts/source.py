@@ -103,7 +103,7 @@ class NtsSession:
                            timeout_s=max(round(deadline - time.monotonic(), 3), 0.01),
                            max_root_distance_s=max_root_distance_s, wall_ns=wall_ns, auth=wrap)
         self.requests += sample.requests
-        if wrap.naks:  # the server cannot read our cookies: the next measurement starts with a KE
+        if wrap.naks or sample.kiss_code == KISS_NTS_NAK:  # the server cannot read our cookies: KE next time
             self.forget_keys("new key exchange after a crypto-NAK")
         if sample.usable and sample.offset_s is not None:
             # The server's time (host clock + offset) must lie in the certificate's validity (measure/nts/ke.py).
