@@ -182,14 +182,18 @@ class ChronyQuery:
 
 
 def chronyd_query(servers: Sequence[tuple[str, int]], timeout_s: float, workdir: Path, *, tag: str = "q",
-                  maxsamples: int = 4, rss: bool = False) -> ChronyQuery:
+                  maxsamples: int = 4, rss: bool = False, server_options: str = "",
+                  extra: Sequence[str] = ()) -> ChronyQuery:
     """``chronyd -Q -f /dev/null -t T "server A port P iburst maxsamples 4" ... "pidfile ..."``.
 
     chrony keys its sources by IP address: two servers on 127.0.0.1 with different ports give "Could not add
     source" for the second, so every server a query combines must have its own loopback address.
+    ``server_options`` go on every server line (``nts ntsport K``), ``extra`` are more directives
+    (``ntstrustedcerts CA``).
     """
-    lines = [f"server {host} port {port} iburst maxsamples {maxsamples}" for host, port in servers]
-    argv = [*SETPRIV, program("chronyd"), "-Q", "-f", "/dev/null", "-t", f"{timeout_s:g}", *lines,
+    lines = [f"server {host} port {port} iburst maxsamples {maxsamples} {server_options}".rstrip()
+             for host, port in servers]
+    argv = [*SETPRIV, program("chronyd"), "-Q", "-f", "/dev/null", "-t", f"{timeout_s:g}", *lines, *extra,
             f"pidfile {workdir}/{tag}.pid"]
     if any(h == "::1" or ":" in h for h, _ in servers):
         argv.insert(argv.index("-Q") + 1, "-6")

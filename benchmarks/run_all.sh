@@ -28,6 +28,7 @@ run() {
 run bench_check_latency
 run bench_http_accuracy
 run bench_ntp_accuracy
+run bench_nts
 run bench_startup
 run bench_detection_latency
 run bench_idle --seconds "$IDLE_SECONDS"
@@ -35,7 +36,7 @@ run bench_events
 
 echo
 echo "# Benchmark summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(uname -r))"
-for name in bench_check_latency bench_http_accuracy bench_ntp_accuracy bench_startup bench_detection_latency bench_idle bench_events; do
+for name in bench_check_latency bench_http_accuracy bench_ntp_accuracy bench_nts bench_startup bench_detection_latency bench_idle bench_events; do
     echo
     cat "$BENCH_RESULTS_DIR/$name.md" 2>/dev/null || echo "**$name**: no result"
 done

@@ -9,6 +9,7 @@ key path and the line it is on, as ``config validate`` shows them.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -92,9 +93,32 @@ def owner(operator: str | None, host: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class NtsServer:
+    """An NTP server with Network Time Security (RFC 8915): NTS-KE on ``ke_port``, then NTP on ``port`` (unless
+    the KE server names another server or port, which is then used)."""
+
+    host: str
+    port: int = option(123, lo=1, hi=65535)
+    ke_port: int = option(4460, lo=1, hi=65535)
+    ca_bundle: str | None = None
+    name: str | None = None
+    operator: str | None = option(None, doc=_OPERATOR_DOC)
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.host if self.ke_port == 4460 else f"{self.host}:{self.ke_port}")
+
+    @property
+    def owner(self) -> str:
+        """The operator: ``operator`` as given (lower-cased), else :func:`operator_of` the host."""
+        return owner(self.operator, self.host)
+
+
+@dataclass(frozen=True, slots=True)
 class Sources:
     ntp: tuple[NtpServer, ...]
     http: tuple[HttpServer, ...]
+    nts: tuple[NtsServer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +412,11 @@ def loads(text: str, origin: str = "<string>", *, resolve_secrets: bool = True,
         user = {}
     if not isinstance(user, dict):
         raise ConfigError(origin, [ConfigProblem("", f"must be a mapping of keys, not {_kind(user)}", 1)])
+    sources = user.get("sources")
+    if isinstance(sources, dict) and "nts" not in sources and isinstance(defaults, dict):
+        # A file that names its sources but predates NTS keeps exactly those: an upgrade must not start asking
+        # public servers that a site with its own NTP/HTTPS sources (maybe offline) never chose.
+        defaults = {**defaults, "sources": {**defaults.get("sources", {}), "nts": []}}
     return _build(_merge(defaults, user), lines, origin, hook_types)
 
 
@@ -743,7 +772,7 @@ def _logical_checks(data: Any, lines: Lines, problems: list[ConfigProblem]) -> N
 
     sources = section("sources")
     counted = 0
-    for kind, label in (("ntp", _ntp_label), ("http", _http_label)):
+    for kind, label in (("ntp", _ntp_label), ("http", _http_label), ("nts", _nts_label)):
         entries = sources.get(kind)
         if not isinstance(entries, list):
             continue
@@ -755,6 +784,7 @@ def _logical_checks(data: Any, lines: Lines, problems: list[ConfigProblem]) -> N
             path = f"sources.{kind}[{i}]"
             if kind == "http":
                 _check_http_entry(entry, path, bad)
+            _check_ca_bundle(entry, path, bad)
             key = label(entry)
             if key is None:
                 continue
@@ -762,6 +792,9 @@ def _logical_checks(data: Any, lines: Lines, problems: list[ConfigProblem]) -> N
                 bad(path, f"same source as sources.{kind}[{seen[key]}] ({key}); "
                     "a duplicate would count twice in the majority")
             seen.setdefault(key, i)
+    nts = sources.get("nts")
+    if isinstance(nts, list) and nts and (why := missing_nts_extra()) is not None:
+        bad("sources.nts", why)
     _check_metrics(section("metrics"), bad)
     hooks = data.get("hooks") if isinstance(data, dict) else None
     if isinstance(hooks, list):
@@ -786,13 +819,18 @@ def _ntp_label(entry: dict[str, Any]) -> str | None:
     return f"{host}:{port}" if isinstance(host, str) else None
 
 
+def _nts_label(entry: dict[str, Any]) -> str | None:
+    host, ke_port = entry.get("host"), entry.get("ke_port", 4460)
+    return f"{host}:{ke_port}" if isinstance(host, str) else None
+
+
 def _http_label(entry: dict[str, Any]) -> str | None:
     url = entry.get("url")
     return url if isinstance(url, str) else None
 
 
 def _check_http_entry(entry: dict[str, Any], path: str, bad: Any) -> None:
-    url, ca_bundle = entry.get("url"), entry.get("ca_bundle")
+    url = entry.get("url")
     if isinstance(url, str):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("https", "http") or not parsed.hostname:
@@ -800,6 +838,19 @@ def _check_http_entry(entry: dict[str, Any], path: str, bad: Any) -> None:
         elif parsed.scheme == "http" and entry.get("allow_plain_http") is not True:
             bad(f"{path}.url", "plain http:// can be forged by anyone on the path; use https://, "
                 "or set allow_plain_http: true for a network you trust")
+
+
+def missing_nts_extra() -> str | None:
+    """Why NTS sources cannot run here (the ``nts`` extra is not installed), or None; finds the modules without
+    importing them (pyOpenSSL loads OpenSSL: a daemon without NTS sources must not pay for it)."""
+    missing = [name for name in ("OpenSSL", "cryptography") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return f"NTS sources need {' and '.join(missing)}, not installed here: pip install 'timeguard[nts]'"
+
+
+def _check_ca_bundle(entry: dict[str, Any], path: str, bad: Any) -> None:
+    ca_bundle = entry.get("ca_bundle")
     if isinstance(ca_bundle, str) and not os.access(ca_bundle, os.R_OK):
         bad(f"{path}.ca_bundle", f"cannot read the CA bundle {ca_bundle!r}")
 

@@ -174,6 +174,6 @@ def test_default_config_offline_says_so_and_exits_2():
                           cwd=Path(__file__).parent)
     elapsed = time.monotonic() - started
     assert proc.returncode == 2, proc.stdout + proc.stderr  # no offset found: CRITICAL, as check_ntp_time
-    assert "Verdict: UNKNOWN: only 0 of 8 sources usable" in proc.stdout
+    assert "Verdict: UNKNOWN: only 0 of 13 sources usable" in proc.stdout
     assert "No source answered: is this host offline" in proc.stdout
     assert elapsed < 2 + 0.2 + 1.5

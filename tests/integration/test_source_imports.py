@@ -27,7 +27,9 @@ samples = measure_all(probes(cfg), 5.0)
 print(json.dumps({"samples": [[s.name, s.usable, s.reason] for s in samples], "modules": sorted(sys.modules)}))
 """
 
-NOT_LOADED = ("requests", "urllib3", "charset_normalizer", "idna", "certifi", "statistics", "decimal", "hmac")
+#: OpenSSL and cryptography: pyOpenSSL is the NTS source's, loaded only when an NTS source is configured.
+NOT_LOADED = ("requests", "urllib3", "charset_normalizer", "idna", "certifi", "statistics", "decimal", "hmac",
+              "OpenSSL", "cryptography")
 
 
 def test_a_daemon_with_ntp_and_https_sources_loads_neither_requests_nor_what_the_sources_gave_up():
@@ -52,3 +54,4 @@ def test_a_daemon_with_ntp_and_https_sources_loads_neither_requests_nor_what_the
     assert "http.client" in result["modules"]
     assert "ssl" in result["modules"]
     assert [m for m in result["modules"] if m.split(".")[0] in NOT_LOADED] == []
+    assert [m for m in result["modules"] if m.startswith("timeguard.measure.nts")] == []

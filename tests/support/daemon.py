@@ -86,6 +86,11 @@ def checks(config: Path) -> int:
     return _read(config, lambda j: j.check_count(), 0)
 
 
+def last_check(config: Path) -> Any:
+    """The newest check the daemon recorded (a CheckRecord: status, sources in brief), or None."""
+    return _read(config, lambda j: j.last_check(), None)
+
+
 def ntp_requests(sources: dict[str, Any]) -> int:
     return sum(len(s.received) for s in sources["ntp"])
 

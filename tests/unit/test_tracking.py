@@ -103,6 +103,16 @@ def test_every_source_follows_its_class_interval_and_is_due_at_once(ntp_s, http_
     assert tracker.classes == {SourceKind.NTP, SourceKind.HTTP}
 
 
+def test_nts_sources_are_polled_in_the_ntp_round_at_its_interval():
+    tracker = Tracker()
+    tracker.set_probes([_probe("s", SourceKind.NTS), _probe("h", SourceKind.HTTP)], _daemon(64.0, 900.0))
+    assert tracker.policies["s"].interval_s == 64.0
+    now = max(p.next_poll_monotonic() for p in tracker.policies.values())
+    assert [d.probe.name for d in tracker.due(SourceKind.NTP, now, 0.0)] == ["s"]
+    assert tracker.due(SourceKind.NTS, now, 0.0) == []  # no round of its own
+    assert tracker.classes == {SourceKind.NTP, SourceKind.HTTP}  # the rounds the detector waits for
+
+
 @given(polls=st.lists(st.tuples(st.floats(0, 3000), st.booleans()), min_size=1, max_size=20),
        kind=st.sampled_from(list(SourceKind)), slack=st.floats(0, 10))
 def test_a_server_is_never_due_more_often_than_every_15_s(polls, kind, slack):

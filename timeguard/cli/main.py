@@ -418,7 +418,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
     for warning in cfg.warnings:
         print(f"warning: {warning.format(cfg.origin)}", file=sys.stderr)
     if args.config_command == "validate":
-        print(f"{cfg.origin}: valid ({len(cfg.sources.ntp)} NTP and {len(cfg.sources.http)} HTTPS sources)"
+        kinds = [f"{len(cfg.sources.ntp)} NTP", f"{len(cfg.sources.http)} HTTPS"]
+        kinds += [f"{len(cfg.sources.nts)} NTS"] if cfg.sources.nts else []
+        print(f"{cfg.origin}: valid ({', '.join(kinds[:-1])} and {kinds[-1]} sources)"
               + (f", {len(cfg.warnings)} warning{'s' if len(cfg.warnings) != 1 else ''}" if cfg.warnings else ""))
         return 0
     from timeguard.secrets import redact

@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from timeguard.config import Config, HttpServer, NtpServer
+from timeguard.config import Config, HttpServer, NtpServer, NtsServer
 from timeguard.measure import consensus
 from timeguard.model import Sample, SourceKind, SourceState, Verdict
 from timeguard.ranges import Range
@@ -77,7 +79,8 @@ def parse_host(text: str, default_port: int = 123) -> NtpServer:
 
 def probes(cfg: Config) -> list[Probe]:
     """The configured sources as probes. Each source module is imported only when a source of its kind is
-    configured: ``timeguard --help`` loads neither, and an NTP-only daemon never loads the HTTP source."""
+    configured: ``timeguard --help`` loads none, an NTP-only daemon never loads the HTTP source, and only NTS
+    sources load pyOpenSSL."""
     out = []
     if cfg.sources.ntp:
         from timeguard.measure.ntp import query_ntp
@@ -87,6 +90,10 @@ def probes(cfg: Config) -> list[Probe]:
         from timeguard.measure.http import query_http
 
         out += [Probe(h.label, SourceKind.HTTP, _http_measure(query_http, h, cfg)) for h in cfg.sources.http]
+    if cfg.sources.nts:
+        from timeguard.measure.nts.source import NtsSession
+
+        out += [Probe(n.label, SourceKind.NTS, _nts_measure(NtsSession, n, cfg)) for n in cfg.sources.nts]
     return out
 
 
@@ -101,6 +108,26 @@ def _ntp_measure(query_ntp: Callable[..., Sample], server: NtpServer, cfg: Confi
             max_root_distance_s=cfg.ntp.max_root_distance_s,
         )
         return dataclasses.replace(sample, operator=server.owner)
+
+    return measure
+
+
+#: The NTS sessions of the probes alive now, by their config entry: a reload that keeps an entry keeps its session
+#: (the new probe is built while the old one still holds it), so a SIGHUP costs no key exchange.
+_NTS_SESSIONS: weakref.WeakValueDictionary[NtsServer, Any] = weakref.WeakValueDictionary()
+
+
+def _nts_measure(session_type: Callable[..., Any], server: NtsServer, cfg: Config) -> Callable[[float], Sample]:
+    """The probe keeps its session (keys, cookies): a daemon polling it makes one key exchange, not one per round."""
+    session = _NTS_SESSIONS.get(server)
+    if session is None:
+        session = _NTS_SESSIONS[server] = session_type(
+            server.host, port=server.port, ke_port=server.ke_port, ca_bundle=server.ca_bundle, name=server.label,
+            operator=server.owner)
+
+    def measure(timeout_s: float) -> Sample:
+        return session.measure(samples=cfg.ntp.samples, timeout_s=timeout_s,
+                               max_root_distance_s=cfg.ntp.max_root_distance_s)
 
     return measure
 

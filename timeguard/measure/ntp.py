@@ -15,7 +15,9 @@ breaks past 2036. So the exchange is done here, following beevik/ntp and RFC 590
 * NTP timestamps are placed in the era nearest the local clock, so a host past 2036-02-07 still works;
 * nothing here raises for a network problem: every failure is a :class:`Sample` with a reason.
 
-The validation is a pure function of bytes (:func:`check_reply`); the socket loop is :func:`query_ntp`.
+The validation is a pure function of bytes (:func:`check_reply`); the socket loop is :func:`query_ntp`. NTS
+(measure/nts/) runs this same exchange through a :class:`ReplyAuth`, which wraps each request in extension fields
+and authenticates each reply before any check here believes a field of it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from timeguard.measure.anchor import read_anchor
 from timeguard.measure.net import ResolvedAddress, ResolveError, format_address, resolve
@@ -60,11 +63,12 @@ LOCAL_READ_PRECISION_S = 1e-6
 #: Kiss codes after which the server must never be asked again (RFC 5905 §7.4: "demobilize").
 KISS_STOP = frozenset({"DENY", "RSTR"})
 KISS_RATE = "RATE"
+KISS_NTS_NAK = "NTSN"  # RFC 8915 §5.7: the server could not decrypt the cookie
 
 # LI/VN/mode, stratum, poll, precision, root delay, root dispersion, refid, reference, origin, receive,
 # transmit. Root delay/dispersion are NTP short format (unsigned 16.16 s); timestamps are 32.32.
 _HEADER = struct.Struct("!BBbbII4sQQQQ")
-_RECV_BUFSIZE = 2048  # a header plus extension fields/MAC; anything longer is not for us anyway
+_RECV_BUFSIZE = 4096  # a header plus extension fields (NTS: a UID, an authenticator, up to 8 cookies)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,6 +297,22 @@ class Ignored:
 ReplyCheck = Measurement | Kiss | Rejected | Ignored
 
 
+class ReplyAuth(Protocol):
+    """What turns the plain exchange into an authenticated one (NTS, measure/nts/source.py): it builds each request
+    (extension fields around the header) and judges each reply whose origin matched, before any other check."""
+
+    kind: SourceKind
+
+    def request(self, nonce: int) -> bytes | None:
+        """The packet for a request whose transmit field is ``nonce``; None when it cannot be sent (no cookie)."""
+
+    def judge(self, data: bytes, header: Header) -> ReplyCheck | None:
+        """None when the reply (origin matched) is authentic; else what it is (Rejected, a NAK as Kiss, Ignored)."""
+
+    def sample_extra(self) -> dict[str, Any]:
+        """Fields every Sample of this exchange carries (``auth``, ``operator``)."""
+
+
 def check_reply(
     data: bytes,
     *,
@@ -300,6 +320,7 @@ def check_reply(
     t4_ns: int,
     answered: Collection[int] = (),
     max_root_distance_s: float = DEFAULT_MAX_ROOT_DISTANCE_S,
+    auth: ReplyAuth | None = None,
 ) -> ReplyCheck:
     """Classify one received packet.
 
@@ -309,7 +330,7 @@ def check_reply(
 
     The origin check comes first and anything that fails it — including a Kiss-o'-Death — is only
     :class:`Ignored`: without it an off-path attacker could feed us a time or silence the server
-    (CVE-2015-7704).
+    (CVE-2015-7704). With ``auth``, the reply must then be authentic before any field of it is believed.
     """
     if len(data) < HEADER_LEN:
         return Ignored(f"replies truncated to {len(data)} bytes (an NTP header has {HEADER_LEN})")
@@ -324,6 +345,9 @@ def check_reply(
 
     def reject(reason: str) -> Rejected:
         return Rejected(nonce, reason, leap=h.leap, stratum=h.stratum)
+
+    if auth is not None and (judged := auth.judge(data, h)) is not None:
+        return judged
 
     if h.mode != MODE_SERVER:
         return reject(f"mode {h.mode} in the reply (expected {MODE_SERVER}, a server's answer)")
@@ -396,6 +420,9 @@ def kiss_reason(code: str) -> str:
         return f"the server refuses us: Kiss-o'-Death {code} ({what}); it must not be polled again"
     if code == KISS_RATE:
         return "the server asked us to slow down: Kiss-o'-Death RATE; poll it less often"
+    if code == KISS_NTS_NAK:
+        return ("crypto-NAK (Kiss-o'-Death NTSN): the NTS server cannot use our cookie (its keys rotated, or it "
+                "restarted); a new key exchange is made at the next poll")
     return f"Kiss-o'-Death {code} (stratum 0): the server sent no time, its timestamps are not used"
 
 
@@ -423,6 +450,7 @@ def query_ntp(
     dns_timeout_s: float | None = None,
     max_root_distance_s: float = DEFAULT_MAX_ROOT_DISTANCE_S,
     wall_ns: Callable[[], int] = time.time_ns,
+    auth: ReplyAuth | None = None,
 ) -> Sample:
     """Ask one NTP server ``samples`` times and keep the reply with the least delay (the clock filter).
 
@@ -430,7 +458,8 @@ def query_ntp(
     (``dns_timeout_s``, default ``min(1 s, timeout_s / 2)``). Never raises for a network problem: the
     result is a usable :class:`Sample`, or one with ``failure`` UNUSABLE (the server answered, but not
     with a time we may use) or UNREACHABLE (no valid answer) and a reason. ``wall_ns`` anchors the
-    query once (measure/anchor.py); every T1/T4 is that reading plus monotonic time elapsed since.
+    query once (measure/anchor.py); every T1/T4 is that reading plus monotonic time elapsed since. ``auth``
+    makes it an authenticated (NTS) exchange: same checks, requests and replies wrapped by it.
     """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, not {samples}")
@@ -439,11 +468,12 @@ def query_ntp(
     start = time.monotonic()
     deadline = start + timeout_s
     label = name or host
+    kind = auth.kind if auth is not None else SourceKind.NTP
     dns_budget_s = min(1.0, timeout_s / 2) if dns_timeout_s is None else min(dns_timeout_s, timeout_s)
     try:
         addresses = resolve(host, port, timeout_s=dns_budget_s)
     except ResolveError as exc:
-        return Sample.failed(label, SourceKind.NTP, SourceState.UNREACHABLE, str(exc))
+        return Sample.failed(label, kind, SourceState.UNREACHABLE, str(exc), **(auth.sample_extra() if auth else {}))
 
     send_errors: list[str] = []
     for address in addresses:
@@ -463,23 +493,26 @@ def query_ntp(
                     timeout_s=timeout_s,
                     wall_ns=wall_ns,
                     max_root_distance_s=max_root_distance_s,
+                    auth=auth,
                 )
         except _SendFailed as exc:  # e.g. IPv6 address on a host without IPv6 routes: try the next
             send_errors.append(str(exc))
         except OSError as exc:
             return Sample.failed(
                 label,
-                SourceKind.NTP,
+                kind,
                 SourceState.UNREACHABLE,
                 f"socket error talking to {address}: {exc}",
                 address=str(address),
+                **(auth.sample_extra() if auth is not None else {}),
             )
     return Sample.failed(
         label,
-        SourceKind.NTP,
+        kind,
         SourceState.UNREACHABLE,
         "could not send a request: " + "; ".join(send_errors),
         address=str(addresses[0]),
+        **(auth.sample_extra() if auth is not None else {}),
     )
 
 
@@ -493,7 +526,13 @@ def _exchange(
     timeout_s: float,
     wall_ns: Callable[[], int],
     max_root_distance_s: float,
+    auth: ReplyAuth | None = None,
 ) -> Sample:
+    kind = auth.kind if auth is not None else SourceKind.NTP
+
+    def extra() -> dict[str, Any]:  # read at the end: an authenticated exchange reports its cookies after it
+        return auth.sample_extra() if auth is not None else {}
+
     # The single wall-clock reading of this query. Everything after is monotonic, so a step of the
     # host clock in the middle of the exchange moves neither T1 nor T4 against each other; the anchor's
     # own uncertainty (a preemption between the two readings) widens the interval below.
@@ -520,7 +559,11 @@ def _exchange(
             break
         if sent < max_sends and (waiting_on is None or now >= slot_end):
             nonce = new_nonce(exclude=outstanding.keys() | answered)
-            packet = build_request(nonce)
+            packet = build_request(nonce) if auth is None else auth.request(nonce)
+            if packet is None:  # an authenticated exchange out of cookies: keep what is on its way
+                send_error = f"request {sent + 1} not sent: no NTS cookie left"
+                max_sends = sent
+                continue
             mono_send_ns = time.monotonic_ns()
             try:
                 sock.sendto(packet, address.sockaddr)
@@ -565,6 +608,7 @@ def _exchange(
             t4_ns=local_wall_ns(mono_recv_ns),
             answered=answered,
             max_root_distance_s=max_root_distance_s,
+            auth=auth,
         )
         if isinstance(result, Ignored):
             ignored[result.why] += 1
@@ -577,7 +621,7 @@ def _exchange(
             # Authentic: obey at once and send nothing more (RFC 5905 §7.4); its timestamps are void.
             return Sample.failed(
                 label,
-                SourceKind.NTP,
+                kind,
                 SourceState.UNUSABLE,
                 kiss_reason(result.code),
                 address=str(address),
@@ -585,6 +629,7 @@ def _exchange(
                 stratum=0,
                 leap=result.leap,
                 requests=sent,
+                **extra(),
             )
         if isinstance(result, Rejected):
             rejected.append(result)
@@ -603,7 +648,7 @@ def _exchange(
         offset_s, error_s = best.offset_s, best.error_s + anchor.uncertainty_s
         return Sample(
             name=label,
-            kind=SourceKind.NTP,
+            kind=kind,
             address=str(address),
             offset_s=offset_s,
             offset_lo_s=offset_s - error_s,
@@ -614,6 +659,7 @@ def _exchange(
             requests=sent,
             monotonic_s=mid_s,
             reason="; ".join([reason, *notes]),
+            **extra(),
         )
     if rejected:
         first = rejected[0]
@@ -622,23 +668,25 @@ def _exchange(
         others = sorted({r.reason for r in rejected[1:]} - {first.reason})
         return Sample.failed(
             label,
-            SourceKind.NTP,
+            kind,
             SourceState.UNUSABLE,
             "; ".join([reason, *(f"also: {o}" for o in others), *_notes([], ignored, send_error)]),
             address=str(address),
             leap=first.leap,
             stratum=first.stratum,
             requests=sent,
+            **extra(),
         )
     asked = f"{sent} {'request' if sent == 1 else 'requests'} sent to {address}"
     reason = f"no valid reply within {_seconds(timeout_s)} s ({asked})"
     return Sample.failed(
         label,
-        SourceKind.NTP,
+        kind,
         SourceState.UNREACHABLE,
         "; ".join([reason, *notes]),
         address=str(address),
         requests=sent,
+        **extra(),
     )
 
 

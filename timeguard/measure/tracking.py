@@ -142,9 +142,15 @@ class PollPolicy:
         self._next = now + self._interval_s
 
 
+def round_of(kind: SourceKind) -> SourceKind:
+    """The daemon's round a source kind is polled in: NTS shares NTP's (same interval, one verdict per round, and a
+    daemon without NTS sources runs no extra round)."""
+    return SourceKind.NTP if kind is SourceKind.NTS else kind
+
+
 def poll_interval_s(kind: SourceKind, daemon: DaemonOptions) -> float:
     """The configured interval of a source class."""
-    return daemon.ntp_interval_s if kind is SourceKind.NTP else daemon.http_interval_s
+    return daemon.http_interval_s if kind is SourceKind.HTTP else daemon.ntp_interval_s  # NTS polls as NTP
 
 
 def new_policy(interval_s: float) -> PollPolicy:
@@ -170,7 +176,8 @@ class Tracker:
 
     @property
     def classes(self) -> frozenset[SourceKind]:
-        return frozenset(p.kind for p in self.probes)
+        """The polling rounds the configured sources need (NTP, HTTP): an NTS source is polled in NTP's round."""
+        return frozenset(round_of(p.kind) for p in self.probes)
 
     def set_probes(self, probes: Sequence[Probe], daemon: DaemonOptions) -> None:
         """The sources configured now. A source kept keeps its answer and its poll policy (with its back-off
@@ -187,11 +194,11 @@ class Tracker:
             self.policies[probe.name] = policy
 
     def due(self, kind: SourceKind, now_s: float, slack_s: float) -> list[Due]:
-        """The sources of ``kind`` that may be polled within ``slack_s`` of ``now_s`` (monotonic); a server that
-        sent a kiss-o'-death DENY/RSTR is never due again."""
+        """The sources of round ``kind`` (:func:`round_of`) that may be polled within ``slack_s`` of ``now_s``
+        (monotonic); a server that sent a kiss-o'-death DENY/RSTR is never due again."""
         due = []
         for probe in self.probes:
-            when = self.policies[probe.name].next_poll_monotonic() if probe.kind is kind else None
+            when = self.policies[probe.name].next_poll_monotonic() if round_of(probe.kind) is kind else None
             if when is not None and when <= now_s + slack_s:
                 due.append(Due(probe, when))
         return due

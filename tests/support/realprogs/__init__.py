@@ -33,7 +33,7 @@ One module per concern; the names below are the package's API (``from tests.supp
 """
 
 from tests.support.realprogs.certs import TlsFiles, make_test_ca
-from tests.support.realprogs.chrony import ChronyServer
+from tests.support.realprogs.chrony import ChronyServer, chronyd_nts_offset
 from tests.support.realprogs.faketime import (
     FTSHIM_SOURCE,
     LIBFAKETIME_CANDIDATES,
@@ -99,6 +99,7 @@ __all__ = [
     "StartedPid",
     "TlsFiles",
     "build_ftshim",
+    "chronyd_nts_offset",
     "could_set_clock",
     "default_ftshim",
     "ensure_port_free",
