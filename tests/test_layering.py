@@ -7,7 +7,8 @@ The layers, bottom to top — a module may import its own layer and the ones bel
 
 0. values and utilities: ``model``, ``events``, ``ranges``, ``timefmt``, ``secrets``, ``hints``, ``logs``,
    ``sdnotify``, and ``config`` beside them (it validates its own keys, nothing above it);
-1. the flow's first steps: ``measure`` (sources, consensus, tracking) and ``watch`` (clockwatch, detector);
+1. the flow's first steps: ``measure`` (sources, consensus, tracking), ``watch`` (clockwatch, detector) and ``host``
+   (the processes that run here, read from /proc);
 2. ``store`` (the journal: connection, transactions, migrations);
 3. ``hooks`` (the plugin API, registry, dispatcher, outbox, audits);
 4. ``repair`` (targets that a hook or the CLI runs) and ``discover`` (the stores found on this host);
@@ -27,7 +28,7 @@ ROOT = Path(timeguard.__file__).parent
 LAYERS: dict[str, int] = {
     "__init__": 0, "model": 0, "events": 0, "ranges": 0, "timefmt": 0, "secrets": 0, "hints": 0, "logs": 0,
     "sdnotify": 0, "config": 0,
-    "measure": 1, "watch": 1,
+    "measure": 1, "watch": 1, "host": 1,
     "store": 2,
     "hooks": 3,
     "repair": 4, "discover": 4,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from timeguard.discover.argv import DATABASE, OTHER, REDBEAT, SHELVE, parse, scheduler_kind
+from timeguard.host.argv import DATABASE, OTHER, REDBEAT, SHELVE, parse, scheduler_kind
 
 VENV = "/srv/app/.venv/bin"
 

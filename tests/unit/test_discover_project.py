@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from timeguard.discover import project
-from timeguard.discover.process import redact_arg as _redact
-from timeguard.discover.systemd import environment_files, missing_from, unit_from_cgroup
+from timeguard.host import project
+from timeguard.host.process import redact_arg as _redact
+from timeguard.host.systemd import environment_files, missing_from, unit_from_cgroup
 
 
 def make_project(root: Path, files: dict[str, str]) -> Path:

@@ -15,11 +15,11 @@ import yaml
 
 from timeguard import config
 from timeguard.cli import discover as cli
-from timeguard.discover.argv import DATABASE, OTHER, REDBEAT, SHELVE, UNKNOWN
-from timeguard.discover.beat import Beat
 from timeguard.discover.configfile import EditError, add_hooks
 from timeguard.discover.snippet import covered_by, make, plan, render
 from timeguard.hooks.registry import HOOK_TYPES
+from timeguard.host.argv import DATABASE, OTHER, REDBEAT, SHELVE, UNKNOWN
+from timeguard.host.beat import Beat
 
 
 def beat(**changes: Any) -> Beat:

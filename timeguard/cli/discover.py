@@ -61,8 +61,8 @@ def _pid(text: str) -> int:
 def cmd_discover(args: argparse.Namespace) -> int:
     from timeguard import config
     from timeguard.discover.aps import find_apps
-    from timeguard.discover.beat import find_beats
     from timeguard.discover.snippet import aps_plan, plan
+    from timeguard.host.beat import find_beats
 
     path = config.discover(args.config)
     configured: list[Any] = []

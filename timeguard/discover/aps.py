@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from timeguard.discover import argv as argvmod
-from timeguard.discover import process
-from timeguard.discover.systemd import systemd_unit
+from timeguard.host import argv as argvmod
+from timeguard.host import process
+from timeguard.host.systemd import systemd_unit
 from timeguard.repair.apprun import AppInterpreter, AppRunError
 from timeguard.repair.apscheduler_jobs import DEFAULT_JOBS_KEY, DEFAULT_RUN_TIMES_KEY, DEFAULT_TABLE
 from timeguard.repair.dburl import DatabaseUrlError, connect_url
@@ -88,7 +88,7 @@ class JobStore:
 
 @dataclass
 class App:
-    """One running APScheduler application (the names follow :class:`timeguard.discover.beat.Beat`)."""
+    """One running APScheduler application (the names follow :class:`timeguard.host.beat.Beat`)."""
 
     pid: int
     user: str | None

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from timeguard.discover.argv import DATABASE, REDBEAT, SHELVE
-from timeguard.discover.beat import Beat
+from timeguard.host.argv import DATABASE, REDBEAT, SHELVE
+from timeguard.host.beat import Beat
 from timeguard.repair.apscheduler_jobs import DEFAULT_JOBS_KEY, DEFAULT_RUN_TIMES_KEY, DEFAULT_TABLE
 from timeguard.secrets import MASK
 

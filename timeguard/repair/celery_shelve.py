@@ -192,8 +192,8 @@ def running_beats(base: Path) -> list[str]:
     """``pid (command)`` of every celery beat (or worker -B) running on the schedule ``base``: dumb dbm, the usual
     flavour, opens its files only while it reads or writes them, so an open file alone does not show a running
     beat (timeguard.discover reads its -s, $CELERY_BEAT_SCHEDULE or default against its working directory)."""
-    from timeguard.discover.argv import SHELVE
-    from timeguard.discover.beat import find_beats
+    from timeguard.host.argv import SHELVE
+    from timeguard.host.beat import find_beats
 
     path = os.path.realpath(base)
     return [f"{b.pid} ({' '.join(b.command)[:100]})" for b in find_beats()

@@ -1,6 +1,6 @@
 """What /proc (through psutil) says about one process, for discover: its owner, environment and working directory
 (with what could not be read, and why), where it imports from, the Python that runs it, whether it sees this host's
-root directory, and its uptime. Shared by the celery beat scan (timeguard.discover.beat) and the APScheduler one
+root directory, and its uptime. Shared by the celery beat scan (timeguard.host.beat) and the APScheduler one
 (timeguard.discover.aps).
 
 Another user's process shows its command line to everyone, but its environment, working directory and open files

@@ -6,7 +6,7 @@ Where each answer comes from, first found wins (celery's own order, celery/bin/b
 auto_envvar_prefix="CELERY"):
 
 * scheduler: ``-S/--scheduler`` → ``$CELERY_BEAT_SCHEDULER`` (``$CELERY_WORKER_SCHEDULER`` for ``worker -B``) →
-  the app's configuration in its files (timeguard.discover.project) → celery's default PersistentScheduler;
+  the app's configuration in its files (timeguard.host.project) → celery's default PersistentScheduler;
 * max interval: ``--max-interval`` → ``$CELERY_BEAT_MAX_INTERVAL`` → ``beat_max_loop_interval`` in the files →
   the scheduler's default: DatabaseScheduler 5 s (django_celery_beat/schedulers.py DEFAULT_MAX_INTERVAL),
   PersistentScheduler and RedBeat 300 s (celery/beat.py DEFAULT_MAX_INTERVAL; RedBeatScheduler keeps it);
@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from timeguard.discover import argv as argvmod
-from timeguard.discover import process, project
-from timeguard.discover.argv import DATABASE, OTHER, REDBEAT, SHELVE, UNKNOWN, BeatCommand
-from timeguard.discover.systemd import environment_file, missing_from, systemd_unit
+from timeguard.host import argv as argvmod
+from timeguard.host import process, project
+from timeguard.host.argv import DATABASE, OTHER, REDBEAT, SHELVE, UNKNOWN, BeatCommand
+from timeguard.host.systemd import environment_file, missing_from, systemd_unit
 from timeguard.secrets import redact_url
 
 DEFAULT_MAX_INTERVAL_S = {DATABASE: 5.0, SHELVE: 300.0, REDBEAT: 300.0}
