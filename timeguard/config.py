@@ -413,11 +413,20 @@ def loads(text: str, origin: str = "<string>", *, resolve_secrets: bool = True,
     if not isinstance(user, dict):
         raise ConfigError(origin, [ConfigProblem("", f"must be a mapping of keys, not {_kind(user)}", 1)])
     sources = user.get("sources")
-    if isinstance(sources, dict) and "nts" not in sources and isinstance(defaults, dict):
-        # A file that names its sources but predates NTS keeps exactly those: an upgrade must not start asking
-        # public servers that a site with its own NTP/HTTPS sources (maybe offline) never chose.
-        defaults = {**defaults, "sources": {**defaults.get("sources", {}), "nts": []}}
-    return _build(_merge(defaults, user), lines, origin, hook_types)
+    left_out: tuple[ConfigProblem, ...] = ()
+    if isinstance(defaults, dict) and not (isinstance(sources, dict) and "nts" in sources):
+        if isinstance(sources, dict):
+            # A file that names its sources but predates NTS keeps exactly those: an upgrade must not start asking
+            # public servers that a site with its own NTP/HTTPS sources (maybe offline) never chose.
+            defaults = {**defaults, "sources": {**defaults.get("sources", {}), "nts": []}}
+        elif (why := missing_nts_extra()) is not None:
+            # The defaults' NTS servers need the nts extra; without it the defaults still work (NTP + HTTPS), and
+            # say what is missing — only a file that asks for NTS itself makes the missing extra an error.
+            defaults = {**defaults, "sources": {**defaults.get("sources", {}), "nts": []}}
+            left_out = (ConfigProblem("sources.nts", f"the defaults' NTS servers are left out: {why}",
+                                      warning=True),)
+    cfg = _build(_merge(defaults, user), lines, origin, hook_types)
+    return dataclasses.replace(cfg, warnings=cfg.warnings + left_out) if left_out else cfg
 
 
 def to_dict(cfg: Any) -> Any:

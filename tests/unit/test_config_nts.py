@@ -51,3 +51,15 @@ def test_a_missing_extra_is_a_config_error_naming_the_install_command(monkeypatc
     assert "sources.nts: NTS sources need OpenSSL" in str(info.value)
     assert "pip install 'timeguard[nts]'" in str(info.value)
     config.loads("sources: {ntp: [{host: a}], nts: []}\n")  # without NTS sources the extra is not needed
+
+
+@pytest.mark.parametrize("text", ["", "state_dir: /tmp/x\n", "thresholds: {warning_s: 1}\n", "hooks: []\n"])
+def test_without_the_extra_the_defaults_leave_their_nts_servers_out_and_say_so(monkeypatch, text):
+    """``pip install timeguard`` then ``timeguard check`` on the defaults works: NTP + HTTPS, with a warning that names
+    the extra — a missing extra is an error only where a file asks for NTS sources itself."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cryptography" else real(name, *a))
+    cfg = config.loads(text, "t.yaml")
+    assert cfg.sources.nts == () and cfg.sources.ntp and cfg.sources.http
+    [warning] = [w for w in cfg.warnings if w.path == "sources.nts"]
+    assert "left out" in warning.message and "pip install 'timeguard[nts]'" in warning.message
