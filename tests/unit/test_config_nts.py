@@ -58,7 +58,8 @@ def test_without_the_extra_the_defaults_leave_their_nts_servers_out_and_say_so(m
     """``pip install timeguard`` then ``timeguard check`` on the defaults works: NTP + HTTPS, with a warning that names
     the extra — a missing extra is an error only where a file asks for NTS sources itself."""
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cryptography" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cryptography" else real(name, *a))
     cfg = config.loads(text, "t.yaml")
     assert cfg.sources.nts == () and cfg.sources.ntp and cfg.sources.http
     [warning] = [w for w in cfg.warnings if w.path == "sources.nts"]
