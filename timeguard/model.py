@@ -116,6 +116,9 @@ class Sample:
     leap: int | None = None  # NTP leap indicator 0..3, when known
     requests: int = 0  # exchanges made (NTP packets sent, HTTP requests sent)
     monotonic_s: float | None = None
+    #: The host's REALTIME − MONOTONIC (s) at the wall reading the offset is relative to (measure/anchor.py): the
+    #: daemon compares it with its clocks read before the measurement, so a step in between re-bases it right.
+    wall_base_s: float | None = None
     failure: SourceState | None = None  # UNUSABLE or UNREACHABLE when there is no offset
     reason: str = ""  # why it failed, or a note on a success ("3 of 4 replies", "Age>0 dropped: 1")
     kiss_code: str | None = None  # an authentic Kiss-o'-Death code (origin matched): DENY, RSTR, RATE, ...

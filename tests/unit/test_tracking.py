@@ -18,6 +18,7 @@ from timeguard.measure.tracking import (
     Latest,
     PollPolicy,
     Tracker,
+    measured_epoch_s,
     rebase,
 )
 from timeguard.model import Sample, SourceKind, SourceState
@@ -33,6 +34,33 @@ def sample(offset: float, err: float = 0.001) -> Sample:
 
 
 # ------------------------------------------------------------------------------------------------- rebase
+
+
+@given(step=st.one_of(st.just(0.0), st.floats(-4e7, 4e7).filter(lambda x: abs(x) > 0.01)),
+       before=st.booleans(), delay=st.floats(0.0, 6.0), truth=st.floats(-1e3, 1e3))
+def test_a_step_between_the_rounds_clock_reading_and_the_wall_reading_is_rebased_once(step, before, delay, truth):
+    """The round reads the clocks, then a source resolves, connects and reads the wall clock (its anchor) ``delay``
+    s later; the host clock steps by ``step`` before or after that reading. The sample's offset is relative to
+    the wall as read at its anchor: re-based to the clocks after the step, it is true − host *now* (``truth``, the
+    offset before the step, minus the step) — the step counted once, not twice or never (CI: an honest server
+    read as +180 d after a rollback during the daemon's first round)."""
+    start = reading(1_000_000.0, 100.0)
+    anchor_mono = start.monotonic_s + delay
+    wall_at_anchor = start.realtime_s + delay + (step if before else 0.0)
+    true_at_anchor = start.realtime_s + delay + truth
+    measured = dataclasses.replace(sample(true_at_anchor - wall_at_anchor),
+                                   wall_base_s=wall_at_anchor - anchor_mono)
+    latest = Latest(measured, measured_epoch_s(measured, start), start.monotonic_s)
+    after = reading(start.realtime_s + delay + 1.0 + step, start.boottime_s + delay + 1.0)
+    rebased = rebase(latest, after, max_age_s=1e9)
+    assert rebased.offset_s == pytest.approx(truth - step, abs=1e-6 * max(1.0, abs(step)) + 1e-9)
+
+
+def test_a_sample_without_its_wall_reading_keeps_the_rounds_epoch():
+    start = reading(1000.0, 100.0)
+    assert measured_epoch_s(sample(0.0), start) == start.boot_epoch_s
+    slewed = dataclasses.replace(sample(0.0), wall_base_s=start.realtime_s - start.monotonic_s + 0.0004)
+    assert measured_epoch_s(slewed, start) == start.boot_epoch_s  # within the slew allowance: no step
 
 
 def test_rebase_follows_the_step_and_widens_with_age():

@@ -38,6 +38,11 @@ class WallAnchor:
     def uncertainty_s(self) -> float:
         return self.uncertainty_ns / 1e9
 
+    @property
+    def base_s(self) -> float:
+        """REALTIME − MONOTONIC at this reading (seconds): what every time derived from it is relative to."""
+        return (self.wall_ns - self.mono_ns) / 1e9
+
     def wall_at(self, mono_ns: int) -> int:
         """The wall time at monotonic ``mono_ns``, as this anchor's wall reading plus the monotonic time since."""
         return self.wall_ns + (mono_ns - self.mono_ns)

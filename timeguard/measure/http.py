@@ -241,6 +241,7 @@ def query_http(
             delay_s=min(rtts_ns) / _NS,
             requests=sent,
             monotonic_s=None if last_mid_mono_ns is None else last_mid_mono_ns / _NS,
+            wall_base_s=anchor.base_s,
             reason=f"{sent} requests, bound ±{(known.width_ns / 2 + anchor.uncertainty_ns) / 1e6:.1f} ms{tail}",
             auth=_TLS if scheme == "https" else None,  # allow_plain_http: nothing authenticated the Date
         )

@@ -658,6 +658,7 @@ def _exchange(
             leap=best.leap,
             requests=sent,
             monotonic_s=mid_s,
+            wall_base_s=anchor.base_s,
             reason="; ".join([reason, *notes]),
             **extra(),
         )

@@ -60,6 +60,22 @@ def rebase(latest: Latest, now: ClockReading, max_age_s: float) -> Sample:
     )
 
 
+#: A difference between the round's clocks and a sample's wall reading beyond this is a step between the two.
+STEP_IN_MEASUREMENT_S = 0.001
+
+
+def measured_epoch_s(sample: Sample, start: ClockReading) -> float:
+    """The boot epoch ``sample``'s offset is relative to. ``start`` was read before the measurement, whose wall
+    reading (the sample's anchor) came later — after DNS, a connect, a TLS handshake: a step of the host clock in
+    between (chronyd stepping it, a person's ``date -s``) would otherwise re-base the sample by the step twice, and
+    an honest answer would be off by the step's size. The anchor's REALTIME − MONOTONIC against ``start``'s shows
+    such a step; within :data:`STEP_IN_MEASUREMENT_S` (slewing, reading noise) ``start``'s epoch stands."""
+    if sample.wall_base_s is None:
+        return start.boot_epoch_s
+    moved = sample.wall_base_s - (start.realtime_s - start.monotonic_s)
+    return start.boot_epoch_s + moved if abs(moved) > STEP_IN_MEASUREMENT_S else start.boot_epoch_s
+
+
 #: RFC 4330 §10: a client "MUST NOT under any conditions use a poll interval less than 15 seconds".
 MIN_POLL_INTERVAL_S = 15.0
 
@@ -206,7 +222,7 @@ class Tracker:
     def record(self, name: str, sample: Sample, start: ClockReading) -> None:
         """A source's answer, measured from ``start``: kept as its latest, and accounted by its poll policy."""
         self.policies[name].record(sample)
-        self.latest[name] = Latest(sample, start.boot_epoch_s, start.monotonic_s)
+        self.latest[name] = Latest(sample, measured_epoch_s(sample, start), start.monotonic_s)
 
     def samples(self, now: ClockReading, timeout_s: float) -> list[Sample]:
         """Every source's latest answer re-based to ``now`` (those that never answered are left out)."""
