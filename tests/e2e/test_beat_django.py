@@ -67,7 +67,10 @@ def test_daemon_with_only_django_settings_repairs_running_beat(stock_db: BeatDat
         beat_clock.set(beatlib.FUTURE_S)
         daemon.wait_event(EventKind.OFFSET_CRITICAL, 15, since_mono=t_jump)
         with running_beat(db, beat_clock, max_interval=None) as beat:  # beat's poll from the settings
-            resumed = beatdaemon.rollback_and_resume(db, beat_clock, beat, daemon, quiet_s=QUIET_S)
+            # the daemon may repair within 2 s of the step (PostgreSQL: the repair sees beat's poll): the bug is
+            # asserted as "no custom send before beat's reload" (resumed.quiet_before_reload), as in the other
+            # daemon tests, not by a fixed quiet window the repair may end early
+            resumed = beatdaemon.rollback_and_resume(db, beat_clock, beat, daemon)
             print(f"[{kind}] django-only hook: step → rollback {resumed.step_to_detect_s:.2f} s, → reload "
                   f"{resumed.step_to_reload_s:.2f} s, → first custom task again {resumed.step_to_resend_s:.2f} s")
             assert resumed.quiet_before_reload == [], resumed.quiet_before_reload
