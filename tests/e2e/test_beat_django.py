@@ -8,7 +8,8 @@ a dj-database-url ``DATABASE_URL`` (``postgres://…``, ``mysql://…``, ``sqlit
 1. ``test_daemon_with_only_django_settings_repairs_running_beat``: the daemon's hook is only
    ``django: {settings, python, path}`` (the venv's interpreter, the project directory; ``DATABASE_URL`` in the
    daemon's environment, as a unit's ``EnvironmentFile=`` gives it). After the rollback the running beat sends
-   again and nothing is left in the future — PostgreSQL, MariaDB, SQLite.
+   again and nothing is left in the future — PostgreSQL and MariaDB (SQLite: the CLI test, and the daemon's repair in
+   test_beat_repair_daemon.py).
 2. ``test_cli_reuses_the_configured_hook_and_dry_runs_without_a_verdict``: ``timeguard repair celery-beat --hook
    NAME`` with the hook's ``django:`` (``environment_file`` this time): first a dry run under a configuration whose
    sources give no usable verdict (it shows the plan with the local clock, says what the real run lacks, writes
@@ -43,7 +44,9 @@ DJANGO = {"settings": STOCK_SETTINGS, "python": sys.executable, "path": [str(PRO
 QUIET_S = 2.0  # the full 8-s bug check runs in test_beat_bug.py
 
 
-@pytest.fixture(params=beatlib.KINDS)
+# The URL forms of the servers (postgres://, mysql://); sqlite:////… is the CLI test's below, and the daemon's repair
+# on SQLite is test_beat_repair_daemon.py's.
+@pytest.fixture(params=("postgresql", "mariadb"))
 def stock_db(request: pytest.FixtureRequest) -> Iterator[BeatDatabase]:
     with beatlib.seeded_database(request.param, POLL, stock=True) as db:
         yield db

@@ -61,8 +61,9 @@ def _assert_nothing_moved_back(before: BeatState, after: BeatState) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("beat_db", "pace"), [("sqlite", "short"), ("postgresql", "short"), ("mariadb", "short"),
-                                               ("postgresql", "default")], indirect=["beat_db"])
+# PostgreSQL at a 1-s poll with the daemon: test_beat_django.py (the same repair, configured from the settings)
+@pytest.mark.parametrize(("beat_db", "pace"), [("sqlite", "short"), ("mariadb", "short"), ("postgresql", "default")],
+                         indirect=["beat_db"])
 def test_daemon_repairs_running_beat(beat_db: BeatDatabase, beat_clock: FakeClock, honest_ntp: list[FakeNTPServer],
                                      pace: str) -> None:
     """``short``: beat polls every 1 s and the hook is told so; ``default``: beat's own 5-s poll and the hook's
