@@ -105,8 +105,12 @@ def test_guard_stops_beat_while_ahead_and_starts_it_repaired(sqlite_db: BeatData
                     time.sleep(0.1)
                 beatlib.assert_rates(db.kind, {n: new.rate(n, t0, t1) for n in ("every-1s", "every-2s")},
                                      "after the guard's repair")
-                runs = [r for r in again.hook_runs() if r.status is HookStatus.CHANGED]
-                assert runs and runs[-1].details.get("guard"), [(r.status, r.summary) for r in again.hook_runs()]
+                runs = [(r.status, r.summary) for r in again.hook_runs()]
+                if _future_values(at_stop):
+                    changed = [r for r in again.hook_runs() if r.status is HookStatus.CHANGED]
+                    assert changed and changed[-1].details.get("guard"), runs
+                else:  # the guard stopped beat before it persisted a future stamp (CI: in 0.48 s): nothing to repair
+                    assert any(st is HookStatus.OK and "nothing to repair" in summary for st, summary in runs), runs
                 with daemonlib.journal_of(again.config) as journal:
                     assert journal.guards() == {}
                 time.sleep(1.5)  # beat_sync_every=1: the last send is in the database
