@@ -128,39 +128,18 @@ def find_apps(pids: Iterable[int] | None = None) -> Scan:
     those as beats) and a child with its parent's command line (a pool process: its parent's)."""
     import psutil
 
-    procs = psutil.process_iter(["pid", "ppid", "cmdline"]) if pids is None else _processes(pids)
-    candidates: dict[int, tuple[Any, list[str]]] = {}
-    for proc in procs:
-        try:
-            cmdline = list(proc.cmdline())
-        except psutil.Error:
-            continue
-        if not cmdline or proc.pid == os.getpid() or argvmod.parse(cmdline) is not None:
-            continue
-        if _runs_python(proc, cmdline):
-            candidates[proc.pid] = (proc, cmdline)
+    def python_not_beat(proc: Any, cmdline: list[str]) -> bool | None:
+        return True if argvmod.parse(cmdline) is None and _runs_python(proc, cmdline) else None
+
     scan = Scan()
-    for _, (proc, cmdline) in sorted(candidates.items()):
+    for proc, cmdline, _ in process.scan(python_not_beat, pids):
         try:
-            parent = proc.ppid()
-            if parent in candidates and candidates[parent][1] == cmdline:
-                continue
             app = inspect_app(proc, cmdline, scan)
         except psutil.NoSuchProcess:
             continue
         if app is not None:
             scan.apps.append(app)
     return scan
-
-
-def _processes(pids: Iterable[int]) -> Iterable[Any]:
-    import psutil
-
-    for pid in pids:
-        try:
-            yield psutil.Process(pid)
-        except psutil.Error:
-            continue
 
 
 def _runs_python(proc: Any, cmdline: list[str]) -> bool:

@@ -98,41 +98,13 @@ def find_beats(pids: Iterable[int] | None = None) -> list[Beat]:
     of the same command line (a worker's pool, the embedded beat's child) is its parent's, not a second beat."""
     import psutil
 
-    candidates: dict[int, tuple[Any, list[str], BeatCommand]] = {}
-    procs = psutil.process_iter(["pid", "ppid", "cmdline"]) if pids is None else _processes(pids)
-    for proc in procs:
-        try:
-            cmdline = proc.info["cmdline"] if hasattr(proc, "info") else proc.cmdline()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        if not cmdline or proc.pid == os.getpid():
-            continue
-        parsed = argvmod.parse(list(cmdline))
-        if parsed is not None:
-            candidates[proc.pid] = (proc, list(cmdline), parsed)
     beats = []
-    for _, (proc, cmdline, parsed) in sorted(candidates.items()):
-        try:
-            parent = proc.ppid()
-        except psutil.Error:
-            continue
-        if parent in candidates and candidates[parent][1] == cmdline:
-            continue
+    for proc, cmdline, parsed in process.scan(lambda _proc, cmdline: argvmod.parse(cmdline), pids):
         try:
             beats.append(inspect_beat(proc, cmdline, parsed))
         except psutil.NoSuchProcess:
             continue  # it ended while we looked
     return beats
-
-
-def _processes(pids: Iterable[int]) -> Iterable[Any]:
-    import psutil
-
-    for pid in pids:
-        try:
-            yield psutil.Process(pid)
-        except psutil.Error:
-            continue
 
 
 def inspect_beat(proc: Any, cmdline: list[str], cmd: BeatCommand) -> Beat:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from timeguard.secrets import redact_url
 
@@ -35,6 +36,50 @@ class ProcessView:
     @property
     def roots(self) -> list[str]:
         return import_roots(self.cwd, self.env)
+
+
+T = TypeVar("T")
+
+
+def scan(select: Callable[[Any, list[str]], T | None],
+         pids: Iterable[int] | None = None) -> list[tuple[Any, list[str], T]]:
+    """``(process, command line, what select made of it)`` for every process among ``pids`` (default: every
+    process; not this one) that ``select(process, command line)`` takes (not None), in pid order. A process running
+    inside its parent with the same command line (a worker's pool, an embedded beat's child) is its parent's, and
+    left out. A process that ends or hides while it is looked at is left out too."""
+    import psutil
+
+    chosen: dict[int, tuple[Any, list[str], T]] = {}
+    procs = psutil.process_iter(["pid", "ppid", "cmdline"]) if pids is None else _processes(pids)
+    for proc in procs:
+        try:
+            cmdline = list(proc.info["cmdline"] if hasattr(proc, "info") else proc.cmdline())
+            if not cmdline or proc.pid == os.getpid():
+                continue
+            found = select(proc, cmdline)
+        except psutil.Error:
+            continue
+        if found is not None:
+            chosen[proc.pid] = (proc, cmdline, found)
+    kept = []
+    for _, (proc, cmdline, found) in sorted(chosen.items()):
+        try:
+            parent = proc.ppid()
+        except psutil.Error:
+            continue
+        if not (parent in chosen and chosen[parent][1] == cmdline):
+            kept.append((proc, cmdline, found))
+    return kept
+
+
+def _processes(pids: Iterable[int]) -> Iterable[Any]:
+    import psutil
+
+    for pid in pids:
+        try:
+            yield psutil.Process(pid)
+        except psutil.Error:
+            continue
 
 
 def view(proc: Any) -> ProcessView:
