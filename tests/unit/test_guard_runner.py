@@ -49,8 +49,10 @@ class World:
                    "start_command": ["sh", "-c", f"echo start >> {self.owner_log}"], **extra}
         return HookSpec("repair", "sched", None, 10.0, False, options)
 
-    def install(self, *specs: HookSpec) -> Dispatcher:
-        dispatcher = Dispatcher(specs, recorder=self.journal, trusted_now=lambda: NOW, verdict=lambda: self.verdict,
+    def install(self, *specs: HookSpec, hooks_see: dict[str, Any] | None = None) -> Dispatcher:
+        """``hooks_see``: the verdict the hooks' own evidence check gets (default: the guard's)."""
+        seen = (lambda: self.verdict) if hooks_see is None else (lambda: hooks_see)
+        dispatcher = Dispatcher(specs, recorder=self.journal, trusted_now=lambda: NOW, verdict=seen,
                                 hostname="h", log=logs.get())
         self.recorder.dispatcher = dispatcher
         self.runner.configure(dispatcher)
@@ -227,3 +229,22 @@ def test_config_schema_has_guard_for_every_repair_hook_type() -> None:
         else:
             assert guard is None, hook_type
     assert seen == repair_types
+
+
+def test_a_reload_releases_at_once_even_while_a_failed_restore_waits_for_its_retry(world: World) -> None:
+    """CI: the guard restored on a verdict that said "right" for an instant (a round that straddled the step),
+    the hook's own evidence check saw the host ahead and refused; the reload that set guard: alert then waited
+    RETRY_S behind that failed restore, and the scheduler stayed stopped 30 s. A reload is the operator's new
+    decision: it is carried out at the next look."""
+    world.install(world.spec())
+    world.verdict = AHEAD
+    assert world.runner.look() == [("sched", Act.STOP)]
+    world.install(world.spec(), hooks_see=AHEAD)
+    world.verdict = RIGHT
+    assert world.runner.look() == [("sched", Act.RESTORE)]
+    assert world.journal.guards() != {} and world.owner() == ["stop"]  # refused: it stays stopped
+    world.verdict = AHEAD
+    assert world.runner.look() == []  # the failed restore is not retried before RETRY_S
+    world.install(world.spec(guard="alert"))
+    assert world.runner.look() == [("sched", Act.RELEASE)]
+    assert world.owner() == ["stop", "start"] and world.journal.guards() == {}

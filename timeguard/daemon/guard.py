@@ -49,7 +49,9 @@ class GuardRunner:
                                                                                      verdict, log)
         self._dispatcher: Dispatcher | None = None
         self._states: dict[str, GuardState] = {}
-        self._retry_at: dict[str, float] = {}  # hook → monotonic time before which a failed act is not retried
+        # hook → (the act that failed, monotonic time before which it is not tried again); another act — a
+        # reload's release after a failed restore — is not held back by it, and a reload clears them all
+        self._retry_at: dict[str, tuple[Act, float]] = {}
         self._incident: str | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -77,6 +79,7 @@ class GuardRunner:
         for hook in self._guarded(dispatcher).values():
             hook.guard_held = hook.name in self._notes
         self._dispatcher = dispatcher
+        self._retry_at.clear()  # the operator's new configuration is carried out now, not after a backoff
         self.poke()
 
     def start(self) -> None:
@@ -138,7 +141,8 @@ class GuardRunner:
                 if act is Act.NONE:
                     self._states[name] = after(act, state, verdict, tolerance)
                     continue
-                if self._clock().monotonic_s < self._retry_at.get(name, 0.0):
+                failed, retry_at = self._retry_at.get(name, (act, 0.0))
+                if failed is act and self._clock().monotonic_s < retry_at:
                     continue
                 if act is Act.RESTORE and dispatcher.busy(name):
                     continue  # a repair run is queued (the rollback's): it repairs and starts; looked at again after
@@ -147,7 +151,7 @@ class GuardRunner:
                 if ok:
                     self._retry_at.pop(name, None)
                 else:
-                    self._retry_at[name] = self._clock().monotonic_s + RETRY_S
+                    self._retry_at[name] = (act, self._clock().monotonic_s + RETRY_S)
                 done.append((name, act))
                 if store is not None:
                     stores.append(store)

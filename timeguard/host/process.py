@@ -53,9 +53,11 @@ def scan(select: Callable[[Any, list[str]], T | None],
     procs = psutil.process_iter(["pid", "ppid", "cmdline"]) if pids is None else _processes(pids)
     for proc in procs:
         try:
-            cmdline = list(proc.info["cmdline"] if hasattr(proc, "info") else proc.cmdline())
-            if not cmdline or proc.pid == os.getpid():
+            # process_iter gives None for a command line it may not read (another user's, a zombie's)
+            raw = proc.info["cmdline"] if hasattr(proc, "info") else proc.cmdline()
+            if not raw or proc.pid == os.getpid():
                 continue
+            cmdline = list(raw)
             found = select(proc, cmdline)
         except psutil.Error:
             continue
