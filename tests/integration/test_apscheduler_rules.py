@@ -10,8 +10,9 @@ filled by APScheduler itself, the job states read by this interpreter through ap
   which is repaired, both written;
 * corrupt bytes: unreadable, left byte for byte; the repair is idempotent; the hook refuses without a way to stop
   the owner; a wrong table and an unreachable database are clear errors without the password;
-* the same jobs in ``RedisJobStore``'s hash and ZSET (Redis db 12): the ZSET score and the pickled state written
-  together, a run time without its job reported and left, a key of the wrong type refused.
+* the same jobs in ``RedisJobStore``'s hash and ZSET (the APScheduler harness's Redis database): the ZSET score
+  and the pickled state written together, a run time without its job reported and left, a key of the wrong type
+  refused.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import aps
 from tests.support.require import need
 from timeguard.hooks.api import HookConfigError
 from timeguard.repair.apscheduler_jobs import APSchedulerKind
@@ -166,16 +168,17 @@ def test_wrong_table_and_unreachable_store(tmp_path: Path) -> None:
     assert "hunter2" not in str(err.value)
 
 
-# ------------------------------------------------------------------------------------------------ Redis (db 12)
+# --------------------------------------------------------------------------------------------------------- Redis
 
-REDIS_12 = "redis://127.0.0.1:6379/12"
+REDIS_URL = aps.REDIS_URL  # the APScheduler harness's database (this worker's own)
 
 
 @pytest.fixture
 def redis_store(store: tuple[Path, float]) -> object:
-    """The SQLite store's jobs copied into RedisJobStore's hash and ZSET (db 12, flushed before and after)."""
+    """The SQLite store's jobs copied into RedisJobStore's hash and ZSET (the harness's database, flushed before
+    and after)."""
     redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_12)
+    client = redis.Redis.from_url(REDIS_URL)
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -194,7 +197,7 @@ def test_redis_rules_mismatch_and_undo_bytes(store: tuple[Path, float], redis_st
     _path, now = store
     client = redis_store
     before = (client.hgetall("apscheduler.jobs"), client.zrange("apscheduler.run_times", 0, -1, withscores=True))
-    target = APSchedulerKind.from_options({"redis_url": REDIS_12, "python": sys.executable,
+    target = APSchedulerKind.from_options({"redis_url": REDIS_URL, "python": sys.executable,
                                            "path": [str(Path(__file__).resolve().parents[2])]}).open()
     plan = target.plan(now)
     assert {c.item for c in plan.changes} == {"interval-false", "cron-false", "hand-fixed"}
@@ -208,7 +211,7 @@ def test_redis_rules_mismatch_and_undo_bytes(store: tuple[Path, float], redis_st
     assert state["next_run_time"].timestamp() == now, "the ZSET and the pickled state agree"
     assert client.hget("apscheduler.jobs", "corrupt") == before[0][b"corrupt"]
     client.set("apscheduler.jobs.x", 1)
-    wrong = APSchedulerKind.from_options({"redis_url": REDIS_12, "python": sys.executable,
+    wrong = APSchedulerKind.from_options({"redis_url": REDIS_URL, "python": sys.executable,
                                           "jobs_key": "apscheduler.jobs.x"}).open()
     with pytest.raises(RepairError, match="is a string, not a hash"):
         wrong.audit(now)

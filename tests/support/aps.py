@@ -1,9 +1,9 @@
 """Harness for the APScheduler job-store repair (tests/e2e/test_apscheduler_repair.py, the benchmark): the test
 application tests/e2e/apsapp/apsapp.py (a real ``BackgroundScheduler``) on a store of its own — a PostgreSQL
-database created and dropped here, an SQLite file in a scratch directory, or Redis logical db 12 (the only one this
-harness flushes) — started and stopped
-under a FakeClock through tests/support/beatctl.py (the same argv the repair's stop/start commands run), its runs
-read from the JSON lines it appends, the store read directly.
+database created and dropped here, an SQLite file in a scratch directory, or this worker's Redis database
+(tests/support/redisdb.py: the only one this harness flushes) — started and stopped under a FakeClock through
+tests/support/beatctl.py (the same argv the repair's stop/start commands run), its runs read from the JSON lines it
+appends, the store read directly.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support import redisdb
 from tests.support.beat import PG_ADMIN
 from tests.support.controlled import commands
 from tests.support.realprogs import SETPRIV_NO_SYS_TIME, FakeClock, scratch_dir
 
 REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "tests" / "e2e" / "apsapp"
-REDIS_DB = 12
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+REDIS_DB = redisdb.flushable_db(redisdb.APS)  # this worker's own: the harness flushes it
+REDIS_URL = redisdb.url(redisdb.APS)
 JOBS = ("every-1s", "every-2s", "cron-every-2s")
 PERIOD_S = {"every-1s": 1.0, "every-2s": 2.0, "cron-every-2s": 2.0}
 FUTURE_S = 180 * 86400.0
@@ -35,7 +36,7 @@ URL_ENV = "APSAPP_JOBSTORE_URL"
 
 @dataclass
 class JobStore:
-    """One store of the test application: ``kind`` sql (PostgreSQL), sqlite (a file) or redis (db 12); ``password``
+    """One store of the test application: ``kind`` sql (PostgreSQL), sqlite (a file) or redis (REDIS_DB); ``password``
     goes into a PostgreSQL URL (the server trusts loopback, so any password connects)."""
 
     kind: str

@@ -1,9 +1,9 @@
-"""A real RedBeat beat under libfaketime, its Redis (db 11 only), and the timeguard daemon beside it.
+"""A real RedBeat beat under libfaketime, its Redis (one database), and the timeguard daemon beside it.
 
 The app is ``tests/e2e/redbeatapp`` (every-1s, every-2s: intervals; every-minute: a crontab), started as
 ``python -m celery -A redbeatapp beat -S redbeat.RedBeatScheduler`` by the django-celery-beat harness's
 :class:`tests.support.beat.BeatProcess` (its log tail, sends and rates), with this command and environment.
-Everything RedBeat keeps is in Redis db 11; :func:`fresh_db` flushes that database and no other.
+Everything RedBeat keeps is in that one database; :func:`fresh_db` flushes that database and no other.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import beat as beatlib
-from tests.support import beatdaemon
+from tests.support import beatdaemon, redisdb
 from tests.support import daemon as daemonlib
 from tests.support.realprogs import FakeClock, scratch_dir
 from timeguard.events import EventKind
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = redisdb.url(redisdb.REDBEAT)  # this worker's own: fresh_db flushes it
 APP_DIR = Path(__file__).resolve().parent.parent / "e2e" / "redbeatapp"
 PREFIX = "redbeat:"
 SCHEDULE = PREFIX + ":schedule"
@@ -39,7 +39,7 @@ def client() -> Any:
 
 @contextlib.contextmanager
 def fresh_db() -> Iterator[Any]:
-    """A client of db 11, flushed before and after (this harness's database only); skips (fails under
+    """A client of the harness's database, flushed before and after (this harness's database only); skips (fails under
     TIMEGUARD_REQUIRE_REAL=1) without celery-redbeat or a Redis."""
     import importlib.util
 
@@ -106,7 +106,7 @@ class RedBeatProcess(beatlib.BeatProcess):
         return env
 
     def _clean_redis(self) -> None:
-        return None  # db 11 belongs to the test: fresh_db flushes it
+        return None  # the database belongs to the test: fresh_db flushes it
 
 
 @contextlib.contextmanager
