@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from timeguard import __version__, logs
 from timeguard.config import Config
-from timeguard.daemon import memory
+from timeguard.daemon import memory, ntskeys
 from timeguard.daemon.hooks import HookRuntime
 from timeguard.daemon.metrics_feed import MetricsFeed
 from timeguard.daemon.recorder import Recorder
@@ -92,6 +92,7 @@ class Agent:
             self.log.warning("timerfd_unavailable", error=clockwatch.watcher_error,
                              fallback="polling REALTIME-BOOTTIME every tick")
         self._rebuild_probes()
+        ntskeys.restore(self.cfg, self.log)
         self._metrics = MetricsFeed(self.cfg.metrics, self.log)
         memory.release(collect=True)  # what loading the configuration and the journal left behind
         self._start_jobs()
@@ -138,9 +139,9 @@ class Agent:
         self._notifier.stopping()
         self._notifier.close()
         self.hooks.stop(outbox=True)
-        for part in (self._jobs, self._metrics):  # made late in run(): absent after a failed start
-            if part is not None:
-                part.close()
+        for part in filter(None, (self._jobs, self._metrics)):  # made late in run(): absent after a failed start
+            part.close()
+        ntskeys.keep(self.cfg, self.log)
         try:
             self.recorder.clock(self._reader(), floor=True, reason="shutdown")
             self.recorder.flush()
@@ -205,10 +206,9 @@ class Agent:
     def _leap_pending(self) -> str | None:
         """A leap second announced by the kernel, else by the NTP sources that agree (leap indicator 1/2)."""
         try:
-            kernel = read_kernel_clock().leap_pending
+            return read_kernel_clock().leap_pending or leap_announced(self.tracker.verdict)
         except OSError:
-            kernel = None
-        return kernel if kernel is not None else leap_announced(self.tracker.verdict)
+            return leap_announced(self.tracker.verdict)
 
     # ------------------------------------------------------------------------------- verdicts, hooks
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import yaml
@@ -222,3 +223,56 @@ def test_the_daemon_polls_an_nts_source_beside_ntp(chrony_server, test_ca, sourc
         assert source["state"] == "truechimer" and abs(source["offset_s"]) < 0.001, source
     finally:
         proc.stop()
+
+
+def test_a_restarted_daemon_keeps_its_nts_keys_and_makes_no_key_exchange(chrony_server, test_ca, sources,
+                                                                          tmp_path):
+    """As chrony's ntsdumpdir: the daemon writes its keys and unspent cookies (0600) when it stops, and the next
+    start measures on them — no key exchange. A file others could read is not believed: a key exchange instead."""
+    import os
+    import stat
+
+    from tests.support import daemon
+
+    server = chrony_server(nts=test_ca)
+    config = daemon.write_config(tmp_path, sources)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["sources"]["nts"] = [{"host": "localhost", "ke_port": server.nts_port, "ca_bundle": str(test_ca.ca_bundle)}]
+    config.write_text(yaml.safe_dump(cfg))
+    kept = Path(cfg["state_dir"]) / "nts-keys.json"
+
+    def first_nts_check(proc, after: float) -> dict:
+        def found() -> dict | None:
+            record = daemon.last_check(config)
+            if record is None or record.wall_s <= after:
+                return None
+            return next((s for s in record.sources if s["kind"] == "nts"), None)
+
+        return daemon.wait_for("a check with the NTS source", found, 20, proc)
+
+    def run_once(log: Path) -> dict:
+        started = time.time()
+        proc = daemon.start(config, None, log)
+        try:
+            source = first_nts_check(proc, started)
+        finally:
+            proc.stop()
+        assert source["state"] == "truechimer", source
+        assert daemon.log_event(log, "nts_keys_kept")["sources"] == 1
+        return source
+
+    first = run_once(tmp_path / "first.log")
+    assert "first key exchange" in first["reason"]
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and kept.stat().st_uid == os.geteuid()
+
+    second = run_once(tmp_path / "second.log")
+    assert "kept from before the restart" in second["reason"] and "key exchange with" in second["reason"]
+    assert "first key exchange" not in second["reason"]
+    assert daemon.log_event(tmp_path / "second.log", "nts_keys_restored")["sources"] == 1
+
+    kept.chmod(0o644)  # another user could have read the keys: not believed
+    third = run_once(tmp_path / "third.log")
+    assert "first key exchange" in third["reason"]
+    ignored = daemon.log_event(tmp_path / "third.log", "nts_keys_ignored")
+    assert ignored is not None and "must be the daemon's own, 0600" in ignored["problem"]
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600  # rewritten at the stop, the daemon's own again

@@ -117,6 +117,11 @@ def _ntp_measure(query_ntp: Callable[..., Sample], server: NtpServer, cfg: Confi
 _NTS_SESSIONS: weakref.WeakValueDictionary[NtsServer, Any] = weakref.WeakValueDictionary()
 
 
+def nts_sessions() -> list[Any]:
+    """The NTS sessions of the probes alive now (the daemon keeps their keys across a restart: nts/keep.py)."""
+    return list(_NTS_SESSIONS.values())
+
+
 def _nts_measure(session_type: Callable[..., Any], server: NtsServer, cfg: Config) -> Callable[[float], Sample]:
     """The probe keeps its session (keys, cookies): a daemon polling it makes one key exchange, not one per round."""
     session = _NTS_SESSIONS.get(server)

@@ -495,7 +495,7 @@ class APSchedulerTarget(BaseTarget):
 
 
 def _ahead(seconds: float) -> str:
-    from timeguard.repair.target import fmt_duration
+    from timeguard.timefmt import fmt_duration
 
     return fmt_duration(seconds)
 

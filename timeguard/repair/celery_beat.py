@@ -58,7 +58,6 @@ from timeguard.repair.target import (
     UndoOutcome,
     cancellable_sleep,
     checked_now,
-    fmt_duration,
     fmt_utc,
     format_table,
     range_problem,
@@ -66,6 +65,7 @@ from timeguard.repair.target import (
     url_from_options,
 )
 from timeguard.secrets import MASK, redact_text, redact_url
+from timeguard.timefmt import fmt_duration
 
 if TYPE_CHECKING:
     from timeguard.repair.undo import UndoLog

@@ -43,11 +43,11 @@ from timeguard.repair.target import (
     UndoOutcome,
     Unreadable,
     checked_now,
-    fmt_duration,
     range_problem,
     run_owner_command,
 )
 from timeguard.repair.undo import UndoLog
+from timeguard.timefmt import fmt_duration
 
 NAME = "celery_shelve"
 FIELD = "last_run_at"

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from timeguard.model import TrustClass
-from timeguard.repair.target import RepairError, checked_now, fmt_duration, range_problem
+from timeguard.repair.target import RepairError, checked_now, range_problem
+from timeguard.timefmt import fmt_duration
 
 DEFAULT_MAX_OFFSET_S = 1.0
 #: max_offset_s must be a finite number in this range (seconds): a NaN would compare False with everything.

@@ -78,12 +78,12 @@ from timeguard.repair.target import (
     UndoOutcome,
     Unreadable,
     checked_now,
-    fmt_duration,
     format_table,
     range_problem,
     url_from_options,
 )
 from timeguard.secrets import MASK, redact_text, redact_url
+from timeguard.timefmt import fmt_duration
 
 if TYPE_CHECKING:
     from timeguard.repair.undo import UndoLog

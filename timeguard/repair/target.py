@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from timeguard.secrets import credential_path
+from timeguard.timefmt import fmt_duration
 
 if TYPE_CHECKING:
     from timeguard.repair.undo import UndoLog
@@ -95,17 +96,6 @@ def range_problem(value: Any, low: float, high: float, *, whole: bool = False) -
     if not math.isfinite(value) or not low <= value <= high or (whole and value != int(value)):
         return f"{wanted} (got {value!r})"
     return None
-
-
-def fmt_duration(seconds: float) -> str:
-    s = abs(seconds)
-    if s >= 2 * 86400:
-        return f"{s / 86400:.0f} days"
-    if s >= 2 * 3600:
-        return f"{s / 3600:.0f} h"
-    if s >= 120:
-        return f"{s / 60:.0f} min"
-    return f"{s:.1f} s"
 
 
 def fmt_utc(epoch_s: float | None) -> str:

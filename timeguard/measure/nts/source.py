@@ -39,6 +39,7 @@ from timeguard.measure.nts.extensions import (
 )
 from timeguard.measure.nts.ke import KE_PORT, KeError, KeResult, key_exchange
 from timeguard.model import Authentication, Sample, SourceKind, SourceState, operator_of
+from timeguard.timefmt import fmt_duration
 
 #: Cookies kept (RFC 8915 §5.7 suggests 8: what a server gives at KE, and what placeholders ask back up to).
 JAR_SIZE = 8
@@ -59,7 +60,41 @@ class NtsSession:
         self.key_exchanges = 0
         self.requests = 0  # NTP requests sent over all key exchanges (requests per KE = requests / key_exchanges)
         self._renewal = "first key exchange"  # why the next key exchange is made (the sample says it)
+        self._kept: str | None = None  # adopted keys, said once by the next sample
         self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> tuple[str, int, int, str | None]:
+        """What the keys belong to (measure/nts/keep.py matches kept keys by it)."""
+        return self.host, self.port, self.ke_port, self.ca_bundle
+
+    def export(self) -> dict[str, Any] | None:
+        """The keys and unspent cookies, for measure/nts/keep.py; None without them (or while a measurement
+        abandoned at its deadline still holds the session)."""
+        if not self._lock.acquire(timeout=1.0):
+            return None
+        try:
+            ke = self.ke
+            if ke is None or not self.cookies:
+                return None
+            host, port, ke_port, ca_bundle = self.endpoint
+            return {"host": host, "port": port, "ke_port": ke_port, "ca_bundle": ca_bundle, "aead": int(ke.aead),
+                    "c2s_key": ke.c2s_key.hex(), "s2c_key": ke.s2c_key.hex(), "ntp_host": ke.ntp_host,
+                    "ntp_port": ke.ntp_port, "address": ke.address, "not_before_s": ke.validity.not_before_s,
+                    "not_after_s": ke.validity.not_after_s, "ke_age_s": round(time.monotonic() - ke.monotonic_s, 3),
+                    "cookies": [c.hex() for c in self.cookies]}
+        finally:
+            self._lock.release()
+
+    def adopt(self, ke: KeResult, cookies: list[bytes], age_s: float) -> bool:
+        """Take keys kept from before a restart (measure/nts/keep.py); False when this session has its own."""
+        with self._lock:
+            if self.ke is not None:
+                return False
+            self.ke, self.cookies = ke, deque(cookies[:JAR_SIZE])
+            self._kept = (f"keys and {len(self.cookies)} cookies kept from before the restart (key exchange with "
+                          f"{ke.address} {fmt_duration(age_s)} before it)")
+            return True
 
     def forget_keys(self, why: str = "new key exchange") -> None:
         self.ke = None
@@ -85,7 +120,8 @@ class NtsSession:
     def _measure(self, samples: int, timeout_s: float, max_root_distance_s: float,
                  wall_ns: Callable[[], int]) -> Sample:
         deadline = time.monotonic() + timeout_s
-        notes = []
+        notes = [self._kept] if self._kept else []
+        self._kept = None
         if self.ke is None or not self.cookies:
             why = self._renewal if self.ke is None else "new key exchange: no cookie left"
             try:
@@ -180,3 +216,4 @@ class _Wrap:
             ),
             "operator": self.session.operator,
         }
+
