@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.unit.test_agent import reading
 from tests.unit.test_repair_target import NOW, MemoryKind, memory_kind  # noqa: F401 - the fixture
@@ -241,10 +242,35 @@ def test_a_reload_releases_at_once_even_while_a_failed_restore_waits_for_its_ret
     assert world.runner.look() == [("sched", Act.STOP)]
     world.install(world.spec(), hooks_see=AHEAD)
     world.verdict = RIGHT
-    assert world.runner.look() == [("sched", Act.RESTORE)]
+    with capture_logs() as logged:
+        assert world.runner.look() == [("sched", Act.RESTORE)]
     assert world.journal.guards() != {} and world.owner() == ["stop"]  # refused: it stays stopped
+    # a refusal is not a failure: a warning that says why, not an error that pages
+    [deferred] = [e for e in logged if e["event"].startswith("guard_restore")]
+    assert (deferred["event"], deferred["log_level"], deferred["status"]) == ("guard_restore_deferred", "warning",
+                                                                              "skipped")
+    assert "ahead" in deferred["summary"], deferred
     world.verdict = AHEAD
     assert world.runner.look() == []  # the failed restore is not retried before RETRY_S
     world.install(world.spec(guard="alert"))
     assert world.runner.look() == [("sched", Act.RELEASE)]
     assert world.owner() == ["stop", "start"] and world.journal.guards() == {}
+
+
+def test_a_restore_whose_start_fails_is_an_error_and_is_tried_again(world: World) -> None:
+    from timeguard.daemon.guard import RETRY_S
+
+    world.install(world.spec())
+    world.verdict = AHEAD
+    assert world.runner.look() == [("sched", Act.STOP)]
+    world.install(world.spec(start_command=["sh", "-c", f"echo failed-start >> {world.owner_log}; exit 4"]))
+    world.verdict = RIGHT
+    with capture_logs() as logged:
+        assert world.runner.look() == [("sched", Act.RESTORE)]
+    [failed] = [e for e in logged if e["event"].startswith("guard_restore")]
+    assert (failed["event"], failed["log_level"], failed["status"]) == ("guard_restore_failed", "error", "failed")
+    assert world.journal.guards() != {}  # still stopped, as far as the guard knows: tried again
+    assert world.runner.look() == []
+    world.mono += RETRY_S + 1
+    assert world.runner.look() == [("sched", Act.RESTORE)]
+    assert world.owner() == ["stop", "failed-start", "failed-start"]

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from timeguard.events import Event, EventKind, new_id
+from timeguard.hooks.api import HookStatus
 from timeguard.repair.guard import Act, GuardState, after, decide, host_ahead_s
 from timeguard.repair.hook import RepairHook
 from timeguard.repair.target import RepairError, run_owner_command
@@ -220,9 +221,11 @@ class GuardRunner:
         except JournalError as exc:
             self._recorder.failed(exc, "guard restore event")
         run = dispatcher.run_now(name, event)
-        if hook.guard_held:
-            self._log.error("guard_restore_failed", hook=name, status=run.status.value, summary=run.summary,
-                            note=f"the scheduler stays stopped; tried again in {RETRY_S:g} s")
+        if hook.guard_held:  # not repaired: a refusal (the evidence is not there yet) is no failure, and no page
+            failed = run.status is HookStatus.FAILED
+            (self._log.error if failed else self._log.warning)(
+                "guard_restore_failed" if failed else "guard_restore_deferred", hook=name, status=run.status.value,
+                summary=run.summary, note=f"the scheduler stays stopped; tried again in {RETRY_S:g} s")
             return False, None
         self._drop(name)
         self._log.info("guard_started_scheduler", hook=name, status=run.status.value, summary=run.summary)
