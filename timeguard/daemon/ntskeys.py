@@ -1,7 +1,8 @@
 """The daemon's NTS keys across restarts (measure/nts/keep.py): read at start, written at stop.
 
 Like chrony's ``ntsdumpdir``: a restart costs no key exchange with each NTS server. A configuration without NTS
-sources removes the file of an earlier one — keys no source uses are not kept.
+sources removes the file of an earlier one — keys no source uses are not kept. The NTS package is imported inside
+each function: a daemon without NTS sources never loads it (tests/integration/test_source_imports.py).
 """
 
 from __future__ import annotations

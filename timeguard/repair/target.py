@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from timeguard.secrets import credential_path
-from timeguard.timefmt import fmt_duration
+from timeguard.timefmt import fmt_duration, iso
 
 if TYPE_CHECKING:
     from timeguard.repair.undo import UndoLog
@@ -100,8 +100,6 @@ def range_problem(value: Any, low: float, high: float, *, whole: bool = False) -
 
 def fmt_utc(epoch_s: float | None) -> str:
     """``2026-11-23 20:46:32Z``, ``-`` for None (the repair's reports)."""
-    from timeguard.timefmt import iso
-
     return iso(epoch_s, "seconds", sep=" ")
 
 

@@ -20,6 +20,7 @@ import math
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -115,10 +116,9 @@ def load(path: Path, sessions: Iterable[Kept]) -> tuple[int, list[str]]:
 
 def _parse(entry: Any) -> tuple[tuple[str, int, int, str | None], Any, list[bytes], float]:
     """One entry as (endpoint, KeResult, cookies, age of the key exchange); ValueError(".field: why")."""
-    import time
-
     from timeguard.measure.nts.ke import KEY_BYTES, KeResult, Validity
     from timeguard.measure.nts.records import Aead
+    from timeguard.measure.nts.source import JAR_SIZE
 
     if not isinstance(entry, Mapping):
         raise ValueError(": not a mapping")
@@ -131,7 +131,7 @@ def _parse(entry: Any) -> tuple[tuple[str, int, int, str | None], Any, list[byte
         aead = Aead(entry.get("aead"))
     except ValueError:
         raise ValueError(f".aead: {_shown(entry.get('aead'))} is not an AEAD algorithm timeguard speaks") from None
-    keys = [_hex(entry, k, exact=KEY_BYTES[aead]) for k in ("c2s_key", "s2c_key")]
+    keys = [_hex(entry.get(k), k, exact=KEY_BYTES[aead]) for k in ("c2s_key", "s2c_key")]
     before, after, age_s = (_number(entry, k) for k in ("not_before_s", "not_after_s", "ke_age_s"))
     if before > after:
         raise ValueError(".not_before_s: after not_after_s")
@@ -140,11 +140,9 @@ def _parse(entry: Any) -> tuple[tuple[str, int, int, str | None], Any, list[byte
     cookies = entry.get("cookies")
     if not isinstance(cookies, list) or not cookies:
         raise ValueError(".cookies: not a non-empty list")
-    from timeguard.measure.nts.source import JAR_SIZE
-
     if len(cookies) > JAR_SIZE:
         raise ValueError(f".cookies: {len(cookies)}, more than the {JAR_SIZE} a session keeps")
-    jar = [_hex({"cookie": c}, "cookie", limit=MAX_COOKIE_BYTES, where=f"cookies[{n}]") for n, c in enumerate(cookies)]
+    jar = [_hex(c, f"cookies[{n}]", limit=MAX_COOKIE_BYTES) for n, c in enumerate(cookies)]
     ke = KeResult(aead=aead, c2s_key=keys[0], s2c_key=keys[1], cookies=tuple(jar), ntp_host=ntp_host,
                   ntp_port=ntp_port, validity=Validity(before, after), address=address,
                   monotonic_s=time.monotonic() - age_s)
@@ -172,10 +170,7 @@ def _number(entry: Mapping[str, Any], key: str) -> float:
     return float(value)
 
 
-def _hex(entry: Mapping[str, Any], key: str, *, exact: int | None = None, limit: int | None = None,
-         where: str | None = None) -> bytes:
-    where = where or key
-    value = entry.get(key)
+def _hex(value: Any, where: str, *, exact: int | None = None, limit: int | None = None) -> bytes:
     try:
         data = bytes.fromhex(value) if isinstance(value, str) else None
     except ValueError:

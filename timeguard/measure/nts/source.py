@@ -216,4 +216,3 @@ class _Wrap:
             ),
             "operator": self.session.operator,
         }
-
