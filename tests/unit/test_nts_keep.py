@@ -138,19 +138,18 @@ def test_a_bad_field_names_the_entry_and_the_field_and_adopts_nothing(tmp_path: 
 @pytest.mark.parametrize(("content", "why"), [
     ("", "not JSON (Expecting value at line 1, column 1)"),
     ("{\"format\": ", "not JSON"),
-    ("\udcff", None),
+    (b"\xff\xfe garbage", "not UTF-8 text (byte 0)"),
     ("[]", "format 'list', not"),
     (json.dumps({"format": "timeguard-nts-keys/0", "sessions": []}), "format 'timeguard-nts-keys/0'"),
     (json.dumps({"format": keep.FORMAT}), "sessions: not a list"),
     (json.dumps({"format": keep.FORMAT, "sessions": [1]}), "sessions[0]: not a mapping"),
 ])
-def test_a_bad_file_is_said_with_its_path_and_costs_a_key_exchange(tmp_path: Path, content: str,
-                                                                    why: str | None) -> None:
+def test_a_bad_file_is_said_with_its_path_and_costs_a_key_exchange(tmp_path: Path, content: str | bytes,
+                                                                    why: str) -> None:
     path = tmp_path / keep.FILENAME
-    if content == "\udcff":
-        path.write_bytes(b"\xff\xfe garbage")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
         path.chmod(0o600)
-        why = "not UTF-8 text (byte 0)"
     else:
         write(path, content)
     session = NtsSession("nts.example.net")
